@@ -1,0 +1,18 @@
+"""vpt: visual prompt tuning for frozen timm and open_clip backbones."""
+import os as _os
+
+_os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+__version__ = "0.1.0"
+
+from .artifact import ArtifactError, from_pretrained  # noqa: E402
+from .backbones import BackboneConfig, BackboneError, create_backbone  # noqa: E402
+from .config import ConfigError  # noqa: E402
+from .heads import HeadConfig  # noqa: E402
+from .model import PromptedModel, create_model  # noqa: E402
+from .prompts import (DeepPromptConfig, PadPromptConfig, PatchPromptConfig, PrefixPromptConfig,  # noqa: E402
+                      ShallowPromptConfig)
+
+__all__ = ["__version__", "create_model", "from_pretrained", "create_backbone", "PromptedModel", "BackboneConfig",
+           "HeadConfig", "ShallowPromptConfig", "DeepPromptConfig", "PrefixPromptConfig", "PadPromptConfig",
+           "PatchPromptConfig", "ArtifactError", "BackboneError", "ConfigError"]

@@ -1,0 +1,174 @@
+"""What the prompted loop needs from a backbone, independent of the library behind it."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be built or cannot take the requested prompt; the message says why."""
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "timm:vit_base_patch16_224.augreg2_in21k_ft_in1k"  # library:architecture[.tag or /tag]
+    weights: Optional[str] = None  # local weights file (safetensors or torch state dict); overrides the tag
+    pretrained: bool = True  # False: random init with init_seed (tests, random-init controls)
+    init_seed: int = 0  # seed of the random init when pretrained is False
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to the library's create function
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """The token sequence a ViT-style backbone runs on: [prefix (cls/reg/dist) | prompts | patches]."""
+    num_prefix: int  # class + register + distillation tokens in front of the patches
+    embed_dim: int
+    depth: int
+    grid: Tuple[int, int]  # patch grid of the default input size
+    patch_size: Tuple[int, int]
+    has_class_token: bool
+
+
+@dataclass
+class DataConfig:
+    """How the backbone expects its input; saved in artifacts so evaluation matches training."""
+    input_size: Tuple[int, int, int] = (3, 224, 224)
+    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+
+@dataclass
+class EmbedContext:
+    """Per-forward values the blocks need besides the tokens (e.g. RoPE tables, the patch grid)."""
+    grid: Tuple[int, int]
+    num_tokens: int  # sequence length before prompts are inserted (prefix + patches)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
+    """Read a weights file without unpickling arbitrary objects (safetensors, or torch weights_only)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path!r}; pass an existing file with --weights / weights=")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors raises its own error types
+            raise BackboneError(f"cannot read weights file {path!r} ({e}); is it a complete safetensors file?") from None
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BackboneError(f"cannot read weights file {path!r} as a torch state dict ({e})") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    return sd
+
+
+class BackboneAdapter(nn.Module):
+    """Wraps an unmodified library model and exposes the pieces of its forward pass.
+
+    Token-capable adapters implement ``embed``, ``block``, ``finish`` and ``pool``; the single loop
+    over blocks lives in ``vpt.model.PromptedModel``. Pixel-only adapters implement
+    ``forward_features`` and ``pool`` and set ``token_refusal`` to the reason token prompts can't work.
+    """
+
+    library: str = ""
+    token_refusal: Optional[str] = None  # None: token prompts supported; else why not
+    prefix_refusal: Optional[str] = None  # None: key/value prefixes supported; else why not
+
+    def __init__(self, model: nn.Module, config: BackboneConfig, arch: str, tag: Optional[str]):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.arch = arch
+        self.tag = tag
+        self._weights_id = None
+
+    # --- identity -------------------------------------------------------------------------------
+    @property
+    def supports_tokens(self) -> bool:
+        return self.token_refusal is None
+
+    def weights_id(self) -> str:
+        """'hub:<tag>', 'file:<sha256>' or 'random:<seed>': which weights these are."""
+        if self._weights_id is None:
+            c = self.config
+            if c.weights:
+                self._weights_id = "file:" + sha256_file(c.weights)
+            elif not c.pretrained:
+                self._weights_id = f"random:{c.init_seed}"
+            else:
+                self._weights_id = f"hub:{self.tag or 'default'}"
+        return self._weights_id
+
+    def identity(self) -> Dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "library": self.library,
+            "arch": self.arch,
+            "tag": self.tag,
+            "weights_id": self.weights_id(),
+            "weights_file": self.config.weights,
+            "pretrained": self.config.pretrained,
+            "init_seed": self.config.init_seed,
+            "model_kwargs": dict(self.config.model_kwargs),
+        }
+
+    # --- shape facts ----------------------------------------------------------------------------
+    layout: Optional[TokenLayout] = None
+    num_features: int = 0  # width of pool()'s output
+
+    def data_config(self) -> DataConfig:
+        raise NotImplementedError
+
+    # --- token path -----------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, EmbedContext]:
+        """Images (B, C, H, W) -> tokens (B, k+N, D) with the library's own patch/pos/prefix embedding."""
+        raise NotImplementedError
+
+    def block(self, i: int, h: torch.Tensor, ctx: EmbedContext,
+              kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """Run block ``i``; ``kv`` are (B, P, D) key/value prefixes, already in the block's input space."""
+        raise NotImplementedError
+
+    def finish(self, h: torch.Tensor) -> torch.Tensor:
+        """Block output (prompts already stripped) -> the library's forward_features output."""
+        raise NotImplementedError
+
+    def pool(self, feats: torch.Tensor) -> torch.Tensor:
+        """forward_features output -> the library's own pooled pre-logits (B, num_features)."""
+        raise NotImplementedError
+
+    # --- pixel-only path ------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(self.token_refusal or "forward_features")
+
+    def check_prompt(self, kind: str, uses_tokens: bool, uses_kv: bool) -> None:
+        """Refuse prompt kinds this architecture cannot take, saying why and what still works."""
+        name = self.config.name
+        if (uses_tokens or uses_kv) and self.token_refusal:
+            raise BackboneError(
+                f"prompt kind '{kind}' cannot be used with backbone '{name}': {self.token_refusal}. "
+                f"Pixel prompts (pixel_pad, pixel_patch) still work with this backbone."
+            )
+        if uses_kv and self.prefix_refusal:
+            raise BackboneError(
+                f"prompt kind '{kind}' cannot be used with backbone '{name}': {self.prefix_refusal}. "
+                f"Token prompts (vpt_shallow, vpt_deep) and pixel prompts work with this backbone."
+            )

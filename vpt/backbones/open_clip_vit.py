@@ -1,0 +1,123 @@
+"""The open_clip visual transformer, with prompts inside the image encoder.
+
+Holds the whole unmodified CLIP model (the text tower stays available for zero-shot heads and text
+context) and composes the visual tower's own ``_embeds``, ``transformer.resblocks`` and ``_pool``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout
+from .timm_vit import _to_2tuple
+
+
+def _visual_refusal(visual: nn.Module) -> Optional[str]:
+    from open_clip.transformer import VisionTransformer
+    if not isinstance(visual, VisionTransformer):
+        return (f"its image tower is {type(visual).__name__}, not open_clip's VisionTransformer "
+                f"(timm- or ResNet-based towers have no token sequence vpt can extend)")
+    if not getattr(visual.transformer, "batch_first", True):
+        return "its transformer is not batch-first"
+    return None
+
+
+def _prefix_refusal(visual: nn.Module) -> Optional[str]:
+    from open_clip.transformer import ResidualAttentionBlock
+    for blk in visual.transformer.resblocks:
+        if type(blk) is not ResidualAttentionBlock or not blk.attn._qkv_same_embed_dim or not blk.attn.batch_first:
+            return f"key/value prefixes need open_clip's ResidualAttentionBlock, this tower has {type(blk).__name__}"
+    return None
+
+
+def mha_with_prefix(attn: nn.MultiheadAttention, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
+    """Batch-first ``nn.MultiheadAttention`` self-attention on x (B, N, D) with key/value prefixes (B, P, D)."""
+    B, N, D = x.shape
+    H = attn.num_heads
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # 3 x (B, N, D)
+    k = torch.cat([pk.to(k.dtype), k], dim=1)  # (B, P+N, D)
+    v = torch.cat([pv.to(v.dtype), v], dim=1)
+    q, k, v = (t.reshape(B, t.shape[1], H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
+    out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+    return attn.out_proj(out)
+
+
+class OpenClipViTAdapter(BackboneAdapter):
+    library = "open_clip"
+
+    def __init__(self, model, config, arch, tag, preprocess_cfg=None):
+        super().__init__(model, config, arch, tag)
+        visual = model.visual
+        self.token_refusal = _visual_refusal(visual)
+        self._preprocess_cfg = dict(preprocess_cfg or {})
+        out_dim = getattr(visual, "output_dim", None)
+        if self.token_refusal is not None:
+            self.num_features = int(out_dim or 0)
+            return
+        self.prefix_refusal = _prefix_refusal(visual)
+        width = visual.class_embedding.shape[-1]
+        self.layout = TokenLayout(
+            num_prefix=1,
+            embed_dim=int(width),
+            depth=len(visual.transformer.resblocks),
+            grid=_to_2tuple(visual.grid_size),
+            patch_size=_to_2tuple(visual.patch_size),
+            has_class_token=True,
+        )
+        self._pool_owns_norm = visual.attn_pool is not None or visual.final_ln_after_pool
+        self.num_features = int(out_dim if visual.proj is not None else width)
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    def data_config(self) -> DataConfig:
+        c = self._preprocess_cfg
+        size = c.get("size", getattr(self.visual, "image_size", 224))
+        size = _to_2tuple(size)
+        return DataConfig(
+            input_size=(3, size[0], size[1]),
+            mean=tuple(float(v) for v in c.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+            std=tuple(float(v) for v in c.get("std", (0.26862954, 0.26130258, 0.27577711))),
+            interpolation=str(c.get("interpolation", "bicubic")),
+            crop_pct=1.0,  # open_clip resizes the short side to the input size, then centre-crops
+        )
+
+    def embed(self, x):
+        if x.shape[-2:] != tuple(self.visual.image_size if not isinstance(self.visual.image_size, int)
+                                 else (self.visual.image_size,) * 2):
+            raise BackboneError(
+                f"open_clip tower expects {self.visual.image_size} px input, got {tuple(x.shape[-2:])}; "
+                f"resize images with the model's own preprocessing")
+        h = self.visual._embeds(x)  # (B, 1+N, D): class token, then patches; ln_pre applied
+        return h, EmbedContext(grid=self.layout.grid, num_tokens=h.shape[1])
+
+    def block(self, i, h, ctx, kv=None):
+        blk = self.visual.transformer.resblocks[i]
+        if kv is None:
+            return blk(h)
+        h = h + blk.ls_1(mha_with_prefix(blk.attn, blk.ln_1(h), kv[0], kv[1]))
+        return h + blk.ls_2(blk.mlp(blk.ln_2(h)))
+
+    def kv_dim(self) -> int:
+        return self.layout.embed_dim
+
+    def finish(self, h):
+        # With a plain token/avg pool, ln_post is per-token: apply it here so forward_features returns
+        # normalised tokens. Attention pooling (or final_ln_after_pool) keeps ln_post inside _pool.
+        return h if self._pool_owns_norm else self.visual.ln_post(h)
+
+    def pool(self, feats):
+        if self.token_refusal is not None:  # non-ViT tower: forward_features already pooled
+            return feats
+        v = self.visual
+        pooled = v._pool(feats)[0] if self._pool_owns_norm else v._global_pool(feats)[0]
+        return pooled @ v.proj if v.proj is not None else pooled
+
+    def forward_features(self, x):
+        # Only reached for non-ViT towers (pixel prompts): the tower's own forward gives pooled features.
+        return self.visual(x)

@@ -1,0 +1,1 @@
+"""Subcommands of the ``vpt`` CLI, one module each (see vpt/cli.py)."""

@@ -1,0 +1,52 @@
+"""Light classification heads over pooled backbone features."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import nn
+
+from ..config import ConfigError
+from ..registry import HEADS
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "linear"  # linear | mlp (or another registered head)
+    pool: str = "backbone"  # backbone (the library's own pooling) | cls | avg (mean of image tokens)
+    hidden_dim: Optional[int] = None  # mlp: hidden width (default: the feature width)
+    num_layers: int = 2  # mlp: number of Linear layers
+    dropout: float = 0.0  # dropout before each Linear
+
+
+class LinearHead(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, config: HeadConfig):
+        super().__init__()
+        self.drop = nn.Dropout(config.dropout)
+        self.fc = nn.Linear(in_features, num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.01)  # small init, as timm's heads (and VPT) do
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x):
+        return self.fc(self.drop(x))
+
+
+class MLPHead(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, config: HeadConfig):
+        super().__init__()
+        if config.num_layers < 2:
+            raise ConfigError("head.num_layers must be >= 2 for an mlp head (use kind: linear for one layer)")
+        hidden = config.hidden_dim or in_features
+        layers, width = [], in_features
+        for _ in range(config.num_layers - 1):
+            layers += [nn.Dropout(config.dropout), nn.Linear(width, hidden), nn.GELU()]
+            width = hidden
+        layers += [nn.Dropout(config.dropout), nn.Linear(width, num_classes)]
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.mlp(x)
+
+
+HEADS.register("linear", HeadConfig, help="one Linear layer over pooled features")(LinearHead)
+HEADS.register("mlp", HeadConfig, help="an MLP (num_layers Linear layers with GELU) over pooled features")(MLPHead)

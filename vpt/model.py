@@ -1,0 +1,254 @@
+"""PromptedModel: a frozen backbone adapter + a prompt kind + a light head; the ONE loop over blocks.
+
+Data through the model (token prompts)::
+
+    image -> [pixel prompt] -> adapter.embed        (B, k+N, D)  library's own patch/pos/prefix embedding
+          -> before block i: insert / replace P prompt tokens after the k prefix tokens  (B, k+P+N, D)
+          -> adapter.block(i) [with key/value prefixes]
+          -> strip prompts (B, k+N, D) -> adapter.finish (library norm) -> pooling -> head
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .backbones import BackboneAdapter, BackboneConfig, BackboneError, create_backbone
+from .config import ConfigError, from_dict, to_dict
+from .heads import HeadConfig
+from .prompts import build_prompt, prompt_to_dict, resolve_prompt_config
+from .registry import HEADS, MODEL_TYPES
+
+
+def take_indices(depth: int, indices: Union[None, int, Sequence[int]]) -> Tuple[List[int], int]:
+    """timm's convention: None = every block, int n = the last n blocks, a list = those (negatives count back)."""
+    if indices is None:
+        idx = list(range(depth))
+    elif isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices={indices} must be in 1..{depth}")
+        idx = list(range(depth - indices, depth))
+    else:
+        idx = [i + depth if i < 0 else i for i in indices]
+        if any(not 0 <= i < depth for i in idx):
+            raise ValueError(f"indices {list(indices)} out of range for {depth} blocks")
+    return idx, max(idx)
+
+
+class PromptedModel(nn.Module):
+    """Frozen backbone + prompts + head. Build with :func:`vpt.create_model`."""
+
+    model_type = "classifier"
+
+    def __init__(self, backbone: BackboneAdapter, prompt: Any = None, num_classes: int = 0,
+                 head: Union[str, Dict[str, Any], HeadConfig, None] = None, class_names: Optional[List[str]] = None,
+                 train_backbone: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.train_backbone = bool(train_backbone)
+        self.data_config = backbone.data_config()
+        cfg = resolve_prompt_config(prompt)
+        self.prompt_config = cfg
+        if cfg is not None:
+            backbone.check_prompt(cfg.kind, cfg.needs == "tokens", cfg.needs == "kv")
+        facts = {"kv_dim": backbone.kv_dim()} if hasattr(backbone, "kv_dim") and backbone.supports_tokens else {}
+        self.prompt = build_prompt(cfg, backbone.layout, self.data_config, **facts)
+
+        if isinstance(head, str):
+            head = {"kind": head}
+        self.head_config = from_dict(HeadConfig, head or {}, where="head")
+        if self.head_config.pool not in ("backbone", "cls", "avg"):
+            raise ConfigError(f"unknown head.pool '{self.head_config.pool}'; available: avg, backbone, cls")
+        if self.head_config.pool != "backbone" and not backbone.supports_tokens:
+            raise ConfigError(f"head.pool '{self.head_config.pool}' needs a token backbone; use pool: backbone")
+        if self.head_config.pool == "cls" and not backbone.layout.has_class_token:
+            raise ConfigError("head.pool 'cls' needs a class token, and this backbone has none; use avg or backbone")
+        if class_names is not None:
+            class_names = [str(c) for c in class_names]
+            if num_classes and len(class_names) != num_classes:
+                raise ConfigError(f"{len(class_names)} class names for num_classes={num_classes}")
+            num_classes = num_classes or len(class_names)
+        self.num_classes = int(num_classes)
+        self.class_names = class_names
+        self.num_features = (backbone.layout.embed_dim if self.head_config.pool != "backbone"
+                             else backbone.num_features)
+        self.head = (HEADS.get(self.head_config.kind).factory(self.num_features, self.num_classes, self.head_config)
+                     if self.num_classes else None)
+
+        for p in self.backbone.parameters():
+            p.requires_grad_(self.train_backbone)
+        self.train(False)
+
+    # --- modes ----------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.train_backbone:
+            self.backbone.eval()  # frozen: no dropout / drop-path / patch-dropout noise
+        return self
+
+    @property
+    def grad_from(self) -> int:
+        """First block whose input needs autograd (-1: from the image; depth: none)."""
+        if self.train_backbone:
+            return -1
+        if self.prompt is None:
+            return self.backbone.layout.depth if self.backbone.layout else 1 << 30
+        return self.prompt.first_layer
+
+    # --- forward --------------------------------------------------------------------------------
+    def _strip(self, h: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        if num_prompts == 0:
+            return h
+        k = self.backbone.layout.num_prefix
+        return torch.cat([h[:, :k], h[:, k + num_prompts:]], dim=1)  # (B, k+N, D)
+
+    def _encode(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None):
+        """Pixels -> block outputs with prompts stripped; the single loop over blocks."""
+        bb, prompt = self.backbone, self.prompt
+        if bb.token_refusal is not None:
+            raise BackboneError(f"this backbone has no token sequence: {bb.token_refusal}")
+        grad, grad_from = torch.is_grad_enabled(), self.grad_from
+        if prompt is not None and prompt.uses_pixels:
+            x = prompt.pixels(x)
+        with torch.set_grad_enabled(grad and grad_from < 0):
+            h, ctx = bb.embed(x)  # (B, k+N, D)
+        B, k = h.shape[0], bb.layout.num_prefix
+        P, kv, inter = 0, None, []
+        depth = bb.layout.depth if stop is None else stop + 1
+        for i in range(depth):
+            with torch.set_grad_enabled(grad and i >= grad_from):
+                if prompt is not None:
+                    t = prompt.tokens(i, B) if prompt.uses_tokens else None
+                    if t is not None:
+                        h = torch.cat([h[:, :k], t.to(h.dtype), h[:, k + P:]], dim=1)  # (B, k+P+N, D)
+                        P = t.shape[1]
+                    kv = prompt.kv(i, B) if prompt.uses_kv else None
+                h = bb.block(i, h, ctx, kv)
+            if i in take:
+                inter.append(self._strip(h, P))
+        return self._strip(h, P), inter, ctx
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> the backbone's forward_features output with prompts stripped."""
+        if not self.backbone.supports_tokens:
+            if self.prompt is not None:
+                x = self.prompt.pixels(x)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.grad_from < 1 << 30):
+                return self.backbone.forward_features(x)
+        h, _, _ = self._encode(x)
+        return self.backbone.finish(h)
+
+    def pool_features(self, feats: torch.Tensor) -> torch.Tensor:
+        pool = self.head_config.pool
+        if pool == "backbone":
+            return self.backbone.pool(feats)
+        if pool == "cls":
+            return feats[:, 0]
+        return feats[:, self.backbone.layout.num_prefix:].mean(dim=1)  # avg over image tokens only
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = self.pool_features(feats)
+        return pooled if pre_logits or self.head is None else self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              output_dict: bool = False):
+        """timm's ``forward_intermediates`` (same signature and outputs) with prompt tokens stripped."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be NCHW or NLC, got {output_fmt!r}")
+        bb = self.backbone
+        if bb.token_refusal is not None:
+            raise BackboneError(f"forward_intermediates needs a token backbone: {bb.token_refusal}")
+        take, max_index = take_indices(bb.layout.depth, indices)
+        h, inter, ctx = self._encode(x, take=take, stop=max_index if stop_early else None)
+        if norm:
+            inter = [bb.finish(y) for y in inter]
+        k = bb.layout.num_prefix
+        prefix = [y[:, :k] for y in inter] if k else None
+        inter = [y[:, k:] for y in inter]  # (B, N, D)
+        if output_fmt == "NCHW":
+            gh, gw = ctx.grid
+            inter = [y.reshape(y.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous() for y in inter]  # (B, D, gh, gw)
+        if output_dict:
+            out: Dict[str, Any] = {"image_intermediates": inter}
+            if prefix is not None and return_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = bb.finish(h)
+            return out
+        if return_prefix_tokens and prefix is not None:
+            inter = list(zip(inter, prefix))
+        if intermediates_only:
+            return inter
+        return bb.finish(h), inter
+
+    # --- parameters -----------------------------------------------------------------------------
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def get_nb_trainable_parameters(self) -> Tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        """peft's format, so that users' scripts that grep it keep working."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    # --- configs and artifacts --------------------------------------------------------------------
+    def to_config(self) -> Dict[str, Any]:
+        return {
+            "model_type": self.model_type,
+            "backbone": self.backbone.identity(),
+            "prompt": prompt_to_dict(self.prompt_config) if self.prompt_config is not None else None,
+            "head": to_dict(self.head_config),
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "train_backbone": self.train_backbone,
+            "preprocessing": to_dict(self.data_config),
+        }
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any], backbone: BackboneAdapter) -> "PromptedModel":
+        return cls(backbone, prompt=config.get("prompt"), num_classes=config.get("num_classes", 0),
+                   head=config.get("head"), class_names=config.get("class_names"),
+                   train_backbone=config.get("train_backbone", False))
+
+    def save_pretrained(self, save_directory: str) -> None:
+        from .artifact import save_pretrained
+        save_pretrained(self, save_directory)
+
+
+MODEL_TYPES.register("classifier")(PromptedModel)
+
+
+def create_model(backbone: Union[str, BackboneConfig, Dict[str, Any], BackboneAdapter], prompt: Any = None,
+                 num_classes: int = 0, head: Union[str, Dict[str, Any], HeadConfig, None] = None,
+                 class_names: Optional[List[str]] = None, train_backbone: bool = False,
+                 **backbone_kwargs: Any) -> PromptedModel:
+    """Build a prompted model.
+
+    Args:
+        backbone: ``'timm:ARCH[.TAG]'``, ``'open_clip:ARCH/TAG'``, ``'vpt:NAME'``, a BackboneConfig / dict,
+            or an adapter from :func:`vpt.backbones.create_backbone`.
+        prompt: a kind name (``'vpt_deep'``), ``{'kind': 'vpt_deep', 'num_tokens': 10}`` or a config object;
+            None for a linear probe or full fine-tuning.
+        num_classes: classes of the head (0: no head, features only).
+        head: ``'linear'``, ``'mlp'`` or a head config dict (``kind``, ``pool``, ...).
+        train_backbone: unfreeze the backbone (full fine-tuning baseline).
+        **backbone_kwargs: ``weights=PATH``, ``pretrained=False``, ``init_seed``, ``model_kwargs={...}``.
+    """
+    if not isinstance(backbone, BackboneAdapter):
+        backbone = create_backbone(backbone, **backbone_kwargs)
+    elif backbone_kwargs:
+        raise TypeError(f"backbone options {sorted(backbone_kwargs)} given with an already built backbone")
+    return PromptedModel(backbone, prompt=prompt, num_classes=num_classes, head=head, class_names=class_names,
+                         train_backbone=train_backbone)

@@ -1,0 +1,90 @@
+"""The hooks a prompt kind plugs into; prompt kinds never import a backbone library."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..backbones.base import DataConfig, TokenLayout
+from ..config import ConfigError, from_dict, to_dict
+from ..registry import PROMPTS
+
+
+class PromptModule(nn.Module):
+    """Base class. The model's single block loop calls these hooks; defaults do nothing.
+
+    - ``pixels(x)``: the (normalised) image batch before the backbone;
+    - ``tokens(i, batch)``: (B, P, D) prompt tokens to insert (first time) or to replace (after) at
+      the input of block ``i``, or None;
+    - ``kv(i, batch)``: (B, P, A) key and value prefixes for block ``i``'s attention, or None.
+    """
+
+    kind: str = ""
+    uses_tokens: bool = False  # inserts tokens into the sequence
+    uses_kv: bool = False  # adds key/value prefixes inside attention
+    uses_pixels: bool = False  # edits the image
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+
+    @property
+    def first_layer(self) -> int:
+        """The first block whose input depends on a prompt (-1: the image itself). Earlier work runs
+        without autograd."""
+        return -1
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def tokens(self, i: int, batch_size: int) -> Optional[torch.Tensor]:
+        return None
+
+    def kv(self, i: int, batch_size: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        return None
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+
+def xavier_bound(patch_size: Tuple[int, int], dim: int) -> float:
+    """VPT's init: uniform(-b, b) with the xavier bound over the flattened patch and the prompt dim."""
+    return math.sqrt(6.0 / float(3 * patch_size[0] * patch_size[1] + dim))
+
+
+def prompt_to_dict(config: Any) -> Dict[str, Any]:
+    """{'kind': name, **fields} for an artifact or a resolved config."""
+    return {"kind": config.kind, **{k: v for k, v in to_dict(config).items() if k != "kind"}}
+
+
+def resolve_prompt_config(prompt: Union[None, str, Mapping[str, Any], Any], strict: bool = True) -> Any:
+    """'vpt_deep', {'kind': 'vpt_deep', 'num_tokens': 10}, or a config instance -> config instance."""
+    if prompt is None:
+        return None
+    if isinstance(prompt, str):
+        prompt = {"kind": prompt}
+    if dataclasses.is_dataclass(prompt) and not isinstance(prompt, type):
+        return prompt
+    if not isinstance(prompt, Mapping):
+        raise ConfigError(f"prompt must be a kind name, a dict with 'kind', or a config object; got {prompt!r}")
+    data = dict(prompt)
+    kind = data.pop("kind", None)
+    if kind is None:
+        raise ConfigError(f"prompt config needs a 'kind'; available: {', '.join(PROMPTS.names())}")
+    try:
+        entry = PROMPTS.get(str(kind))
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+    return from_dict(entry.config_cls, data, strict=strict, where="prompt")
+
+
+def build_prompt(prompt: Any, layout: Optional[TokenLayout], data_config: DataConfig,
+                 **facts: Any) -> Optional[PromptModule]:
+    """Config -> module. ``facts`` are backbone facts a kind may need (e.g. ``kv_dim``)."""
+    cfg = resolve_prompt_config(prompt)
+    if cfg is None:
+        return None
+    return PROMPTS.get(cfg.kind).factory(cfg, layout, data_config, **facts)

@@ -1,0 +1,89 @@
+"""Prefix prompts: learnable keys and values concatenated inside attention only.
+
+No extra token passes through the MLPs or the residual stream, so inference costs less than VPT-deep
+with the same P.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, List, Optional
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from ..registry import PROMPTS
+from .base import PromptModule, xavier_bound
+
+
+@dataclass
+class PrefixPromptConfig:
+    kind: ClassVar[str] = "vpt_prefix"
+    needs: ClassVar[str] = "kv"
+    num_tokens: int = 10  # P key/value pairs per prompted block
+    layers: Optional[List[int]] = None  # prompted block indices; None = every block
+    last_k: Optional[int] = None  # prompt only the last k blocks
+    project_dim: Optional[int] = None  # reparameterise: learn (P, d) and map to keys and values with a Linear
+    dropout: float = 0.0
+
+
+class PrefixPrompt(PromptModule):
+    kind = "vpt_prefix"
+    uses_kv = True
+
+    def __init__(self, config, layout, data_config, kv_dim: Optional[int] = None):
+        super().__init__(config)
+        if layout is None:
+            raise ConfigError("prefix prompts need a ViT-style backbone")
+        L = layout.depth
+        A = kv_dim or layout.embed_dim
+        if config.layers is not None and config.last_k is not None:
+            raise ConfigError("set either prompt.layers or prompt.last_k, not both")
+        if config.last_k is not None:
+            if not 1 <= config.last_k <= L:
+                raise ConfigError(f"prompt.last_k must be in 1..{L}, got {config.last_k}")
+            layers = list(range(L - config.last_k, L))
+        elif config.layers is not None:
+            layers = sorted(set(int(i) for i in config.layers))
+            if not layers or any(not 0 <= i < L for i in layers):
+                raise ConfigError(f"prompt.layers {config.layers} must be non-empty block indices in 0..{L - 1}")
+        else:
+            layers = list(range(L))
+        if config.num_tokens < 1:
+            raise ConfigError(f"prompt.num_tokens must be >= 1, got {config.num_tokens}")
+        self.layers = layers
+        self._slot = {layer: j for j, layer in enumerate(layers)}
+        self.num_tokens = 0  # nothing enters the token sequence
+        self.num_prefix = int(config.num_tokens)
+        self.kv_dim = A
+        d = config.project_dim
+        if d:
+            self.prefix = nn.Parameter(torch.zeros(len(layers), self.num_prefix, d))  # (L', P, d)
+            self.proj = nn.Linear(d, 2 * A)
+            nn.init.uniform_(self.prefix, -xavier_bound(layout.patch_size, d), xavier_bound(layout.patch_size, d))
+        else:
+            self.prefix = nn.Parameter(torch.zeros(len(layers), self.num_prefix, 2 * A))  # (L', P, 2A): keys | values
+            b = xavier_bound(layout.patch_size, A)
+            nn.init.uniform_(self.prefix, -b, b)
+            self.proj = nn.Identity()
+        self.dropout = nn.Dropout(config.dropout)
+
+    @property
+    def first_layer(self) -> int:
+        return self.layers[0]
+
+    def kv(self, i, batch_size):
+        j = self._slot.get(i)
+        if j is None:
+            return None
+        kv = self.dropout(self.proj(self.prefix[j]))  # (P, 2A)
+        k, v = kv.unsqueeze(0).expand(batch_size, -1, -1).chunk(2, dim=-1)  # 2 x (B, P, A)
+        return k, v
+
+    def extra_repr(self):
+        return f"kind={self.kind!r}, num_prefix={self.num_prefix}, layers={self.layers}"
+
+
+@PROMPTS.register("vpt_prefix", PrefixPromptConfig, help="prefix prompts: learnable keys/values inside attention only")
+def _prefix(config, layout, data_config, kv_dim=None, **_):
+    return PrefixPrompt(config, layout, data_config, kv_dim=kv_dim)

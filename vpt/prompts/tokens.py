@@ -1,0 +1,112 @@
+"""VPT token prompts (Jia et al. 2022): shallow (first layer) and deep (every or chosen layers).
+
+Shallow is deep with one prompted layer: prompts enter after the prefix tokens at the first prompted
+layer, are replaced by that layer's own prompts at every later prompted layer, and are carried
+through the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, List, Optional
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from ..registry import PROMPTS
+from .base import PromptModule, xavier_bound
+
+
+@dataclass
+class ShallowPromptConfig:
+    kind: ClassVar[str] = "vpt_shallow"
+    needs: ClassVar[str] = "tokens"  # what the backbone must offer: tokens | kv | pixels
+    num_tokens: int = 10  # P prompt tokens inserted after the class/register tokens
+    dropout: float = 0.0  # dropout on the prompt tokens (VPT used 0.1 on some tasks)
+    project_dim: Optional[int] = None  # learn prompts in this dim, project to the width with a Linear
+    init: str = "xavier_uniform"  # xavier_uniform (VPT) | normal (std 0.02) | zeros
+
+
+@dataclass
+class DeepPromptConfig:
+    kind: ClassVar[str] = "vpt_deep"
+    needs: ClassVar[str] = "tokens"
+    num_tokens: int = 10  # P prompt tokens per prompted layer
+    layers: Optional[List[int]] = None  # prompted block indices; None = every block
+    last_k: Optional[int] = None  # prompt only the last k blocks (instead of layers)
+    dropout: float = 0.0
+    project_dim: Optional[int] = None
+    init: str = "xavier_uniform"
+
+
+class TokenPrompt(PromptModule):
+    uses_tokens = True
+
+    def __init__(self, config, layout, data_config):
+        super().__init__(config)
+        if layout is None:
+            raise ConfigError("token prompts need a ViT-style backbone")
+        L, D = layout.depth, layout.embed_dim
+        if config.num_tokens < 0:
+            raise ConfigError(f"prompt.num_tokens must be >= 0, got {config.num_tokens}")
+        if isinstance(config, ShallowPromptConfig):
+            layers = [0]
+        elif config.layers is not None and config.last_k is not None:
+            raise ConfigError("set either prompt.layers or prompt.last_k, not both")
+        elif config.last_k is not None:
+            if not 1 <= config.last_k <= L:
+                raise ConfigError(f"prompt.last_k must be in 1..{L} for this {L}-block backbone, got {config.last_k}")
+            layers = list(range(L - config.last_k, L))
+        elif config.layers is not None:
+            layers = sorted(set(int(i) for i in config.layers))
+            bad = [i for i in layers if not 0 <= i < L]
+            if bad or not layers:
+                raise ConfigError(f"prompt.layers {config.layers} must be non-empty block indices in 0..{L - 1}")
+        else:
+            layers = list(range(L))
+        self.layers = layers
+        self._slot = {layer: j for j, layer in enumerate(layers)}
+        self.num_tokens = int(config.num_tokens)
+        d = config.project_dim or D
+        self.prompts = nn.Parameter(torch.zeros(len(layers), self.num_tokens, d))  # (L', P, d)
+        if config.init == "xavier_uniform":
+            b = xavier_bound(layout.patch_size, d)
+            nn.init.uniform_(self.prompts, -b, b)
+        elif config.init == "normal":
+            nn.init.normal_(self.prompts, std=0.02)
+        elif config.init != "zeros":
+            raise ConfigError(f"unknown prompt.init '{config.init}'; available: normal, xavier_uniform, zeros")
+        if config.project_dim:
+            self.proj = nn.Linear(d, D)
+            nn.init.kaiming_normal_(self.proj.weight, a=0, mode="fan_out")
+        else:
+            self.proj = nn.Identity()
+        self.dropout = nn.Dropout(config.dropout)
+
+    @property
+    def first_layer(self) -> int:
+        return self.layers[0] if self.num_tokens else 1 << 30
+
+    def tokens(self, i, batch_size):
+        j = self._slot.get(i)
+        if j is None or self.num_tokens == 0:
+            return None
+        p = self.proj(self.prompts[j])  # (P, D)
+        return self.dropout(p.unsqueeze(0).expand(batch_size, -1, -1))  # (B, P, D)
+
+    def extra_repr(self):
+        return f"kind={self.kind!r}, num_tokens={self.num_tokens}, layers={self.layers}"
+
+
+@PROMPTS.register("vpt_shallow", ShallowPromptConfig, help="VPT-shallow: P learnable tokens at the first block")
+def _shallow(config, layout, data_config, **_):
+    m = TokenPrompt(config, layout, data_config)
+    m.kind = "vpt_shallow"
+    return m
+
+
+@PROMPTS.register("vpt_deep", DeepPromptConfig, help="VPT-deep: P learnable tokens re-inserted at every (or chosen) block")
+def _deep(config, layout, data_config, **_):
+    m = TokenPrompt(config, layout, data_config)
+    m.kind = "vpt_deep"
+    return m

@@ -1,0 +1,28 @@
+"""Weights that ship inside the vpt package (``vpt:NAME`` backbones), with provenance cards beside them."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any, Dict
+
+from ..backbones.base import BackboneConfig, BackboneError
+from ..registry import did_you_mean
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name -> timm architecture, model kwargs, file and card, all inside this folder
+SHIPPED: Dict[str, Dict[str, Any]] = {}
+
+
+def resolve_shipped(cfg: BackboneConfig) -> BackboneConfig:
+    name = cfg.name.split(":", 1)[1]
+    if name not in SHIPPED:
+        avail = ", ".join(sorted(SHIPPED)) or "none in this version"
+        raise BackboneError(f"unknown shipped backbone 'vpt:{name}'; available: {avail}{did_you_mean(name, SHIPPED)}")
+    entry = SHIPPED[name]
+    path = os.path.join(_HERE, entry["file"])
+    if not os.path.isfile(path):
+        raise BackboneError(f"shipped weights {path} are missing from this installation; reinstall vpt")
+    weights = path if cfg.pretrained else None
+    return replace(cfg, name=f"timm:{entry['arch']}", weights=weights,
+                   model_kwargs={**entry["model_kwargs"], **cfg.model_kwargs})
