@@ -1,0 +1,179 @@
+"""Find labelled images: an image folder (``root/<class>/*``, optionally under ``train/ val/ test/``)
+or a CSV of ``path,label`` (optional ``split`` column), and turn them into train / val / test lists."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .splits import Sample, few_shot, stratified_split
+
+_logger = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+class DataError(ValueError):
+    """A data folder or CSV that can't be used; the message names the path and the fix."""
+
+
+@dataclass
+class DataSplits:
+    class_names: List[str]
+    train: List[Sample]
+    val: List[Sample]
+    test: List[Sample]
+    source: Dict[str, str] = field(default_factory=dict)  # split -> 'folder' | 'csv' | 'split of train' ...
+    ignored_files: int = 0  # files without an image extension that were not used
+
+    def summary(self) -> str:
+        parts = [f"{s}={len(getattr(self, s))} ({self.source.get(s, '-')})" for s in SPLITS]
+        return f"{len(self.class_names)} classes; " + ", ".join(parts)
+
+
+def _is_image(name: str, extensions: Sequence[str]) -> bool:
+    return os.path.splitext(name)[1].lower() in extensions
+
+
+def scan_class_folders(root: str, extensions: Sequence[str]) -> Tuple[Dict[str, List[str]], int]:
+    """root/<class>/**/<image> -> ({class: [paths]}, files ignored); a class folder without images is an error."""
+    if not os.path.isdir(root):
+        raise DataError(f"data folder not found: {root!r}; pass --data DIR with one sub-folder per class")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    if not classes:
+        raise DataError(f"data folder {root!r} has no class sub-folders; expected {root}/<class>/<image> "
+                        f"(or {root}/train/<class>/<image>)")
+    out: Dict[str, List[str]] = {}
+    ignored = 0
+    for c in classes:
+        paths = []
+        for dirpath, dirnames, files in os.walk(os.path.join(root, c), followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(files):
+                if f.startswith("."):
+                    continue
+                if _is_image(f, extensions):
+                    paths.append(os.path.join(dirpath, f))
+                else:
+                    ignored += 1
+        if not paths:
+            raise DataError(f"class folder {os.path.join(root, c)!r} has no images ({', '.join(extensions)}); "
+                            f"add images or remove the folder")
+        out[c] = paths
+    if ignored:
+        _logger.warning("%s: ignored %d files without an image extension", root, ignored)
+    return out, ignored
+
+
+def _label(samples_by_class: Dict[str, List[str]], index: Dict[str, int]) -> List[Sample]:
+    return sorted((p, index[c]) for c, ps in samples_by_class.items() for p in ps)
+
+
+def read_csv(path: str) -> Dict[str, List[tuple]]:
+    """CSV with a header holding ``path`` and ``label`` (and optionally ``split``) -> split -> [(path, label)]."""
+    if not os.path.isfile(path):
+        raise DataError(f"CSV file not found: {path!r}")
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if "path" not in cols or "label" not in cols:
+            raise DataError(f"{path}: the header must name the columns 'path' and 'label' (optionally 'split'); "
+                            f"found {reader.fieldnames}")
+        rows: Dict[str, List[tuple]] = {}
+        for n, row in enumerate(reader, start=2):
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            if not row.get("path") or not row.get("label"):
+                raise DataError(f"{path}:{n}: empty path or label")
+            split = _SPLIT_ALIASES.get(row.get("split", "train").lower() or "train")
+            if split is None:
+                raise DataError(f"{path}:{n}: unknown split {row.get('split')!r}; use train, val or test")
+            p = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
+            rows.setdefault(split, []).append((p, row["label"]))
+    if not rows.get("train"):
+        raise DataError(f"{path} lists no training rows (rows without a split column count as train)")
+    return rows
+
+
+def _check_classes(class_names: List[str], where: str) -> None:
+    if len(class_names) < 2:
+        raise DataError(f"{where} has only {len(class_names)} class ({', '.join(class_names)}); "
+                        f"classification needs at least two classes")
+
+
+def load_splits(root: str, val_fraction: float = 0.1, test_fraction: float = 0.0, split_seed: int = 0,
+                shots: Optional[int] = None, extensions: Sequence[str] = (".jpg", ".jpeg", ".png", ".webp"),
+                class_names: Optional[List[str]] = None) -> DataSplits:
+    """Find the images under ``root`` (folder or CSV) and return the train / val / test lists.
+
+    Missing splits are carved out of train, stratified with ``split_seed``: first test, then val. The
+    few-shot subset (``shots`` per class) is drawn from what remains for training.
+    """
+    if root is None:
+        raise DataError("no data given; pass --data DIR (an image folder) or --data FILE.csv")
+    extensions = [e.lower() if e.startswith(".") else "." + e.lower() for e in extensions]
+    source: Dict[str, str] = {}
+    if os.path.isfile(root) and root.lower().endswith(".csv"):
+        rows = read_csv(root)
+        found = {s: rows.get(s, []) for s in SPLITS}
+        for s in SPLITS:
+            source[s] = "csv" if found[s] else "-"
+        train_names = sorted({lab for _, lab in found["train"]})
+        names = train_names
+        index = {c: i for i, c in enumerate(names)}
+        for s in ("val", "test"):
+            extra = sorted({lab for _, lab in found[s]} - set(index))
+            if extra:
+                raise DataError(f"{root}: {s} rows have labels that train lacks: {extra[:5]}")
+        lists = {s: sorted((p, index[lab]) for p, lab in found[s]) for s in SPLITS}
+        ignored = 0
+    else:
+        has_splits = os.path.isdir(os.path.join(root, "train"))
+        if not has_splits and any(os.path.isdir(os.path.join(root, s)) for s in ("val", "test")):
+            raise DataError(f"{root!r} has val/ or test/ but no train/; add {root}/train/<class>/ images")
+        tree, ignored = scan_class_folders(os.path.join(root, "train") if has_splits else root, extensions)
+        names = sorted(tree)
+        index = {c: i for i, c in enumerate(names)}
+        lists = {"train": _label(tree, index), "val": [], "test": []}
+        source["train"] = "folder"
+        for s in ("val", "test"):
+            d = os.path.join(root, s)
+            if has_splits and os.path.isdir(d):
+                sub, n = scan_class_folders(d, extensions)
+                ignored += n
+                extra = sorted(set(sub) - set(index))
+                if extra:
+                    raise DataError(f"{d} has classes that {root}/train lacks: {extra[:5]}; "
+                                    f"the class folders of every split must come from train")
+                lists[s] = _label(sub, index)
+                source[s] = "folder"
+    _check_classes(names, root)
+    if class_names is not None and list(class_names) != names:
+        raise DataError(class_mismatch_message(list(class_names), names, root))
+    train = lists["train"]
+    if not lists["test"] and test_fraction > 0:
+        train, lists["test"] = stratified_split(train, test_fraction, split_seed + 7919)
+        source["test"] = f"{test_fraction:g} of train (seed {split_seed})"
+    if not lists["val"] and val_fraction > 0:
+        train, lists["val"] = stratified_split(train, val_fraction, split_seed)
+        source["val"] = f"{val_fraction:g} of train (seed {split_seed})"
+    if shots is not None:
+        train = few_shot(train, shots, split_seed)
+        source["train"] += f", {shots}-shot (seed {split_seed})"
+    return DataSplits(names, train, lists["val"], lists["test"], source, ignored)
+
+
+def class_mismatch_message(expected: List[str], found: List[str], root: str) -> str:
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in found if c not in expected]
+    detail = []
+    if missing:
+        detail.append(f"missing {missing[:5]}")
+    if extra:
+        detail.append(f"extra {extra[:5]}")
+    if not detail:
+        detail.append("same names in another order")
+    return (f"the classes in {root!r} differ from the model's ({'; '.join(detail)}); the model was trained on "
+            f"{expected[:8]}{' ...' if len(expected) > 8 else ''}. Evaluate on data with the same class folders")
