@@ -1,0 +1,249 @@
+"""PromptedCLIP: visual prompts inside a frozen open_clip image encoder, classified by CLIP's text side.
+
+Heads (``head.kind``):
+- ``zeroshot``: the frozen zero-shot text classifier (templates x class names), logits =
+  ``logit_scale * normalize(image) @ classifier.T`` (Bahng et al. 2022, "Exploring Visual Prompts for
+  Adapting Large-Scale Models", train only the pixel prompt through frozen CLIP).
+- ``linear_init``: a trainable Linear initialised from that classifier (weight = scale * classifier,
+  bias 0), so step-0 logits are bit-identical to zero-shot (WiSE-FT / FLYP-style head init).
+- ``linear``: a randomly initialised Linear over the normalised image embedding (a CLIP linear probe).
+
+Learnable text context (``text``: CoOp, ``vpt.prompts.text``) replaces the templates: the classifier is
+recomputed from the context through the frozen text encoder; combinable with any visual prompt.
+
+The model keeps ``encode_image`` / ``encode_text`` / ``tokenizer``, so CLIP_benchmark-style code
+(``evaluate(model, dataloader, tokenizer, classnames, templates, device)``) scores the prompted image
+encoder unchanged. ``encode_text`` is the frozen text tower (a learned CoOp context replaces templates,
+it does not rewrite arbitrary text).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import BackboneAdapter, BackboneConfig, create_backbone
+from .config import ConfigError, from_dict, to_dict
+from .model import PromptedModel
+from .prompts.text import TextContext, resolve_text_config, text_config_to_dict
+from .registry import MODEL_TYPES
+from .zeroshot import clip_tokenizer, load_templates, prompt_name, text_classifier
+
+_logger = logging.getLogger(__name__)
+
+HEAD_KINDS = ("zeroshot", "linear_init", "linear")
+
+
+@dataclass
+class ClipHeadConfig:
+    kind: str = "zeroshot"  # zeroshot (frozen text classifier) | linear_init (Linear from it) | linear (random)
+    templates: Union[str, List[str]] = "openai"  # openai | simple | a file of '{c}' lines | a list of '{c}' strings
+    logit_scale: Optional[float] = None  # multiplier of the cosine logits; None: the CLIP model's exp(logit_scale)
+    classes_per_batch: int = 10  # classes per text-encoder batch when building the classifier
+
+
+class ClipHead(nn.Module):
+    """Logits = ``normalize(image_embedding) @ weight.T (+ bias)``; ``weight`` frozen for zeroshot."""
+
+    def __init__(self, weight: torch.Tensor, trainable: bool):
+        super().__init__()
+        if trainable:
+            self.weight = nn.Parameter(weight.clone())  # (C, D)
+            self.bias = nn.Parameter(torch.zeros(weight.shape[0]))  # (C,)
+        else:
+            self.register_buffer("weight", weight.clone(), persistent=False)  # rebuilt from the text tower on load
+            self.bias = None
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(image_features, dim=-1), self.weight.to(image_features.dtype),
+                        None if self.bias is None else self.bias.to(image_features.dtype))
+
+
+def _text_tower(clip_model: nn.Module) -> nn.Module:
+    """The module holding the text transformer pieces (CLIP: the model itself; CustomTextCLIP: .text)."""
+    for tower in (clip_model, getattr(clip_model, "text", None)):
+        if tower is not None and all(hasattr(tower, a) for a in ("token_embedding", "positional_embedding",
+                                                                  "transformer", "ln_final")):
+            if getattr(tower, "cls_emb", None) is not None:
+                break
+            return tower
+    raise ConfigError(f"learnable text context needs open_clip's own text transformer; this model's text tower "
+                      f"is {type(getattr(clip_model, 'text', clip_model)).__name__} (Hugging Face / CoCa towers "
+                      f"are not supported); use head.kind zeroshot or linear_init without text")
+
+
+def encode_text_embeddings(clip_model: nn.Module, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``encode_text`` from token embeddings (C, L, W) instead of token ids -> (C, E).
+
+    The same modules in the same order as ``CLIP.encode_text``; ``tokens`` (C, L) pick the pooled position.
+    """
+    t = _text_tower(clip_model)
+    cast = t.transformer.get_cast_dtype() if hasattr(t.transformer, "get_cast_dtype") else emb.dtype
+    x = emb.to(cast) + t.positional_embedding.to(cast)  # (C, L, W)
+    x = t.transformer(x, attn_mask=t.attn_mask)
+    x = t.ln_final(x)
+    pool = getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax"))
+    rows = torch.arange(x.shape[0], device=x.device)
+    if pool == "argmax":  # EOT has the highest id
+        x = x[rows, tokens.argmax(dim=-1)]
+    elif pool == "eos":
+        eos = getattr(t, "text_eos_id", getattr(t, "eos_id", None))
+        x = x[rows, (tokens == eos).int().argmax(dim=-1)]
+    elif pool in ("first", "last"):
+        x = x[:, 0] if pool == "first" else x[:, -1]
+    else:
+        raise ConfigError(f"text pool type {pool!r} is not supported by learnable text context")
+    proj = t.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (C, E)
+
+
+class PromptedCLIP(PromptedModel):
+    """Frozen open_clip model + visual prompts + a text-derived head (+ optional CoOp text context)."""
+
+    model_type = "clip"
+
+    def __init__(self, backbone: BackboneAdapter, class_names: Sequence[str], prompt: Any = None,
+                 head: Union[str, Mapping[str, Any], ClipHeadConfig, None] = None,
+                 text: Union[None, Mapping[str, Any]] = None, train_backbone: bool = False,
+                 init_head: bool = True):
+        if getattr(backbone, "library", None) != "open_clip":
+            raise ConfigError(f"model type 'clip' needs an open_clip backbone (open_clip:ARCH/TAG), got "
+                              f"'{backbone.config.name}'; use model type 'classifier' for other backbones")
+        if not class_names:
+            raise ConfigError("a CLIP classifier needs class names (they are what the text side encodes)")
+        super().__init__(backbone, prompt=prompt, num_classes=0, head={"kind": "linear", "pool": "backbone"},
+                         train_backbone=train_backbone)
+        self.class_names = [str(c) for c in class_names]
+        self.num_classes = len(self.class_names)
+        if isinstance(head, str):
+            head = {"kind": head}
+        self.clip_head_config = from_dict(ClipHeadConfig, head or {}, where="head")
+        hc = self.clip_head_config
+        if hc.kind not in HEAD_KINDS:
+            from .registry import did_you_mean
+            raise ConfigError(f"unknown head.kind {hc.kind!r} for a clip model; available: "
+                              f"{', '.join(HEAD_KINDS)}{did_you_mean(hc.kind, HEAD_KINDS)}")
+        self.text_config = resolve_text_config(text)
+        if self.text_config is not None and hc.kind != "zeroshot":
+            raise ConfigError(f"learnable text context computes the classifier itself; it needs head.kind "
+                              f"zeroshot, not {hc.kind!r} (drop `text` to train a linear head)")
+        self.templates = load_templates(hc.templates) if self.text_config is None else []
+        scale = hc.logit_scale if hc.logit_scale is not None else float(backbone.model.logit_scale.exp())
+        self.logit_scale_value = float(scale)
+        self._tokenizer = None
+        self.text_prompt: Optional[TextContext] = None
+        self._text_cache = None
+        if self.text_config is not None:
+            tower = _text_tower(backbone.model)
+            self.text_prompt = TextContext(self.text_config, tower.token_embedding, self.tokenizer,
+                                           [prompt_name(c) for c in self.class_names])
+            self.head = None
+        elif hc.kind == "linear":
+            D = backbone.num_features
+            weight = torch.empty(self.num_classes, D)
+            nn.init.trunc_normal_(weight, std=0.01)
+            self.head = ClipHead(weight, trainable=True)
+        else:
+            if init_head or hc.kind == "zeroshot":
+                clf = self.zeroshot_classifier()  # (C, D) unit rows
+            else:  # the artifact's trained weight overwrites it: skip the text encoder
+                clf = torch.zeros(self.num_classes, backbone.num_features)
+            self.head = ClipHead(self.logit_scale_value * clf, trainable=hc.kind == "linear_init")
+        self.train(False)
+
+    # --- the text side ----------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """open_clip's tokenizer for this architecture (CLIP_benchmark's ``tokenizer`` argument)."""
+        if self._tokenizer is None:
+            self._tokenizer = clip_tokenizer(self.backbone)
+        return self._tokenizer
+
+    def zeroshot_classifier(self, cache_dir: Optional[str] = None) -> torch.Tensor:
+        """(C, D) unit-norm text classifier of the head's templates (open_clip's builder)."""
+        hc = self.clip_head_config
+        return text_classifier(self.backbone, [prompt_name(c) for c in self.class_names],
+                               self.templates or load_templates(hc.templates), tokenizer=self.tokenizer,
+                               classes_per_batch=hc.classes_per_batch, cache_dir=cache_dir)
+
+    def text_features(self) -> torch.Tensor:
+        """(C, E) unit-norm class embeddings from the learnable context (CoOp)."""
+        tp = self.text_prompt
+        if not torch.is_grad_enabled() and not self.training:  # eval: the context is fixed, encode once
+            key = (tp.ctx.data_ptr(), tp.ctx._version, tp.ctx.device)
+            if self._text_cache is not None and self._text_cache[0] == key:
+                return self._text_cache[1]
+        feats = F.normalize(encode_text_embeddings(self.backbone.model, tp(), tp.tokens), dim=-1)
+        if not torch.is_grad_enabled() and not self.training:
+            self._text_cache = (key, feats)
+        return feats
+
+    # --- CLIP interface ---------------------------------------------------------------------------
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """The prompted image encoder: the projected image embedding (as open_clip's ``encode_image``)."""
+        feats = self.pool_features(self.forward_features(image))  # (B, E)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """The frozen open_clip text encoder."""
+        return self.backbone.model.encode_text(text, normalize=normalize)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.backbone.model.logit_scale
+
+    # --- forward ----------------------------------------------------------------------------------
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = self.pool_features(feats)  # (B, E) projected image embedding
+        if pre_logits:
+            return pooled
+        if self.text_prompt is None:
+            return self.head(pooled)
+        weight = self.logit_scale_value * self.text_features()  # (C, E)
+        return F.linear(F.normalize(pooled, dim=-1), weight.to(pooled.dtype))
+
+    # --- configs and artifacts --------------------------------------------------------------------
+    def to_config(self) -> Dict[str, Any]:
+        config = super().to_config()
+        head = to_dict(self.clip_head_config)
+        head["templates"] = list(self.templates) if self.templates else head["templates"]  # self-contained
+        head["logit_scale"] = self.logit_scale_value
+        config.update(head=head, text=(text_config_to_dict(self.text_config, self.text_prompt.num_tokens)
+                                       if self.text_prompt is not None else None))
+        return config
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any], backbone: BackboneAdapter) -> "PromptedCLIP":
+        return cls(backbone, class_names=config.get("class_names") or [], prompt=config.get("prompt"),
+                   head=config.get("head"), text=config.get("text"),
+                   train_backbone=config.get("train_backbone", False), init_head=False)
+
+    @classmethod
+    def from_section(cls, section: Any, class_names: Sequence[str]) -> "PromptedCLIP":
+        """Build from ``vpt train``'s model section (type, backbone, prompt, head, train_backbone, text)."""
+        bb = section.backbone
+        bb = bb if isinstance(bb, BackboneConfig) else from_dict(BackboneConfig, bb or {}, where="model.backbone")
+        return cls(create_backbone(bb), class_names=class_names, prompt=section.prompt, head=section.head,
+                   text=section.text, train_backbone=bool(section.train_backbone))
+
+
+MODEL_TYPES.register("clip")(PromptedCLIP)
+
+
+def create_clip_model(backbone: Union[str, BackboneConfig, Mapping[str, Any], BackboneAdapter],
+                      class_names: Sequence[str], prompt: Any = None,
+                      head: Union[str, Mapping[str, Any], None] = None, text: Optional[Mapping[str, Any]] = None,
+                      train_backbone: bool = False, **backbone_kwargs: Any) -> PromptedCLIP:
+    """Build a PromptedCLIP, e.g. ``create_clip_model('open_clip:ViT-B-32', names, prompt='pixel_pad',
+    head='linear_init', weights='clip.safetensors')``."""
+    if not isinstance(backbone, BackboneAdapter):
+        backbone = create_backbone(backbone, **backbone_kwargs)
+    elif backbone_kwargs:
+        raise TypeError(f"backbone options {sorted(backbone_kwargs)} given with an already built backbone")
+    return PromptedCLIP(backbone, class_names, prompt=prompt, head=head, text=text, train_backbone=train_backbone)
