@@ -19,10 +19,16 @@ def _to_2tuple(v) -> Tuple[int, int]:
 
 
 def timm_data_config(model: nn.Module) -> DataConfig:
+    """timm's own data config; the input size follows the model as built (img_size=...), not the
+    pretrained default it was registered with."""
     import timm.data
     cfg = timm.data.resolve_data_config({}, model=model)
+    input_size = tuple(cfg["input_size"])
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        input_size = (input_size[0], *_to_2tuple(img_size))
     return DataConfig(
-        input_size=tuple(cfg["input_size"]),
+        input_size=input_size,
         mean=tuple(float(m) for m in cfg["mean"]),
         std=tuple(float(s) for s in cfg["std"]),
         interpolation=str(cfg.get("interpolation", "bicubic")),
