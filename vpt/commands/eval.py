@@ -48,6 +48,7 @@ def run(args) -> int:
         from ..detection import commands as det
         return int(det.evaluate(args) or 0)
     from .. import from_pretrained
+    from ..engine.build import ensure_artifact_type
     from ..data import DataError, ImageDataset, class_mismatch_message, load_splits
     from ..data.transforms import EvalTransform
     from ..engine import evaluate, resolve_device
@@ -56,6 +57,7 @@ def run(args) -> int:
     if not cfg.data.root:
         raise UserError("no data given: pass --data DIR")
     device = resolve_device(cfg.train.device)
+    ensure_artifact_type(args.artifact)
     model = from_pretrained(args.artifact, weights=args.weights, device=device)
     d = cfg.data
     try:

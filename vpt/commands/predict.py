@@ -57,6 +57,7 @@ def run(args) -> int:
     import torch
 
     from .. import from_pretrained
+    from ..engine.build import ensure_artifact_type
     from ..data import ImageDataset
     from ..data.transforms import EvalTransform
     from ..engine import predict_logits, resolve_device
@@ -65,6 +66,7 @@ def run(args) -> int:
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
     device = resolve_device(args.device)
+    ensure_artifact_type(args.artifact)
     model = from_pretrained(args.artifact, weights=args.weights, device=device)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     paths = collect_images(args.inputs)

@@ -3,12 +3,36 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
+import json
+import os
 from typing import Any, List
 
 import torch
 
 from ..config import ConfigError, to_dict
 from ..registry import MODEL_TYPES
+
+
+def ensure_model_type(name: str) -> None:
+    """Model types other than 'classifier' register when their module is imported (e.g. vpt.clip);
+    import ``vpt.<name>`` if the type isn't registered yet."""
+    if name in MODEL_TYPES:
+        return
+    try:
+        importlib.import_module(f"vpt.{name}")
+    except ImportError:
+        pass
+
+
+def ensure_artifact_type(artifact_dir: str) -> None:
+    """Make sure the model type an artifact names is registered before ``vpt.from_pretrained``."""
+    path = os.path.join(artifact_dir, "adapter_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            ensure_model_type(str(json.load(f).get("model_type", "classifier")))
+    except (OSError, ValueError, AttributeError):
+        pass  # from_pretrained reports a missing / broken config with its own message
 
 
 def build_model(section: Any, class_names: List[str]) -> torch.nn.Module:
@@ -22,6 +46,7 @@ def build_model(section: Any, class_names: List[str]) -> torch.nn.Module:
             backbone = dataclasses.replace(backbone)
         return create_model(backbone, prompt=section.prompt, num_classes=len(class_names), head=section.head,
                             class_names=list(class_names), train_backbone=section.train_backbone)
+    ensure_model_type(section.type)
     try:
         entry = MODEL_TYPES.get(section.type)
     except KeyError as e:

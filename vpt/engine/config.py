@@ -57,6 +57,7 @@ class OptimSection:
     weight_decay: float = 0.0  # decoupled (AdamW) or L2 (SGD) weight decay
     no_decay_prompts: bool = True  # no weight decay on prompt tokens, biases and norm weights
     clip_grad: Optional[float] = None  # clip the gradient norm to this value; None: off
+    head_lr: Optional[float] = None  # absolute lr for head tensors (head.*); None: the same lr (VPT)
 
 
 @dataclass
@@ -128,6 +129,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.workers >= 0, f"train.workers must be >= 0, got {t.workers}"),
         (o.opt.lower() in ("sgd", "adamw"), f"unknown optim.opt {o.opt!r}; available: adamw, sgd"),
         (o.lr is None or o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
+        (o.head_lr is None or o.head_lr > 0, f"optim.head_lr must be > 0, got {o.head_lr}"),
         (o.lr_base > 0, f"optim.lr_base must be > 0, got {o.lr_base}"),
         (cfg.sched.sched in ("cosine", "constant"), f"unknown sched.sched {cfg.sched.sched!r}; available: constant, cosine"),
         (0 <= cfg.data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}"),

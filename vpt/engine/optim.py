@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -24,22 +24,34 @@ def is_no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or name.endswith(".bias") or "prompt" in name.split(".")[0] or ".norm" in name
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_prompts: bool = True) -> List[Dict[str, Any]]:
-    """Trainable tensors split into a decayed and an undecayed group (empty groups dropped)."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, no_decay_prompts: bool = True,
+                 head_lr: Optional[float] = None) -> List[Dict[str, Any]]:
+    """Trainable tensors split into decayed / undecayed groups, and head / rest when ``head_lr`` is set
+    (empty groups dropped). A group with its own lr carries ``lr`` (the schedule scales it too)."""
+    groups: Dict[tuple, List[torch.Tensor]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if (no_decay_prompts and is_no_decay(name, p)) else decay).append(p)
-    if not decay and not no_decay:
+        decay = not (no_decay_prompts and is_no_decay(name, p))
+        head = head_lr is not None and name.startswith("head.")
+        groups.setdefault((head, decay), []).append(p)
+    if not groups:
         raise ValueError("the model has no trainable parameters; set a prompt, a head or model.train_backbone")
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    out = []
+    for head in (False, True):
+        for decay in (True, False):
+            if (head, decay) in groups:
+                g = {"params": groups[(head, decay)], "weight_decay": weight_decay if decay else 0.0}
+                if head:
+                    g["lr"] = head_lr
+                out.append(g)
+    return out
 
 
 def build_optimizer(model: nn.Module, optim_cfg: Any, lr: float) -> torch.optim.Optimizer:
     """SGD (momentum, L2 decay) or AdamW (decoupled decay) over ``model``'s trainable tensors."""
-    groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.no_decay_prompts)
+    groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.no_decay_prompts,
+                          getattr(optim_cfg, "head_lr", None))
     kind = optim_cfg.opt.lower()
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum)
