@@ -71,7 +71,7 @@ def library_features(bb_key, x):
     """(forward_features, pooled pre-logits) computed by the library model itself."""
     lib = adapter(bb_key).model
     if bb_key == "open_clip":
-        return None, lib.encode_image(x)
+        return None, lib.encode_image(x, normalize=False)
     f = lib.forward_features(x)
     return f, lib.forward_head(f, pre_logits=True)
 

@@ -209,3 +209,14 @@ def test_cli_list(capsys):
     out = capsys.readouterr().out
     for name in ("vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad", "pixel_patch", "timm:", "open_clip:"):
         assert name in out
+
+
+def test_dynamic_img_size_other_resolution():
+    bb = create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT, dynamic_img_size=True))
+    m = vpt.create_model(bb, prompt={"kind": "vpt_deep", "num_tokens": 3}, num_classes=2)
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        assert m.forward_features(x).shape == (2, 1 + 6 * 8, 32)
+        inter = m.forward_intermediates(x, intermediates_only=True)
+        ref = bb.model.forward_intermediates(x, intermediates_only=True)
+    assert [t.shape for t in inter] == [t.shape for t in ref] == [(2, 32, 6, 8)] * 2
