@@ -443,7 +443,7 @@ def train(args) -> int:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             opt.step()
             step += 1
-            lv = float(loss)
+            lv = loss.detach().item()
             if not math.isfinite(lv):
                 log(f"non-finite loss at epoch {epoch + 1} step {step}; aborting")
                 return 3

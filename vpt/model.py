@@ -9,8 +9,6 @@ Data through the model (token prompts)::
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -105,18 +103,24 @@ class PromptedModel(nn.Module):
         k = self.backbone.layout.num_prefix
         return torch.cat([h[:, :k], h[:, k + num_prompts:]], dim=1)  # (B, k+N, D)
 
-    def _encode(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None):
-        """Pixels -> block outputs with prompts stripped; the single loop over blocks."""
-        bb, prompt = self.backbone, self.prompt
+    def _encode(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None,
+                prompt: Optional[Any] = None, grad_from: Optional[int] = None):
+        """Pixels -> block outputs with prompts stripped; the single loop over blocks.
+
+        ``prompt`` defaults to this model's prompt; vpt.multitask passes a per-sample mix of task prompts.
+        """
+        bb = self.backbone
+        prompt = self.prompt if prompt is None else prompt
         if bb.token_refusal is not None:
             raise BackboneError(f"this backbone has no token sequence: {bb.token_refusal}")
-        grad, grad_from = torch.is_grad_enabled(), self.grad_from
+        grad = torch.is_grad_enabled()
+        grad_from = self.grad_from if grad_from is None else grad_from
         if prompt is not None and prompt.uses_pixels:
             x = prompt.pixels(x)
         with torch.set_grad_enabled(grad and grad_from < 0):
             h, ctx = bb.embed(x)  # (B, k+N, D)
         B, k = h.shape[0], bb.layout.num_prefix
-        P, kv, inter = 0, None, []
+        P, kv, mask, inter = 0, None, None, []
         depth = bb.layout.depth if stop is None else stop + 1
         for i in range(depth):
             with torch.set_grad_enabled(grad and i >= grad_from):
@@ -126,7 +130,8 @@ class PromptedModel(nn.Module):
                         h = torch.cat([h[:, :k], t.to(h.dtype), h[:, k + P:]], dim=1)  # (B, k+P+N, D)
                         P = t.shape[1]
                     kv = prompt.kv(i, B) if prompt.uses_kv else None
-                h = bb.block(i, h, ctx, kv)
+                    mask = prompt.key_mask(i, P, h.shape[1])
+                h = bb.block(i, h, ctx, kv, key_mask=mask)
             if i in take:
                 inter.append(self._strip(h, P))
         return self._strip(h, P), inter, ctx

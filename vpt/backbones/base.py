@@ -80,6 +80,14 @@ def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
     return sd
 
 
+def mask_bias(key_mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """bool (B, Lk) key mask -> additive attention bias (B, 1, 1, Lk): 0 where valid, -inf elsewhere."""
+    if key_mask is None:
+        return None
+    bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
+    return bias.masked_fill(~key_mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, Lk)
+
+
 class BackboneAdapter(nn.Module):
     """Wraps an unmodified library model and exposes the pieces of its forward pass.
 
@@ -143,8 +151,14 @@ class BackboneAdapter(nn.Module):
         raise NotImplementedError
 
     def block(self, i: int, h: torch.Tensor, ctx: EmbedContext,
-              kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-        """Run block ``i``; ``kv`` are (B, P, D) key/value prefixes, already in the block's input space."""
+              kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+              key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run block ``i`` on tokens h (B, L, D).
+
+        ``kv``: (B, P, A) key/value prefixes for attention. ``key_mask``: bool (B, P + L), True where a
+        key may be attended to (prefix keys first); used when samples of one batch carry different
+        prompts (per-sample task prompts). None means every key is valid.
+        """
         raise NotImplementedError
 
     def finish(self, h: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout
+from .base import BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias
 from .timm_vit import _to_2tuple
 
 
@@ -33,7 +33,8 @@ def _prefix_refusal(visual: nn.Module) -> Optional[str]:
     return None
 
 
-def mha_with_prefix(attn: nn.MultiheadAttention, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
+def mha_with_prefix(attn: nn.MultiheadAttention, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
+                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Batch-first ``nn.MultiheadAttention`` self-attention on x (B, N, D) with key/value prefixes (B, P, D)."""
     B, N, D = x.shape
     H = attn.num_heads
@@ -41,7 +42,7 @@ def mha_with_prefix(attn: nn.MultiheadAttention, x: torch.Tensor, pk: torch.Tens
     k = torch.cat([pk.to(k.dtype), k], dim=1)  # (B, P+N, D)
     v = torch.cat([pv.to(v.dtype), v], dim=1)
     q, k, v = (t.reshape(B, t.shape[1], H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=attn.dropout if attn.training else 0.0)
     out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
     return attn.out_proj(out)
 
@@ -96,11 +97,13 @@ class OpenClipViTAdapter(BackboneAdapter):
         h = self.visual._embeds(x)  # (B, 1+N, D): class token, then patches; ln_pre applied
         return h, EmbedContext(grid=self.layout.grid, num_tokens=h.shape[1])
 
-    def block(self, i, h, ctx, kv=None):
+    def block(self, i, h, ctx, kv=None, key_mask=None):
         blk = self.visual.transformer.resblocks[i]
-        if kv is None:
+        if kv is None and key_mask is None:
             return blk(h)
-        h = h + blk.ls_1(mha_with_prefix(blk.attn, blk.ln_1(h), kv[0], kv[1]))
+        if kv is None:  # a per-sample key mask: nn.MultiheadAttention would need a (B*H, L, L) mask
+            kv = (h.new_zeros(h.shape[0], 0, h.shape[2]),) * 2
+        h = h + blk.ls_1(mha_with_prefix(blk.attn, blk.ln_1(h), kv[0], kv[1], mask_bias(key_mask, h.dtype)))
         return h + blk.ls_2(blk.mlp(blk.ln_2(h)))
 
     def kv_dim(self) -> int:

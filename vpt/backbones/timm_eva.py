@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackboneAdapter, DataConfig, EmbedContext, TokenLayout
+from .base import BackboneAdapter, DataConfig, EmbedContext, TokenLayout, mask_bias
 from .timm_vit import _to_2tuple, timm_data_config
 
 
@@ -54,13 +54,13 @@ class TimmEvaAdapter(BackboneAdapter):
         h = m.norm_pre(h)
         return h, EmbedContext(grid=grid, num_tokens=h.shape[1], extra={"rope": rope})
 
-    def block(self, i, h, ctx, kv=None):
+    def block(self, i, h, ctx, kv=None, key_mask=None):
         assert kv is None, self.prefix_refusal
         rope = ctx.extra["rope"]
         if rope is not None:
             rope = rope[i] if self._mixed else rope
             rope = pad_rope(rope, h.shape[1] - ctx.num_tokens)
-        return self.model.blocks[i](h, rope=rope)
+        return self.model.blocks[i](h, rope=rope, attn_mask=mask_bias(key_mask, h.dtype))
 
     def finish(self, h):
         return self.model.norm(h)

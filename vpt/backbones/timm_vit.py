@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BackboneAdapter, DataConfig, EmbedContext, TokenLayout
+from .base import BackboneAdapter, DataConfig, EmbedContext, TokenLayout, mask_bias
 
 
 def _to_2tuple(v) -> Tuple[int, int]:
@@ -36,7 +36,8 @@ def timm_data_config(model: nn.Module) -> DataConfig:
     )
 
 
-def attention_with_prefix(attn: nn.Module, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
+def attention_with_prefix(attn: nn.Module, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
+                          bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """timm ``Attention`` on tokens x (B, N, C) with learned key/value prefixes pk, pv (B, P, A).
 
     Uses the module's own projections and norms; only the (P) prefix keys/values are concatenated to
@@ -52,7 +53,7 @@ def attention_with_prefix(attn: nn.Module, x: torch.Tensor, pk: torch.Tensor, pv
     q = attn.q_norm(q)
     k = attn.k_norm(torch.cat([pk.to(k.dtype), k], dim=2))  # (B, H, P+N, Dh)
     v = torch.cat([pv.to(v.dtype), v], dim=2)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=attn.attn_drop.p if attn.training else 0.0)
     out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)  # (B, N, A)
     out = attn.norm(out)
     return attn.proj_drop(attn.proj(out))
@@ -98,11 +99,12 @@ class TimmViTAdapter(BackboneAdapter):
         h = m.norm_pre(h)
         return h, EmbedContext(grid=grid, num_tokens=h.shape[1])
 
-    def block(self, i, h, ctx, kv=None):
+    def block(self, i, h, ctx, kv=None, key_mask=None):
         blk = self.model.blocks[i]
+        bias = mask_bias(key_mask, h.dtype)
         if kv is None:
-            return blk(h)
-        a = attention_with_prefix(blk.attn, blk.norm1(h), kv[0], kv[1])
+            return blk(h) if bias is None else blk(h, attn_mask=bias)
+        a = attention_with_prefix(blk.attn, blk.norm1(h), kv[0], kv[1], bias)
         h = h + blk.drop_path1(blk.ls1(a))
         return h + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(h))))
 

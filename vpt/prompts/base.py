@@ -46,6 +46,11 @@ class PromptModule(nn.Module):
     def kv(self, i: int, batch_size: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         return None
 
+    def key_mask(self, i: int, num_prompts: int, seq_len: int) -> Optional[torch.Tensor]:
+        """bool (B, P_kv + seq_len) of attendable keys at block ``i``; None: all. Only per-sample prompt
+        mixes (vpt.multitask) need one."""
+        return None
+
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
 
