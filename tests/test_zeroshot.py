@@ -165,7 +165,7 @@ def test_cli_zeroshot_end_to_end(env, adapter, independent, tmp_path, capsys):
     assert set(record["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
     details = json.loads((tmp_path / "res" / "result.details.json").read_text())
     assert [r["class"] for r in details["per_class"]][3] == "golden retriever"
-    assert details["config"]["weights_id"] == adapter.weights_id()
+    assert details["weights_id"] == adapter.weights_id()
     printed = capsys.readouterr().out
     assert "golden retriever" in printed and "recall" in printed
     # same thing through --weights, from the cache this time

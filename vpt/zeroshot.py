@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import string
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -21,6 +22,26 @@ import torch.nn.functional as F
 from .config import ConfigError
 
 _logger = logging.getLogger(__name__)
+
+@dataclass
+class ZeroShotConfig:
+    """A `vpt zeroshot` run (configs/zeroshot_*.yaml; flags override the file)."""
+    model: Optional[str] = None  # open_clip:ARCH/TAG (hub), open_clip:ARCH/FILE (local file) or open_clip:ARCH
+    weights: Optional[str] = None  # local weights file for ARCH (safetensors or torch state dict)
+    pretrained: bool = True  # False: random init (smoke tests; chance-level accuracy)
+    init_seed: int = 0  # seed of the random init when pretrained is False
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to open_clip.create_model
+    data: Optional[str] = None  # image folder DIR/<class>/*.jpg
+    classnames: Optional[str] = None  # file of class names (sorted folder order); None: folder names, _ -> space
+    templates: Union[str, List[str]] = "openai"  # openai | simple | a file of '{c}' lines | a list of '{c}' strings
+    batch_size: int = 64  # images per forward
+    classes_per_batch: int = 10  # classes per text-encoder forward when building the classifier
+    workers: int = 0  # DataLoader worker processes
+    device: Optional[str] = None  # cpu | cuda | cuda:N; None: cuda if available
+    cache: bool = True  # cache the text classifier on disk (keyed by model, weights, classes, templates)
+    cache_dir: Optional[str] = None  # None: $VPT_CACHE_DIR/zeroshot or ~/.cache/vpt/zeroshot
+    dataset: Optional[str] = None  # dataset name in the result JSON; None: the folder's name
+
 
 TEMPLATE_SETS = ("openai", "simple")  # open_clip.zero_shot_metadata OPENAI_ / SIMPLE_IMAGENET_TEMPLATES
 CACHE_VERSION = 1  # bump when the cached classifier's meaning changes
