@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Detection transfer on BCCD (Pascal VOC, its own train/val/test lists): a frozen ViT with VPT-deep
+prompts versus the same frozen ViT unprompted, same pyramid and torchvision head, same seed and schedule.
+
+Each variant is one `vpt train --task detection` run (through the same function the CLI calls); the
+best epoch is picked on val mAP and the test split is evaluated once. COCO mAP comes from
+faster-coco-eval (or pycocotools).
+
+CPU (2 cores, minutes)::
+
+    python3 benchmarks/detection_bccd.py --data /work/shared/data/bccd-voc.tar.gz \\
+        -c configs/det_bccd_cpu.yaml --out benchmarks/results/detection_bccd_cpu.json
+
+GPU::
+
+    python3 benchmarks/detection_bccd.py --data BCCD_DIR -c configs/det_bccd_gpu.yaml \\
+        --out benchmarks/results/detection_bccd_gpu.json --set train.device=cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import tarfile
+import time
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+VARIANTS = {"prompted": [], "unprompted": ["model.prompt=null"]}
+
+
+def bccd_dir(path: str, cache: str) -> str:
+    """A VOC folder as given, or the tarball extracted once into ``cache``."""
+    if os.path.isdir(path):
+        return path
+    target = os.path.join(cache, "bccd")
+    root = os.path.join(target, "BCCD")
+    if not os.path.isdir(os.path.join(root, "Annotations")):
+        os.makedirs(target, exist_ok=True)
+        with tarfile.open(path) as tar:
+            tar.extractall(target, filter="data")
+    return root
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="BCCD VOC folder or bccd-voc.tar.gz")
+    ap.add_argument("-c", "--config", default="configs/det_bccd_cpu.yaml")
+    ap.add_argument("--out", default="benchmarks/results/detection_bccd_cpu.json")
+    ap.add_argument("--runs", default=os.path.expanduser("~/.cache/vpt/bench_detection_runs"))
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/vpt"))
+    ap.add_argument("--set", action="append", default=[], help="config override a.b=c (both variants)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from vpt.detection import commands
+    from vpt.detection.engine import train_detector
+
+    data = bccd_dir(args.data, args.cache)
+    out = {"benchmark": "detection_bccd",
+           "command": " ".join(shlex.quote(a) for a in ["python3", "benchmarks/detection_bccd.py", *(argv or sys.argv[1:])]),
+           "question": "does a learned prompt help a frozen ViT detect (same pyramid + head, same schedule)?",
+           "variants": {}}
+    for name, extra in VARIANTS.items():
+        ns = argparse.Namespace(config=args.config, data=data, output=os.path.join(args.runs, name), epochs=None,
+                                lr=None, batch_size=None, seed=None, amp_dtype=None, device=None, workers=None,
+                                set=[*args.set, *extra], resume=False, overwrite=True)
+        cfg = commands.build_run_config(ns)
+        t0 = time.perf_counter()
+        res = train_detector(cfg, overwrite=True, command=commands._command("train", ns, {
+            **commands.TRAIN_FLAGS, "overwrite": 1}))
+        wall = time.perf_counter() - t0
+        brief = {k: res[k] for k in ("command", "selection", "best_epoch", "trainable_params", "total_params",
+                                     "train_images_per_second", "data", "classes", "label_map", "config")}
+        for split in ("val", "test"):
+            m = res[split]
+            brief[split] = None if m is None else {k: m[k] for k in ("mAP", "mAP50", "mAP75", "per_class_AP",
+                                                                     "num_images", "num_gt_boxes", "evaluator")}
+        brief["wall_seconds"] = round(wall, 1)
+        out["variants"][name] = brief
+        out["device"], out["versions"] = res["device"], res["versions"]
+        logging.info("%s: test mAP %.4f mAP@0.5 %.4f (%.0fs)", name, res["test"]["mAP"], res["test"]["mAP50"], wall)
+    p, u = out["variants"]["prompted"], out["variants"]["unprompted"]
+    c = p["config"]
+    bb = c["model"]["backbone"]
+    mk = bb["model_kwargs"]
+    out["table_row"] = (
+        f"| detection BCCD ({c['detector']['kind']}, {bb['name'].split(':')[-1]} d{mk.get('depth', '?')} "
+        f"w{mk.get('embed_dim', '?')} {'random-init' if not bb['pretrained'] and not bb['weights'] else 'pretrained'}, "
+        f"{c['detector']['min_size']}px, {c['train']['epochs']} ep) | test mAP / mAP@0.5: prompted "
+        f"{p['test']['mAP']:.4f} / {p['test']['mAP50']:.4f}, unprompted {u['test']['mAP']:.4f} / "
+        f"{u['test']['mAP50']:.4f} | {out['device']} | {p['wall_seconds'] + u['wall_seconds']:.0f} s |")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=2)
+        f.write("\n")
+    print(out["table_row"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
