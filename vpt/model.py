@@ -36,6 +36,9 @@ def take_indices(depth: int, indices: Union[None, int, Sequence[int]]) -> Tuple[
     return idx, max(idx)
 
 
+_OWN = object()  # sentinel: "this model's own prompt"
+
+
 class PromptedModel(nn.Module):
     """Frozen backbone + prompts + head. Build with :func:`vpt.create_model`."""
 
@@ -104,13 +107,14 @@ class PromptedModel(nn.Module):
         return torch.cat([h[:, :k], h[:, k + num_prompts:]], dim=1)  # (B, k+N, D)
 
     def _encode(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None,
-                prompt: Optional[Any] = None, grad_from: Optional[int] = None):
+                prompt: Any = _OWN, grad_from: Optional[int] = None):
         """Pixels -> block outputs with prompts stripped; the single loop over blocks.
 
-        ``prompt`` defaults to this model's prompt; vpt.multitask passes a per-sample mix of task prompts.
+        ``prompt`` defaults to this model's prompt; vpt.multitask passes a per-sample mix of task
+        prompts (or None for the plain backbone).
         """
         bb = self.backbone
-        prompt = self.prompt if prompt is None else prompt
+        prompt = self.prompt if prompt is _OWN else prompt
         if bb.token_refusal is not None:
             raise BackboneError(f"this backbone has no token sequence: {bb.token_refusal}")
         grad = torch.is_grad_enabled()

@@ -59,6 +59,10 @@ class PadPrompt(PromptModule):
         mid = torch.cat([self.pad_left, centre, self.pad_right], dim=3)  # (1, C, H-2p, W)
         return torch.cat([self.pad_up, mid, self.pad_down], dim=2)  # (1, C, H, W)
 
+    def delta(self) -> torch.Tensor:
+        """The additive prompt image (1, C, H, W)."""
+        return self.prompt()
+
     def pixels(self, x):
         _check_size(x, self.size, self.kind)
         return x + self.prompt().to(x.dtype)
@@ -92,16 +96,20 @@ class PatchPrompt(PromptModule):
         self.patch = nn.Parameter(torch.zeros(1, 3, s, s))  # (1, C, s, s)
         _init_(self.patch, config.init_std)
 
-    def pixels(self, x):
-        _check_size(x, self.size, self.kind)
+    def delta(self) -> torch.Tensor:
+        """The additive prompt image (1, C, H, W): at a random place while training (position: random),
+        else at ``loc``."""
         (H, W), s = self.size, self.patch_size
         if self.training and self.config.position == "random":
             r = int(torch.randint(0, H - s + 1, ()).item())
             c = int(torch.randint(0, W - s + 1, ()).item())
         else:
             r, c = self.loc
-        prompt = nn.functional.pad(self.patch, (c, W - s - c, r, H - s - r))  # (1, C, H, W)
-        return x + prompt.to(x.dtype)
+        return nn.functional.pad(self.patch, (c, W - s - c, r, H - s - r))  # (1, C, H, W)
+
+    def pixels(self, x):
+        _check_size(x, self.size, self.kind)
+        return x + self.delta().to(x.dtype)
 
 
 @PROMPTS.register("pixel_pad", PadPromptConfig, help="pixel prompt: learnable border of width p (any backbone)")

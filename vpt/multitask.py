@@ -1,0 +1,179 @@
+"""Many tasks, one frozen backbone, one batch.
+
+``MultiTaskModel`` holds N artifacts made for the same backbone and runs a batch in which each sample
+names its task (peft's ``adapter_names=`` semantics; ``"base"`` runs the plain backbone). Per-sample
+prompts are gathered from the tasks' prompt modules into one ``PromptMix``; prompts of different
+lengths are padded and the padding masked out of attention, so a mixed batch needs ONE backbone
+pass per prompt schedule (tasks whose prompts sit at the same blocks share a pass).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .artifact import from_pretrained
+from .model import PromptedModel
+from .prompts.base import PromptModule
+
+BASE = "base"  # the task name for "no prompt, no head": the backbone's own pooled features
+
+
+def _schedule(prompt: Optional[PromptModule]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(token layers, key/value layers) of a task's prompt: tasks with equal schedules share a pass."""
+    if prompt is None:
+        return (), ()
+    layers = tuple(getattr(prompt, "layers", ()))
+    return (layers if prompt.uses_tokens else ()), (layers if prompt.uses_kv else ())
+
+
+class PromptMix(PromptModule):
+    """The prompts of several tasks, chosen per sample by ``index`` (B,) into ``prompts``."""
+
+    def __init__(self, prompts: Sequence[Optional[PromptModule]], index: torch.Tensor, num_prefix: int):
+        super().__init__(None)
+        self.tasks, self.index, self.k = list(prompts), index, num_prefix
+        self.uses_pixels = any(p is not None and p.uses_pixels for p in self.tasks)
+        self.uses_tokens = any(p is not None and p.uses_tokens for p in self.tasks)
+        self.uses_kv = any(p is not None and p.uses_kv for p in self.tasks)
+        tok, kv = set(), set()
+        for p in self.tasks:
+            t, v = _schedule(p)
+            tok.add(t) if t else None
+            kv.add(v) if v else None
+        if len(tok) > 1 or len(kv) > 1:
+            raise ValueError("tasks in one PromptMix must share their prompt schedules; group them first")
+        self.token_layers = set(next(iter(tok))) if tok else set()
+        self.kv_layers = set(next(iter(kv))) if kv else set()
+        per_task_p = torch.tensor([p.num_tokens if p is not None and p.uses_tokens else 0 for p in self.tasks])
+        per_task_kv = torch.tensor([p.num_prefix if p is not None and p.uses_kv else 0 for p in self.tasks])
+        self.P, self.Pkv = int(per_task_p.max()), int(per_task_kv.max())
+        dev = index.device
+        # valid[b, j]: prompt slot j exists for sample b's task
+        self.tok_valid = (torch.arange(self.P, device=dev)[None] < per_task_p.to(dev)[index][:, None])  # (B, P)
+        self.kv_valid = (torch.arange(self.Pkv, device=dev)[None] < per_task_kv.to(dev)[index][:, None])  # (B, Pkv)
+
+    @property
+    def first_layer(self) -> int:
+        if self.uses_pixels:
+            return -1
+        return min(self.token_layers | self.kv_layers, default=1 << 30)
+
+    def _gather(self, rows: List[Optional[torch.Tensor]], length: int) -> torch.Tensor:
+        like = next(r for r in rows if r is not None)
+        padded = [F.pad(r, (0, 0, 0, length - r.shape[0])) if r is not None else like.new_zeros(length, like.shape[1])
+                  for r in rows]
+        return torch.stack(padded)[self.index]  # (T, L, D) -> (B, L, D)
+
+    def pixels(self, x):
+        deltas = [p.delta() if p is not None and p.uses_pixels else None for p in self.tasks]
+        like = next(d for d in deltas if d is not None)
+        stack = torch.cat([d if d is not None else torch.zeros_like(like) for d in deltas])  # (T, C, H, W)
+        return x + stack[self.index].to(x.dtype)
+
+    def tokens(self, i, batch_size):
+        if i not in self.token_layers:
+            return None
+        rows = [p.tokens(i, 1)[0] if p is not None and p.uses_tokens else None for p in self.tasks]  # (P_t, D)
+        return self._gather(rows, self.P)  # (B, P, D)
+
+    def kv(self, i, batch_size):
+        if i not in self.kv_layers:
+            return None
+        pairs = [p.kv(i, 1) if p is not None and p.uses_kv else None for p in self.tasks]
+        keys = self._gather([kv[0][0] if kv else None for kv in pairs], self.Pkv)  # (B, Pkv, A)
+        vals = self._gather([kv[1][0] if kv else None for kv in pairs], self.Pkv)
+        return keys, vals
+
+    def key_mask(self, i, num_prompts, seq_len):
+        B = self.index.shape[0]
+        seq = torch.ones(B, seq_len, dtype=torch.bool, device=self.index.device)
+        if num_prompts:
+            seq[:, self.k:self.k + num_prompts] = self.tok_valid
+        mask = torch.cat([self.kv_valid, seq], dim=1) if i in self.kv_layers else seq  # (B, Pkv + L)
+        return None if bool(mask.all()) else mask
+
+
+class MultiTaskModel(nn.Module):
+    """Several prompted tasks on one shared frozen backbone; see the module docstring."""
+
+    def __init__(self, tasks: Mapping[str, PromptedModel]):
+        super().__init__()
+        if not tasks:
+            raise ValueError("MultiTaskModel needs at least one task")
+        if BASE in tasks:
+            raise ValueError(f"'{BASE}' is reserved for the plain backbone; rename that task")
+        models = list(tasks.values())
+        self.backbone = models[0].backbone
+        for name, m in tasks.items():
+            if m.backbone is not self.backbone:
+                raise ValueError(f"task '{name}' has its own backbone; load tasks with MultiTaskModel.from_pretrained "
+                                 f"(or pass backbone=) so that they share one")
+        self.tasks = nn.ModuleDict(dict(tasks))
+        self.eval()
+
+    @classmethod
+    def from_pretrained(cls, artifacts: Union[Mapping[str, str], Sequence[str]], weights: Optional[str] = None,
+                        device: Union[str, torch.device] = "cpu") -> "MultiTaskModel":
+        """Load artifacts (``{name: dir}``, or dirs named by their folder) onto ONE backbone; artifacts made
+        for another backbone are refused with the field that differs."""
+        import os
+        if not isinstance(artifacts, Mapping):
+            artifacts = {os.path.basename(os.path.normpath(d)): d for d in artifacts}
+        items = list(artifacts.items())
+        first = from_pretrained(items[0][1], weights=weights)
+        tasks = {items[0][0]: first}
+        for name, d in items[1:]:
+            tasks[name] = from_pretrained(d, backbone=first.backbone)
+        return cls(tasks).to(device)
+
+    @property
+    def task_names(self) -> List[str]:
+        return list(self.tasks.keys())
+
+    def _groups(self, names: Sequence[str]) -> List[List[str]]:
+        """Tasks that can share one pass: equal prompt schedules (and masks the backbone can apply)."""
+        can_mask = self.backbone.prefix_refusal is None or self.backbone.library != "open_clip"
+        groups: Dict[object, List[str]] = {}
+        for n in dict.fromkeys(names):
+            prompt = self.tasks[n].prompt if n != BASE else None
+            key = _schedule(prompt) if can_mask else n
+            if can_mask and key == ((), ()) and groups:
+                key = next(iter(groups))  # pixel-only and unprompted tasks ride along with any pass
+            groups.setdefault(key, []).append(n)
+        return list(groups.values())
+
+    def forward(self, x: torch.Tensor, tasks: Sequence[Optional[str]]) -> List[torch.Tensor]:
+        """Images (B, C, H, W) and one task name per sample (None or 'base': plain backbone) -> a list of
+        B outputs: each sample's logits under its task's head (pooled features for 'base')."""
+        names = [BASE if t is None else str(t) for t in tasks]
+        if len(names) != x.shape[0]:
+            raise ValueError(f"{len(names)} task names for a batch of {x.shape[0]}")
+        unknown = sorted({n for n in names if n != BASE and n not in self.tasks})
+        if unknown:
+            raise KeyError(f"unknown task(s) {unknown}; loaded: {', '.join(self.task_names)} (or '{BASE}')")
+        out: List[Optional[torch.Tensor]] = [None] * len(names)
+        for group in self._groups(names):
+            rows = [i for i, n in enumerate(names) if n in group]
+            local = {n: j for j, n in enumerate(group)}
+            index = torch.tensor([local[names[i]] for i in rows], device=x.device)
+            prompts = [self.tasks[n].prompt if n != BASE else None for n in group]
+            feats = self._features(x[rows], prompts, index)
+            for n in group:
+                sel = [j for j, i in enumerate(rows) if names[i] == n]
+                f = feats[sel]
+                res = self.backbone.pool(f) if n == BASE else self.tasks[n].forward_head(f)
+                for j, r in zip(sel, res):
+                    out[rows[j]] = r
+        return out  # type: ignore[return-value]
+
+    def _features(self, x, prompts, index):
+        any_model = next(iter(self.tasks.values()))
+        mix = PromptMix(prompts, index, self.backbone.layout.num_prefix if self.backbone.layout else 0)
+        if not self.backbone.supports_tokens:
+            return self.backbone.forward_features(mix.pixels(x) if mix.uses_pixels else x)
+        active = mix if (mix.uses_pixels or mix.uses_tokens or mix.uses_kv) else None
+        h, _, _ = any_model._encode(x, prompt=active, grad_from=mix.first_layer)
+        return self.backbone.finish(h)
