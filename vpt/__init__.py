@@ -10,9 +10,10 @@ from .backbones import BackboneConfig, BackboneError, create_backbone  # noqa: E
 from .config import ConfigError  # noqa: E402
 from .heads import HeadConfig  # noqa: E402
 from .model import PromptedModel, create_model  # noqa: E402
+from .multitask import MultiTaskModel  # noqa: E402
 from .prompts import (DeepPromptConfig, PadPromptConfig, PatchPromptConfig, PrefixPromptConfig,  # noqa: E402
                       ShallowPromptConfig)
 
-__all__ = ["__version__", "create_model", "from_pretrained", "create_backbone", "PromptedModel", "BackboneConfig",
+__all__ = ["__version__", "create_model", "from_pretrained", "create_backbone", "PromptedModel", "MultiTaskModel", "BackboneConfig",
            "HeadConfig", "ShallowPromptConfig", "DeepPromptConfig", "PrefixPromptConfig", "PadPromptConfig",
            "PatchPromptConfig", "ArtifactError", "BackboneError", "ConfigError"]
