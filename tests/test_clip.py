@@ -288,3 +288,12 @@ def test_clip_errors(env):
         create_clip_model(env["adapter"], ["word " * 70], text={"num_tokens": 16})
     with pytest.raises(ConfigError, match="has no '{c}'"):
         clip_model(env, head={"kind": "zeroshot", "templates": ["a photo"]})
+
+
+def test_train_backbone_unfreezes_only_the_image_tower(env):
+    model = create_clip_model(vpt.create_backbone("open_clip:ViT-B-32", weights=env["weights"],
+                                                  model_kwargs=TINY_CLIP), names(), head="linear", train_backbone=True)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert "head.weight" in trainable and "backbone.model.visual.proj" in trainable
+    assert all(n.startswith(("head.", "backbone.model.visual.")) for n in trainable)
+    assert model.templates == []  # a random linear head encodes no templates

@@ -133,7 +133,10 @@ class PromptedCLIP(PromptedModel):
         if self.text_config is not None and hc.kind != "zeroshot":
             raise ConfigError(f"learnable text context computes the classifier itself; it needs head.kind "
                               f"zeroshot, not {hc.kind!r} (drop `text` to train a linear head)")
-        self.templates = load_templates(hc.templates) if self.text_config is None else []
+        self.templates = load_templates(hc.templates) if self.text_config is None and hc.kind != "linear" else []
+        if train_backbone:  # full fine-tuning means the image encoder; the text side and logit scale stay frozen
+            for name, p in backbone.model.named_parameters():
+                p.requires_grad_(name.startswith("visual."))
         scale = hc.logit_scale if hc.logit_scale is not None else float(backbone.model.logit_scale.exp())
         self.logit_scale_value = float(scale)
         self._tokenizer = None
