@@ -166,7 +166,7 @@ def test_artifact_round_trip_keeps_class_list_and_outputs(tmp_path, kind):
     model.eval()
     model.save_pretrained(str(tmp_path / "art"))
     cfg = json.load(open(tmp_path / "art" / "adapter_config.json"))
-    assert cfg["model_type"] == "detector" and cfg["class_names"] == classes
+    assert cfg["model_type"] == "detection" and cfg["class_names"] == classes
     assert cfg["label_map"] == {c: i + model.label_offset for i, c in enumerate(classes)}
     assert cfg["detector"]["kind"] == kind and cfg["backbone"]["model_kwargs"]["dynamic_img_size"] is True
     loaded = vpt.from_pretrained(str(tmp_path / "art"))

@@ -1,7 +1,7 @@
 """Detection transfer: a frozen prompted ViT with a ViTDet simple feature pyramid inside torchvision's
 FCOS / RetinaNet / Faster R-CNN; VOC and COCO data; COCO mAP through faster-coco-eval or pycocotools.
 
-Importing this package registers the ``detector`` model type, so ``vpt.from_pretrained`` can load
+Importing this package registers the ``detection`` model type, so ``vpt.from_pretrained`` can load
 detection artifacts.
 """
 from .config import DetDataConfig, DetectionRunConfig, DetModelSection, DetectorConfig, DetTrainSection, PyramidConfig

@@ -16,10 +16,17 @@ from .config import DetDataConfig, DetectionRunConfig
 
 _logger = logging.getLogger(__name__)
 
-# Namespace attribute -> dotted config field
+# `vpt train` flag dest -> dotted field of DetectionRunConfig (the same names as classification's)
 TRAIN_FLAGS = {"data": "data.root", "output": "output.dir", "epochs": "train.epochs", "lr": "optim.lr",
                "batch_size": "train.batch_size", "seed": "train.seed", "amp_dtype": "train.amp_dtype",
-               "device": "train.device", "workers": "train.workers"}
+               "device": "train.device", "workers": "train.workers", "model": "model.backbone.name",
+               "weights": "model.backbone.weights", "opt": "optim.opt", "lr_base": "optim.lr_base",
+               "weight_decay": "optim.weight_decay", "momentum": "optim.momentum", "clip_grad": "optim.clip_grad",
+               "sched": "sched.sched", "warmup_epochs": "sched.warmup_epochs", "min_lr": "sched.min_lr",
+               "eval_batch_size": "train.eval_batch_size", "hflip": "data.hflip", "tensorboard": "output.tensorboard"}
+# classification flags with no meaning for detection: refused rather than silently ignored
+NOT_FOR_DETECTION = ("grad_accum_steps", "torchcompile", "smoothing", "val_fraction", "test_fraction", "split_seed",
+                     "shots", "color_jitter", "strict_data")
 
 
 def _get(args: argparse.Namespace, *names: str) -> Any:
@@ -45,11 +52,24 @@ def _command(verb: str, args: argparse.Namespace, flags: Dict[str, str], positio
 
 
 def build_run_config(args: argparse.Namespace) -> DetectionRunConfig:
+    """Recipe <- flags <- --set; with --resume the run folder's saved config.yaml is the recipe."""
+    given = [f"--{a.replace('_', '-')}" for a in NOT_FOR_DETECTION if getattr(args, a, None) not in (None, False)]
+    if given:
+        raise UserError(f"{', '.join(given)} do(es) not apply to detection; remove it (see configs/det_*.yaml "
+                        f"for the detection settings)")
     flags = {dotted: getattr(args, attr, None) for attr, dotted in TRAIN_FLAGS.items()}
-    resume = getattr(args, "resume", None)
-    if isinstance(resume, str) and resume:  # --resume RUN_DIR
-        flags["output.dir"] = flags["output.dir"] or resume
-    return resolve_config(DetectionRunConfig, getattr(args, "config", None), flags, getattr(args, "set", None))
+    if flags["data.root"]:
+        flags["data.root"] = os.path.abspath(flags["data.root"])
+    recipe = getattr(args, "config", None)
+    if getattr(args, "resume", False):
+        out = flags["output.dir"] or (load_yaml(recipe).get("output", {}).get("dir") if recipe else None)
+        if not out:
+            raise UserError("--resume needs the run folder: pass --output DIR")
+        recipe = os.path.join(out, "config.yaml")
+        if not os.path.isfile(recipe):
+            raise UserError(f"--resume: {out!r} has no config.yaml, so it holds no run to resume; drop --resume")
+        flags["output.dir"] = out
+    return resolve_config(DetectionRunConfig, recipe, flags, getattr(args, "set", None))
 
 
 def train(args: argparse.Namespace) -> int:
@@ -103,7 +123,7 @@ def _load(args: argparse.Namespace):
     artifact = _artifact(args)
     device = resolve_device(_get(args, "device"))
     model = from_pretrained(artifact, weights=_get(args, "weights"), device=device)
-    if getattr(model, "model_type", None) != "detector":
+    if getattr(model, "model_type", None) != "detection":
         raise UserError(f"{artifact} holds a {getattr(model, 'model_type', '?')} model, not a detector; "
                         f"drop --task detection")
     return artifact, model, device
@@ -118,24 +138,29 @@ def evaluate(args: argparse.Namespace) -> int:
     dcfg = _data_config(args, artifact)
     if not dcfg.root:
         raise UserError("no data folder: pass --data DIR (VOC or COCO layout)")
-    split = _get(args, "split") or dcfg.test_split
+    split = _get(args, "split") or "test"
+    if split == "all":
+        raise UserError("--split all is not supported for detection; evaluate train, val and test one at a time")
+    split = {"train": dcfg.train_split, "val": dcfg.val_split, "test": dcfg.test_split}.get(split, split)
     records, _, stats = read_split(dcfg, split, model.class_names)
     metrics = evaluate_detector(model, records, device, int(_get(args, "batch_size") or 8),
                                 str(_get(args, "amp_dtype") or "float32"), int(_get(args, "workers") or 0))
     result = {"artifact": artifact, "split": split, "data": dcfg.root, **metrics,
               "boxes": {"kept": stats.kept, "dropped_degenerate": stats.degenerate, "dropped_outside": stats.outside},
               "command": _command("eval", args, {"data": 1, "split": 1, "device": 1}, [artifact])}
-    out = _get(args, "output")
+    out = _get(args, "json_out", "output")
     if out:
         path = out if out.endswith(".json") else os.path.join(out, "eval_results.json")
         atomic_write_json(path, result)
-        print(f"wrote {path}")
+        print(f"metrics written to {path}")
     print(f"{split}: {mean_ap_dict(metrics)} ({metrics['num_images']} images, evaluator {metrics['evaluator']})")
     return 0
 
 
 def predict(args: argparse.Namespace) -> int:
     from .predict import collect_images, predict_images
+    if getattr(args, "format", "json") not in (None, "json"):
+        raise UserError("detection predictions are written as PNGs plus detections.json; drop --format")
     artifact, model, device = _load(args)
     inputs = _get(args, "inputs", "images", "input", "paths")
     if isinstance(inputs, str):

@@ -19,7 +19,8 @@ from ..config import ConfigError, to_dict
 from ..engine import (MetricsWriter, RunDirError, attach_file_log, autocast, build_optimizer_and_scheduler,
                       detach_file_log, load_run_state, load_trainable_tensors, prepare_run_dir, resolve_device,
                       rng_state, save_artifact_atomic, save_run_state, seed_everything, set_rng_state,
-                      trainable_tensors)
+                      tensorboard_writer, trainable_tensors)
+from ..engine.checkpoint import ResumeError
 from ..engine.config import amp_dtype_name
 from ..engine.trainer import device_name, versions
 from ..io import atomic_write_json, atomic_write_text
@@ -126,7 +127,10 @@ def _train(cfg: DetectionRunConfig, run_dir: str, resume: bool, command: Optiona
     start, best, best_tensors = 0, {"epoch": -1, "mAP": -1.0, "val": None}, None
     state_path = os.path.join(run_dir, "run_state.pt")
     if resume:
-        state = load_run_state(state_path)
+        try:
+            state = load_run_state(state_path)
+        except ResumeError as e:
+            raise UserError(str(e)) from None
         load_trainable_tensors(model, state["trainable"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -134,6 +138,7 @@ def _train(cfg: DetectionRunConfig, run_dir: str, resume: bool, command: Optiona
         start, best, best_tensors = state["epoch"] + 1, state["best"], state.get("best_tensors")
         _logger.info("resuming after epoch %d (best val mAP %.4f)", start, best["mAP"])
     metrics = MetricsWriter(os.path.join(run_dir, "metrics.csv"), keep_before_epoch=start + 1 if resume else None)
+    tb = tensorboard_writer(os.path.join(run_dir, "tb")) if cfg.output.tensorboard else None
     train_ips: List[float] = []
     for epoch in range(start, t.epochs):
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **_train_epoch(model, splits["train"], tf, opt,
@@ -154,9 +159,14 @@ def _train(cfg: DetectionRunConfig, run_dir: str, resume: bool, command: Optiona
         if cfg.output.save_last:
             save_artifact_atomic(model, os.path.join(run_dir, "last"))
         metrics.write(row)
+        for k, v in row.items():
+            if tb is not None and k != "epoch":
+                tb.add_scalar(k, v, epoch + 1)
         save_run_state(state_path, {"epoch": epoch, "trainable": trainable_tensors(model), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(), "rng": rng_state(), "best": best,
                                     "best_tensors": best_tensors})
+    if tb is not None:
+        tb.close()
     if best_tensors is not None:
         load_trainable_tensors(model, best_tensors)
     test = (evaluate_detector(model, splits["test"], device, t.eval_batch_size, t.amp_dtype, t.workers)

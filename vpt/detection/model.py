@@ -1,7 +1,7 @@
 """PromptedDetector: frozen prompted ViT -> simple feature pyramid -> a torchvision detector.
 
 Trainable: the prompts, the pyramid and the detector's heads; the ViT stays frozen (and in eval mode).
-Saved as a vpt artifact with ``model_type: detector``, its class list and label mapping.
+Saved as a vpt artifact with ``model_type: detection``, its class list and label mapping.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def detection_backbone_config(cfg: Union[str, BackboneConfig, Dict[str, Any]]) -
 class PromptedDetector(nn.Module):
     """Build with :func:`create_detector`; call like the torchvision detector it wraps."""
 
-    model_type = "detector"
+    model_type = "detection"  # = the module name, so vpt.engine.build.ensure_model_type can import it
 
     def __init__(self, backbone: BackboneAdapter, class_names: Sequence[str], prompt: Any = None,
                  detector: Union[None, Dict[str, Any], DetectorConfig] = None):
@@ -129,7 +129,7 @@ class PromptedDetector(nn.Module):
         save_pretrained(self, save_directory)
 
 
-MODEL_TYPES.register("detector")(PromptedDetector)
+MODEL_TYPES.register("detection")(PromptedDetector)
 
 
 def create_detector(backbone: Union[str, BackboneConfig, Dict[str, Any], BackboneAdapter], class_names: Sequence[str],

@@ -1,0 +1,105 @@
+"""Detection end to end on tiny VOC / COCO folders: `vpt train / eval / predict --task detection`,
+in-process, through vpt.cli.main and through vpt.detection.commands."""
+import argparse
+import json
+import os
+
+import pytest
+import yaml
+
+from vpt.cli import main
+from vpt.detection import commands
+
+from conftest import TINY_VIT
+from test_detection_data import make_coco, make_voc
+
+pytest.importorskip("faster_coco_eval", reason="pip install 'vpt[detection]'")
+
+RECIPE = {
+    "task": "detection",
+    "model": {"backbone": {"name": "timm:vit_tiny_patch16_224", "pretrained": False,
+                           "model_kwargs": {**TINY_VIT, "dynamic_img_size": True}},
+              "prompt": {"kind": "vpt_deep", "num_tokens": 2}},
+    "detector": {"kind": "fcos", "min_size": 64, "max_size": 64, "head_convs": 1,
+                 "pyramid": {"out_channels": 32, "scales": [2.0, 1.0]}},
+    "train": {"epochs": 1, "batch_size": 2, "device": "cpu", "log_interval": 1},
+}
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "det.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return str(path)
+
+
+def _check_metrics(m):
+    assert 0.0 <= m["mAP"] <= m["mAP50"] <= 1.0
+    assert set(m["per_class_AP"]) == {"blue", "red"}
+    assert m["evaluator"] in ("faster_coco_eval", "pycocotools")
+
+
+def test_cli_train_eval_predict_voc(tmp_path, recipe, capsys):
+    data, _ = make_voc(tmp_path / "voc")
+    run = tmp_path / "run"
+    assert main(["train", "--task", "detection", "-c", recipe, "--data", data, "--output", str(run)]) == 0
+    res = json.load(open(run / "results.json"))
+    assert res["task"] == "detection" and res["classes"] == ["blue", "red"] and res["label_map"] == {"blue": 0, "red": 1}
+    assert res["data"]["train"] == 4 and res["data"]["val"] == 2 and res["data"]["test"] == 2
+    _check_metrics(res["val"])
+    _check_metrics(res["test"])
+    assert res["command"].startswith("vpt train --task detection -c ") and res["config"]["detector"]["kind"] == "fcos"
+    for f in ("config.yaml", "metrics.csv", "train.log", "run_state.pt", "best/adapter_config.json",
+              "last/adapter_model.safetensors"):
+        assert (run / f).exists(), f
+    # the run-folder guard
+    assert main(["train", "--task", "detection", "-c", recipe, "--data", data, "--output", str(run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", str(run / "best"), "--task", "detection", "--data", data, "--json", str(out_json)]) == 0
+    ev = json.load(open(out_json))
+    _check_metrics(ev)
+    assert ev["split"] == "test" and ev["num_images"] == 2
+    assert ev["mAP"] == pytest.approx(res["test"]["mAP"], abs=1e-9)  # same tensors, same data: same number
+
+    pred = tmp_path / "pred"
+    img = os.path.join(data, "JPEGImages", "img000.png")
+    assert main(["predict", str(run / "best"), img, os.path.join(data, "JPEGImages"), "--task", "detection",
+                 "--output", str(pred)]) == 0
+    det = json.load(open(pred / "detections.json"))
+    assert det["class_names"] == ["blue", "red"] and len(det["images"]) == 9
+    from PIL import Image
+    first = det["images"][0]
+    assert Image.open(pred / first["output"]).size == (64, 64)
+    assert {"img000.png", "img000_1.png"} <= set(os.listdir(pred))
+    for d in first["detections"]:
+        assert d["class_name"] in ("blue", "red") and d["score"] >= det["score_thresh"] and len(d["box_xyxy"]) == 4
+
+
+def test_commands_train_on_coco_and_resume(tmp_path, recipe):
+    data = make_coco(tmp_path / "coco", n=4, splits=("train", "val"))
+    base = dict(config=recipe, data=data, output=str(tmp_path / "run"), epochs=None, lr=None, batch_size=None,
+                seed=None, amp_dtype=None, device=None, workers=None,
+                set=["data.test_split=", "detector.kind=retinanet"], resume=False, overwrite=False)
+    assert commands.train(argparse.Namespace(**base)) == 0
+    res = json.load(open(tmp_path / "run" / "results.json"))
+    assert res["classes"] == ["red", "blue"] and res["test"] is None and res["data"]["val"] == 4
+    _check_metrics(res["val"])
+    # resume with one more epoch continues from the saved state
+    assert commands.train(argparse.Namespace(**{**base, "epochs": 2, "resume": True})) == 0
+    res2 = json.load(open(tmp_path / "run" / "results.json"))
+    rows = open(tmp_path / "run" / "metrics.csv").read().strip().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("1,") and rows[2].startswith("2,")
+    assert res2["config"]["detector"]["kind"] == "retinanet" and res2["config"]["train"]["epochs"] == 2
+
+
+def test_cli_reports_bad_data_clearly(tmp_path, recipe, capsys):
+    data, _ = make_voc(tmp_path / "voc")
+    os.unlink(os.path.join(data, "JPEGImages", "img002.png"))
+    assert main(["train", "--task", "detection", "-c", recipe, "--data", data, "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "img002.png listed in train.txt" in err and "is missing" in err
+    assert main(["train", "--task", "detection", "-c", recipe, "--data", data, "--output", str(tmp_path / "r2"),
+                 "--shots", "2"]) == 2
+    assert "--shots do(es) not apply to detection" in capsys.readouterr().err
