@@ -154,12 +154,14 @@ def test_corrupt_image_skipped_or_fatal(tmp_path, capsys):
 
 
 def test_recipes_parse():
-    """Every recipe in configs/ (classification and CLIP) is a valid RunConfig with resolvable prompt kinds."""
+    """Every `vpt train` recipe in configs/ (classification and CLIP; not det_* / zeroshot_*) is a valid
+    RunConfig with resolvable prompt kinds."""
     import vpt  # noqa: F401
     from vpt.config import from_dict
     from vpt.engine.config import RunConfig, validate
     from vpt.prompts import resolve_prompt_config
-    paths = [p for p in glob.glob(os.path.join(CONFIGS, "*.yaml")) if not os.path.basename(p).startswith("det_")]
+    paths = [p for p in glob.glob(os.path.join(CONFIGS, "*.yaml"))
+             if not os.path.basename(p).startswith(("det_", "zeroshot_"))]
     names = {os.path.basename(p) for p in paths}
     assert {"tiny_offline.yaml", "vpt_deep_vitb16_in21k.yaml", "vpt_shallow_vitb16_in21k.yaml",
             "prefix_vitb16_in21k.yaml", "pixel_pad_vitb16_in21k.yaml", "linear_probe_vitb16_in21k.yaml",
@@ -168,3 +170,27 @@ def test_recipes_parse():
         cfg = validate(from_dict(RunConfig, yaml.safe_load(open(p))))
         if cfg.model.type == "classifier" and cfg.model.prompt is not None:
             resolve_prompt_config(cfg.model.prompt)
+
+
+def _last_tensors(out):
+    from safetensors.torch import load_file
+    return load_file(os.path.join(out, "last", "adapter_model.safetensors"))
+
+
+def test_grad_accumulation_and_amp(tmp_path):
+    """2 accumulation steps == one step over the same global batch; bf16 / fp16 (GradScaler) runs train."""
+    import torch
+    data = make_image_folder(tmp_path / "data", per_class=6)
+    recipe = tiny_recipe(tmp_path / "r.yaml", epochs=1)
+    runs = {}
+    for name, extra in {"plain": [], "accum": ["--set", "train.grad_accum_steps=2"],
+                        "bf16": ["--amp-dtype", "bf16"], "fp16": ["--amp-dtype", "fp16"]}.items():
+        out = str(tmp_path / name)
+        assert main(["train", "-c", recipe, "--data", data, "--output", out, "--set", "data.val_fraction=0", *extra]) == 0
+        runs[name] = _last_tensors(out)
+        assert yaml.safe_load(open(os.path.join(out, "config.yaml")))["train"]["amp_dtype"] == \
+            {"bf16": "bfloat16", "fp16": "float16"}.get(name, "float32")
+    for k, v in runs["plain"].items():
+        torch.testing.assert_close(runs["accum"][k], v, atol=1e-6, rtol=1e-5)
+        assert torch.isfinite(runs["bf16"][k]).all() and torch.isfinite(runs["fp16"][k]).all()
+    assert any(not torch.equal(runs["bf16"][k], v) for k, v in runs["plain"].items())  # autocast was on
