@@ -14,7 +14,7 @@ from vpt.config import ConfigError
 
 open_clip = pytest.importorskip("open_clip")
 from vpt import zeroshot as zs  # noqa: E402
-from vpt.clip import PromptedCLIP, create_clip_model, encode_text_embeddings  # noqa: E402
+from vpt.clip import PromptedCLIP, create_clip_model  # noqa: E402
 
 TINY_CLIP = dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=2, width=64, patch_size=8, head_width=32),
                  text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))

@@ -196,7 +196,8 @@ def test_cli_zeroshot_errors(env, tmp_path, capsys, case):
         expect = ["unknown open_clip architecture 'ViT-B-23'", "ViT-B-32"]
     elif case == "other_arch":
         other = dict(TINY_CLIP, vision_cfg=dict(TINY_CLIP["vision_cfg"], width=48))
-        argv = base + ["--model", "open_clip:ViT-B-32", "--weights", env["weights"], "--model-kwargs", json.dumps(other)]
+        argv = base + ["--model", "open_clip:ViT-B-32", "--weights", env["weights"],
+                       "--model-kwargs", json.dumps(other)]
         expect = ["does not fit open_clip 'ViT-B-32'", env["weights"]]
     else:
         argv = base + ["--model", "open_clip:ViT-B-32/laion2b_s34b_b79k", "--model-kwargs", mk]

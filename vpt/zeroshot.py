@@ -61,7 +61,8 @@ def check_template(template: str, where: str = "template") -> str:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
-        raise ConfigError(f"{where} {template!r} is not a valid format string ({e}); escape literal braces as {{{{ }}}}") from None
+        raise ConfigError(f"{where} {template!r} is not a valid format string ({e}); "
+                          f"escape literal braces as {{{{ }}}}") from None
     if "c" not in fields:
         raise ConfigError(f"{where} {template!r} has no '{{c}}' where the class name goes; "
                           f"write e.g. 'a photo of a {{c}}.'")
