@@ -6,6 +6,7 @@ nothing else needs editing (timm's ``@register_model``, peft's one-folder-per-me
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generic, Iterator, Optional, Type, TypeVar
 
@@ -29,9 +30,15 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """A small name -> entry map whose errors list the available names and the closest one."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, lazy: Optional[Dict[str, str]] = None):
         self.what = what
         self._entries: Dict[str, Entry[T]] = {}
+        self._lazy = dict(lazy or {})  # name -> module that registers it when imported (optional deps)
+
+    def _load(self, name: str) -> None:
+        module = self._lazy.get(name)
+        if module and name not in self._entries:
+            importlib.import_module(module)
 
     def register(self, name: str, config_cls: Optional[Type] = None, help: str = "") -> Callable[[T], T]:
         if name != name.lower():
@@ -46,25 +53,33 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> Entry[T]:
+        self._load(name)
         try:
             return self._entries[name]
         except KeyError:
-            avail = ", ".join(sorted(self._entries))
+            avail = ", ".join(self.names())
             raise KeyError(
                 f"unknown {self.what} {name!r}; available: {avail}{did_you_mean(name, self._entries)}"
             ) from None
 
     def __contains__(self, name: str) -> bool:
+        self._load(name)
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:
+        for name in list(self._lazy):
+            try:
+                self._load(name)
+            except ImportError:  # an optional dependency is missing: list what is usable
+                pass
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
 
     def names(self):
-        return sorted(self._entries)
+        return sorted(set(self._entries) | set(self._lazy))
 
 
-PROMPTS: Registry[Any] = Registry("prompt kind")
+PROMPTS: Registry[Any] = Registry("prompt kind", lazy={"coop": "vpt.prompts.text"})
 HEADS: Registry[Any] = Registry("head kind")
 BACKBONES: Registry[Any] = Registry("backbone library")
-MODEL_TYPES: Registry[Any] = Registry("model type")  # artifact model_type -> class with from_config
+# artifact model_type -> class with from_config; CLIP and detection register on first use
+MODEL_TYPES: Registry[Any] = Registry("model type", lazy={"clip": "vpt.clip", "detection": "vpt.detection.model"})
