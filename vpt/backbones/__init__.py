@@ -119,8 +119,10 @@ def create_open_clip(cfg: BackboneConfig) -> BackboneAdapter:
     arch, _, tag = spec.partition("/")
     known = open_clip.list_models()
     if arch not in known:
-        raise BackboneError(f"unknown open_clip architecture '{arch}'{did_you_mean(arch, known)}; "
-                            f"see open_clip.list_models()")
+        import difflib
+        close = difflib.get_close_matches(arch, known, n=5, cutoff=0.6)
+        hint = f"; close ones: {', '.join(close)}" if close else ""
+        raise BackboneError(f"unknown open_clip architecture '{arch}'{hint}; see open_clip.list_models()")
     kwargs = dict(cfg.model_kwargs)
     if cfg.weights:
         pretrained = cfg.weights

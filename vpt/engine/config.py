@@ -65,6 +65,7 @@ class SchedSection:
     sched: str = "cosine"  # cosine | constant (after warmup)
     warmup_epochs: float = 0.0  # linear warmup from warmup_lr to lr over this many epochs
     warmup_lr: float = 0.0  # learning rate at step 0 of the warmup
+    warmup_type: str = "linear"  # linear (ramp warmup_lr -> lr) | constant (stay at warmup_lr, as CoOp)
     min_lr: float = 0.0  # cosine floor
 
 

@@ -7,6 +7,8 @@ import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+
+from ..config import ConfigError
 from torch import nn
 
 _logger = logging.getLogger(__name__)
@@ -61,9 +63,12 @@ def build_optimizer(model: nn.Module, optim_cfg: Any, lr: float) -> torch.optim.
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, sched: str = "cosine",
-              warmup_ratio: float = 0.0, min_ratio: float = 0.0) -> float:
-    """Multiplier of the peak lr at optimizer ``step`` (0-based): linear warmup, then cosine or constant."""
+              warmup_ratio: float = 0.0, min_ratio: float = 0.0, warmup_type: str = "linear") -> float:
+    """Multiplier of the peak lr at optimizer ``step`` (0-based): warmup (a linear ramp from warmup_lr, or
+    constant at warmup_lr as CoOp does), then cosine or constant."""
     if warmup_steps > 0 and step < warmup_steps:
+        if warmup_type == "constant":
+            return warmup_ratio
         return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps
     if sched == "constant":
         return 1.0
@@ -80,9 +85,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: Any, steps_per_
     warmup_ratio = sched_cfg.warmup_lr / lr if lr > 0 else 0.0
     min_ratio = sched_cfg.min_lr / lr if lr > 0 else 0.0
     kind = sched_cfg.sched
+    if sched_cfg.warmup_type not in ("linear", "constant"):
+        raise ConfigError(f"unknown sched.warmup_type '{sched_cfg.warmup_type}'; available: constant, linear")
 
     def f(step: int) -> float:
-        return lr_factor(step, total, warmup, kind, warmup_ratio, min_ratio)
+        return lr_factor(step, total, warmup, kind, warmup_ratio, min_ratio, sched_cfg.warmup_type)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
 
 
