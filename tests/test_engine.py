@@ -157,3 +157,11 @@ def test_confusion_png(tmp_path):
     assert img.format == "PNG" and img.size[0] > 50
     arr = np.asarray(img.convert("RGB"))
     assert (arr[..., 2] > arr[..., 0] + 100).any()  # shaded cells drawn
+
+
+def test_constant_warmup_holds_warmup_lr_then_follows_the_schedule():
+    from vpt.engine.optim import lr_factor
+    f = [lr_factor(s, 100, 10, "cosine", 0.005, 0.0, "constant") for s in range(12)]
+    assert f[:10] == [0.005] * 10 and f[10] == 1.0 and f[11] < 1.0
+    ramp = [lr_factor(s, 100, 10, "cosine", 0.005, 0.0) for s in range(10)]
+    assert ramp[0] == 0.005 and all(a < b for a, b in zip(ramp, ramp[1:]))
