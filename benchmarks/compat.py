@@ -32,6 +32,10 @@ MAX_PARAMS = 150e6  # a model that stays larger than this once shrunk is skipped
 CLIP_TEXT = dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
 
 
+class _CannotShrink(Exception):
+    pass
+
+
 def check(adapter, kinds=("vpt_deep", "vpt_prefix", "pixel_pad")):
     """Run the contracts; returns {kind: 'ok' | 'refused: ...'}; raises on a broken contract."""
     size = adapter.data_config().input_size
@@ -117,7 +121,12 @@ def main(argv=None):
             row = {"library": lib, "model": name}
             adapter = None
             try:
-                adapter, kw = build_timm(name) if lib == "timm" else build_open_clip(name, get_model_config(name))
+                try:
+                    adapter, kw = build_timm(name) if lib == "timm" else build_open_clip(name, get_model_config(name))
+                except BackboneError:
+                    raise
+                except Exception as e:  # the shrinking kwargs don't fit this architecture: not a vpt verdict
+                    raise _CannotShrink(f"{type(e).__name__}: {e}"[:300]) from None
                 row["model_kwargs"] = kw
                 row["adapter"] = type(adapter).__name__
                 n_params = sum(p.numel() for p in adapter.parameters())
@@ -130,6 +139,8 @@ def main(argv=None):
                     row.update(status="ok", checks=res)
             except BackboneError as e:
                 row.update(status="refused", reason=str(e))
+            except _CannotShrink as e:
+                row.update(status="skipped", reason=f"cannot be built tiny: {e}")
             except Exception as e:
                 row.update(status="failed", error=f"{type(e).__name__}: {e}"[:500],
                            where=traceback.format_exc().splitlines()[-3][:300])

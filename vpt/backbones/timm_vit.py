@@ -109,7 +109,8 @@ class TimmViTAdapter(BackboneAdapter):
         return h + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(h))))
 
     def kv_dim(self) -> int:
-        return int(self.model.blocks[0].attn.attn_dim)
+        attn = getattr(self.model.blocks[0], "attn", None)
+        return int(getattr(attn, "attn_dim", self.layout.embed_dim))
 
     def finish(self, h):
         return self.model.norm(h)
