@@ -1,5 +1,4 @@
 """Engine pieces: lr scaling and schedule, parameter groups, global-batch sampling, metrics, atomic writes."""
-import math
 import os
 
 import numpy as np

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Union
 
 import torch
 
 from ..config import from_dict
 from ..registry import BACKBONES, did_you_mean
 from .base import (BackboneAdapter, BackboneConfig, BackboneError, DataConfig, EmbedContext, TokenLayout,
-                   load_state_dict_file, sha256_file)
+                   load_state_dict_file)
 
 _logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackboneAdapter, DataConfig, EmbedContext, TokenLayout, mask_bias
-from .timm_vit import _to_2tuple, timm_data_config
+from .base import BackboneAdapter, DataConfig, EmbedContext, mask_bias
+from .timm_vit import timm_data_config, timm_layout
 
 
 def pad_rope(rope: torch.Tensor, num_prompts: int) -> torch.Tensor:
@@ -31,14 +31,7 @@ class TimmEvaAdapter(BackboneAdapter):
     def __init__(self, model, config, arch, tag):
         super().__init__(model, config, arch, tag)
         m = self.model
-        self.layout = TokenLayout(
-            num_prefix=int(m.num_prefix_tokens),
-            embed_dim=int(m.embed_dim),
-            depth=len(m.blocks),
-            grid=_to_2tuple(m.patch_embed.grid_size),
-            patch_size=_to_2tuple(m.patch_embed.patch_size),
-            has_class_token=m.cls_token is not None,
-        )
+        self.layout = timm_layout(m)
         self.num_features = int(getattr(m, "head_hidden_size", m.num_features))
         self._mixed = bool(getattr(m, "rope_mixed", False))
 

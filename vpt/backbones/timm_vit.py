@@ -36,6 +36,18 @@ def timm_data_config(model: nn.Module) -> DataConfig:
     )
 
 
+def timm_layout(m: nn.Module) -> TokenLayout:
+    """The token layout of a timm ViT-style model (VisionTransformer, Eva)."""
+    return TokenLayout(
+        num_prefix=int(m.num_prefix_tokens),
+        embed_dim=int(m.embed_dim),
+        depth=len(m.blocks),
+        grid=_to_2tuple(m.patch_embed.grid_size),
+        patch_size=_to_2tuple(m.patch_embed.patch_size),
+        has_class_token=m.cls_token is not None,
+    )
+
+
 def attention_with_prefix(attn: nn.Module, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
                           bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """timm ``Attention`` on tokens x (B, N, C) with learned key/value prefixes pk, pv (B, P, A).
@@ -76,14 +88,7 @@ class TimmViTAdapter(BackboneAdapter):
         super().__init__(model, config, arch, tag)
         m = self.model
         self.prefix_refusal = _prefix_refusal(m)
-        self.layout = TokenLayout(
-            num_prefix=int(m.num_prefix_tokens),
-            embed_dim=int(m.embed_dim),
-            depth=len(m.blocks),
-            grid=_to_2tuple(m.patch_embed.grid_size),
-            patch_size=_to_2tuple(m.patch_embed.patch_size),
-            has_class_token=m.cls_token is not None,
-        )
+        self.layout = timm_layout(m)
         self.num_features = int(getattr(m, "head_hidden_size", m.num_features))
 
     def data_config(self) -> DataConfig:

@@ -4,7 +4,6 @@ are reused, so the test top-1 reproduces results.json exactly."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from ._common import UserError, apply_sets, load_yaml

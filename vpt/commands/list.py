@@ -8,7 +8,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import vpt  # noqa: F401  (registers the built-in kinds)
+    from .. import heads, prompts  # noqa: F401  (register the built-in kinds)
     from ..registry import BACKBONES, HEADS, PROMPTS
     from ..weights import SHIPPED
 

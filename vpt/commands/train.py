@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Any, Dict, Optional
 
-from ._common import UserError, apply_sets, load_yaml, resolve_config
+from ._common import UserError, load_yaml, resolve_config
 
 KILL_ENV = "VPT_TEST_KILL_AT_STEP"  # test hook: SIGKILL this process after that optimizer step (resume tests)
 
@@ -103,7 +103,6 @@ def _flags(args) -> Dict[str, Any]:
 
 def resolve_run_config(args):
     """RunConfig from recipe <- flags <- --set; with --resume the run folder's saved config is the base."""
-    from ..config import from_dict
     from ..engine.config import RunConfig, validate
     flags = _flags(args)
     if args.resume:

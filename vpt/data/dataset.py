@@ -6,7 +6,7 @@ not depend on the number of DataLoader workers or distributed ranks, nor on wher
 from __future__ import annotations
 
 import logging
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -274,7 +274,7 @@ class Trainer:
         return self._finish(train_ips)
 
     def _finish(self, train_ips: List[float]) -> Dict[str, Any]:
-        cfg, t, info = self.cfg, self.cfg.train, self.info
+        cfg, info = self.cfg, self.info
         # the test set is seen exactly once, by the epoch chosen on val
         if self.best_tensors is not None:
             load_trainable_tensors(self.model, self.best_tensors)

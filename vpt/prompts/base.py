@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -53,6 +53,22 @@ class PromptModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
+
+
+def resolve_layers(layers: Optional[List[int]], last_k: Optional[int], depth: int) -> List[int]:
+    """The prompted block indices from ``layers`` or ``last_k`` (neither: every block)."""
+    if layers is not None and last_k is not None:
+        raise ConfigError("set either prompt.layers or prompt.last_k, not both")
+    if last_k is not None:
+        if not 1 <= last_k <= depth:
+            raise ConfigError(f"prompt.last_k must be in 1..{depth} for this {depth}-block backbone, got {last_k}")
+        return list(range(depth - last_k, depth))
+    if layers is not None:
+        out = sorted(set(int(i) for i in layers))
+        if not out or any(not 0 <= i < depth for i in out):
+            raise ConfigError(f"prompt.layers {layers} must be non-empty block indices in 0..{depth - 1}")
+        return out
+    return list(range(depth))
 
 
 def xavier_bound(patch_size: Tuple[int, int], dim: int) -> float:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..registry import PROMPTS
-from .base import PromptModule, xavier_bound
+from .base import PromptModule, resolve_layers, xavier_bound
 
 
 @dataclass
@@ -37,18 +37,7 @@ class PrefixPrompt(PromptModule):
             raise ConfigError("prefix prompts need a ViT-style backbone")
         L = layout.depth
         A = kv_dim or layout.embed_dim
-        if config.layers is not None and config.last_k is not None:
-            raise ConfigError("set either prompt.layers or prompt.last_k, not both")
-        if config.last_k is not None:
-            if not 1 <= config.last_k <= L:
-                raise ConfigError(f"prompt.last_k must be in 1..{L}, got {config.last_k}")
-            layers = list(range(L - config.last_k, L))
-        elif config.layers is not None:
-            layers = sorted(set(int(i) for i in config.layers))
-            if not layers or any(not 0 <= i < L for i in layers):
-                raise ConfigError(f"prompt.layers {config.layers} must be non-empty block indices in 0..{L - 1}")
-        else:
-            layers = list(range(L))
+        layers = resolve_layers(config.layers, config.last_k, L)
         if config.num_tokens < 1:
             raise ConfigError(f"prompt.num_tokens must be >= 1, got {config.num_tokens}")
         self.layers = layers

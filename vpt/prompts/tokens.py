@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..registry import PROMPTS
-from .base import PromptModule, xavier_bound
+from .base import PromptModule, resolve_layers, xavier_bound
 
 
 @dataclass
@@ -51,19 +51,8 @@ class TokenPrompt(PromptModule):
             raise ConfigError(f"prompt.num_tokens must be >= 0, got {config.num_tokens}")
         if isinstance(config, ShallowPromptConfig):
             layers = [0]
-        elif config.layers is not None and config.last_k is not None:
-            raise ConfigError("set either prompt.layers or prompt.last_k, not both")
-        elif config.last_k is not None:
-            if not 1 <= config.last_k <= L:
-                raise ConfigError(f"prompt.last_k must be in 1..{L} for this {L}-block backbone, got {config.last_k}")
-            layers = list(range(L - config.last_k, L))
-        elif config.layers is not None:
-            layers = sorted(set(int(i) for i in config.layers))
-            bad = [i for i in layers if not 0 <= i < L]
-            if bad or not layers:
-                raise ConfigError(f"prompt.layers {config.layers} must be non-empty block indices in 0..{L - 1}")
         else:
-            layers = list(range(L))
+            layers = resolve_layers(config.layers, config.last_k, L)
         self.layers = layers
         self._slot = {layer: j for j, layer in enumerate(layers)}
         self.num_tokens = int(config.num_tokens)
