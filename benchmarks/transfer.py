@@ -4,7 +4,7 @@ Every run is one ``vpt train`` (through ``python benchmarks/transfer.py vpt-trai
 benchmark's LoRA model type and then calls ``vpt.cli.main(['train', ...])``), in its own process.
 
     python benchmarks/datasets.py prepare all                      # data -> ~/.cache/vpt/datasets
-    python benchmarks/transfer.py export-vit /root/.cache/vpt/pretrain_run1/state.pt   # until vpt:vit_tiny_cifar10 ships
+    python benchmarks/transfer.py export-vit ~/.cache/vpt/pretrain_run1/state.pt  # until vpt:vit_tiny_cifar10 ships
     python benchmarks/transfer.py run --weights ~/.cache/vpt/weights/vit_tiny_cifar10_ep20.safetensors
     python benchmarks/transfer.py run --weights ... --control       # same arms on a random-init copy
     python benchmarks/transfer.py effnet-weights                    # real ImageNet EfficientNet-Lite0
@@ -207,8 +207,9 @@ def result_path(out_root: str, scale: str, tag: str, task: str, arm: str, lr: fl
 
 
 def train_args(args, setup: dict, task: str, arm: str, lr: float, seed: int, run_dir: str) -> List[str]:
-    argv = ["-c", os.path.join(HERE, "transfer_configs", setup["recipe"]), "--data", os.path.join(args.data_root, task),
-            "--output", run_dir, "--overwrite", "--lr", repr(lr), "--seed", str(seed), "--epochs", str(args.epochs)]
+    argv = ["-c", os.path.join("benchmarks", "transfer_configs", setup["recipe"]),
+            "--data", os.path.join(args.data_root, task), "--output", run_dir, "--overwrite",
+            "--lr", repr(lr), "--seed", str(seed), "--epochs", str(args.epochs)]
     if args.backbone:
         argv += ["--model", args.backbone]
     if args.control:
@@ -234,12 +235,16 @@ def run_one(args, setup: dict, task: str, arm: str, lr: float, seed: int, path: 
     run_dir = os.path.join(args.runs_root, args.scale, args.tag, task, arm, f"lr{fmt_lr(lr)}_seed{seed}")
     cmd = [sys.executable, os.path.relpath(__file__, REPO), "vpt-train",
            *train_args(args, setup, task, arm, lr, seed, run_dir)]
-    print(f"[{time.strftime('%H:%M:%S')}] {task} {arm} lr={fmt_lr(lr)} seed={seed} ...", flush=True)
+    name = f"{task} {arm} lr={fmt_lr(lr)} seed={seed}"
+    print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ)
+    if args.jobs > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        print(f"  FAILED (exit {proc.returncode}); last lines:\n" + "\n".join(proc.stdout.splitlines()[-15:]),
+        print(f"  {name}: FAILED (exit {proc.returncode}); last lines:\n" + "\n".join(proc.stdout.splitlines()[-15:]),
               flush=True)
         return None
     with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
@@ -273,10 +278,13 @@ def run_one(args, setup: dict, task: str, arm: str, lr: float, seed: int, path: 
         json.dump(record, f, indent=1)
     os.replace(path + ".tmp", path)
     if not args.keep_runs:  # keep logs, metrics and results; drop artifacts and run state
-        for name in ("best", "last", "run_state.pt"):
-            p = os.path.join(run_dir, name)
-            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else (os.path.exists(p) and os.remove(p))
-    print(f"  val {record['val_top1']:.2f} test {record['test_top1']:.2f} "
+        for leftover in ("best", "last", "run_state.pt"):
+            p = os.path.join(run_dir, leftover)
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.exists(p):
+                os.remove(p)
+    print(f"  {name}: val {record['val_top1']:.2f} test {record['test_top1']:.2f} "
           f"trainable {record['trainable_percent']:.3f}% train {record['train_seconds']:.0f}s (wall {wall:.0f}s)",
           flush=True)
     return record
@@ -352,26 +360,39 @@ def sweep(args) -> int:
         raise SystemExit("error: pass --weights FILE (export one with `transfer.py export-vit STATE.pt`) or "
                          "--backbone vpt:vit_tiny_cifar10 once it ships; --control runs the random-init copy")
     grid = parse_grid(args.grid, args.arms)
-    planned = sum(len(grid[a]) + len(args.seeds) - 1 for a in args.arms) * len(args.tasks)
+    cells = [(task, arm) for task in args.tasks for arm in args.arms]
+    planned = sum(len(grid[a]) + len(args.seeds) - 1 for _, a in cells)
     print(f"{args.tag} ({args.scale}): {len(args.tasks)} tasks x {len(args.arms)} arms, seeds {args.seeds}, "
-          f"{args.epochs} epochs: up to {planned} runs", flush=True)
-    failures = 0
-    for task in args.tasks:
-        for arm in args.arms:
-            records = []
-            for lr in grid[arm]:
-                path = result_path(args.out, args.scale, args.tag, task, arm, lr, args.seeds[0])
-                rec = load_record(path, args) or (None if args.dry_run else run_one(args, setup, task, arm, lr, args.seeds[0], path))
-                failures += rec is None and not args.dry_run
-                records += [rec] if rec else []
-            best = select_lr(records)
-            if best is None:
-                continue
-            for seed in args.seeds[1:]:
-                path = result_path(args.out, args.scale, args.tag, task, arm, best, seed)
-                if load_record(path, args) is None and not args.dry_run:
-                    failures += run_one(args, setup, task, arm, best, seed, path) is None
-    print(f"done; {failures} failed runs" if failures else "done")
+          f"{args.epochs} epochs, {args.jobs} at a time: up to {planned} runs", flush=True)
+
+    def runs(jobs):  # (task, arm, lr, seed) -> record or None; skips results that exist
+        todo, done = [], {}
+        for job in jobs:
+            path = result_path(args.out, args.scale, args.tag, *job)
+            rec = load_record(path, args)
+            if rec:
+                done[job] = rec
+            else:
+                todo.append((job, path))
+        print(f"  {len(done)} done, {len(todo)} to run{' (dry run)' if args.dry_run else ''}", flush=True)
+        if args.dry_run:
+            return done
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {job: pool.submit(run_one, args, setup, *job, path) for job, path in todo}
+        done.update({job: f.result() for job, f in futures.items()})
+        return done
+
+    # phase 1: the lr grid with the first seed; phase 2: the other seeds at the lr chosen on val
+    first = runs([(t, a, lr, args.seeds[0]) for t, a in cells for lr in grid[a]])
+    chosen = {}
+    for t, a in cells:
+        best = select_lr([r for (t2, a2, _, _), r in first.items() if (t2, a2) == (t, a) and r])
+        if best is not None:
+            chosen[(t, a)] = best
+    second = runs([(t, a, lr, s) for (t, a), lr in chosen.items() for s in args.seeds[1:]])
+    failures = sum(r is None for r in list(first.values()) + list(second.values()))
+    print(f"done; {failures} failed runs (run the same command again to retry them)" if failures else "done")
     return 1 if failures else 0
 
 
@@ -404,6 +425,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--keep-runs", action="store_true", help="keep artifacts and run state of every run")
     p.add_argument("--dry-run", action="store_true", help="only count what would run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cpu_count/jobs threads); "
+                                                       "e.g. 8 on a GPU machine, 1 on 2 CPU cores")
     p = sub.add_parser("export-vit", help="pretraining state.pt -> safetensors under ~/.cache/vpt/weights")
     p.add_argument("state")
     p.add_argument("--out")
