@@ -55,7 +55,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=os.path.expanduser("~/.cache/vpt/bench_detection_runs"))
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/vpt"))
     ap.add_argument("--set", action="append", default=[], help="config override a.b=c (both variants)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 is far faster than 2 on a shared, oversubscribed CPU)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="train.seed values (prompt / pyramid / head init, data order); the frozen ViT stays the same")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -71,34 +74,49 @@ def main(argv=None) -> int:
            "question": "does a learned prompt help a frozen ViT detect (same pyramid + head, same schedule)?",
            "variants": {}}
     for name, extra in VARIANTS.items():
-        ns = argparse.Namespace(config=args.config, data=data, output=os.path.join(args.runs, name), epochs=None,
-                                lr=None, batch_size=None, seed=None, amp_dtype=None, device=None, workers=None,
-                                set=[*args.set, *extra], resume=False, overwrite=True)
-        cfg = commands.build_run_config(ns)
-        t0 = time.perf_counter()
-        res = train_detector(cfg, overwrite=True, command=commands._command("train", ns, {
-            **commands.TRAIN_FLAGS, "overwrite": 1}))
-        wall = time.perf_counter() - t0
-        brief = {k: res[k] for k in ("command", "selection", "best_epoch", "trainable_params", "total_params",
-                                     "train_images_per_second", "data", "classes", "label_map", "config")}
-        for split in ("val", "test"):
-            m = res[split]
-            brief[split] = None if m is None else {k: m[k] for k in ("mAP", "mAP50", "mAP75", "per_class_AP",
-                                                                     "num_images", "num_gt_boxes", "evaluator")}
-        brief["wall_seconds"] = round(wall, 1)
-        out["variants"][name] = brief
-        out["device"], out["versions"] = res["device"], res["versions"]
-        logging.info("%s: test mAP %.4f mAP@0.5 %.4f (%.0fs)", name, res["test"]["mAP"], res["test"]["mAP50"], wall)
+        runs = {}
+        for seed in args.seeds:
+            ns = argparse.Namespace(config=args.config, data=data, output=os.path.join(args.runs, f"{name}_s{seed}"),
+                                    epochs=None, lr=None, batch_size=None, seed=seed, amp_dtype=None, device=None,
+                                    workers=None, set=[*args.set, *extra], resume=False, overwrite=True)
+            cfg = commands.build_run_config(ns)
+            t0 = time.perf_counter()
+            res = train_detector(cfg, overwrite=True, command=commands._command("train", ns, {
+                **commands.TRAIN_FLAGS, "seed": 1, "overwrite": 1}))
+            brief = {k: res[k] for k in ("command", "selection", "best_epoch", "trainable_params", "total_params",
+                                         "train_images_per_second", "data", "classes", "label_map", "config")}
+            for split in ("val", "test"):
+                m = res[split]
+                brief[split] = None if m is None else {k: m[k] for k in (
+                    "mAP", "mAP50", "mAP75", "per_class_AP", "num_images", "num_gt_boxes", "evaluator")}
+            brief["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            runs[str(seed)] = brief
+            out["device"], out["versions"] = res["device"], res["versions"]
+            logging.info("%s seed %d: test mAP %.4f mAP@0.5 %.4f (%.0fs)", name, seed, res["test"]["mAP"],
+                         res["test"]["mAP50"], brief["wall_seconds"])
+        tests = [r["test"] for r in runs.values()]
+        out["variants"][name] = {
+            "test_mAP_mean": sum(t["mAP"] for t in tests) / len(tests),
+            "test_mAP50_mean": sum(t["mAP50"] for t in tests) / len(tests),
+            "test_mAP_per_seed": [t["mAP"] for t in tests],
+            "test_mAP50_per_seed": [t["mAP50"] for t in tests],
+            "runs": runs}
     p, u = out["variants"]["prompted"], out["variants"]["unprompted"]
-    c = p["config"]
+    first = next(iter(p["runs"].values()))
+    c = first["config"]
     bb = c["model"]["backbone"]
     mk = bb["model_kwargs"]
+    wall = sum(r["wall_seconds"] for v in (p, u) for r in v["runs"].values())
+
+    def per_seed(v):
+        return "/".join(f"{x:.3f}" for x in v["test_mAP_per_seed"])
     out["table_row"] = (
         f"| detection BCCD ({c['detector']['kind']}, {bb['name'].split(':')[-1]} d{mk.get('depth', '?')} "
         f"w{mk.get('embed_dim', '?')} {'random-init' if not bb['pretrained'] and not bb['weights'] else 'pretrained'}, "
-        f"{c['detector']['min_size']}px, {c['train']['epochs']} ep) | test mAP / mAP@0.5: prompted "
-        f"{p['test']['mAP']:.4f} / {p['test']['mAP50']:.4f}, unprompted {u['test']['mAP']:.4f} / "
-        f"{u['test']['mAP50']:.4f} | {out['device']} | {p['wall_seconds'] + u['wall_seconds']:.0f} s |")
+        f"{c['detector']['min_size']}px, {c['train']['epochs']} ep, seeds {','.join(map(str, args.seeds))}) "
+        f"| test mAP (mAP@0.5), mean of seeds: prompted {p['test_mAP_mean']:.3f} ({p['test_mAP50_mean']:.3f}) "
+        f"[{per_seed(p)}], unprompted {u['test_mAP_mean']:.3f} ({u['test_mAP50_mean']:.3f}) [{per_seed(u)}] "
+        f"| {out['device']} | {wall:.0f} s |")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)

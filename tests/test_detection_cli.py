@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 import yaml
 
 from vpt.cli import main
@@ -92,6 +93,12 @@ def test_commands_train_on_coco_and_resume(tmp_path, recipe):
     rows = open(tmp_path / "run" / "metrics.csv").read().strip().splitlines()
     assert len(rows) == 3 and rows[1].startswith("1,") and rows[2].startswith("2,")
     assert res2["config"]["detector"]["kind"] == "retinanet" and res2["config"]["train"]["epochs"] == 2
+    # ... exactly as an uninterrupted 2-epoch run (seeded order, seeded augmentation, saved RNG state)
+    assert commands.train(argparse.Namespace(**{**base, "epochs": 2, "output": str(tmp_path / "straight")})) == 0
+    from safetensors.torch import load_file
+    a = load_file(str(tmp_path / "run" / "last" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "last" / "adapter_model.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_cli_reports_bad_data_clearly(tmp_path, recipe, capsys):

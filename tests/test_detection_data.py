@@ -204,6 +204,20 @@ def test_flip_moves_boxes_and_keeps_labels_in_step():
     assert build_transforms(cfg, train=False) is None  # evaluation sees the original pixels
 
 
+def test_augmentation_is_seeded():
+    cfg = DetDataConfig(hflip=0.5, vflip=0.5, affine=1.0, color=0.5)
+    img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    boxes, labels = np.array([[10, 10, 30, 30], [35, 5, 60, 40]], np.float32), np.array([0, 1])
+
+    def run(seed):
+        tf = build_transforms(cfg, train=True, seed=seed)
+        return [apply_transforms(tf, img, boxes, labels) for _ in range(3)]
+    a, b, c = run(3), run(3), run(4)
+    for (ia, ba, la), (ib, bb, lb) in zip(a, b):
+        assert np.array_equal(ia, ib) and np.array_equal(ba, bb) and np.array_equal(la, lb)
+    assert any(not np.array_equal(x[0], y[0]) for x, y in zip(a, c))
+
+
 def test_boxes_leaving_the_image_are_clipped_or_dropped_with_their_labels():
     import albumentations as A
     tf = A.Compose([A.Affine(translate_px={"x": 40, "y": 0}, p=1.0)], bbox_params=bbox_params(DetDataConfig()))

@@ -9,7 +9,6 @@ import torch
 import vpt
 from vpt.config import ConfigError
 from vpt.detection import create_detector
-from vpt.detection.pyramid import ViTFeaturePyramid
 
 from conftest import TINY_VIT, TINY_VIT_NAME
 
@@ -129,6 +128,16 @@ def test_pyramid_levels_strides_and_names():
     frcnn = tiny_detector("faster_rcnn")
     assert frcnn.pyramid.level_names == ["0", "1", "2", "pool"]
     assert frcnn.detector.transform.size_divisible == 32
+
+
+def test_anchors_follow_the_strides_and_normalisation_is_the_backbones():
+    fcos, retina, frcnn = tiny_detector("fcos"), tiny_detector("retinanet"), tiny_detector("faster_rcnn")
+    assert [s[0] for s in fcos.detector.anchor_generator.sizes] == [4, 8, 16, 32, 64]  # FCOS: one point per cell
+    assert retina.detector.anchor_generator.sizes[0] == pytest.approx((16, 16 * 2 ** (1 / 3), 16 * 2 ** (2 / 3)))
+    assert [s[0] for s in frcnn.detector.rpn.anchor_generator.sizes] == [32, 64, 128, 256]
+    dc = fcos.vit.backbone.data_config()
+    for m in (fcos, retina, frcnn):
+        assert m.detector.transform.image_mean == list(dc.mean) and m.detector.transform.image_std == list(dc.std)
 
 
 def test_input_not_a_multiple_of_the_patch_size_says_how_to_fix():

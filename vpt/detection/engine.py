@@ -121,7 +121,7 @@ def _train(cfg: DetectionRunConfig, run_dir: str, resume: bool, command: Optiona
     trainable, total = model.get_nb_trainable_parameters()
     _logger.info("%s on %s: classes %s (label map %s); trainable params: %s || all params: %s",
                  cfg.detector.kind, cfg.model.backbone.name, classes, model.label_map, f"{trainable:,d}", f"{total:,d}")
-    tf = build_transforms(cfg.data, train=True)
+    tf = build_transforms(cfg.data, train=True, seed=t.seed)
     steps = math.ceil(len(splits["train"]) / t.batch_size)
     opt, sched, lr = build_optimizer_and_scheduler(model, cfg.optim, cfg.sched, t.batch_size, steps, t.epochs)
     start, best, best_tensors = 0, {"epoch": -1, "mAP": -1.0, "val": None}, None
@@ -201,6 +201,8 @@ def _train_epoch(model: PromptedDetector, records, tf, opt, sched, cfg: Detectio
                  epoch: int) -> Dict[str, float]:
     t = cfg.train
     model.train()
+    if tf is not None:
+        tf.set_random_seed(t.seed * 1009 + epoch)  # augmentation repeats per (seed, epoch), also after --resume
     params = [p for p in model.parameters() if p.requires_grad]
     loader = _loader(records, tf, model.label_offset, t.batch_size, t.workers, shuffle=True,
                      seed=t.seed * 1009 + epoch)

@@ -6,7 +6,7 @@ evaluation compares boxes in the annotation's own pixels.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,8 +14,11 @@ import torch
 from .data import DetRecord
 
 
-def build_transforms(cfg, train: bool):
-    """albumentations pipeline for a DetDataConfig; None when there is nothing to do (eval)."""
+def build_transforms(cfg, train: bool, seed: int = 0):
+    """albumentations pipeline for a DetDataConfig; None when there is nothing to do (eval).
+
+    albumentations keeps its own random generator (not torch's / numpy's global one): ``seed`` seeds it,
+    and the trainer re-seeds it every epoch (``set_random_seed``) so runs and resumed runs repeat exactly."""
     if not (train and cfg.augment):
         return None
     import albumentations as A
@@ -30,7 +33,7 @@ def build_transforms(cfg, train: bool):
         ops.append(A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=cfg.color))
     if not ops:
         return None
-    return A.Compose(ops, bbox_params=bbox_params(cfg))
+    return A.Compose(ops, bbox_params=bbox_params(cfg), seed=seed)
 
 
 def bbox_params(cfg):
