@@ -110,6 +110,7 @@ def main(argv=None):
         "config": vars(args),
         "versions": {"vpt": vpt.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],  # other work on the machine meanwhile
         "median_step_ms": {n: round(1000 * v, 1) for n, v in med.items()},
         "all_step_ms": {n: [round(1000 * t, 1) for t in v] for n, v in times.items()},
         "ratio_vpt_over_plain": {

@@ -23,7 +23,8 @@ BACKBONES = {
     "eva02_rope": ("timm:eva02_tiny_patch14_224", dict(K, ref_feat_shape=(4, 4))),
     "eva_rope_mixed": ("timm:vit_small_patch16_rope_mixed_224", dict(K, init_values=1.0)),
     "open_clip": ("open_clip:ViT-B-32", CLIP_KW),
-    "cnn": ("timm:resnet10t", dict(zero_init_last=False)),  # zero-init residuals would hide border gradients
+    # zero-init residuals would hide border gradients; 64 px input keeps the CNN cases fast
+    "cnn": ("timm:resnet10t", dict(zero_init_last=False, pretrained_cfg_overlay=dict(input_size=(3, 64, 64)))),
 }
 
 PROMPTS = {
