@@ -12,6 +12,15 @@ from vpt.detection import create_detector
 
 from conftest import TINY_VIT, TINY_VIT_NAME
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tiny models run fastest on one thread, and far faster on a shared, busy CPU; restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 TINY = {**TINY_VIT, "dynamic_img_size": True}
 SMALL = {"min_size": 64, "max_size": 64, "head_convs": 1, "box_head_dim": 32,
          "pyramid": {"out_channels": 32, "scales": [2.0, 1.0, 0.5]}}

@@ -12,6 +12,15 @@ import vpt
 from conftest import TINY_VIT, TINY_VIT_NAME
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tiny models run fastest on one thread, and far faster on a shared, busy CPU; restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
