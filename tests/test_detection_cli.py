@@ -23,6 +23,7 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
+
 pytest.importorskip("faster_coco_eval", reason="pip install 'vpt[detection]'")
 
 RECIPE = {

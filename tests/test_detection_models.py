@@ -21,6 +21,7 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
+
 TINY = {**TINY_VIT, "dynamic_img_size": True}
 SMALL = {"min_size": 64, "max_size": 64, "head_convs": 1, "box_head_dim": 32,
          "pyramid": {"out_channels": 32, "scales": [2.0, 1.0, 0.5]}}
