@@ -68,7 +68,8 @@ def test_cli_train_eval_predict_voc(tmp_path, recipe, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
     out_json = tmp_path / "eval.json"
-    assert main(["eval", str(run / "best"), "--task", "detection", "--data", data, "--json", str(out_json)]) == 0
+    # no --task: the artifact says it is a detector
+    assert main(["eval", str(run / "best"), "--data", data, "--json", str(out_json)]) == 0
     ev = json.load(open(out_json))
     _check_metrics(ev)
     assert ev["split"] == "test" and ev["num_images"] == 2
@@ -76,7 +77,7 @@ def test_cli_train_eval_predict_voc(tmp_path, recipe, capsys):
 
     pred = tmp_path / "pred"
     img = os.path.join(data, "JPEGImages", "img000.png")
-    assert main(["predict", str(run / "best"), img, os.path.join(data, "JPEGImages"), "--task", "detection",
+    assert main(["predict", str(run / "best"), img, os.path.join(data, "JPEGImages"), "--score-thresh", "0.3",
                  "--output", str(pred)]) == 0
     det = json.load(open(pred / "detections.json"))
     assert det["class_names"] == ["blue", "red"] and len(det["images"]) == 9

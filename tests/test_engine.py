@@ -164,3 +164,13 @@ def test_constant_warmup_holds_warmup_lr_then_follows_the_schedule():
     assert f[:10] == [0.005] * 10 and f[10] == 1.0 and f[11] < 1.0
     ramp = [lr_factor(s, 100, 10, "cosine", 0.005, 0.0) for s in range(10)]
     assert ramp[0] == 0.005 and all(a < b for a, b in zip(ramp, ramp[1:]))
+
+
+def test_prompts_anywhere_in_the_name_get_no_weight_decay():
+    import torch
+    from vpt.engine.optim import is_no_decay
+    w = torch.zeros(4, 4)
+    assert is_no_decay("prompt.prompts", w)
+    assert is_no_decay("detector.backbone.vit.prompt.prompts", w)
+    assert is_no_decay("text_prompt.ctx", w)
+    assert not is_no_decay("head.fc.weight", w)

@@ -24,7 +24,9 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--format", choices=["json", "csv"], default="json")
-    p.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--output", metavar="PATH", help="classification: a file to write instead of stdout; "
+                                                   "detection: a folder for PNGs with boxes + detections.json")
+    p.add_argument("--score-thresh", type=float, default=None, help="detection: lowest score drawn/kept (default 0.3)")
     p.add_argument("--task", choices=["classification", "detection"], default=None)
     p.add_argument("-b", "--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
@@ -51,7 +53,8 @@ def collect_images(inputs: List[str]) -> List[str]:
 
 
 def run(args) -> int:
-    if args.task == "detection":
+    from .train import recipe_task
+    if recipe_task(args) == "detection":
         from ..detection import commands as det
         return int(det.predict(args) or 0)
     import torch

@@ -7,6 +7,7 @@ Under ``torchrun --nproc_per_node=N -m vpt train ...`` the run is data-parallel 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -89,6 +90,14 @@ def recipe_task(args) -> str:
         return args.task
     if getattr(args, "config", None):
         return str(load_yaml(args.config).get("task", "classification"))
+    artifact = getattr(args, "artifact", None)  # eval / predict: the artifact says what it is
+    if artifact and os.path.isfile(os.path.join(artifact, "adapter_config.json")):
+        try:
+            with open(os.path.join(artifact, "adapter_config.json"), encoding="utf-8") as f:
+                if json.load(f).get("model_type") == "detection":
+                    return "detection"
+        except (OSError, ValueError, AttributeError):
+            pass  # from_pretrained reports a broken artifact with its own message
     return "classification"
 
 

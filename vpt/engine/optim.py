@@ -23,7 +23,8 @@ def resolve_lr(optim_cfg: Any, batch_size: int) -> float:
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:
     """Prompts, biases and norm / 1-d tensors get no weight decay (as in timm and VPT)."""
-    return param.ndim <= 1 or name.endswith(".bias") or "prompt" in name.split(".")[0] or ".norm" in name
+    is_prompt = any("prompt" in part for part in name.split("."))  # prompt.*, text_prompt.*, x.vit.prompt.*
+    return param.ndim <= 1 or name.endswith(".bias") or is_prompt or ".norm" in name
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_prompts: bool = True,
