@@ -39,7 +39,28 @@ def take_indices(depth: int, indices: Union[None, int, Sequence[int]]) -> Tuple[
 _OWN = object()  # sentinel: "this model's own prompt"
 
 
-class PromptedModel(nn.Module):
+class AdapterMixin:
+    """peft's names for what an adapter model trains and saves; shared by every model type."""
+
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def get_nb_trainable_parameters(self) -> Tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        """peft's format, so that users' scripts that grep it keep working."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def save_pretrained(self, save_directory: str) -> None:
+        from .artifact import save_pretrained
+        save_pretrained(self, save_directory)
+
+
+class PromptedModel(AdapterMixin, nn.Module):
     """Frozen backbone + prompts + head. Build with :func:`vpt.create_model`."""
 
     model_type = "classifier"
@@ -198,20 +219,6 @@ class PromptedModel(nn.Module):
             return inter
         return bb.finish(h), inter
 
-    # --- parameters -----------------------------------------------------------------------------
-    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-
-    def get_nb_trainable_parameters(self) -> Tuple[int, int]:
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        return trainable, total
-
-    def print_trainable_parameters(self) -> None:
-        """peft's format, so that users' scripts that grep it keep working."""
-        trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
-
     # --- configs and artifacts --------------------------------------------------------------------
     def to_config(self) -> Dict[str, Any]:
         return {
@@ -230,10 +237,6 @@ class PromptedModel(nn.Module):
         return cls(backbone, prompt=config.get("prompt"), num_classes=config.get("num_classes", 0),
                    head=config.get("head"), class_names=config.get("class_names"),
                    train_backbone=config.get("train_backbone", False))
-
-    def save_pretrained(self, save_directory: str) -> None:
-        from .artifact import save_pretrained
-        save_pretrained(self, save_directory)
 
 
 MODEL_TYPES.register("classifier")(PromptedModel)

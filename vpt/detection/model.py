@@ -6,14 +6,14 @@ Saved as a vpt artifact with ``model_type: detection``, its class list and label
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..backbones import BackboneAdapter, BackboneConfig, create_backbone
 from ..config import ConfigError, from_dict, to_dict
-from ..model import PromptedModel
+from ..model import AdapterMixin, PromptedModel
 from ..prompts import prompt_to_dict
 from ..registry import MODEL_TYPES
 from .config import DetectorConfig
@@ -31,7 +31,7 @@ def detection_backbone_config(cfg: Union[str, BackboneConfig, Dict[str, Any]]) -
     return cfg
 
 
-class PromptedDetector(nn.Module):
+class PromptedDetector(AdapterMixin, nn.Module):
     """Build with :func:`create_detector`; call like the torchvision detector it wraps."""
 
     model_type = "detection"  # = the module name, so vpt.engine.build.ensure_model_type can import it
@@ -88,18 +88,6 @@ class PromptedDetector(nn.Module):
         boxes in each input image's own pixels."""
         return self.detector(images, targets)
 
-    # --- parameters (peft's names) ------------------------------------------------------------------
-    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-
-    def get_nb_trainable_parameters(self) -> Tuple[int, int]:
-        return (sum(p.numel() for p in self.parameters() if p.requires_grad),
-                sum(p.numel() for p in self.parameters()))
-
-    def print_trainable_parameters(self) -> None:
-        trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
-
     # --- artifacts ----------------------------------------------------------------------------------
     def to_config(self) -> Dict[str, Any]:
         return {
@@ -123,10 +111,6 @@ class PromptedDetector(nn.Module):
             raise ConfigError(f"artifact label_offset {saved} differs from {model.detector_config.kind}'s "
                               f"{model.label_offset}; the artifact was made by an incompatible vpt version")
         return model
-
-    def save_pretrained(self, save_directory: str) -> None:
-        from ..artifact import save_pretrained
-        save_pretrained(self, save_directory)
 
 
 MODEL_TYPES.register("detection")(PromptedDetector)
