@@ -55,7 +55,7 @@ class PrefixPrompt(PromptModule):
             b = xavier_bound(layout.patch_size, A)
             nn.init.uniform_(self.prefix, -b, b)
             self.proj = nn.Identity()
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     @property
     def first_layer(self) -> int:

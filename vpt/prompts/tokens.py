@@ -70,7 +70,7 @@ class TokenPrompt(PromptModule):
             nn.init.kaiming_normal_(self.proj.weight, a=0, mode="fan_out")
         else:
             self.proj = nn.Identity()
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     @property
     def first_layer(self) -> int:
