@@ -357,13 +357,14 @@ def run_eval_only(args) -> int:
     print(f"sha256: {sha256_file(path)}")
     print(f"test top-1: {acc:.2f}% ({correct}/{total}), test loss {loss:.4f}, "
           f"{total / (time.time() - t0):.0f} img/s")
-    res = path.parent / "results.json"
+    # the run's results: <weights stem>.json beside a shipped file (vpt/weights/), else the run's results.json
+    res = path.with_suffix(".json")
+    res = res if res.exists() else path.parent / "results.json"
     if res.exists():
         r = json.loads(res.read_text())
         if r.get("test_correct") is not None and r.get("n_test") == total:
             same = r["test_correct"] == correct
-            print(f"results.json test top-1: {r['test_top1']:.2f}% -> "
-                  f"{'MATCH' if same else 'MISMATCH'}")
+            print(f"{res.name} test top-1: {r['test_top1']:.2f}% -> {'MATCH' if same else 'MISMATCH'}")
             return 0 if same else 1
     return 0
 

@@ -76,6 +76,12 @@ def _check_same_backbone(saved: Dict[str, Any], backbone: BackboneAdapter) -> No
 def _backbone_from_saved(saved: Dict[str, Any], weights: Optional[str]) -> BackboneAdapter:
     weights = weights or saved.get("weights_file")
     wid = str(saved.get("weights_id", ""))
+    if str(saved.get("name", "")).startswith("vpt:"):  # weights shipped inside the package
+        bb = create_backbone(BackboneConfig(name=saved["name"], pretrained=bool(saved.get("pretrained", True)),
+                                            init_seed=int(saved.get("init_seed", 0)),
+                                            model_kwargs=dict(saved.get("model_kwargs") or {})))
+        _check_same_backbone(saved, bb)
+        return bb
     if wid.startswith("file:"):
         if not weights or not os.path.isfile(weights):
             raise ArtifactError(f"the artifact's backbone weights file {saved.get('weights_file')!r} is missing "

@@ -152,7 +152,12 @@ def create_open_clip(cfg: BackboneConfig) -> BackboneAdapter:
 @BACKBONES.register("vpt", help="weights that ship with vpt (see `vpt list`)")
 def create_shipped(cfg: BackboneConfig) -> BackboneAdapter:
     from ..weights import resolve_shipped
-    return create_timm(resolve_shipped(cfg))
+    resolved, sha256 = resolve_shipped(cfg)
+    adapter = create_timm(resolved)
+    # the artifact names the shipped weights ('vpt:NAME' + their hash), not a path inside this install
+    adapter.config = cfg
+    adapter._weights_id = f"file:{sha256}" if cfg.pretrained else f"random:{cfg.init_seed}"
+    return adapter
 
 
 def create_backbone(config: Union[str, BackboneConfig, Mapping[str, Any]], **overrides) -> BackboneAdapter:

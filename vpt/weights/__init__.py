@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from ..backbones.base import BackboneConfig, BackboneError
 from ..registry import did_you_mean
@@ -14,7 +14,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 SHIPPED: Dict[str, Dict[str, Any]] = {}
 
 
-def resolve_shipped(cfg: BackboneConfig) -> BackboneConfig:
+def resolve_shipped(cfg: BackboneConfig) -> Tuple[BackboneConfig, str]:
+    """'vpt:NAME' -> the timm config that builds it (with the packaged weights file) and the file's sha256."""
     name = cfg.name.split(":", 1)[1]
     if name not in SHIPPED:
         avail = ", ".join(sorted(SHIPPED)) or "none in this version"
@@ -23,6 +24,9 @@ def resolve_shipped(cfg: BackboneConfig) -> BackboneConfig:
     path = os.path.join(_HERE, entry["file"])
     if not os.path.isfile(path):
         raise BackboneError(f"shipped weights {path} are missing from this installation; reinstall vpt")
+    if cfg.weights:
+        raise BackboneError(f"'{cfg.name}' brings its own weights; drop weights={cfg.weights!r}, or name the "
+                            f"architecture instead (timm:{entry['arch']} with model_kwargs from vpt.weights.SHIPPED)")
     weights = path if cfg.pretrained else None
     return replace(cfg, name=f"timm:{entry['arch']}", weights=weights,
-                   model_kwargs={**entry["model_kwargs"], **cfg.model_kwargs})
+                   model_kwargs={**entry["model_kwargs"], **cfg.model_kwargs}), entry["sha256"]
