@@ -11,7 +11,21 @@ from ..registry import did_you_mean
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 # name -> timm architecture, model kwargs, file and card, all inside this folder
-SHIPPED: Dict[str, Dict[str, Any]] = {}
+SHIPPED: Dict[str, Dict[str, Any]] = {
+    "vit_tiny_cifar10": {
+        "arch": "vit_tiny_patch16_224",
+        "model_kwargs": {
+            "img_size": 32, "patch_size": 4, "embed_dim": 192, "depth": 6, "num_heads": 3, "mlp_ratio": 2,
+            "global_pool": "token",
+            # its own preprocessing: 32 px as is, mean = std = 0.5 (see the card)
+            "pretrained_cfg_overlay": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 1.0},
+        },
+        "file": "vit_tiny_cifar10.safetensors",
+        "card": "vit_tiny_cifar10.md",
+        "sha256": "030b93f74b9bc5cba5b6ecfabd9258969387c11ee5c7797dae57388e6f22e8b1",
+        "cifar10_test_top1": 68.90,
+    },
+}
 
 
 def resolve_shipped(cfg: BackboneConfig) -> Tuple[BackboneConfig, str]:
