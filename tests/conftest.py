@@ -30,6 +30,16 @@ def make_image_folder(root, classes=("cat", "dog", "frog"), per_class=6, size=32
     return str(root)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster on a shared, busy CPU; restored after.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     return make_image_folder(tmp_path / "data")

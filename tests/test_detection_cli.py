@@ -15,13 +15,7 @@ from conftest import TINY_VIT
 from test_detection_data import make_coco, make_voc
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tiny models run fastest on one thread, and far faster on a shared, busy CPU; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 pytest.importorskip("faster_coco_eval", reason="pip install 'vpt[detection]'")
