@@ -190,7 +190,8 @@ def test_contracts(bb_key, prompt_key):
 def test_blocks_before_first_prompted_layer_build_no_graph(bb_key):
     model = build(bb_key, "vpt_deep_last1")
     seen = []
-    hooks = [blk.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    # hook each block's MLP: the fast path calls the block's parts, not the block module
+    hooks = [blk.mlp.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
              for blk in (model.backbone.model.blocks if bb_key != "open_clip"
                          else model.backbone.model.visual.transformer.resblocks)]
     try:

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .backbones import BackboneAdapter, BackboneConfig, BackboneError, create_backbone
 from .config import ConfigError, from_dict, to_dict
@@ -102,6 +103,8 @@ class PromptedModel(AdapterMixin, nn.Module):
 
         for p in self.backbone.parameters():
             p.requires_grad_(self.train_backbone)
+        self.fast = True  # False: the reference path (prompts always in the sequence; tests compare both)
+        self.lean = False
         self.train(False)
 
     # --- modes ----------------------------------------------------------------------------------
@@ -128,11 +131,17 @@ class PromptedModel(AdapterMixin, nn.Module):
         return torch.cat([h[:, :k], h[:, k + num_prompts:]], dim=1)  # (B, k+N, D)
 
     def _encode(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None,
-                prompt: Any = _OWN, grad_from: Optional[int] = None):
+                prompt: Any = _OWN, grad_from: Optional[int] = None, last_queries: Optional[int] = None):
         """Pixels -> block outputs with prompts stripped; the single loop over blocks.
 
         ``prompt`` defaults to this model's prompt; vpt.multitask passes a per-sample mix of task
-        prompts (or None for the plain backbone).
+        prompts (or None for the plain backbone). ``last_queries=n``: the last block computes only the
+        first n tokens (the caller pools nothing else).
+
+        Where the adapter has fast blocks, token prompts whose outputs are discarded (the next block
+        replaces them, or the loop ends) never enter the sequence: they take part in that block's
+        attention as keys/values projected by the block's own weights, which is exactly their whole
+        effect. So VPT-deep runs the MLPs on the image tokens only and copies no sequence per block.
         """
         bb = self.backbone
         prompt = self.prompt if prompt is _OWN else prompt
@@ -140,26 +149,69 @@ class PromptedModel(AdapterMixin, nn.Module):
             raise BackboneError(f"this backbone has no token sequence: {bb.token_refusal}")
         grad = torch.is_grad_enabled()
         grad_from = self.grad_from if grad_from is None else grad_from
+        fast = bb.supports_fast_blocks and self.fast
+        lean = self.lean and grad and self.training
         if prompt is not None and prompt.uses_pixels:
             x = prompt.pixels(x)
         with torch.set_grad_enabled(grad and grad_from < 0):
             h, ctx = bb.embed(x)  # (B, k+N, D)
         B, k = h.shape[0], bb.layout.num_prefix
-        P, kv, mask, inter = 0, None, None, []
+        P, inter = 0, []
         depth = bb.layout.depth if stop is None else stop + 1
         for i in range(depth):
+            last = i == depth - 1
+            nq = last_queries if (last and fast and last_queries is not None and not take) else None
             with torch.set_grad_enabled(grad and i >= grad_from):
+                t = kv = mask = None
                 if prompt is not None:
                     t = prompt.tokens(i, B) if prompt.uses_tokens else None
+                    kv = prompt.kv(i, B) if prompt.uses_kv else None
+                if t is not None and fast and (last or prompt.has_tokens(i + 1)):
+                    if P:  # prompts carried from an earlier block leave the sequence here
+                        h, P = self._strip(h, P), 0
+                    h = self._block_with_token_kv(i, h, ctx, t, kv, prompt, nq, lean)
+                else:
                     if t is not None:
                         h = torch.cat([h[:, :k], t.to(h.dtype), h[:, k + P:]], dim=1)  # (B, k+P+N, D)
                         P = t.shape[1]
-                    kv = prompt.kv(i, B) if prompt.uses_kv else None
-                    mask = prompt.key_mask(i, P, h.shape[1])
-                h = bb.block(i, h, ctx, kv, key_mask=mask)
+                    if prompt is not None:
+                        mask = prompt.key_mask(i, P, h.shape[1])
+                    if fast:
+                        h = bb.block(i, h, ctx, kv, key_mask=mask, num_queries=nq, lean=lean)
+                    elif lean and h.requires_grad:
+                        h = checkpoint(bb.block, i, h, ctx, kv, mask, use_reentrant=False)
+                    else:
+                        h = bb.block(i, h, ctx, kv, key_mask=mask)
+                if nq is not None:
+                    P = 0  # only the first nq (prefix) tokens remain
             if i in take:
                 inter.append(self._strip(h, P))
         return self._strip(h, P), inter, ctx
+
+    def _block_with_token_kv(self, i, h, ctx, t, kv, prompt, nq, lean):
+        """Block ``i`` with prompt tokens t (B, P, D) as keys/values only (see _encode)."""
+        bb, k = self.backbone, self.backbone.layout.num_prefix
+        if t.stride(0) == 0:  # one prompt for the whole batch: project it once
+            tk, tv = bb.token_kv(i, t[:1])
+            tk, tv = tk.expand(t.shape[0], -1, -1), tv.expand(t.shape[0], -1, -1)
+        else:
+            tk, tv = bb.token_kv(i, t)
+        Pkv = 0
+        if kv is not None:
+            Pkv = kv[0].shape[1]
+            tk, tv = torch.cat([kv[0].to(tk.dtype), tk], dim=1), torch.cat([kv[1].to(tv.dtype), tv], dim=1)
+        Pt = t.shape[1]
+        mask = prompt.key_mask(i, Pt, h.shape[1] + Pt)  # keys [prefix kv | seq prefix | tokens | patches]
+        if mask is not None:  # -> the order keys have here: [prefix kv | tokens | seq prefix | patches]
+            mask = torch.cat([mask[:, :Pkv], mask[:, Pkv + k:Pkv + k + Pt], mask[:, Pkv:Pkv + k],
+                              mask[:, Pkv + k + Pt:]], dim=1)
+        return bb.block(i, h, ctx, (tk, tv), key_mask=mask, num_queries=nq, lean=lean)
+
+    def set_lean(self, mode: bool = True) -> "PromptedModel":
+        """Lean mode: recompute the widest activations (the MLPs' hidden layer; whole blocks where the
+        adapter has no fast blocks) in backward instead of keeping them. Less memory, a little slower."""
+        self.lean = bool(mode)
+        return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> the backbone's forward_features output with prompts stripped."""
@@ -183,7 +235,17 @@ class PromptedModel(AdapterMixin, nn.Module):
         pooled = self.pool_features(feats)
         return pooled if pre_logits or self.head is None else self.head(pooled)
 
+    def reads_prefix_only(self) -> bool:
+        """True when the head sees nothing but the prefix tokens (class-token pooling)."""
+        pool = self.head_config.pool
+        return (self.backbone.supports_tokens and
+                (pool == "cls" or (pool == "backbone" and self.backbone.pool_reads_prefix_only())))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast and self.reads_prefix_only():
+            # the last block computes the prefix (class) tokens alone: nothing else reaches the head
+            h, _, _ = self._encode(x, last_queries=self.backbone.layout.num_prefix)
+            return self.forward_head(self.backbone.finish(h))
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,

@@ -73,6 +73,9 @@ class PromptMix(PromptModule):
         stack = torch.cat([d if d is not None else torch.zeros_like(like) for d in deltas])  # (T, C, H, W)
         return x + stack[self.index].to(x.dtype)
 
+    def has_tokens(self, i):
+        return self.P > 0 and i in self.token_layers
+
     def tokens(self, i, batch_size):
         if i not in self.token_layers:
             return None
@@ -160,7 +163,9 @@ class MultiTaskModel(nn.Module):
             local = {n: j for j, n in enumerate(group)}
             index = torch.tensor([local[names[i]] for i in rows], device=x.device)
             prompts = [self.tasks[n].prompt if n != BASE else None for n in group]
-            feats = self._features(x[rows], prompts, index)
+            first_only = all(self.backbone.pool_reads_prefix_only() if n == BASE
+                             else self.tasks[n].reads_prefix_only() for n in group)
+            feats = self._features(x[rows], prompts, index, first_only)
             for n in group:
                 sel = [j for j, i in enumerate(rows) if names[i] == n]
                 f = feats[sel]
@@ -169,11 +174,12 @@ class MultiTaskModel(nn.Module):
                     out[rows[j]] = r
         return out  # type: ignore[return-value]
 
-    def _features(self, x, prompts, index):
+    def _features(self, x, prompts, index, first_only=False):
         any_model = next(iter(self.tasks.values()))
         mix = PromptMix(prompts, index, self.backbone.layout.num_prefix if self.backbone.layout else 0)
         if not self.backbone.supports_tokens:
             return self.backbone.forward_features(mix.pixels(x) if mix.uses_pixels else x)
         active = mix if (mix.uses_pixels or mix.uses_tokens or mix.uses_kv) else None
-        h, _, _ = any_model._encode(x, prompt=active, grad_from=mix.first_layer)
+        h, _, _ = any_model._encode(x, prompt=active, grad_from=mix.first_layer,
+                                    last_queries=self.backbone.layout.num_prefix if first_only and any_model.fast else None)
         return self.backbone.finish(h)

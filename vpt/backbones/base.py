@@ -152,14 +152,31 @@ class BackboneAdapter(nn.Module):
 
     def block(self, i: int, h: torch.Tensor, ctx: EmbedContext,
               kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-              key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+              key_mask: Optional[torch.Tensor] = None, num_queries: Optional[int] = None,
+              lean: bool = False) -> torch.Tensor:
         """Run block ``i`` on tokens h (B, L, D).
 
-        ``kv``: (B, P, A) key/value prefixes for attention. ``key_mask``: bool (B, P + L), True where a
-        key may be attended to (prefix keys first); used when samples of one batch carry different
-        prompts (per-sample task prompts). None means every key is valid.
+        ``kv``: (B, P, A) extra keys/values in front of the sequence's own. ``key_mask``: bool (B, P + L),
+        True where a key may be attended to (extra keys first); used when samples of one batch carry
+        different prompts (per-sample task prompts). None means every key is valid.
+        ``num_queries`` and ``lean`` are only passed when ``supports_fast_blocks``: outputs for the first
+        ``num_queries`` tokens only (the rest are keys/values), and recomputation of the widest
+        activations in backward.
         """
         raise NotImplementedError
+
+    # Fast paths (opt-in per adapter; vpt.model uses them only when this is True):
+    supports_fast_blocks: bool = False
+
+    def token_kv(self, i: int, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, P, A) that tokens t (B, P, D) would have in block ``i``'s attention: a
+        prompt whose output the next block discards only needs these."""
+        raise NotImplementedError
+
+    def pool_reads_prefix_only(self) -> bool:
+        """True when ``pool`` reads nothing but the prefix (class/register/distillation) tokens of the
+        features (class-token pooling), so the last block only needs to compute those."""
+        return False
 
     def finish(self, h: torch.Tensor) -> torch.Tensor:
         """Block output (prompts already stripped) -> the library's forward_features output."""

@@ -33,18 +33,28 @@ def _prefix_refusal(visual: nn.Module) -> Optional[str]:
     return None
 
 
-def mha_with_prefix(attn: nn.MultiheadAttention, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
-                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Batch-first ``nn.MultiheadAttention`` self-attention on x (B, N, D) with key/value prefixes (B, P, D)."""
+def mha_with_prefix(attn: nn.MultiheadAttention, x: torch.Tensor, pk: Optional[torch.Tensor] = None,
+                    pv: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                    num_queries: Optional[int] = None) -> torch.Tensor:
+    """Batch-first ``nn.MultiheadAttention`` self-attention on x (B, N, D) with extra keys/values
+    (B, P, D) in front, and queries from the first ``num_queries`` tokens only (None: all)."""
     B, N, D = x.shape
     H = attn.num_heads
-    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # 3 x (B, N, D)
-    k = torch.cat([pk.to(k.dtype), k], dim=1)  # (B, P+N, D)
-    v = torch.cat([pv.to(v.dtype), v], dim=1)
+    nq = N if num_queries is None else num_queries
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    q = F.linear(x[:, :nq], w[:D], None if b is None else b[:D])  # (B, nq, D)
+    k, v = F.linear(x, w[D:], None if b is None else b[D:]).chunk(2, dim=-1)  # 2 x (B, N, D)
+    if pk is not None:
+        k = torch.cat([pk.to(k.dtype), k], dim=1)  # (B, P+N, D)
+        v = torch.cat([pv.to(v.dtype), v], dim=1)
     q, k, v = (t.reshape(B, t.shape[1], H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=attn.dropout if attn.training else 0.0)
-    out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+    out = out.transpose(1, 2).reshape(B, nq, D)  # (B, nq, D)
     return attn.out_proj(out)
+
+
+def _mlp_branch(blk: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return blk.ls_2(blk.mlp(blk.ln_2(h)))
 
 
 class OpenClipViTAdapter(BackboneAdapter):
@@ -97,14 +107,37 @@ class OpenClipViTAdapter(BackboneAdapter):
         h = self.visual._embeds(x)  # (B, 1+N, D): class token, then patches; ln_pre applied
         return h, EmbedContext(grid=self.layout.grid, num_tokens=h.shape[1])
 
-    def block(self, i, h, ctx, kv=None, key_mask=None):
+    @property
+    def supports_fast_blocks(self) -> bool:
+        return self.prefix_refusal is None
+
+    def block(self, i, h, ctx, kv=None, key_mask=None, num_queries=None, lean=False):
         blk = self.visual.transformer.resblocks[i]
-        if kv is None and key_mask is None:
+        if kv is None and key_mask is None and num_queries is None and not lean:
             return blk(h)
-        if kv is None:  # a per-sample key mask: nn.MultiheadAttention would need a (B*H, L, L) mask
-            kv = (h.new_zeros(h.shape[0], 0, h.shape[2]),) * 2
-        h = h + blk.ls_1(mha_with_prefix(blk.attn, blk.ln_1(h), kv[0], kv[1], mask_bias(key_mask, h.dtype)))
-        return h + blk.ls_2(blk.mlp(blk.ln_2(h)))
+        if self.prefix_refusal is not None:
+            raise BackboneError(self.prefix_refusal)
+        # a per-sample key mask goes through SDPA here: nn.MultiheadAttention would need (B*H, L, L)
+        pk, pv = kv if kv is not None else (None, None)
+        a = mha_with_prefix(blk.attn, blk.ln_1(h), pk, pv, mask_bias(key_mask, h.dtype), num_queries)
+        if num_queries is not None:
+            h = h[:, :num_queries]
+        h = h + blk.ls_1(a)
+        if lean and torch.is_grad_enabled() and h.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+            return h + checkpoint(_mlp_branch, blk, h, use_reentrant=False)
+        return h + _mlp_branch(blk, h)
+
+    def token_kv(self, i, t):
+        blk = self.visual.transformer.resblocks[i]
+        D = t.shape[-1]
+        w, b = blk.attn.in_proj_weight, blk.attn.in_proj_bias
+        k, v = F.linear(blk.ln_1(t), w[D:], None if b is None else b[D:]).chunk(2, dim=-1)
+        return k, v
+
+    def pool_reads_prefix_only(self) -> bool:
+        v = self.visual
+        return v.attn_pool is None and getattr(v, "pool_type", "tok") == "tok"
 
     def kv_dim(self) -> int:
         return self.layout.embed_dim

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BackboneAdapter, DataConfig, EmbedContext, TokenLayout, mask_bias
+from .base import BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias
 
 
 def _to_2tuple(v) -> Tuple[int, int]:
@@ -48,27 +48,77 @@ def timm_layout(m: nn.Module) -> TokenLayout:
     )
 
 
-def attention_with_prefix(attn: nn.Module, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
-                          bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """timm ``Attention`` on tokens x (B, N, C) with learned key/value prefixes pk, pv (B, P, A).
+def _split_qkv_linear(attn: nn.Module) -> bool:
+    """True when attn.qkv is a plain Linear whose weight rows can be sliced into q and k/v parts
+    (a LoRA-wrapped or otherwise replaced qkv is called as a whole)."""
+    return type(attn.qkv) is nn.Linear
 
-    Uses the module's own projections and norms; only the (P) prefix keys/values are concatenated to
-    the keys/values of the sequence, so no extra token goes through the MLP.
+
+def key_values(attn: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (B, L, A) of normalised tokens x (B, L, D) by the module's own qkv projection
+    (keys before ``k_norm``, which :func:`attention_with_prefix` applies to every key)."""
+    A = attn.attn_dim
+    if _split_qkv_linear(attn):
+        w, b = attn.qkv.weight, attn.qkv.bias
+        kv = F.linear(x, w[A:], None if b is None else b[A:])  # (B, L, 2A)
+    else:
+        kv = attn.qkv(x)[..., A:]
+    return kv[..., :A], kv[..., A:]
+
+
+def attention_with_prefix(attn: nn.Module, x: torch.Tensor, pk: Optional[torch.Tensor] = None,
+                          pv: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                          num_queries: Optional[int] = None) -> torch.Tensor:
+    """timm ``Attention`` on tokens x (B, N, C) with extra keys/values pk, pv (B, P, A) in front of the
+    sequence's own, and queries from the first ``num_queries`` tokens only (None: all).
+
+    Uses the module's own projections and norms. The extra keys/values are learned prefixes (prefix
+    tuning) or prompt tokens projected by :func:`key_values` (VPT-deep prompts whose outputs the next
+    block replaces), so no prompt token goes through the MLP.
     """
     B, N, _ = x.shape
-    H, Dh = attn.num_heads, attn.head_dim
-    qkv = attn.qkv(x).reshape(B, N, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
-    q, k, v = qkv.unbind(0)
-    P = pk.shape[1]
-    pk = pk.reshape(B, P, H, Dh).transpose(1, 2)  # (B, H, P, Dh)
-    pv = pv.reshape(B, P, H, Dh).transpose(1, 2)
-    q = attn.q_norm(q)
-    k = attn.k_norm(torch.cat([pk.to(k.dtype), k], dim=2))  # (B, H, P+N, Dh)
-    v = torch.cat([pv.to(v.dtype), v], dim=2)
+    H, Dh, A = attn.num_heads, attn.head_dim, attn.attn_dim
+    nq = N if num_queries is None else num_queries
+    if _split_qkv_linear(attn):
+        # q apart from k/v: SDPA keeps q for backward, and a q that is a view of one qkv tensor would
+        # keep all of it alive next to the concatenated keys/values
+        w, b = attn.qkv.weight, attn.qkv.bias
+        q = F.linear(x[:, :nq], w[:A], None if b is None else b[:A])  # (B, nq, A)
+        k, v = key_values(attn, x)  # (B, N, A) each
+    else:
+        q, k, v = attn.qkv(x).split(A, dim=-1)
+        q = q[:, :nq]
+    if pk is not None:
+        k = torch.cat([pk.to(k.dtype), k], dim=1)  # (B, P+N, A)
+        v = torch.cat([pv.to(v.dtype), v], dim=1)
+    q = q.reshape(B, nq, H, Dh).transpose(1, 2)  # (B, H, nq, Dh)
+    k = k.reshape(B, k.shape[1], H, Dh).transpose(1, 2)  # (B, H, P+N, Dh)
+    v = v.reshape(B, v.shape[1], H, Dh).transpose(1, 2)
+    q, k = attn.q_norm(q), attn.k_norm(k)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)  # (B, N, A)
+    out = out.transpose(1, 2).reshape(B, nq, A)  # (B, nq, A)
     out = attn.norm(out)
     return attn.proj_drop(attn.proj(out))
+
+
+def block_forward(blk: nn.Module, h: torch.Tensor, pk: Optional[torch.Tensor] = None,
+                  pv: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                  num_queries: Optional[int] = None, lean: bool = False) -> torch.Tensor:
+    """timm's pre-norm ``Block`` with extra keys/values and a query subset (see attention_with_prefix);
+    returns (B, num_queries or L, D). ``lean`` recomputes the MLP's hidden activations in backward
+    instead of keeping them (the widest tensors of a frozen block)."""
+    a = attention_with_prefix(blk.attn, blk.norm1(h), pk, pv, bias, num_queries)
+    if num_queries is not None:
+        h = h[:, :num_queries]
+    h = h + blk.drop_path1(blk.ls1(a))
+    if lean and torch.is_grad_enabled() and h.requires_grad:
+        from torch.utils.checkpoint import checkpoint
+        return h + blk.drop_path2(checkpoint(_mlp_branch, blk, h, use_reentrant=False))
+    return h + blk.drop_path2(_mlp_branch(blk, h))
+
+
+def _mlp_branch(blk: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return blk.ls2(blk.mlp(blk.norm2(h)))
 
 
 def _prefix_refusal(model: nn.Module) -> Optional[str]:
@@ -104,14 +154,27 @@ class TimmViTAdapter(BackboneAdapter):
         h = m.norm_pre(h)
         return h, EmbedContext(grid=grid, num_tokens=h.shape[1])
 
-    def block(self, i, h, ctx, kv=None, key_mask=None):
+    @property
+    def supports_fast_blocks(self) -> bool:
+        return self.prefix_refusal is None  # timm's standard Block + Attention everywhere
+
+    def block(self, i, h, ctx, kv=None, key_mask=None, num_queries=None, lean=False):
         blk = self.model.blocks[i]
         bias = mask_bias(key_mask, h.dtype)
-        if kv is None:
+        if kv is None and num_queries is None and not lean:
             return blk(h) if bias is None else blk(h, attn_mask=bias)
-        a = attention_with_prefix(blk.attn, blk.norm1(h), kv[0], kv[1], bias)
-        h = h + blk.drop_path1(blk.ls1(a))
-        return h + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(h))))
+        if not self.supports_fast_blocks:
+            raise BackboneError(self.prefix_refusal)
+        pk, pv = kv if kv is not None else (None, None)
+        return block_forward(blk, h, pk, pv, bias, num_queries, lean)
+
+    def token_kv(self, i, t):
+        blk = self.model.blocks[i]
+        return key_values(blk.attn, blk.norm1(t))
+
+    def pool_reads_prefix_only(self) -> bool:
+        m = self.model
+        return getattr(m, "global_pool", None) == "token" and getattr(m, "attn_pool", None) is None
 
     def kv_dim(self) -> int:
         attn = getattr(self.model.blocks[0], "attn", None)

@@ -46,6 +46,10 @@ class PromptModule(nn.Module):
     def kv(self, i: int, batch_size: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         return None
 
+    def has_tokens(self, i: int) -> bool:
+        """Whether ``tokens(i, ...)`` returns tokens (so block i replaces earlier prompts)."""
+        return False
+
     def key_mask(self, i: int, num_prompts: int, seq_len: int) -> Optional[torch.Tensor]:
         """bool (B, P_kv + seq_len) of attendable keys at block ``i``; None: all. Only per-sample prompt
         mixes (vpt.multitask) need one."""

@@ -76,6 +76,9 @@ class TokenPrompt(PromptModule):
     def first_layer(self) -> int:
         return self.layers[0] if self.num_tokens else 1 << 30
 
+    def has_tokens(self, i):
+        return self.num_tokens > 0 and i in self._slot
+
     def tokens(self, i, batch_size):
         j = self._slot.get(i)
         if j is None or self.num_tokens == 0:

@@ -1,0 +1,134 @@
+"""The fast paths compute what the reference path computes.
+
+Fast: VPT-deep prompts that the next block replaces take part as keys/values only; the last block computes
+the prefix tokens alone when the head pools nothing else; lean mode recomputes MLP activations. Reference
+(``model.fast = False``): prompts always in the sequence, every block computes every token.
+"""
+import pytest
+import torch
+
+import vpt
+from vpt.backbones import create_backbone
+from vpt.multitask import MultiTaskModel
+
+K = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
+CLIP_KW = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=3, width=32, patch_size=8, head_width=16),
+               text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+BACKBONES = {
+    "vit_cls": ("timm:vit_tiny_patch16_224", dict(K, qk_norm=True)),
+    "vit_reg": ("timm:vit_tiny_patch16_224", dict(K, reg_tokens=2, init_values=0.5)),
+    "vit_avg": ("timm:vit_tiny_patch16_224", dict(K, class_token=False, global_pool="avg")),
+    "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", K),
+    "open_clip": ("open_clip:ViT-B-32", CLIP_KW),
+}
+PROMPTS = {
+    "deep": {"kind": "vpt_deep", "num_tokens": 3},
+    "shallow": {"kind": "vpt_shallow", "num_tokens": 3},
+    # live at block 0 (block 1 is not prompted), then replaced at 2: prompts leave the sequence mid-way
+    "deep_gaps": {"kind": "vpt_deep", "num_tokens": 2, "layers": [0, 2]},
+    "deep_proj_dropout": {"kind": "vpt_deep", "num_tokens": 2, "project_dim": 8, "dropout": 0.5},
+    "prefix": {"kind": "vpt_prefix", "num_tokens": 2},
+    "none": None,
+}
+
+_BB = {}
+
+
+def backbone(key):
+    if key not in _BB:
+        name, kw = BACKBONES[key]
+        _BB[key] = create_backbone(name, pretrained=False, init_seed=3, model_kwargs=kw)
+    return _BB[key]
+
+
+def run(model, x, y, fast, lean=False, seed=0):
+    model.fast = fast
+    model.set_lean(lean)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the same prompt-dropout masks in both paths
+    out = model(x)
+    torch.nn.functional.cross_entropy(out, y).backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("prompt_key", list(PROMPTS))
+@pytest.mark.parametrize("bb_key", list(BACKBONES))
+def test_fast_path_equals_reference(bb_key, prompt_key):
+    torch.manual_seed(0)
+    model = vpt.create_model(backbone(bb_key), prompt=PROMPTS[prompt_key], num_classes=3)
+    model.train()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 1])
+    ref_out, ref_grads = run(model, x, y, fast=False)
+    for lean in (False, True):
+        out, grads = run(model, x, y, fast=True, lean=lean)
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+        assert grads.keys() == ref_grads.keys()
+        for n in grads:
+            torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=f"{n} (lean={lean})")
+    model.eval()
+    with torch.no_grad():  # features and intermediates (all tokens) agree as well
+        model.fast = True
+        f, inter = model.forward_intermediates(x, output_fmt="NLC")
+        model.fast = False
+        rf, rinter = model.forward_intermediates(x, output_fmt="NLC")
+    torch.testing.assert_close(f, rf, rtol=1e-5, atol=1e-6)
+    for a, b in zip(inter, rinter):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_path_skips_work():
+    """Deep prompts never enter the sequence, and the last block computes the class token only."""
+    model = vpt.create_model(backbone("vit_cls"), prompt=PROMPTS["deep"], num_classes=3)
+    lengths = []
+    hooks = [blk.mlp.register_forward_hook(lambda m, i, o: lengths.append(o.shape[1]))
+             for blk in model.backbone.model.blocks]
+    try:
+        with torch.no_grad():
+            model(torch.randn(2, 3, 32, 32))
+            model.fast = False
+            model(torch.randn(2, 3, 32, 32))
+    finally:
+        for h in hooks:
+            h.remove()
+    n = 1 + 16  # class token + 4x4 patches
+    assert lengths == [n, n, 1, n + 3, n + 3, n + 3]
+
+
+def test_lean_mode_keeps_fewer_activations():
+    """Lean mode saves fewer tensors for backward (the MLPs' hidden activations are recomputed)."""
+    model = vpt.create_model(backbone("vit_cls"), prompt=PROMPTS["deep"], num_classes=3).train()
+    x = torch.randn(4, 3, 32, 32)
+
+    def saved_bytes(lean):
+        model.set_lean(lean)
+        storages = {}
+
+        def pack(t):
+            if not isinstance(t, torch.nn.Parameter):
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(x).sum()
+        loss.backward()
+        return sum(storages.values())
+    assert saved_bytes(True) < 0.8 * saved_bytes(False)
+
+
+def test_mixed_batch_fast_equals_reference():
+    """Per-sample prompts with padding masks: the key/value form and the in-sequence form agree."""
+    bb = backbone("vit_reg")
+    torch.manual_seed(0)
+    tasks = {"a": vpt.create_model(bb, prompt={"kind": "vpt_deep", "num_tokens": 2}, num_classes=3),
+             "b": vpt.create_model(bb, prompt={"kind": "vpt_deep", "num_tokens": 4}, num_classes=2),
+             "lin": vpt.create_model(bb, num_classes=4)}
+    mt = MultiTaskModel(tasks)
+    names = ["a", "b", "base", "lin", "b", "a"]
+    x = torch.randn(len(names), 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fast = mt(x, names)
+        for m in tasks.values():
+            m.fast = False
+        ref = mt(x, names)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
