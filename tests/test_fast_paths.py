@@ -132,3 +132,58 @@ def test_mixed_batch_fast_equals_reference():
         ref = mt(x, names)
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["vpt_deep", "vpt_prefix"])
+def test_compile_one_graph_per_mode(kind):
+    """torch.compile(fullgraph=True): no graph break; training steps reuse one graph, eval adds one,
+    and switching back to training compiles nothing new."""
+    import torch._dynamo as dynamo
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    model = vpt.create_model(backbone("vit_cls"), prompt={"kind": kind, "num_tokens": 2}, num_classes=3)
+    model.set_lean(kind == "vpt_deep")
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    graphs = []
+    for _ in range(2):
+        model.train()
+        for _ in range(3):
+            opt.zero_grad()
+            x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,))
+            torch.nn.functional.cross_entropy(compiled(x), y).backward()
+            opt.step()
+            graphs.append(dynamo.utils.counters["stats"]["unique_graphs"])
+        model.eval()
+        with torch.no_grad():
+            compiled(torch.randn(4, 3, 32, 32))
+        graphs.append(dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs == [1, 1, 1, 2, 2, 2, 2, 2], graphs
+    assert not dynamo.utils.counters["graph_break"]
+
+
+def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
+    """``train.lean: true`` trains to the same result (the recomputed activations are the same numbers)."""
+    import json
+    import os
+
+    from vpt.model import PromptedModel
+    calls, set_lean = [], PromptedModel.set_lean
+    monkeypatch.setattr(PromptedModel, "set_lean", lambda self, mode=True: calls.append(mode) or set_lean(self, mode))
+
+    from conftest import make_image_folder
+    from safetensors.torch import load_file
+    from test_train_cli import tiny_recipe
+    from vpt.cli import main
+    data = make_image_folder(tmp_path / "data", per_class=6)
+    runs = {}
+    for lean in (False, True):
+        out = str(tmp_path / f"lean{lean}")
+        recipe = tiny_recipe(tmp_path / f"r{lean}.yaml", epochs=1, lean=lean)
+        assert main(["train", "-c", recipe, "--data", data, "--output", out]) == 0
+        runs[lean] = (json.load(open(os.path.join(out, "results.json"))),
+                      load_file(os.path.join(out, "last", "adapter_model.safetensors")))
+    assert calls == [True]  # the lean run really ran lean
+    assert runs[True][0]["val"]["top1"] == runs[False][0]["val"]["top1"]
+    for k, v in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][k], v, rtol=1e-4, atol=1e-6)

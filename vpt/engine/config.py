@@ -76,7 +76,8 @@ class TrainSection:
     eval_batch_size: int = 128  # evaluation batch (global; split over ranks)
     grad_accum_steps: int = 1  # micro-batches per optimizer step (per-rank micro-batch = batch/(ranks*accum))
     amp_dtype: str = "float32"  # float32 | bfloat16 | float16 (float16 uses a GradScaler)
-    compile: bool = False  # torch.compile the model (timm --torchcompile)
+    compile: bool = False  # torch.compile the model (timm --torchcompile); one graph for training, one for eval
+    lean: bool = False  # recompute the MLPs' hidden activations in backward: less memory, a little slower
     seed: int = 0  # seed of init, sampling order, augmentation (per sample) and dropout
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     device: Optional[str] = None  # cpu | cuda | cuda:N; None: cuda if available (cuda:LOCAL_RANK under torchrun)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..config import to_dict
+from ..config import ConfigError, to_dict
 from ..data import ImageDataset, build_transforms, collate, load_splits
 from ..io import atomic_write_json, atomic_write_text
 from .build import autocast, build_model, count_parameters
@@ -122,6 +122,11 @@ class Trainer:
         self.best_tensors = None
         if self.resume:
             self._load_state()
+        if t.lean:
+            if not hasattr(self.model, "set_lean"):
+                raise ConfigError(f"train.lean needs a model with a lean mode; model type "
+                                  f"'{cfg.model.type}' has none: set train.lean: false")
+            self.model.set_lean(True)
         self.net = self.model
         if info.distributed:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -164,7 +169,10 @@ class Trainer:
                                              collate_fn=collate, pin_memory=self.device.type == "cuda")
         it = iter(loader)
         self.net.train()
-        loss_sum = correct = count = skipped = 0.0
+        # running sums stay on the device: no host sync per step (read at log steps and at the end)
+        loss_t = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct_t = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = skipped = 0.0
         start = time.perf_counter()
         steps = progress(range(self.steps_per_epoch), t.progress, info.is_main, desc=f"epoch {epoch + 1}")
         for step in steps:
@@ -183,8 +191,8 @@ class Trainer:
                             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                             logits = self.net(x)
                             loss = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=t.label_smoothing)
-                            loss_sum += loss.item()
-                            correct += (logits.argmax(1) == y).sum().item()
+                            loss_t += loss.detach().double()
+                            correct_t += (logits.argmax(1) == y).sum()
                             count += len(y)
                     scaled = loss * scale
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -192,9 +200,10 @@ class Trainer:
             gstep = epoch * self.steps_per_epoch + step + 1
             if info.is_main and t.log_interval and (step + 1) % t.log_interval == 0:
                 _logger.info("epoch %d step %d/%d loss %.4f lr %.4g", epoch + 1, step + 1, self.steps_per_epoch,
-                             loss_sum / max(count, 1), self.optimizer.param_groups[0]["lr"])
+                             loss_t.item() / max(count, 1), self.optimizer.param_groups[0]["lr"])
             if self.on_step is not None:
                 self.on_step(gstep)
+        loss_sum, correct = loss_t.item(), float(correct_t.item())
         elapsed = time.perf_counter() - start
         loss_sum, correct, count, skipped = all_reduce_sum([loss_sum, correct, count, skipped], self.device)
         if skipped:
