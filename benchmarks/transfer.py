@@ -1,7 +1,7 @@
 """Transfer benchmark: prompts vs linear probe, full fine-tuning and LoRA on a small offline VTAB.
 
-Every run is one ``vpt train`` (through ``python benchmarks/transfer.py vpt-train ...``, which only adds the
-benchmark's LoRA model type and then calls ``vpt.cli.main(['train', ...])``), in its own process.
+Every run is one ``vpt train`` (through ``python benchmarks/transfer.py vpt-train ...``, which calls
+``vpt.cli.main(['train', ...])``), in its own process; the LoRA arm is vpt's ``model.type: lora`` (peft).
 
     python benchmarks/datasets.py prepare all                      # data -> ~/.cache/vpt/datasets
     python benchmarks/transfer.py export-vit ~/.cache/vpt/pretrain_run1/state.pt  # until vpt:vit_tiny_cifar10 ships
@@ -45,8 +45,7 @@ TASKS = ["mnist", "fashion_mnist", "bccd_cells", "elpv", "lfw_faces"]
 ARMS: Dict[str, Dict[str, object]] = {
     "linear": {},
     "full": {"model.train_backbone": True},
-    "lora": {"model.type": "lora_classifier",
-             "model.prompt": {"kind": "lora", "r": 8, "alpha": 8, "dropout": 0.0, "target_modules": ["qkv"]}},
+    "lora": {"model.type": "lora", "model.lora": {"r": 8, "alpha": 8, "dropout": 0.0, "target_modules": ["qkv"]}},
     "vpt_shallow": {"model.prompt": {"kind": "vpt_shallow", "num_tokens": 10}},
     "vpt_deep": {"model.prompt": {"kind": "vpt_deep", "num_tokens": 10}},
     "vpt_prefix": {"model.prompt": {"kind": "vpt_prefix", "num_tokens": 10}},
@@ -65,64 +64,8 @@ SETUPS = {
 }
 
 
-# --- LoRA: a model type the engine builds like any other (MODEL_TYPES + from_section / from_config) ---------
-def register_lora() -> None:
-    """Register ``model.type: lora_classifier``: the frozen backbone with peft LoRA on ``target_modules``
-    (timm ViT: ``qkv``) and the usual head. The LoRA settings ride in ``model.prompt`` ({kind: lora, r,
-    alpha, dropout, target_modules}) because the engine's model section has no field of its own for them."""
-    from vpt.backbones import BackboneConfig, create_backbone
-    from vpt.config import ConfigError, from_dict
-    from vpt.model import PromptedModel
-    from vpt.registry import MODEL_TYPES
-    if "lora_classifier" in MODEL_TYPES:
-        return
-
-    class LoraClassifier(PromptedModel):
-        model_type = "lora_classifier"
-
-        def __init__(self, backbone, lora: dict, num_classes: int = 0, head=None, class_names=None):
-            try:
-                from peft import LoraConfig, inject_adapter_in_model
-            except ImportError:
-                raise ImportError("the lora arm needs peft: pip install peft") from None
-            super().__init__(backbone, prompt=None, num_classes=num_classes, head=head, class_names=class_names)
-            lora = {k: v for k, v in dict(lora).items() if k != "kind"}
-            unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
-            if unknown:
-                raise ConfigError(f"unknown LoRA keys {sorted(unknown)}; valid: alpha, dropout, r, target_modules")
-            self.lora_config = {"r": 8, "alpha": 8, "dropout": 0.0, "target_modules": ["qkv"], **lora}
-            c = self.lora_config
-            inject_adapter_in_model(LoraConfig(r=int(c["r"]), lora_alpha=float(c["alpha"]), bias="none",
-                                               lora_dropout=float(c["dropout"]),
-                                               target_modules=list(c["target_modules"])), backbone.model)
-
-        @property
-        def grad_from(self) -> int:
-            return 0  # LoRA weights sit in every block: autograd from block 0 (not through the embedding)
-
-        def to_config(self):
-            return {**super().to_config(), "model_type": self.model_type, "lora": dict(self.lora_config)}
-
-        @classmethod
-        def from_config(cls, config, backbone):
-            return cls(backbone, lora=config["lora"], num_classes=config.get("num_classes", 0),
-                       head=config.get("head"), class_names=config.get("class_names"))
-
-        @classmethod
-        def from_section(cls, section, class_names):
-            bb = section.backbone
-            bb = bb if isinstance(bb, BackboneConfig) else from_dict(BackboneConfig, bb or {}, where="model.backbone")
-            if section.train_backbone:
-                raise ConfigError("lora_classifier trains LoRA weights only; set model.train_backbone: false")
-            return cls(create_backbone(bb), lora=section.prompt or {}, num_classes=len(class_names),
-                       head=section.head, class_names=list(class_names))
-
-    MODEL_TYPES.register("lora_classifier")(LoraClassifier)
-
-
 def vpt_train(argv: List[str]) -> int:
-    """``vpt train ARGS`` with the benchmark's LoRA model type registered."""
-    register_lora()
+    """``vpt train ARGS`` in this process (a separate entry point so a sweep can run it per run)."""
     from vpt.cli import main
     return main(["train", *argv])
 

@@ -82,4 +82,5 @@ PROMPTS: Registry[Any] = Registry("prompt kind", lazy={"coop": "vpt.prompts.text
 HEADS: Registry[Any] = Registry("head kind")
 BACKBONES: Registry[Any] = Registry("backbone library")
 # artifact model_type -> class with from_config; CLIP and detection register on first use
-MODEL_TYPES: Registry[Any] = Registry("model type", lazy={"clip": "vpt.clip", "detection": "vpt.detection.model"})
+MODEL_TYPES: Registry[Any] = Registry("model type", lazy={"clip": "vpt.clip", "detection": "vpt.detection.model",
+                                                                 "lora": "vpt.lora"})

@@ -41,6 +41,8 @@ def build_model(section: Any, class_names: List[str]) -> torch.nn.Module:
     if section.type == "classifier":
         if section.text is not None:
             raise ConfigError("model.text is only used by model.type 'clip'; remove it or set model.type: clip")
+        if section.lora is not None:
+            raise ConfigError("model.lora is only used by model.type 'lora'; remove it or set model.type: lora")
         backbone = section.backbone
         if dataclasses.is_dataclass(backbone):
             backbone = dataclasses.replace(backbone)

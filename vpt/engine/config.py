@@ -22,6 +22,7 @@ class ModelSection:
     head: Dict[str, Any] = field(default_factory=lambda: {"kind": "linear"})  # head config (kind, pool, ...)
     train_backbone: bool = False  # unfreeze the backbone (full fine-tuning baseline)
     text: Optional[Dict[str, Any]] = None  # CLIP learnable text context (type 'clip' only)
+    lora: Optional[Dict[str, Any]] = None  # type 'lora' only: {r, alpha, dropout, target_modules} (needs peft)
 
 
 @dataclass
