@@ -1,5 +1,11 @@
 """``vpt predict ARTIFACT IMAGE_OR_DIR... [--topk 5] [--format json|csv] [--output FILE]``: top-k classes
-with names and probabilities, using the backbone's own preprocessing."""
+with names and probabilities, using the backbone's own preprocessing.
+
+``vpt predict --tasks NAME=ARTIFACT [NAME=ARTIFACT ...] [--assign CSV] [IMAGE_OR_DIR...]``: several
+artifacts made for the same backbone, loaded onto ONE backbone; each batch mixes images of different
+tasks and runs in one backbone pass. Without --assign every image is predicted under every task;
+--assign CSV (header ``path,task``; paths relative to the CSV's folder or absolute; task ``base`` =
+plain backbone features) lists the images and the task each one runs under."""
 from __future__ import annotations
 
 import argparse
@@ -9,25 +15,37 @@ import json
 import logging
 import os
 import sys
-from typing import List
+from typing import Dict, List, Sequence, Tuple
 
 from ._common import UserError
 
 _logger = logging.getLogger(__name__)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+USAGE = ("%(prog)s [options] ARTIFACT IMAGE_OR_DIR [IMAGE_OR_DIR ...]\n"
+         "       %(prog)s [options] --tasks NAME=ARTIFACT [NAME=ARTIFACT ...] IMAGE_OR_DIR [IMAGE_OR_DIR ...]\n"
+         "       %(prog)s [options] --tasks NAME=ARTIFACT [NAME=ARTIFACT ...] --assign CSV")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", help="top-k predictions for images", description=__doc__,
+    p = sub.add_parser("predict", help="top-k predictions for images", description=__doc__, usage=USAGE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact", metavar="ARTIFACT", help="artifact folder (e.g. runs/x/best)")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
+    # both positionals are optional to argparse: --tasks takes no ARTIFACT and may swallow the images after it
+    p.add_argument("artifact", metavar="ARTIFACT",
+                   help="artifact folder (e.g. runs/x/best); not given with --tasks").required = False
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                   help="image files and/or folders (searched recursively)").required = False
+    p.add_argument("--tasks", nargs="+", metavar="NAME=ARTIFACT",
+                   help="several classifier artifacts for the same backbone, each under a NAME, run on one "
+                        "shared backbone")
+    p.add_argument("--assign", metavar="CSV", help="with --tasks: a CSV with header 'path,task' naming each "
+                                                   "image's task (or 'base'); default: every image under every task")
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--output", metavar="PATH", help="classification: a file to write instead of stdout; "
                                                    "detection: a folder for PNGs with boxes + detections.json")
     p.add_argument("--score-thresh", type=float, default=None, help="detection: lowest score drawn/kept (default 0.3)")
-    p.add_argument("--task", choices=["classification", "detection"], default=None)
+    p.add_argument("--task", choices=["classification", "detection"], default=None,
+                   help="what ARTIFACT holds (default: read from the artifact); not to be confused with --tasks")
     p.add_argument("-b", "--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--amp-dtype", default="float32")
@@ -53,6 +71,13 @@ def collect_images(inputs: List[str]) -> List[str]:
 
 
 def run(args) -> int:
+    if getattr(args, "tasks", None):
+        return run_multitask(args)
+    if getattr(args, "assign", None):
+        raise UserError("--assign names tasks loaded with --tasks NAME=ARTIFACT ...; add --tasks or drop --assign")
+    if not args.artifact or not args.inputs:
+        raise UserError("pass an ARTIFACT folder and at least one IMAGE_OR_DIR "
+                        "(or --tasks NAME=ARTIFACT ... IMAGE_OR_DIR... for several artifacts)")
     from .train import recipe_task
     if recipe_task(args) == "detection":
         from ..detection import commands as det
@@ -94,10 +119,224 @@ def run(args) -> int:
             for pred in rec.get("predictions", [{"rank": "", "label": "ERROR: unreadable", "index": "", "prob": ""}]):
                 w.writerow([rec["path"], pred["rank"], pred["label"], pred["index"], pred["prob"]])
         text = buf.getvalue()
+    _emit(args, text, len(records))
+    return 0
+
+
+def _emit(args, text: str, n: int) -> None:
     if args.output:
         from ..io import atomic_write_text
         atomic_write_text(args.output, text)
-        print(f"{len(records)} predictions written to {args.output}", file=sys.stderr)
+        print(f"{n} predictions written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+
+
+# --- several tasks on one backbone -----------------------------------------------------------------
+def _is_pair(item: str) -> bool:
+    name = item.split("=", 1)[0]
+    return "=" in item and "/" not in name and os.sep not in name and not os.path.exists(item)
+
+
+def _is_artifact(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "adapter_config.json"))
+
+
+def parse_tasks(items: Sequence[str], paths: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
+    """``--tasks`` values + positionals -> ({name: artifact dir}, image inputs). argparse hands --tasks the
+    images that follow it too: the NAME=ARTIFACT pairs are picked out, the rest are inputs."""
+    from ..multitask import BASE
+    if not _is_pair(items[0]):
+        raise UserError(f"--tasks expects NAME=ARTIFACT pairs, got {items[0]!r}; write e.g. "
+                        f"{os.path.basename(os.path.normpath(items[0])) or 'task'}={items[0]}")
+    tasks: Dict[str, str] = {}
+    inputs: List[str] = []
+    for item in items:
+        if not _is_pair(item):
+            inputs.append(item)
+            continue
+        name, path = (s.strip() for s in item.split("=", 1))
+        if not name or not path:
+            raise UserError(f"--tasks {item!r}: both NAME and ARTIFACT are needed (NAME=ARTIFACT)")
+        if name == BASE:
+            raise UserError(f"--tasks {item!r}: '{BASE}' is reserved for the plain backbone; pick another NAME")
+        if name in tasks:
+            raise UserError(f"--tasks: duplicate task name {name!r} ({tasks[name]} and {path}); give each "
+                            f"artifact its own NAME")
+        tasks[name] = path
+    inputs += list(paths)
+    for item in inputs:
+        if _is_artifact(item):
+            raise UserError(f"{item!r} is an artifact folder, not images; with --tasks name every artifact as "
+                            f"NAME=ARTIFACT (e.g. {os.path.basename(os.path.normpath(item))}={item})")
+    return tasks, inputs
+
+
+def read_assign(path: str, known: Sequence[str]) -> List[Tuple[str, str]]:
+    """``--assign`` CSV -> [(image path, task)] in file order; every problem is a one-line UserError."""
+    from ..multitask import BASE
+    if not os.path.isfile(path):
+        raise UserError(f"--assign file not found: {path!r}; pass a CSV with header 'path,task'")
+    root = os.path.dirname(path)
+    rows: List[Tuple[str, str, int]] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip().lower() for h in header] != ["path", "task"]:
+                raise UserError(f"--assign {path}: the first line must be the header 'path,task', got "
+                                f"{','.join(header or [])!r}")
+            for row in reader:
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                    raise UserError(f"--assign {path} line {reader.line_num}: expected 'path,task', got "
+                                    f"{','.join(row)!r}")
+                rows.append((row[0].strip(), row[1].strip(), reader.line_num))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise UserError(f"--assign {path} is not a readable CSV ({e}); write UTF-8 text with header 'path,task'") from None
+    if not rows:
+        raise UserError(f"--assign {path} lists no images; add rows 'path,task' below the header")
+    unknown = [(t, n) for _, t, n in rows if t != BASE and t not in known]
+    if unknown:
+        where = ", ".join(f"{t!r} (line {n})" for t, n in unknown[:3])
+        raise UserError(f"--assign {path}: unknown task {where}; loaded tasks: {', '.join(known)} (or '{BASE}' "
+                        f"for plain backbone features)")
+    jobs = [(p if os.path.isabs(p) else os.path.join(root, p), t) for p, t, _ in rows]
+    missing = [(p, n) for (p, _), (_, _, n) in zip(jobs, rows) if not os.path.isfile(p)]
+    if missing:
+        where = ", ".join(f"{p!r} (line {n})" for p, n in missing[:3])
+        raise UserError(f"--assign {path}: {len(missing)} listed image(s) not found: {where}"
+                        f"{' ...' if len(missing) > 3 else ''}; paths are relative to the CSV's folder "
+                        f"({root or '.'}) or absolute")
+    return jobs
+
+
+def load_tasks(tasks: Dict[str, str], weights, device):
+    """Load each artifact onto the first one's backbone; errors name the task and the fix."""
+    from ..artifact import ArtifactError, from_pretrained
+    from ..engine.build import ensure_artifact_type
+    from ..model import PromptedModel
+    from ..multitask import MultiTaskModel
+    models: Dict[str, PromptedModel] = {}
+    first = None
+    for name, path in tasks.items():
+        ensure_artifact_type(path)
+        try:
+            m = from_pretrained(path, weights=weights) if first is None else from_pretrained(path, backbone=first.backbone)
+        except ArtifactError as e:
+            hint = ""
+            if first is not None and str(e).startswith("artifact was made for another backbone"):
+                hint = f"; every --tasks artifact must be trained on the backbone of {next(iter(tasks))!r}"
+            raise UserError(f"--tasks {name}={path}: {e}{hint}") from None
+        if not isinstance(m, PromptedModel):
+            raise UserError(f"--tasks {name}={path} holds a {getattr(m, 'model_type', type(m).__name__)} model; "
+                            f"--tasks combines classifiers, predict it on its own")
+        if first is not None and m.data_config != first.data_config:
+            raise UserError(f"--tasks {name}={path} preprocesses images differently from {next(iter(tasks))!r} "
+                            f"({m.data_config} vs {first.data_config}); predict them separately")
+        if first is None:
+            first = m
+        models[name] = m
+    return MultiTaskModel(models).to(device)
+
+
+def _pack(counts: Sequence[int], batch_size: int) -> List[List[int]]:
+    """Consecutive images per batch so that their task runs add up to at most ``batch_size`` (>= 1 image)."""
+    batches: List[List[int]] = []
+    cur: List[int] = []
+    n = 0
+    for i, c in enumerate(counts):
+        if cur and n + c > batch_size:
+            batches.append(cur)
+            cur, n = [], 0
+        cur.append(i)
+        n += c
+    return batches + [cur] if cur else batches
+
+
+def run_multitask(args) -> int:
+    """``--tasks``: one shared backbone, per-sample prompts and heads, one backbone pass per batch."""
+    import torch
+
+    from ..data import ImageDataset, collate
+    from ..data.transforms import EvalTransform
+    from ..engine import resolve_device
+    from ..engine.build import autocast
+    from ..engine.config import amp_dtype_name
+    from ..multitask import BASE
+
+    if getattr(args, "task", None) == "detection":
+        raise UserError("--tasks combines classifiers; drop --task detection")
+    if args.topk < 1:
+        raise UserError(f"--topk must be >= 1, got {args.topk}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    amp = amp_dtype_name(args.amp_dtype)
+    tasks, inputs = parse_tasks(args.tasks, ([args.artifact] if args.artifact else []) + list(args.inputs or []))
+    if args.assign:
+        if inputs:
+            raise UserError(f"--assign {args.assign} lists the images itself; drop {inputs[0]!r} (or drop --assign "
+                            f"to predict every image under every task)")
+        jobs = read_assign(args.assign, list(tasks))
+    else:
+        if not inputs:
+            raise UserError("pass IMAGE_OR_DIR... after the NAME=ARTIFACT pairs, or --assign CSV")
+        jobs = [(p, t) for p in collect_images(inputs) for t in tasks]
+    device = resolve_device(args.device)
+    model = load_tasks(tasks, args.weights, device)
+    first = model.tasks[next(iter(tasks))]
+
+    images: List[str] = []
+    runs: Dict[str, List[int]] = {}  # image path -> its jobs: each image is read once, run once per task
+    for j, (path, _) in enumerate(jobs):
+        if path not in runs:
+            images.append(path)
+            runs[path] = []
+        runs[path].append(j)
+    dataset = ImageDataset([(p, -1) for p in images], EvalTransform(first.data_config), skip_corrupt=True)
+    batches = _pack([len(runs[p]) for p in images], args.batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=0, collate_fn=collate)
+    outputs: Dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for x, _, idx, _ in loader:
+            if x is None:
+                continue
+            rows, job_ids = [], []
+            for r, i in enumerate(idx.tolist()):
+                rows += [r] * len(runs[images[i]])
+                job_ids += runs[images[i]]
+            with autocast(device, amp):
+                outs = model(x.to(device)[torch.tensor(rows, device=device)], [jobs[j][1] for j in job_ids])
+            outputs.update({j: o.float().cpu() for j, o in zip(job_ids, outs)})
+
+    records = []
+    for j, (path, task) in enumerate(jobs):
+        rec = {"path": path, "task": task}
+        m = model.tasks[task] if task != BASE else None
+        if j not in outputs:
+            rec["error"] = "unreadable image (skipped)"
+        elif m is None or not m.num_classes:
+            rec["features_dim"] = int(outputs[j].numel())  # 'base' (or a head-less task): pooled features
+        else:
+            names = m.class_names or [str(i) for i in range(m.num_classes)]
+            p, c = outputs[j].softmax(dim=-1).topk(min(args.topk, len(names)))
+            rec["predictions"] = [{"rank": r + 1, "label": names[ci], "index": ci, "prob": round(pi, 6)}
+                                  for r, (pi, ci) in enumerate(zip(p.tolist(), c.tolist()))]
+        records.append(rec)
+    if args.format == "json":
+        text = json.dumps(records, indent=2) + "\n"
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "task", "rank", "label", "index", "prob"])
+        for rec in records:
+            if "features_dim" in rec:
+                preds = [{"rank": "", "label": f"features (dim {rec['features_dim']})", "index": "", "prob": ""}]
+            else:
+                preds = rec.get("predictions", [{"rank": "", "label": "ERROR: unreadable", "index": "", "prob": ""}])
+            for pred in preds:
+                w.writerow([rec["path"], rec["task"], pred["rank"], pred["label"], pred["index"], pred["prob"]])
+        text = buf.getvalue()
+    _emit(args, text, len(records))
     return 0
