@@ -11,7 +11,8 @@ Arms (random weights: speed does not depend on their values; each arm owns its o
 - ``linear``: frozen backbone, head only (vpt, no prompt);
 - ``lora``: peft LoRA r=8 on every block's qkv projection of the plain timm model, + head (needs peft);
 - ``vpt_shallow``, ``vpt_deep``, ``vpt_prefix``, ``pixel_pad``: vpt's prompted models;
-- ``vpt_deep_lean``: ``vpt_deep`` with lean mode (activation recomputation in the MLPs).
+- ``vpt_deep_lean``, ``vpt_deep_lean50``: ``vpt_deep`` in lean mode (the MLPs' hidden activations are
+  recomputed in backward) in every block / in every other block.
 
 Per arm: median training step (AdamW, cross-entropy; bf16/fp16 via autocast) timed interleaved with the
 other arms (ABC ABC ...) so background load hits all alike; img/s; ratio to ``full``; peak memory of a
@@ -43,7 +44,8 @@ from torch import nn  # noqa: E402
 
 import vpt  # noqa: E402
 
-ALL_ARMS = ["full", "linear", "lora", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad", "vpt_deep_lean"]
+ALL_ARMS = ["full", "linear", "lora", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad", "vpt_deep_lean",
+            "vpt_deep_lean50"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -79,12 +81,13 @@ def build_arm(arm: str, backbone_name: str, num_classes: int, tokens: int, model
         "vpt_shallow": {"kind": "vpt_shallow", "num_tokens": tokens},
         "vpt_deep": {"kind": "vpt_deep", "num_tokens": tokens},
         "vpt_deep_lean": {"kind": "vpt_deep", "num_tokens": tokens},
+        "vpt_deep_lean50": {"kind": "vpt_deep", "num_tokens": tokens},
         "vpt_prefix": {"kind": "vpt_prefix", "num_tokens": tokens},
         "pixel_pad": {"kind": "pixel_pad", "width": 30},
     }[arm]
     model = vpt.create_model(bb, prompt=prompt, num_classes=num_classes)
-    if arm.endswith("_lean"):
-        model.set_lean(True)
+    if "_lean" in arm:
+        model.set_lean(0.5 if arm.endswith("50") else 1.0)
     return model
 
 

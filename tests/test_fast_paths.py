@@ -112,7 +112,11 @@ def test_lean_mode_keeps_fewer_activations():
             loss = model(x).sum()
         loss.backward()
         return sum(storages.values())
-    assert saved_bytes(True) < 0.8 * saved_bytes(False)
+    full, half, off = saved_bytes(True), saved_bytes(0.5), saved_bytes(False)
+    assert full < half < off and full < 0.8 * off
+    assert model.set_lean(0.5)._lean_blocks() == {1} and model.set_lean(1)._lean_blocks() == {0, 1, 2}
+    with pytest.raises(vpt.config.ConfigError, match="share of blocks"):
+        model.set_lean(2)
 
 
 def test_mixed_batch_fast_equals_reference():
@@ -177,13 +181,13 @@ def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
     from vpt.cli import main
     data = make_image_folder(tmp_path / "data", per_class=6)
     runs = {}
-    for lean in (False, True):
+    for lean in (0.0, 1.0):
         out = str(tmp_path / f"lean{lean}")
         recipe = tiny_recipe(tmp_path / f"r{lean}.yaml", epochs=1, lean=lean)
         assert main(["train", "-c", recipe, "--data", data, "--output", out]) == 0
         runs[lean] = (json.load(open(os.path.join(out, "results.json"))),
                       load_file(os.path.join(out, "last", "adapter_model.safetensors")))
-    assert calls == [True]  # the lean run really ran lean
-    assert runs[True][0]["val"]["top1"] == runs[False][0]["val"]["top1"]
-    for k, v in runs[False][1].items():
-        torch.testing.assert_close(runs[True][1][k], v, rtol=1e-4, atol=1e-6)
+    assert calls == [1.0]  # the lean run really ran lean
+    assert runs[1.0][0]["val"]["top1"] == runs[0.0][0]["val"]["top1"]
+    for k, v in runs[0.0][1].items():
+        torch.testing.assert_close(runs[1.0][1][k], v, rtol=1e-4, atol=1e-6)

@@ -104,7 +104,7 @@ class PromptedModel(AdapterMixin, nn.Module):
         for p in self.backbone.parameters():
             p.requires_grad_(self.train_backbone)
         self.fast = True  # False: the reference path (prompts always in the sequence; tests compare both)
-        self.lean = False
+        self.lean = 0.0  # share of blocks in lean mode (set_lean)
         self.train(False)
 
     # --- modes ----------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ class PromptedModel(AdapterMixin, nn.Module):
         grad = torch.is_grad_enabled()
         grad_from = self.grad_from if grad_from is None else grad_from
         fast = bb.supports_fast_blocks and self.fast
-        lean = self.lean and grad and self.training
+        lean_blocks = self._lean_blocks() if (self.lean and grad and self.training) else ()
         if prompt is not None and prompt.uses_pixels:
             x = prompt.pixels(x)
         with torch.set_grad_enabled(grad and grad_from < 0):
@@ -159,7 +159,7 @@ class PromptedModel(AdapterMixin, nn.Module):
         P, inter = 0, []
         depth = bb.layout.depth if stop is None else stop + 1
         for i in range(depth):
-            last = i == depth - 1
+            last, lean = i == depth - 1, i in lean_blocks
             nq = last_queries if (last and fast and last_queries is not None and not take) else None
             with torch.set_grad_enabled(grad and i >= grad_from):
                 t = kv = mask = None
@@ -207,11 +207,22 @@ class PromptedModel(AdapterMixin, nn.Module):
                               mask[:, Pkv + k + Pt:]], dim=1)
         return bb.block(i, h, ctx, (tk, tv), key_mask=mask, num_queries=nq, lean=lean)
 
-    def set_lean(self, mode: bool = True) -> "PromptedModel":
+    def set_lean(self, mode: Union[bool, float] = True) -> "PromptedModel":
         """Lean mode: recompute the widest activations (the MLPs' hidden layer; whole blocks where the
-        adapter has no fast blocks) in backward instead of keeping them. Less memory, a little slower."""
-        self.lean = bool(mode)
+        adapter has no fast blocks) in backward instead of keeping them. Less memory, a little slower.
+
+        ``mode``: True / 1.0 = every block, a float in (0, 1) = that share of the blocks (evenly spaced:
+        memory and recompute time both scale with it), False / 0 = off.
+        """
+        share = float(mode)
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"lean must be a share of blocks in [0, 1] (or true/false), got {mode!r}")
+        self.lean = share
         return self
+
+    def _lean_blocks(self) -> frozenset:
+        depth = self.backbone.layout.depth
+        return frozenset(i for i in range(depth) if int((i + 1) * self.lean) > int(i * self.lean))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> the backbone's forward_features output with prompts stripped."""

@@ -125,8 +125,8 @@ class Trainer:
         if t.lean:
             if not hasattr(self.model, "set_lean"):
                 raise ConfigError(f"train.lean needs a model with a lean mode; model type "
-                                  f"'{cfg.model.type}' has none: set train.lean: false")
-            self.model.set_lean(True)
+                                  f"'{cfg.model.type}' has none: set train.lean: 0")
+            self.model.set_lean(t.lean)
         self.net = self.model
         if info.distributed:
             self.net = torch.nn.parallel.DistributedDataParallel(
