@@ -1,0 +1,110 @@
+"""The embedded default: prompt-tune the shipped ViT on a real task and compare with a linear probe and a
+random-init control, through the normal ``vpt train`` path. Offline; a few minutes on 2 CPU cores.
+
+    python benchmarks/quickstart.py                     # bccd_cells: blood-cell type from BCCD box crops
+    python benchmarks/quickstart.py --task mnist --epochs 10
+
+Four ``vpt train`` runs on the same data, recipe (benchmarks/transfer_configs/vit_tiny_cifar10.yaml), lr
+and seed: VPT-deep and a linear probe on ``vpt:vit_tiny_cifar10`` (CIFAR-10-pretrained), and the same two
+on a random-init copy of that ViT (the control: what prompts achieve without pretrained features). The
+best epoch is picked on val; test top-1 is read once. Prints a table and writes ``<out>/summary.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+RECIPE = os.path.join(HERE, "transfer_configs", "vit_tiny_cifar10.yaml")
+ARMS = {  # name -> extra `vpt train` arguments
+    "vpt_deep": ["--set", 'model.prompt={"kind": "vpt_deep", "num_tokens": 10}'],
+    "linear": [],
+}
+BACKBONES = {  # name -> extra `vpt train` arguments
+    "pretrained": ["--model", "vpt:vit_tiny_cifar10"],
+    "random-init control": ["--model", "vpt:vit_tiny_cifar10", "--set", "model.backbone.pretrained=false",
+                            "--set", "model.backbone.init_seed=0"],
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--task", default="mnist", help="a task of benchmarks/datasets.py")
+    ap.add_argument("--data-root", default=os.path.join("~", ".cache", "vpt", "datasets"))
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=3e-2, help="AdamW lr, the same for every run")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/quickstart")
+    args = ap.parse_args(argv)
+
+    import datasets  # benchmarks/datasets.py
+    root = os.path.expanduser(args.data_root)
+    if args.task not in datasets.TASKS:
+        ap.error(f"unknown --task {args.task!r}; available: {', '.join(datasets.TASKS)}")
+    if not os.path.isfile(os.path.join(root, args.task, "manifest.json")):
+        print(f"preparing {args.task} under {root} ...", flush=True)
+        try:
+            datasets.TASKS[args.task](root)
+        except datasets.DataMissing as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    manifest = datasets.read_manifest(root, args.task)
+
+    from vpt.cli import main as vpt_main
+    rows = []
+    for bb, bb_args in BACKBONES.items():
+        for arm, arm_args in ARMS.items():
+            out = os.path.join(args.out, args.task, f"{arm}-{'control' if bb != 'pretrained' else 'pretrained'}")
+            cmd = ["train", "-c", os.path.relpath(RECIPE), "--data", os.path.join(root, args.task),
+                   "--output", out, "--overwrite", "--epochs", str(args.epochs), "--lr", repr(args.lr),
+                   "--seed", str(args.seed), *bb_args, *arm_args]
+            print(f"\n$ vpt {' '.join(cmd)}", flush=True)
+            start = time.perf_counter()
+            if vpt_main(cmd) != 0:
+                print(f"error: the {arm} run on the {bb} backbone failed; see {out}/train.log", file=sys.stderr)
+                return 1
+            with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+                res = json.load(f)
+            rows.append({"backbone": bb, "arm": arm, "val_top1": res["val"]["top1"], "test_top1": res["test"]["top1"],
+                         "best_epoch": res.get("best_epoch"), "trainable_params": res.get("trainable_params"),
+                         "wall_seconds": round(time.perf_counter() - start, 1), "run": out,
+                         "command": "vpt " + " ".join(cmd)})
+
+    by = {(r["backbone"], r["arm"]): r for r in rows}
+    lines = [f"\n{args.task}: {manifest['totals']} images (train/val/test), {args.epochs} epochs, lr {args.lr:g}, "
+             f"seed {args.seed}; test top-1 (%)",
+             f"{'':22s}{'vpt_deep':>10s}{'linear':>10s}{'vpt - linear':>14s}"]
+    for bb in BACKBONES:
+        d, l_ = by[(bb, "vpt_deep")]["test_top1"], by[(bb, "linear")]["test_top1"]
+        lines.append(f"{bb:22s}{d:10.2f}{l_:10.2f}{d - l_:+14.2f}")
+    gain = by[("pretrained", "vpt_deep")]["test_top1"] - by[("random-init control", "vpt_deep")]["test_top1"]
+    lines.append(f"pretrained features add {gain:+.2f} points to VPT-deep over the random-init control.")
+    text = "\n".join(lines)
+    print(text)
+    import torch
+
+    import vpt
+    summary = {"task": args.task, "data": manifest.get("totals"), "epochs": args.epochs, "lr": args.lr,
+               "seed": args.seed, "runs": rows, "table": text,
+               "command": " ".join(["python"] + [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+               "versions": {"vpt": vpt.__version__, "torch": torch.__version__, "python": platform.python_version()},
+               "device": f"cpu ({torch.get_num_threads()} threads)" if not torch.cuda.is_available()
+               else torch.cuda.get_device_name(0)}
+    from vpt.io import atomic_write_text
+    atomic_write_text(os.path.join(args.out, args.task, "summary.json"), json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {os.path.join(args.out, args.task, 'summary.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
