@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -86,6 +86,16 @@ def mask_bias(key_mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[
         return None
     bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
     return bias.masked_fill(~key_mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, Lk)
+
+
+def residual_branch(fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], blk: nn.Module, h: torch.Tensor,
+                    lean: bool = False) -> torch.Tensor:
+    """``fn(blk, h)``; with ``lean`` (and autograd on) under non-reentrant checkpointing, so its inner
+    activations are recomputed in backward instead of kept (the fast blocks' lean mode)."""
+    if lean and torch.is_grad_enabled() and h.requires_grad:
+        from torch.utils.checkpoint import checkpoint
+        return checkpoint(fn, blk, h, use_reentrant=False)
+    return fn(blk, h)
 
 
 class BackboneAdapter(nn.Module):

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias
+from .base import (BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias,
+                   residual_branch)
 from .timm_vit import _to_2tuple
 
 
@@ -123,10 +124,7 @@ class OpenClipViTAdapter(BackboneAdapter):
         if num_queries is not None:
             h = h[:, :num_queries]
         h = h + blk.ls_1(a)
-        if lean and torch.is_grad_enabled() and h.requires_grad:
-            from torch.utils.checkpoint import checkpoint
-            return h + checkpoint(_mlp_branch, blk, h, use_reentrant=False)
-        return h + _mlp_branch(blk, h)
+        return h + residual_branch(_mlp_branch, blk, h, lean)
 
     def token_kv(self, i, t):
         blk = self.visual.transformer.resblocks[i]

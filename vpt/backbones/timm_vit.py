@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias
+from .base import (BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias,
+                   residual_branch)
 
 
 def _to_2tuple(v) -> Tuple[int, int]:
@@ -111,10 +112,7 @@ def block_forward(blk: nn.Module, h: torch.Tensor, pk: Optional[torch.Tensor] = 
     if num_queries is not None:
         h = h[:, :num_queries]
     h = h + blk.drop_path1(blk.ls1(a))
-    if lean and torch.is_grad_enabled() and h.requires_grad:
-        from torch.utils.checkpoint import checkpoint
-        return h + blk.drop_path2(checkpoint(_mlp_branch, blk, h, use_reentrant=False))
-    return h + blk.drop_path2(_mlp_branch(blk, h))
+    return h + blk.drop_path2(residual_branch(_mlp_branch, blk, h, lean))
 
 
 def _mlp_branch(blk: nn.Module, h: torch.Tensor) -> torch.Tensor:
