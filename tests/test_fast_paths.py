@@ -191,3 +191,23 @@ def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
     assert runs[1.0][0]["val"]["top1"] == runs[0.0][0]["val"]["top1"]
     for k, v in runs[0.0][1].items():
         torch.testing.assert_close(runs[1.0][1][k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_lean_without_fast_blocks_checkpoints_whole_blocks(monkeypatch):
+    """Eva (RoPE) has no fast blocks: lean mode checkpoints whole blocks and still trains identically."""
+    import vpt.model
+    calls, checkpoint = [], vpt.model.checkpoint
+    monkeypatch.setattr(vpt.model, "checkpoint", lambda *a, **k: calls.append(a[1]) or checkpoint(*a, **k))
+    bb = create_backbone("timm:eva02_tiny_patch14_224", pretrained=False, init_seed=3,
+                         model_kwargs=dict(K, ref_feat_shape=(4, 4)))
+    assert not bb.supports_fast_blocks
+    torch.manual_seed(0)
+    model = vpt.create_model(bb, prompt={"kind": "vpt_deep", "num_tokens": 2}, num_classes=3).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    out, grads = run(model, x, y, fast=True, lean=False)
+    assert calls == []
+    lean_out, lean_grads = run(model, x, y, fast=True, lean=True)
+    assert calls == [0, 1, 2]  # every block under checkpoint
+    torch.testing.assert_close(lean_out, out, rtol=0, atol=0)
+    for n in grads:
+        torch.testing.assert_close(lean_grads[n], grads[n], rtol=1e-6, atol=1e-8)

@@ -77,7 +77,7 @@ class TrainSection:
     eval_batch_size: int = 128  # evaluation batch (global; split over ranks)
     grad_accum_steps: int = 1  # micro-batches per optimizer step (per-rank micro-batch = batch/(ranks*accum))
     amp_dtype: str = "float32"  # float32 | bfloat16 | float16 (float16 uses a GradScaler)
-    compile: bool = False  # torch.compile the model (timm --torchcompile); one graph for training, one for eval
+    compile: bool = False  # torch.compile the training forward (timm --torchcompile); evaluation runs eager
     lean: float = 0.0  # share of blocks whose MLP activations are recomputed in backward (0: off, 1: all): less memory, a little slower
     seed: int = 0  # seed of init, sampling order, augmentation (per sample) and dropout
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
