@@ -61,7 +61,7 @@ SETUPS = {
     "vit_tiny_cifar10": {"recipe": "vit_tiny_cifar10.yaml", "side": 32,
                          "arms": ["linear", "full", "lora", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad"],
                          "control_arms": ["linear", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad"]},
-    "effnet_lite0": {"recipe": "effnet_lite0.yaml", "side": 224, "arms": ["linear", "full", "pixel_pad"],
+    "effnet_lite0": {"recipe": "effnet_lite0.yaml", "side": 128, "arms": ["linear", "full", "pixel_pad"],
                      "control_arms": ["linear", "pixel_pad"]},
 }
 

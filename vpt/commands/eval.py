@@ -47,7 +47,7 @@ def run(args) -> int:
         from ..detection import commands as det
         return int(det.evaluate(args) or 0)
     from .. import from_pretrained
-    from ..engine.build import ensure_artifact_type
+    from ..engine.build import ensure_artifact_type, memory_format
     from ..data import DataError, ImageDataset, class_mismatch_message, load_splits
     from ..data.transforms import EvalTransform
     from ..engine import evaluate, resolve_device
@@ -69,8 +69,10 @@ def run(args) -> int:
     if not samples:
         raise UserError(f"{d.root!r} has no {args.split} images ({splits.summary()}); choose another --split")
     dataset = ImageDataset(samples, EvalTransform(model.data_config), skip_corrupt=d.skip_corrupt)
+    if cfg.train.channels_last:
+        model.to(memory_format=memory_format(True))
     metrics = evaluate(model, dataset, splits.class_names, cfg.train.eval_batch_size, device, cfg.train.amp_dtype,
-                       workers=cfg.train.workers)
+                       workers=cfg.train.workers, channels_last=cfg.train.channels_last)
     out = {"artifact": os.path.abspath(args.artifact), "data": d.root, "split": args.split,
            "run_config": path, **{k: v for k, v in metrics.items() if k != "confusion_matrix"},
            "confusion_matrix": metrics["confusion_matrix"]}

@@ -71,6 +71,11 @@ def autocast(device: torch.device, dtype_name: str):
     return torch.autocast(device_type=device.type, dtype=amp_dtype(dtype_name))
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """``torch.channels_last`` (NHWC) or the default contiguous (NCHW) layout."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def count_parameters(model: torch.nn.Module) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

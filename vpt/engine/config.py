@@ -79,6 +79,7 @@ class TrainSection:
     amp_dtype: str = "float32"  # float32 | bfloat16 | float16 (float16 uses a GradScaler)
     compile: bool = False  # torch.compile the training forward (timm --torchcompile); evaluation runs eager
     lean: float = 0.0  # share of blocks whose MLP activations are recomputed in backward (0: off, 1: all): less memory, a little slower
+    channels_last: bool = False  # NHWC weights and inputs (timm --channels-last): faster convolutions (CNN backbones)
     seed: int = 0  # seed of init, sampling order, augmentation (per sample) and dropout
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     device: Optional[str] = None  # cpu | cuda | cuda:N; None: cuda if available (cuda:LOCAL_RANK under torchrun)

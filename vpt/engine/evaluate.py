@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import collate
-from .build import autocast
+from .build import autocast, memory_format
 from .distributed import DistInfo, all_gather_objects
 from .metrics import classification_metrics
 from .runlog import progress
@@ -21,11 +21,13 @@ _logger = logging.getLogger(__name__)
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, dataset, batch_size: int, device: torch.device,
                    amp_dtype: str = "float32", dist_info: Optional[DistInfo] = None, workers: int = 0,
-                   show_progress: Optional[bool] = None, desc: str = "eval") -> Dict[str, Any]:
+                   show_progress: Optional[bool] = None, desc: str = "eval",
+                   channels_last: bool = False) -> Dict[str, Any]:
     """Logits for every readable sample of ``dataset`` (in dataset order), gathered on every rank."""
     info = dist_info or DistInfo(device=device)
     sampler = ShardSampler(len(dataset), batch_size, info.world_size, info.rank)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
+    fmt = memory_format(channels_last)
     was_training = model.training
     model.eval()
     idx_parts, logit_parts, skipped = [], [], 0
@@ -35,7 +37,7 @@ def predict_logits(model: torch.nn.Module, dataset, batch_size: int, device: tor
         if x is None:
             continue
         with autocast(device, amp_dtype):
-            logits = model(x.to(device, non_blocking=True))
+            logits = model(x.to(device, non_blocking=True, memory_format=fmt))
         logit_parts.append(logits.float().cpu())
         idx_parts.append(idx)
     elapsed = time.perf_counter() - start
@@ -52,9 +54,11 @@ def predict_logits(model: torch.nn.Module, dataset, batch_size: int, device: tor
 
 def evaluate(model: torch.nn.Module, dataset, class_names: Sequence[str], batch_size: int, device: torch.device,
              amp_dtype: str = "float32", dist_info: Optional[DistInfo] = None, workers: int = 0,
-             show_progress: Optional[bool] = None, desc: str = "eval") -> Dict[str, Any]:
+             show_progress: Optional[bool] = None, desc: str = "eval",
+             channels_last: bool = False) -> Dict[str, Any]:
     """Loss, top-1 / top-5, mean per-class recall, per-class accuracy, confusion matrix, throughput."""
-    out = predict_logits(model, dataset, batch_size, device, amp_dtype, dist_info, workers, show_progress, desc)
+    out = predict_logits(model, dataset, batch_size, device, amp_dtype, dist_info, workers, show_progress, desc,
+                         channels_last)
     targets = torch.tensor([dataset.samples[i][1] for i in out["indices"].tolist()], dtype=torch.long)
     metrics = classification_metrics(out["logits"], targets, class_names)
     metrics["loss"] = F.cross_entropy(out["logits"], targets).item() if len(targets) else float("nan")

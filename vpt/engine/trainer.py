@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, to_dict
 from ..data import ImageDataset, build_transforms, collate, load_splits
 from ..io import atomic_write_json, atomic_write_text
-from .build import autocast, build_model, count_parameters
+from .build import autocast, build_model, count_parameters, memory_format
 from .checkpoint import (STATE_NAME, load_run_state, load_trainable_tensors, save_artifact_atomic, save_run_state,
                          trainable_tensors)
 from .config import RunConfig, validate
@@ -103,6 +103,9 @@ class Trainer:
 
         seed_everything(t.seed, t.deterministic)
         self.model = build_model(cfg.model, self.splits.class_names).to(self.device)
+        self.memory_format = memory_format(t.channels_last)
+        if t.channels_last:
+            self.model.to(memory_format=self.memory_format)
         self.params = count_parameters(self.model)
         _logger.info("trainable params: %d || all params: %d || trainable%%: %.4f", self.params["trainable"],
                      self.params["total"], self.params["trainable_percent"])
@@ -188,7 +191,8 @@ class Trainer:
                             dummy = torch.zeros((1, *self.model.data_config.input_size), device=self.device)
                             loss = self.net(dummy).float().sum() * 0.0
                         else:
-                            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                            y = y.to(self.device, non_blocking=True)
                             logits = self.net(x)
                             loss = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=t.label_smoothing)
                             loss_t += loss.detach().double()
@@ -231,7 +235,7 @@ class Trainer:
     def _evaluate(self, dataset, desc: str) -> Dict[str, Any]:
         t = self.cfg.train
         return evaluate(self.model, dataset, self.splits.class_names, t.eval_batch_size, self.device, t.amp_dtype,
-                        self.info, t.workers, t.progress, desc)
+                        self.info, t.workers, t.progress, desc, t.channels_last)
 
     # --- the run ----------------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
