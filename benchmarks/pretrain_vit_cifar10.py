@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reproducible, resumable CPU pretraining of a small timm ViT on CIFAR-10.
+"""Reproducible, resumable pretraining of a small timm ViT on CIFAR-10 (CPU or one GPU).
 
 The resulting weights are the backbone the visual-prompt-tuning benchmarks start from
 (no pretrained ViT weights are available offline).
@@ -8,13 +8,19 @@ Train (resumable; re-run the same command with ``--resume`` after an interruptio
 
     python3 benchmarks/pretrain_vit_cifar10.py --out runs/pretrain --epochs 20 --resume
 
+On a GPU the whole data set lives in GPU memory and steps run under bf16 autocast; e.g.::
+
+    python3 benchmarks/pretrain_vit_cifar10.py --out runs/pretrain_gpu --device cuda --epochs 200 \
+        --batch-size 512 --lr 2e-3 --warmup-epochs 5 --mixup 0.8 --cutmix 1.0 --compile
+
 Verify a shipped weights file (prints the CIFAR-10 test top-1)::
 
     python3 benchmarks/pretrain_vit_cifar10.py --eval-only path/to/vit_tiny_cifar10.safetensors
 
 Data: ``cifar10-jpeg.tar.gz`` (image-folder layout ``{train,test}/<class>/NNNN.jpg``) is extracted
 once into ``--cache-dir`` and decoded once into uint8 ``.npy`` arrays there; training keeps everything
-in memory as tensors and augments batched tensors in torch (no DataLoader workers).
+in memory (on the training device) as tensors and augments batched tensors in torch (no DataLoader
+workers).
 
 Determinism: the data order and augmentation of epoch ``e`` come from a generator seeded with
 ``(seed, e)`` only, the model has no dropout, and deterministic algorithms are requested, so a run
@@ -192,24 +198,26 @@ _STD_T = torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def to_input(x_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> normalised float32 NCHW."""
+    """uint8 NHWC -> normalised float32 NCHW (on x_u8's device)."""
     x = x_u8.permute(0, 3, 1, 2).float().div_(255.0)
-    return x.sub_(_MEAN_T).div_(_STD_T).contiguous()
+    return x.sub_(_MEAN_T.to(x.device)).div_(_STD_T.to(x.device)).contiguous()
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Batched random crop (reflect pad 4) + horizontal flip on a float NCHW batch."""
+    """Batched random crop (reflect pad 4) + horizontal flip on a float NCHW batch. The random draws come
+    from the CPU generator ``gen`` on every device, so a GPU run sees the same crops as a CPU run."""
     b, c, h, w = x.shape
+    dev = x.device
     xp = F.pad(x, (PAD, PAD, PAD, PAD), mode="reflect")
-    oy = torch.randint(0, 2 * PAD + 1, (b,), generator=gen)
-    ox = torch.randint(0, 2 * PAD + 1, (b,), generator=gen)
-    flip = torch.rand(b, generator=gen) < 0.5
-    ar_h = torch.arange(h)
-    ar_w = torch.arange(w)
+    oy = torch.randint(0, 2 * PAD + 1, (b,), generator=gen).to(dev)
+    ox = torch.randint(0, 2 * PAD + 1, (b,), generator=gen).to(dev)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
+    ar_h = torch.arange(h, device=dev)
+    ar_w = torch.arange(w, device=dev)
     rows = (oy[:, None] + ar_h[None, :])  # [B,H]
     cols = ox[:, None] + ar_w[None, :]  # [B,W]
     cols = torch.where(flip[:, None], cols.flip(1), cols)  # flip == reversed column order
-    bi = torch.arange(b)[:, None, None]
+    bi = torch.arange(b, device=dev)[:, None, None]
     out = xp[bi, :, rows[:, :, None], cols[:, None, :]]  # [B,H,W,C] (advanced dims first)
     return out.permute(0, 3, 1, 2).contiguous()
 
@@ -243,15 +251,26 @@ def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float) -> flo
     return min_lr + 0.5 * (base - min_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
+def autocast(device: torch.device, amp: str):
+    """bf16 autocast on the training device, or nothing (fp32)."""
+    import contextlib
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor) -> tuple[int, int, float]:
-    """Returns (correct, total, mean CE loss)."""
+def evaluate(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor,
+             amp: str = "fp32") -> tuple[int, int, float]:
+    """Returns (correct, total, mean CE loss); runs on the model's device, in fp32 unless ``amp``."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct, loss_sum = 0, 0.0
     for i in range(0, len(y), EVAL_BATCH):
-        logits = model(to_input(x_u8[i : i + EVAL_BATCH]))
-        yb = y[i : i + EVAL_BATCH]
+        with autocast(device, amp):
+            logits = model(to_input(x_u8[i : i + EVAL_BATCH].to(device))).float()
+        yb = y[i : i + EVAL_BATCH].to(device)
         correct += int((logits.argmax(1) == yb).sum())
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
     model.train(was_training)
@@ -286,7 +305,8 @@ def load_weights(path: Path) -> torch.nn.Module:
 # --------------------------------------------------------------------------------------------------
 # Hyper-parameters that must match when resuming.
 RESUME_KEYS = ("epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs",
-               "label_smoothing", "clip_grad", "seed", "limit_train", "limit_test")
+               "label_smoothing", "clip_grad", "seed", "limit_train", "limit_test", "mixup", "cutmix", "amp")
+NEW_KEY_DEFAULTS = {"mixup": 0.0, "cutmix": 0.0, "amp": "fp32"}
 
 
 def parse_args(argv=None):
@@ -306,6 +326,12 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--clip-grad", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (timm Mixup; 0: off)")
+    p.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (timm Mixup; 0: off)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (cuda if available)")
+    p.add_argument("--amp", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="training precision; auto: bf16 on CUDA, fp32 on CPU (evaluation runs fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training model")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--time-budget-min", type=float, default=None,
                    help="only used to log an ETA vs. this budget; changes nothing")
@@ -325,6 +351,14 @@ def parse_args(argv=None):
         args.out = args.out.expanduser().resolve()
     if args.eval_only is None and args.out is None:
         p.error("--out is required for training")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
+    if args.amp == "auto":
+        args.amp = "bf16" if args.device.startswith("cuda") else "fp32"
+    if (args.mixup or args.cutmix) and args.batch_size % 2:
+        p.error("--mixup / --cutmix need an even --batch-size")
     return args
 
 
@@ -380,9 +414,11 @@ def train(args) -> int:
         return 2
     log = Logger(out / "train.log")
 
+    device = torch.device(args.device)
     data, classes = load_arrays(args.data_tar, args.cache_dir, log)
     xtr, ytr = subset(*data["train"], args.limit_train, args.seed)
     xte, yte = subset(*data["test"], args.limit_test, args.seed)
+    xtr, ytr = xtr.to(device), ytr.to(device)  # the whole (uint8) training set stays on the device
     n_train = len(ytr)
     steps_per_epoch = n_train // args.batch_size  # drop_last: constant batch shape
     if steps_per_epoch < 1:
@@ -390,7 +426,7 @@ def train(args) -> int:
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
 
-    model = build_model()
+    model = build_model().to(device)
     model.train()
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr,
                             betas=(0.9, 0.999), eps=1e-8)
@@ -399,7 +435,8 @@ def train(args) -> int:
 
     if args.resume and state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
-        diff = {k: (st["hparams"].get(k), v) for k, v in hp.items() if st["hparams"].get(k) != v}
+        saved = {**NEW_KEY_DEFAULTS, **st["hparams"]}  # states written before these options existed
+        diff = {k: (saved.get(k), v) for k, v in hp.items() if saved.get(k) != v}
         if diff:
             raise SystemExit(f"refusing to resume {state_path}: hyper-parameters differ {diff}")
         model.load_state_dict(st["model"])
@@ -410,13 +447,20 @@ def train(args) -> int:
         history, train_time = st["history"], st["train_time_s"]
         log(f"resumed from {state_path} at epoch {start_epoch}, step {step}")
 
+    mixer = None
+    if args.mixup or args.cutmix:
+        from timm.data import Mixup  # random draws from numpy's global RNG: seeded, saved and restored
+        mixer = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing,
+                      num_classes=len(classes))
+    net = torch.compile(model) if args.compile else model
     n_params = sum(p.numel() for p in model.parameters())
     cmd = shlex.join([sys.executable] + sys.argv)
     log(f"cmd: {cmd}")
     log(f"{MODEL_NAME} {MODEL_KWARGS} params={n_params} | train {n_train} test {len(yte)} | "
         f"epochs {args.epochs} x {steps_per_epoch} steps, warmup {warmup_steps} steps | "
         f"bs {args.batch_size} lr {args.lr} wd {args.weight_decay} seed {args.seed} "
-        f"threads {args.threads} torch {torch.__version__}")
+        f"threads {args.threads} device {device} amp {args.amp} mixup {args.mixup} cutmix {args.cutmix} "
+        f"torch {torch.__version__}")
 
     run_t0 = time.time()
     epochs_this_run = 0
@@ -428,32 +472,37 @@ def train(args) -> int:
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
         perm = torch.randperm(n_train, generator=gen)
         model.train()
-        loss_sum, seen = 0.0, 0
+        loss_t = torch.zeros((), dtype=torch.float64, device=device)  # on the device: no host sync per step
+        seen = 0
         for i in range(steps_per_epoch):
             lr = lr_at(step, total_steps, warmup_steps, args.lr, args.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr
-            idx = perm[i * args.batch_size : (i + 1) * args.batch_size]
+            idx = perm[i * args.batch_size : (i + 1) * args.batch_size].to(device)
             xb = augment(to_input(xtr[idx]), gen)
             yb = ytr[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=args.label_smoothing)
+            with autocast(device, args.amp):
+                if mixer is not None:
+                    xb, soft = mixer(xb, yb)
+                    loss = torch.sum(-soft * F.log_softmax(net(xb).float(), dim=-1), dim=-1).mean()
+                else:
+                    loss = F.cross_entropy(net(xb).float(), yb, label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if args.clip_grad and args.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             opt.step()
             step += 1
-            lv = loss.detach().item()
-            if not math.isfinite(lv):
-                log(f"non-finite loss at epoch {epoch + 1} step {step}; aborting")
-                return 3
-            loss_sum += lv * len(yb)
+            loss_t += loss.detach().double() * len(yb)
             seen += len(yb)
             if args.log_every and (i + 1) % args.log_every == 0:
                 el = time.time() - ep_t0
-                log(f"  ep {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss_sum / seen:.4f} "
+                log(f"  ep {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss_t.item() / seen:.4f} "
                     f"lr {lr:.2e} {seen / el:.0f} img/s", file_too=False)
+        loss_sum = loss_t.item()
+        if not math.isfinite(loss_sum):
+            log(f"non-finite loss in epoch {epoch + 1}; aborting (state.pt holds the last finished epoch)")
+            return 3
         train_s = time.time() - ep_t0
         correct, total, te_loss = evaluate(model, xte, yte)
         ep_s = time.time() - ep_t0
@@ -490,7 +539,8 @@ def train(args) -> int:
         }, state_path)
         epochs_this_run += 1
 
-    # ---- export: weights, then re-evaluate the *file* so --eval-only reproduces it exactly ----
+    # ---- export: weights, then re-evaluate the *file* on the CPU (where --eval-only runs), so that
+    # --eval-only reproduces it exactly on any machine ----
     wpath = out / WEIGHTS_NAME
     digest = export_weights(model, wpath, classes)
     correct, total, te_loss = evaluate(load_weights(wpath), xte, yte)
@@ -506,7 +556,8 @@ def train(args) -> int:
         "hparams": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "optimizer": "AdamW(betas=(0.9,0.999), eps=1e-8), no decay on bias/norm/pos_embed/cls_token",
         "schedule": "per-step linear warmup + cosine to min_lr",
-        "augmentation": "random crop 32 (reflect pad 4) + horizontal flip",
+        "augmentation": "random crop 32 (reflect pad 4) + horizontal flip"
+                        + (f" + timm Mixup(mixup_alpha={args.mixup}, cutmix_alpha={args.cutmix})" if mixer else ""),
         "mean": MEAN,
         "std": STD,
         "eval_batch": EVAL_BATCH,
@@ -517,7 +568,9 @@ def train(args) -> int:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "timm": __import__("timm").__version__, "numpy": np.__version__,
                      "safetensors": __import__("safetensors").__version__},
-        "device": {"type": "cpu", "threads": args.threads, "cpu_count": os.cpu_count(),
+        "device": {"type": device.type, "threads": args.threads, "cpu_count": os.cpu_count(),
+                   "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                   "amp": args.amp, "compile": bool(args.compile),
                    "processor": platform.processor() or platform.machine(),
                    "platform": platform.platform()},
         "command": cmd,
