@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 
 from conftest import make_image_folder
 from vpt.cli import main
-from vpt.engine import evaluate
 from vpt.engine.build import memory_format
 
 
@@ -47,8 +46,6 @@ def test_channels_last_trains_like_default(tmp_path, one_thread):
 
 def test_channels_last_eval_matches(one_thread):
     import vpt
-    from vpt.data import ImageDataset
-    from vpt.data.transforms import EvalTransform
     from vpt.backbones import create_backbone
     bb = create_backbone("timm:resnet10t", pretrained=False, init_seed=0,
                          model_kwargs={"zero_init_last": False, "pretrained_cfg_overlay": {"input_size": (3, 32, 32)}})
