@@ -91,3 +91,21 @@ def test_pixel_tasks_on_a_cnn():
         out = mt(x, ["a", "b", "a"])
         torch.testing.assert_close(out[1], b(x[1:2])[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out[2], a(x[2:3])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_key_mask_decided_on_host():
+    """Tasks with equal prompt lengths need no key mask, and PromptMix says so without a device sync."""
+    from vpt.multitask import PromptMix
+    bb = create_backbone(*BACKBONES["vit"][:1], pretrained=False, model_kwargs=BACKBONES["vit"][1])
+    a, b, c = (vpt.create_model(bb, prompt={"kind": "vpt_deep", "num_tokens": n}, num_classes=2).prompt
+               for n in (3, 3, 5))
+    index = torch.tensor([0, 1, 1, 0])
+    same = PromptMix([a, b], index, bb.layout.num_prefix)
+    assert same.tok_full and same.key_mask(0, same.P, 10) is None
+    mixed = PromptMix([a, c], index, bb.layout.num_prefix)
+    mask = mixed.key_mask(0, mixed.P, 12)
+    assert not mixed.tok_full and mask.shape == (4, 12)
+    k = bb.layout.num_prefix
+    assert mask[0, k:k + 5].tolist() == [True, True, True, False, False]  # task 0 has 3 of the 5 slots
+    assert mask[1, k:k + 5].all()
+    assert mixed.key_mask(0, 0, 7) is None  # no prompt tokens in the sequence: nothing to mask

@@ -50,6 +50,8 @@ class PromptMix(PromptModule):
         per_task_p = torch.tensor([p.num_tokens if p is not None and p.uses_tokens else 0 for p in self.tasks])
         per_task_kv = torch.tensor([p.num_prefix if p is not None and p.uses_kv else 0 for p in self.tasks])
         self.P, self.Pkv = int(per_task_p.max()), int(per_task_kv.max())
+        # known on the host: when every task has as many slots as the longest, no key needs masking
+        self.tok_full, self.kv_full = bool((per_task_p == self.P).all()), bool((per_task_kv == self.Pkv).all())
         dev = index.device
         # valid[b, j]: prompt slot j exists for sample b's task
         self.tok_valid = (torch.arange(self.P, device=dev)[None] < per_task_p.to(dev)[index][:, None])  # (B, P)
@@ -91,12 +93,13 @@ class PromptMix(PromptModule):
         return keys, vals
 
     def key_mask(self, i, num_prompts, seq_len):
+        if (not num_prompts or self.tok_full) and (i not in self.kv_layers or self.kv_full):
+            return None  # decided on the host: no device sync per block
         B = self.index.shape[0]
         seq = torch.ones(B, seq_len, dtype=torch.bool, device=self.index.device)
         if num_prompts:
             seq[:, self.k:self.k + num_prompts] = self.tok_valid
-        mask = torch.cat([self.kv_valid, seq], dim=1) if i in self.kv_layers else seq  # (B, Pkv + L)
-        return None if bool(mask.all()) else mask
+        return torch.cat([self.kv_valid, seq], dim=1) if i in self.kv_layers else seq  # (B, Pkv + L)
 
 
 class MultiTaskModel(nn.Module):
