@@ -297,3 +297,17 @@ def test_train_backbone_unfreezes_only_the_image_tower(env):
     assert "head.weight" in trainable and "backbone.model.visual.proj" in trainable
     assert all(n.startswith(("head.", "backbone.model.visual.")) for n in trainable)
     assert model.templates == []  # a random linear head encodes no templates
+
+
+def test_encode_image_fast_path_equals_reference(env):
+    """encode_image computes only the class token in the last block, and equals the full (reference) path."""
+    torch.manual_seed(2)
+    model = clip_model(env, prompt={"kind": "vpt_deep", "num_tokens": 2}).eval()
+    model.prompt.prompts.data.mul_(20)
+    assert model.fast and model.reads_prefix_only()
+    with torch.no_grad():
+        assert model.head_features(env["images"][:2]).shape[1] == model.backbone.layout.num_prefix
+        fast = model.encode_image(env["images"])
+        model.fast = False
+        reference = model.encode_image(env["images"])
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)

@@ -190,7 +190,7 @@ class PromptedCLIP(PromptedModel):
     # --- CLIP interface ---------------------------------------------------------------------------
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """The prompted image encoder: the projected image embedding (as open_clip's ``encode_image``)."""
-        feats = self.pool_features(self.forward_features(image))  # (B, E)
+        feats = self.pool_features(self.head_features(image))  # (B, E)
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:

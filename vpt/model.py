@@ -252,12 +252,16 @@ class PromptedModel(AdapterMixin, nn.Module):
         return (self.backbone.supports_tokens and
                 (pool == "cls" or (pool == "backbone" and self.backbone.pool_reads_prefix_only())))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def head_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``forward_head`` needs from images: ``forward_features``, except that when the head reads only
+        the prefix (class) tokens, the last block computes those alone and only they come out."""
         if self.fast and self.reads_prefix_only():
-            # the last block computes the prefix (class) tokens alone: nothing else reaches the head
             h, _, _ = self._encode(x, last_queries=self.backbone.layout.num_prefix)
-            return self.forward_head(self.backbone.finish(h))
-        return self.forward_head(self.forward_features(x))
+            return self.backbone.finish(h)
+        return self.forward_features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.head_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
