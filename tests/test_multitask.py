@@ -109,3 +109,27 @@ def test_key_mask_decided_on_host():
     assert mask[0, k:k + 5].tolist() == [True, True, True, False, False]  # task 0 has 3 of the 5 slots
     assert mask[1, k:k + 5].all()
     assert mixed.key_mask(0, 0, 7) is None  # no prompt tokens in the sequence: nothing to mask
+
+
+def test_mask_bias_follows_autocast():
+    """Under autocast q/k are bf16 while the residual stream is fp32: the key-mask bias takes q's dtype."""
+    from vpt.backbones.base import mask_bias
+    h, key_mask = torch.zeros(2, 4, 8), torch.tensor([[True, False, True], [True, True, True]])
+    assert mask_bias(key_mask, h).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bias = mask_bias(key_mask, h)
+    assert bias.dtype == torch.bfloat16 and bias.shape == (2, 1, 1, 3)
+    assert bias[0, 0, 0].tolist() == [0.0, float("-inf"), 0.0]
+    # and a mixed batch that needs the mask runs under bf16 autocast, close to fp32
+    name, kw = BACKBONES["vit"]
+    bb = create_backbone(name, pretrained=False, model_kwargs=kw)
+    tasks = {n: m for n, m in build_tasks(bb).items() if n in ("deep3", "deep5")}
+    mt = MultiTaskModel(tasks)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    names = ["deep3", "deep5", "deep5", "deep3"]
+    with torch.no_grad():
+        ref = mt(x, names)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = mt(x, names)
+    for a, b in zip(low, ref):
+        torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.05)

@@ -80,10 +80,14 @@ def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
     return sd
 
 
-def mask_bias(key_mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """bool (B, Lk) key mask -> additive attention bias (B, 1, 1, Lk): 0 where valid, -inf elsewhere."""
+def mask_bias(key_mask: Optional[torch.Tensor], h: torch.Tensor) -> Optional[torch.Tensor]:
+    """bool (B, Lk) key mask -> additive attention bias (B, 1, 1, Lk): 0 where valid, -inf elsewhere, in the
+    dtype the attention of hidden states ``h`` computes in (the autocast dtype under autocast, where q and k
+    are bf16/fp16 while ``h`` stays fp32: a fused attention kernel wants the bias in q's dtype)."""
     if key_mask is None:
         return None
+    kind = h.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else h.dtype
     bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
     return bias.masked_fill(~key_mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, Lk)
 

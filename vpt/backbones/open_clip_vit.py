@@ -120,7 +120,7 @@ class OpenClipViTAdapter(BackboneAdapter):
             raise BackboneError(self.prefix_refusal)
         # a per-sample key mask goes through SDPA here: nn.MultiheadAttention would need (B*H, L, L)
         pk, pv = kv if kv is not None else (None, None)
-        a = mha_with_prefix(blk.attn, blk.ln_1(h), pk, pv, mask_bias(key_mask, h.dtype), num_queries)
+        a = mha_with_prefix(blk.attn, blk.ln_1(h), pk, pv, mask_bias(key_mask, h), num_queries)
         if num_queries is not None:
             h = h[:, :num_queries]
         h = h + blk.ls_1(a)

@@ -53,7 +53,7 @@ class TimmEvaAdapter(BackboneAdapter):
         if rope is not None:
             rope = rope[i] if self._mixed else rope
             rope = pad_rope(rope, h.shape[1] - ctx.num_tokens)
-        return self.model.blocks[i](h, rope=rope, attn_mask=mask_bias(key_mask, h.dtype))
+        return self.model.blocks[i](h, rope=rope, attn_mask=mask_bias(key_mask, h))
 
     def finish(self, h):
         return self.model.norm(h)

@@ -158,7 +158,7 @@ class TimmViTAdapter(BackboneAdapter):
 
     def block(self, i, h, ctx, kv=None, key_mask=None, num_queries=None, lean=False):
         blk = self.model.blocks[i]
-        bias = mask_bias(key_mask, h.dtype)
+        bias = mask_bias(key_mask, h)
         if kv is None and num_queries is None and not lean:
             return blk(h) if bias is None else blk(h, attn_mask=bias)
         if not self.supports_fast_blocks:
