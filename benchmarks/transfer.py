@@ -295,6 +295,10 @@ def parse_grid(specs: List[str], arms: List[str]) -> Dict[str, List[float]]:
 
 def sweep(args) -> int:
     setup = SETUPS[args.setup]
+    import importlib.util
+    if importlib.util.find_spec("vpt") is None:  # one clear error, not one traceback per run
+        raise SystemExit(f"error: {sys.executable} cannot import vpt, which every run needs: "
+                         f"run `pip install -e .` in the repository first")
     sys.path.insert(0, HERE)
     from datasets import read_manifest
     for t in args.tasks:
@@ -303,7 +307,7 @@ def sweep(args) -> int:
         args.weights = effnet_weights()
     if args.setup == "vit_tiny_cifar10" and not args.control and not args.weights and not args.backbone:
         raise SystemExit("error: pass --weights FILE (export one with `transfer.py export-vit STATE.pt`) or "
-                         "--backbone vpt:vit_tiny_cifar10 once it ships; --control runs the random-init copy")
+                         "--backbone vpt:vit_tiny_cifar10 (the shipped weights); --control runs the random-init copy")
     grid = parse_grid(args.grid, args.arms)
     cells = [(task, arm) for task in args.tasks for arm in args.arms]
     planned = sum(len(grid[a]) + len(args.seeds) - 1 for _, a in cells)
