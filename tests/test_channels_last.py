@@ -26,17 +26,29 @@ def cnn_recipe(path, **train):
     return str(path)
 
 
-def test_channels_last_trains_like_default(tmp_path, one_thread):
+def test_channels_last_trains_like_default(tmp_path, one_thread, monkeypatch):
+    from vpt.model import PromptedModel
+    seen, forward = [], PromptedModel.forward
+
+    def spy(self, x):  # the layout the model really gets: inputs and the stem's weights
+        w = self.backbone.model.conv1[0].weight
+        seen.append((x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1,
+                     w.is_contiguous(memory_format=torch.channels_last)))
+        return forward(self, x)
+    monkeypatch.setattr(PromptedModel, "forward", spy)
     data = make_image_folder(tmp_path / "data", per_class=6)
-    runs = {}
+    runs, layouts = {}, {}
     for cl in (False, True):
+        seen.clear()
         out = str(tmp_path / f"cl{cl}")
         recipe = cnn_recipe(tmp_path / f"r{cl}.yaml", channels_last=cl)
         assert main(["train", "-c", recipe, "--data", data, "--output", out, "--set", "data.val_fraction=0.25"]) == 0
         runs[cl] = (json.load(open(os.path.join(out, "results.json"))),
                     load_file(os.path.join(out, "last", "adapter_model.safetensors")))
+        layouts[cl] = set(seen)
         # the saved artifact evaluates the same way from a fresh process view (NCHW model)
         assert main(["eval", os.path.join(out, "last"), "--data", data, "--split", "val"]) == 0
+    assert layouts == {False: {(False, False)}, True: {(True, True)}}  # train and eval steps alike
     assert runs[True][0]["config"]["train"]["channels_last"] is True
     assert set(runs[True][1]) == set(runs[False][1])
     for k, v in runs[False][1].items():
