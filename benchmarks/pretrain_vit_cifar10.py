@@ -30,6 +30,7 @@ machine/library versions).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -253,23 +254,20 @@ def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float) -> flo
 
 def autocast(device: torch.device, amp: str):
     """bf16 autocast on the training device, or nothing (fp32)."""
-    import contextlib
     if amp == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor,
-             amp: str = "fp32") -> tuple[int, int, float]:
-    """Returns (correct, total, mean CE loss); runs on the model's device, in fp32 unless ``amp``."""
+def evaluate(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor) -> tuple[int, int, float]:
+    """Returns (correct, total, mean CE loss); runs in fp32 on the model's device."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     correct, loss_sum = 0, 0.0
     for i in range(0, len(y), EVAL_BATCH):
-        with autocast(device, amp):
-            logits = model(to_input(x_u8[i : i + EVAL_BATCH].to(device))).float()
+        logits = model(to_input(x_u8[i : i + EVAL_BATCH].to(device)))
         yb = y[i : i + EVAL_BATCH].to(device)
         correct += int((logits.argmax(1) == yb).sum())
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
@@ -450,6 +448,8 @@ def train(args) -> int:
     mixer = None
     if args.mixup or args.cutmix:
         from timm.data import Mixup  # random draws from numpy's global RNG: seeded, saved and restored
+        from timm.loss import SoftTargetCrossEntropy
+        soft_ce = SoftTargetCrossEntropy()
         mixer = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing,
                       num_classes=len(classes))
     net = torch.compile(model) if args.compile else model
@@ -484,7 +484,7 @@ def train(args) -> int:
             with autocast(device, args.amp):
                 if mixer is not None:
                     xb, soft = mixer(xb, yb)
-                    loss = torch.sum(-soft * F.log_softmax(net(xb).float(), dim=-1), dim=-1).mean()
+                    loss = soft_ce(net(xb).float(), soft)
                 else:
                     loss = F.cross_entropy(net(xb).float(), yb, label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
