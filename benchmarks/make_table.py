@@ -138,7 +138,8 @@ def render(records: List[dict], scale: str = None) -> str:
         n_seeds = len({r["seed"] for r in recs})
         head = (f"**{tag}** (scale: {sc}; {r0['epochs']} epochs; seeds: {n_seeds}; device: {r0['device']}; "
                 f"backbone: {r0['config']['model']['backbone']['name']}"
-                f"{', random init (control)' if r0.get('control') else ''})")
+                f"{', random init (control)' if r0.get('control') else ''}"
+                f"{f', weights sha256 {next(iter(shas))[:12]}' if len(shas) == 1 and None not in shas else ''})")
         if len(shas) > 1:
             head += (f"\n\n> warning: these runs used {len(shas)} different backbone weights files; "
                      f"rerun them or split the tag")

@@ -13,6 +13,12 @@ On a GPU the whole data set lives in GPU memory and steps run under bf16 autocas
     python3 benchmarks/pretrain_vit_cifar10.py --out runs/pretrain_gpu --device cuda --epochs 200 \
         --batch-size 512 --lr 2e-3 --warmup-epochs 5 --mixup 0.8 --cutmix 1.0 --compile
 
+Continue from an earlier run's weights (a new schedule from those weights; a second stage on a machine
+too slow for one long run)::
+
+    python3 benchmarks/pretrain_vit_cifar10.py --out runs/stage2 --init-from runs/pretrain/vit_tiny_cifar10.safetensors \
+        --epochs 20 --lr 5e-4 --warmup-epochs 1
+
 Verify a shipped weights file (prints the CIFAR-10 test top-1)::
 
     python3 benchmarks/pretrain_vit_cifar10.py --eval-only path/to/vit_tiny_cifar10.safetensors
@@ -298,13 +304,37 @@ def load_weights(path: Path) -> torch.nn.Module:
     return model
 
 
+def init_record(path: Path) -> dict:
+    """What a run started from: the weights file, its sha256, and (if its results file is beside it)
+    that run's accuracy, epochs, wall time and command, so a staged recipe stays traceable."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise SystemExit(f"--init-from {path}: no such file; pass the .safetensors a previous run of this "
+                         "script exported (<out>/vit_tiny_cifar10.safetensors)")
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("vpt", "{}"))
+    if meta.get("model_name") != MODEL_NAME or meta.get("model_kwargs") != MODEL_KWARGS:
+        raise SystemExit(f"--init-from {path}: made for {meta.get('model_name')} {meta.get('model_kwargs')}, "
+                         f"not this script's {MODEL_NAME} {MODEL_KWARGS}; start from a file this script exported")
+    rec = {"path": str(path), "sha256": sha256_file(path)}
+    res = path.with_suffix(".json")
+    res = res if res.exists() else path.parent / "results.json"
+    if res.exists():
+        r = json.loads(res.read_text())
+        if r.get("weights_sha256") == rec["sha256"]:
+            rec.update({k: r.get(k) for k in ("test_top1", "epochs", "train_wall_time_s", "command", "init")})
+    return rec
+
+
 # --------------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------------
 # Hyper-parameters that must match when resuming.
 RESUME_KEYS = ("epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs",
-               "label_smoothing", "clip_grad", "seed", "limit_train", "limit_test", "mixup", "cutmix", "amp")
-NEW_KEY_DEFAULTS = {"mixup": 0.0, "cutmix": 0.0, "amp": "fp32"}
+               "label_smoothing", "clip_grad", "seed", "limit_train", "limit_test", "mixup", "cutmix", "amp",
+               "init_sha256")
+NEW_KEY_DEFAULTS = {"mixup": 0.0, "cutmix": 0.0, "amp": "fp32", "init_sha256": None}
 
 
 def parse_args(argv=None):
@@ -334,6 +364,8 @@ def parse_args(argv=None):
     p.add_argument("--time-budget-min", type=float, default=None,
                    help="only used to log an ETA vs. this budget; changes nothing")
     p.add_argument("--resume", action="store_true", help="resume from <out>/state.pt if present")
+    p.add_argument("--init-from", type=Path, default=None, metavar="WEIGHTS",
+                   help="start from a weights file this script exported (a new schedule from there)")
     p.add_argument("--eval-only", type=Path, default=None, metavar="WEIGHTS",
                    help="evaluate a safetensors weights file on the test set and exit")
     p.add_argument("--log-every", type=int, default=100,
@@ -347,6 +379,8 @@ def parse_args(argv=None):
     args.cache_dir = args.cache_dir.expanduser().resolve()
     if args.out is not None:
         args.out = args.out.expanduser().resolve()
+    if args.init_from is not None:
+        args.init_from = args.init_from.expanduser().resolve()
     if args.eval_only is None and args.out is None:
         p.error("--out is required for training")
     if args.device == "auto":
@@ -424,10 +458,19 @@ def train(args) -> int:
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
 
-    model = build_model().to(device)
+    init = None
+    if args.init_from is not None:
+        init = init_record(args.init_from)
+        model = load_weights(args.init_from)
+        log(f"init from {init['path']} sha256 {init['sha256']}"
+            + (f" (test top-1 {init['test_top1']:.2f}%)" if init.get("test_top1") is not None else ""))
+    else:
+        model = build_model()
+    model = model.to(device)
     model.train()
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr,
                             betas=(0.9, 0.999), eps=1e-8)
+    args.init_sha256 = init["sha256"] if init else None
     hp = {k: getattr(args, k) for k in RESUME_KEYS}
     start_epoch, step, history, train_time = 0, 0, [], 0.0
 
@@ -574,7 +617,9 @@ def train(args) -> int:
                    "processor": platform.processor() or platform.machine(),
                    "platform": platform.platform()},
         "command": cmd,
+        "init": init,
         "train_wall_time_s": train_time,
+        "total_train_wall_time_s": train_time + _chain_time(init),
         "weights": WEIGHTS_NAME,
         "weights_sha256": digest,
         "data_tar": str(args.data_tar),
@@ -586,6 +631,15 @@ def train(args) -> int:
     log(f"exported {wpath} sha256 {digest} | test top-1 {acc:.2f}% ({correct}/{total}) | "
         f"train wall time {fmt_s(train_time)}")
     return 0
+
+
+def _chain_time(init: dict | None) -> float:
+    """Training wall time of the runs this one started from (0 if unknown or none)."""
+    t = 0.0
+    while init:
+        t += init.get("train_wall_time_s") or 0.0
+        init = init.get("init")
+    return t
 
 
 def main(argv=None) -> int:

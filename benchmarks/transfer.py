@@ -209,7 +209,8 @@ def run_one(args, setup: dict, task: str, arm: str, lr: float, seed: int, path: 
         "trainable_percent": 100.0 * res["trainable_params"] / max(res["total_params"], 1),
         "train_seconds": epoch_seconds(run_dir), "wall_seconds": wall,
         "train_images_per_second": res["throughput"]["train_images_per_second"],
-        "backbone_weights_sha256": _sha256(weights) if weights else None,
+        "backbone_weights_id": res["backbone"]["weights_id"],
+        "backbone_weights_sha256": _sha256(weights) if weights else _file_sha(res["backbone"]["weights_id"]),
         "data": {**res["data"], "manifest_source_sha256": manifest.get("source_sha256"),
                  "licence": manifest.get("licence")},
         "command": " ".join(shlex.quote(c) for c in [os.path.basename(cmd[0]), *cmd[1:]]),
@@ -236,6 +237,10 @@ def run_one(args, setup: dict, task: str, arm: str, lr: float, seed: int, path: 
 
 
 _SHA: Dict[str, str] = {}
+
+
+def _file_sha(weights_id: str) -> Optional[str]:
+    return weights_id[5:] if weights_id.startswith("file:") else None
 
 
 def _sha256(path: str) -> str:
@@ -265,6 +270,20 @@ def select_lr(records: List[dict]) -> Optional[float]:
     return min(grid, key=lambda r: (-r["val_top1"], r["lr"]))["lr"]
 
 
+def expected_weights_sha(args) -> Optional[str]:
+    """sha256 of the backbone weights this sweep runs with (--weights FILE, or the file a shipped vpt:NAME
+    backbone is today); None where no file is involved (random-init control, hub weights)."""
+    if args.control:
+        return None
+    if args.weights:
+        return _sha256(os.path.abspath(os.path.expanduser(args.weights)))
+    if args.backbone and args.backbone.startswith("vpt:"):
+        from vpt.weights import SHIPPED
+        entry = SHIPPED.get(args.backbone[4:])
+        return entry["sha256"] if entry else None
+    return None
+
+
 def load_record(path: str, args=None) -> Optional[dict]:
     """An existing result (the sweep skips it); refuse one made with other epochs or other weights."""
     if not os.path.isfile(path):
@@ -272,8 +291,8 @@ def load_record(path: str, args=None) -> Optional[dict]:
     with open(path, encoding="utf-8") as f:
         rec = json.load(f)
     if args is not None:
-        w = os.path.abspath(os.path.expanduser(args.weights)) if args.weights and not args.control else None
-        same = rec["epochs"] == args.epochs and (w is None or rec.get("backbone_weights_sha256") == _sha256(w))
+        want = expected_weights_sha(args)
+        same = rec["epochs"] == args.epochs and (want is None or rec.get("backbone_weights_sha256") == want)
         if not same:
             raise SystemExit(f"error: {path} was made with other epochs or backbone weights; use another --tag "
                              f"(or --out) for this sweep, or delete the old results")

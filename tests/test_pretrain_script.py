@@ -83,3 +83,36 @@ def test_mixup_bf16_options(script, tmp_path):
     assert np.isfinite(r["history"][0]["train_loss"]) and 0 <= r["test_top1"] <= 100
     with pytest.raises(SystemExit):
         script.parse_args(args(tmp_path, out, "--mixup", "0.8", "--batch-size", "7"))
+
+
+def test_init_from_previous_run(script, tmp_path):
+    """A second stage starts from the first one's exported weights, and records where it came from."""
+    from safetensors.torch import load_file, save_file
+
+    fake_tar(tmp_path / "c10.tar.gz")
+    assert script.main(args(tmp_path, tmp_path / "s1", "--epochs", "1")) == 0
+    w1 = tmp_path / "s1" / script.WEIGHTS_NAME
+    r1 = json.loads((tmp_path / "s1" / "results.json").read_text())
+    # lr ~0: the second stage's weights stay the first stage's, so the init really was loaded
+    assert script.main(args(tmp_path, tmp_path / "s2", "--epochs", "1", "--init-from", str(w1),
+                            "--lr", "1e-12", "--min-lr", "1e-12")) == 0
+    r2 = json.loads((tmp_path / "s2" / "results.json").read_text())
+    a, b = load_file(str(w1)), load_file(str(tmp_path / "s2" / script.WEIGHTS_NAME))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert r2["test_correct"] == r1["test_correct"]
+    assert r2["init"]["sha256"] == r1["weights_sha256"] and r2["init"]["test_top1"] == r1["test_top1"]
+    assert r2["init"]["epochs"] == 1 and r2["init"]["command"] == r1["command"]
+    assert r2["total_train_wall_time_s"] == pytest.approx(r1["train_wall_time_s"] + r2["train_wall_time_s"])
+    # resuming with another init file is another recipe
+    assert script.main(args(tmp_path, tmp_path / "s3", "--epochs", "2", "--init-from", str(w1),
+                            "--max-epochs-this-run", "1")) == 0
+    w_other = tmp_path / "s2" / script.WEIGHTS_NAME
+    with pytest.raises(SystemExit, match="hyper-parameters differ"):
+        script.main(args(tmp_path, tmp_path / "s3", "--epochs", "2", "--init-from", str(w_other), "--resume"))
+    # files that are not this script's export are refused with the reason
+    with pytest.raises(SystemExit, match="no such file"):
+        script.main(args(tmp_path, tmp_path / "s4", "--init-from", str(tmp_path / "nope.safetensors")))
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(a, str(foreign), metadata={"vpt": json.dumps({"model_name": "resnet18", "model_kwargs": {}})})
+    with pytest.raises(SystemExit, match="made for resnet18"):
+        script.main(args(tmp_path, tmp_path / "s5", "--init-from", str(foreign)))

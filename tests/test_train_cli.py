@@ -59,6 +59,8 @@ def test_run_folder_contents(trained):
     assert r["trainable_params"] > 0 and r["trainable_params"] < r["total_params"]
     assert r["throughput"]["train_images_per_second"] > 0
     assert r["versions"]["torch"] and r["device"].startswith("cpu") and r["config"]["train"]["seed"] == 1
+    # which weights: random init here (init_seed defaults to 0); a weights file would be 'file:<sha256>'
+    assert r["backbone"] == {"name": TINY_VIT_NAME, "arch": r["backbone"]["arch"], "weights_id": "random:0"}
     assert r["test"]["top1"] >= 75.0  # colour classes are easy: the prompts + head learn them
     rows = open(os.path.join(out, "metrics.csv")).read().splitlines()
     assert len(rows) == 4 and rows[0].startswith("epoch,lr,train_loss")

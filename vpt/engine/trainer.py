@@ -305,6 +305,9 @@ class Trainer:
             "data": {"root": cfg.data.root, "classes": self.splits.class_names, "train": len(self.splits.train),
                      "val": len(self.splits.val), "test": len(self.splits.test), "sources": self.splits.source,
                      "ignored_non_image_files": self.splits.ignored_files},
+            # which weights these are ('file:<sha256>', 'random:<seed>', 'hub:<tag>'), so results made
+            # with different backbone weights under one name (vpt:NAME, hub tags) can be told apart
+            "backbone": {k: self.model.backbone.identity()[k] for k in ("name", "arch", "weights_id")},
             "world_size": info.world_size,
             "device": device_name(self.device),
             "versions": versions(),
