@@ -125,6 +125,22 @@ def gain_table(main: List[dict], control: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def stale_shipped(name: str, shas: set) -> str:
+    """A note when results of a shipped ``vpt:NAME`` backbone were made with weights it no longer ships."""
+    if not name.startswith("vpt:") or len(shas) != 1 or None in shas:
+        return ""
+    try:
+        from vpt.weights import SHIPPED
+    except ImportError:
+        return ""
+    entry = SHIPPED.get(name[4:])
+    if entry is None or entry["sha256"] in shas:
+        return ""
+    return (f"made with earlier weights of {name} (sha256 {next(iter(shas))[:12]}); it now ships sha256 "
+            f"{entry['sha256'][:12]} (CIFAR-10 test top-1 {entry['cifar10_test_top1']:.2f} %): rerun these "
+            f"to measure the shipped model")
+
+
 def render(records: List[dict], scale: str = None) -> str:
     groups: Dict[tuple, List[dict]] = defaultdict(list)
     for r in records:
@@ -143,6 +159,9 @@ def render(records: List[dict], scale: str = None) -> str:
         if len(shas) > 1:
             head += (f"\n\n> warning: these runs used {len(shas)} different backbone weights files; "
                      f"rerun them or split the tag")
+        stale = stale_shipped(r0["config"]["model"]["backbone"]["name"], shas)
+        if stale and not r0.get("control"):
+            head += f"\n\n> {stale}"
         block = head + "\n\n" + table(recs)
         if tag.endswith("-control") and (sc, tag[:-len("-control")]) in groups:
             gains = gain_table(groups[(sc, tag[:-len("-control")])], recs)

@@ -44,3 +44,12 @@ def test_tables(tmp_path):
     assert "| mnist | +2.0 / -0.5 |" in text and "| **mean** | +2.0 / -0.5 |" in text
     # measured scales first, smoke folded below them
     assert text.index("**m**") < text.index("**m-control**") < text.index("<details>") < text.index("**s**")
+
+
+def test_results_of_earlier_shipped_weights_are_marked(tmp_path, monkeypatch):
+    from vpt.weights import SHIPPED
+    recs = [rec("m", "mnist", "linear", 0.1, 0, 50.0, 60.0)]
+    recs[0]["backbone_weights_sha256"] = SHIPPED["vit_tiny_cifar10"]["sha256"]
+    assert "earlier weights" not in make_table.render(recs)
+    monkeypatch.setitem(SHIPPED, "vit_tiny_cifar10", {**SHIPPED["vit_tiny_cifar10"], "sha256": "f" * 64})
+    assert "made with earlier weights of vpt:vit_tiny_cifar10" in make_table.render(recs)
