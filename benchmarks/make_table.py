@@ -160,7 +160,7 @@ def render(records: List[dict], scale: str = None) -> str:
             head += (f"\n\n> warning: these runs used {len(shas)} different backbone weights files; "
                      f"rerun them or split the tag")
         stale = stale_shipped(r0["config"]["model"]["backbone"]["name"], shas)
-        if stale and not r0.get("control"):
+        if stale:
             head += f"\n\n> {stale}"
         block = head + "\n\n" + table(recs)
         if tag.endswith("-control") and (sc, tag[:-len("-control")]) in groups:

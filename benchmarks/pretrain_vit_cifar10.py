@@ -304,6 +304,13 @@ def load_weights(path: Path) -> torch.nn.Module:
     return model
 
 
+def results_beside(weights: Path) -> Path:
+    """The training record of a weights file: <stem>.json beside a shipped file (vpt/weights/), else the
+    run folder's results.json (which may not exist)."""
+    res = weights.with_suffix(".json")
+    return res if res.exists() else weights.parent / "results.json"
+
+
 def init_record(path: Path) -> dict:
     """What a run started from: the weights file, its sha256, and (if its results file is beside it)
     that run's accuracy, epochs, wall time and command, so a staged recipe stays traceable."""
@@ -318,8 +325,7 @@ def init_record(path: Path) -> dict:
         raise SystemExit(f"--init-from {path}: made for {meta.get('model_name')} {meta.get('model_kwargs')}, "
                          f"not this script's {MODEL_NAME} {MODEL_KWARGS}; start from a file this script exported")
     rec = {"path": str(path), "sha256": sha256_file(path)}
-    res = path.with_suffix(".json")
-    res = res if res.exists() else path.parent / "results.json"
+    res = results_beside(path)
     if res.exists():
         r = json.loads(res.read_text())
         if r.get("weights_sha256") == rec["sha256"]:
@@ -423,9 +429,7 @@ def run_eval_only(args) -> int:
     print(f"sha256: {sha256_file(path)}")
     print(f"test top-1: {acc:.2f}% ({correct}/{total}), test loss {loss:.4f}, "
           f"{total / (time.time() - t0):.0f} img/s")
-    # the run's results: <weights stem>.json beside a shipped file (vpt/weights/), else the run's results.json
-    res = path.with_suffix(".json")
-    res = res if res.exists() else path.parent / "results.json"
+    res = results_beside(path)
     if res.exists():
         r = json.loads(res.read_text())
         if r.get("test_correct") is not None and r.get("n_test") == total:

@@ -196,7 +196,6 @@ def run_one(args, setup: dict, task: str, arm: str, lr: float, seed: int, path: 
         res = json.load(f)
     from datasets import read_manifest
     manifest = read_manifest(args.data_root, task)
-    weights = res["config"]["model"]["backbone"].get("weights")
     record = {
         "benchmark": "transfer", "scale": args.scale, "tag": args.tag, "setup": args.setup, "control": args.control,
         "task": task, "arm": arm, "lr": lr, "seed": seed, "grid_seed": args.seeds[0],
@@ -210,7 +209,7 @@ def run_one(args, setup: dict, task: str, arm: str, lr: float, seed: int, path: 
         "train_seconds": epoch_seconds(run_dir), "wall_seconds": wall,
         "train_images_per_second": res["throughput"]["train_images_per_second"],
         "backbone_weights_id": res["backbone"]["weights_id"],
-        "backbone_weights_sha256": _sha256(weights) if weights else _file_sha(res["backbone"]["weights_id"]),
+        "backbone_weights_sha256": _file_sha(res["backbone"]["weights_id"]),  # vpt hashed the file it loaded
         "data": {**res["data"], "manifest_source_sha256": manifest.get("source_sha256"),
                  "licence": manifest.get("licence")},
         "command": " ".join(shlex.quote(c) for c in [os.path.basename(cmd[0]), *cmd[1:]]),
