@@ -22,8 +22,8 @@ SHIPPED: Dict[str, Dict[str, Any]] = {
         },
         "file": "vit_tiny_cifar10.safetensors",
         "card": "vit_tiny_cifar10.md",
-        "sha256": "030b93f74b9bc5cba5b6ecfabd9258969387c11ee5c7797dae57388e6f22e8b1",
-        "cifar10_test_top1": 68.90,
+        "sha256": "3ac16fda3cdd565fe24775e36e1ff075f6ab6d6330ac1c992f216977cd5228ef",
+        "cifar10_test_top1": 80.26,
     },
 }
 
