@@ -11,10 +11,11 @@ Heads (``head.kind``):
 Learnable text context (``text``: CoOp, ``vpt.prompts.text``) replaces the templates: the classifier is
 recomputed from the context through the frozen text encoder; combinable with any visual prompt.
 
-The model keeps ``encode_image`` / ``encode_text`` / ``tokenizer``, so CLIP_benchmark-style code
-(``evaluate(model, dataloader, tokenizer, classnames, templates, device)``) scores the prompted image
-encoder unchanged. ``encode_text`` is the frozen text tower (a learned CoOp context replaces templates,
-it does not rewrite arbitrary text).
+PromptedCLIP answers like ``open_clip.CLIP`` (``model(image, text)`` with ``output_dict``, ``logit_scale`` /
+``logit_bias``, ``encode_image`` / ``encode_text(normalize=)``, a ``.visual`` with the prompts inside,
+``open_clip.get_model_preprocess_cfg``), so open_clip's training step (ClipLoss / SigLipLoss), its zero-shot
+evaluation and CLIP_benchmark's ``evaluate`` run on the prompted model unchanged. ``encode_text`` is the
+frozen text tower (a learned CoOp context replaces templates, it does not rewrite arbitrary text).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from torch import nn
 
 from .backbones import BackboneAdapter, BackboneConfig, create_backbone
 from .config import ConfigError, from_dict, to_dict
-from .model import PromptedModel
+from .model import AdapterMixin, PromptedModel
+from .prompts import prompt_to_dict
 from .prompts.text import TextContext, resolve_text_config, text_config_to_dict
 from .registry import MODEL_TYPES
 from .zeroshot import clip_tokenizer, load_templates, prompt_name, text_classifier
@@ -103,8 +105,61 @@ def encode_text_embeddings(clip_model: nn.Module, emb: torch.Tensor, tokens: tor
     return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (C, E)
 
 
-class PromptedCLIP(PromptedModel):
-    """Frozen open_clip model + visual prompts + a text-derived head (+ optional CoOp text context)."""
+class PromptedImageTower(PromptedModel):
+    """The prompted image encoder of a PromptedCLIP (its ``.visual``): images (B, C, H, W) -> projected image
+    embeddings (B, E), the prompts inside, like open_clip's ``model.visual``. It registers the image tower
+    only (the text tower is a sibling), and answers open_clip's ``preprocess_cfg`` / ``image_size`` /
+    ``output_dim`` / ``image_mean`` / ``image_std``."""
+
+    def __init__(self, backbone: BackboneAdapter, prompt: Any = None, train_backbone: bool = False):
+        super().__init__(backbone.image_tower(), prompt=prompt, num_classes=0, head={"kind": "linear", "pool": "backbone"},
+                         train_backbone=train_backbone)
+
+    @property
+    def preprocess_cfg(self) -> Dict[str, Any]:
+        own = getattr(self.backbone.visual, "preprocess_cfg", None)
+        if own:
+            return own
+        d = self.data_config
+        return {"size": tuple(d.input_size[1:]), "mean": d.mean, "std": d.std, "interpolation": d.interpolation}
+
+    @property
+    def image_size(self):
+        return self.backbone.visual.image_size
+
+    @property
+    def output_dim(self) -> int:
+        return self.backbone.num_features
+
+    @property
+    def image_mean(self):
+        return self.preprocess_cfg.get("mean", self.data_config.mean)
+
+    @property
+    def image_std(self):
+        return self.preprocess_cfg.get("std", self.data_config.std)
+
+
+class PromptedCLIP(AdapterMixin, nn.Module):
+    """Frozen open_clip model with visual prompts, answering like ``open_clip.CLIP``, plus a classifier.
+
+    Composition (all modules shared with the wrapped open_clip model, nothing copied):
+
+    - ``visual``: :class:`PromptedImageTower`, images -> embeddings with the prompts inside;
+    - ``text``: open_clip's text tower (``encode_text``); ``text_prompt``: an optional CoOp context;
+    - ``logit_scale`` / ``logit_bias``: the model's own parameters;
+    - ``head``: the classifier over class names (zeroshot / linear_init / linear; none with ``text_prompt``);
+    - ``backbone``: the adapter holding the whole frozen open_clip model, and ``prompt`` = ``visual.prompt``
+      (registered first, so parameter and artifact names stay ``backbone.model.*`` and ``prompt.*``).
+
+    Calls:
+
+    - ``model(images)`` (positional, no text): class logits (B, C): what vpt's trainer and evaluation use;
+    - ``model(images, texts)``, ``model(image=..., text=...)``: open_clip's outputs, a dict when
+      ``output_dict`` is set, else ``(image_features, text_features, logit_scale.exp()[, logit_bias])``, so
+      open_clip's training step (ClipLoss / SigLipLoss) and its zero-shot evaluation run unchanged;
+    - ``encode_image`` / ``encode_text`` / ``get_logits`` as open_clip's.
+    """
 
     model_type = "clip"
 
@@ -112,13 +167,22 @@ class PromptedCLIP(PromptedModel):
                  head: Union[str, Mapping[str, Any], ClipHeadConfig, None] = None,
                  text: Union[None, Mapping[str, Any]] = None, train_backbone: bool = False,
                  init_head: bool = True):
+        super().__init__()
         if getattr(backbone, "library", None) != "open_clip":
             raise ConfigError(f"model type 'clip' needs an open_clip backbone (open_clip:ARCH/TAG), got "
                               f"'{backbone.config.name}'; use model type 'classifier' for other backbones")
         if not class_names:
             raise ConfigError("a CLIP classifier needs class names (they are what the text side encodes)")
-        super().__init__(backbone, prompt=prompt, num_classes=0, head={"kind": "linear", "pool": "backbone"},
-                         train_backbone=train_backbone)
+        backbone = backbone.full_adapter
+        visual = PromptedImageTower(backbone, prompt=prompt, train_backbone=train_backbone)
+        self.backbone = backbone
+        self.prompt = visual.prompt
+        self.visual = visual
+        self.text = backbone.text_tower()
+        self.train_backbone = bool(train_backbone)
+        self.prompt_config = visual.prompt_config
+        self.data_config = visual.data_config
+        self.output_dict = bool(getattr(backbone.model, "output_dict", False))  # open_clip's flag (forward's shape)
         self.class_names = [str(c) for c in class_names]
         self.num_classes = len(self.class_names)
         if isinstance(head, str):
@@ -134,22 +198,22 @@ class PromptedCLIP(PromptedModel):
             raise ConfigError(f"learnable text context computes the classifier itself; it needs head.kind "
                               f"zeroshot, not {hc.kind!r} (drop `text` to train a linear head)")
         self.templates = load_templates(hc.templates) if self.text_config is None and hc.kind != "linear" else []
-        if train_backbone:  # full fine-tuning means the image encoder; the text side and logit scale stay frozen
-            for name, p in backbone.model.named_parameters():
-                p.requires_grad_(name.startswith("visual."))
+        for p in backbone.parameters():  # full fine-tuning means the image tower (visual set it); the rest stays frozen
+            p.requires_grad_(False)
+        for p in visual.backbone.parameters():
+            p.requires_grad_(self.train_backbone)
         scale = hc.logit_scale if hc.logit_scale is not None else float(backbone.model.logit_scale.exp())
         self.logit_scale_value = float(scale)
         self._tokenizer = None
         self.text_prompt: Optional[TextContext] = None
         self._text_cache = None
+        self.head: Optional[ClipHead] = None
         if self.text_config is not None:
             tower = _text_tower(backbone.model)
             self.text_prompt = TextContext(self.text_config, tower.token_embedding, self.tokenizer,
                                            [prompt_name(c) for c in self.class_names])
-            self.head = None
         elif hc.kind == "linear":
-            D = backbone.num_features
-            weight = torch.empty(self.num_classes, D)
+            weight = torch.empty(self.num_classes, backbone.num_features)
             nn.init.trunc_normal_(weight, std=0.01)
             self.head = ClipHead(weight, trainable=True)
         else:
@@ -159,6 +223,25 @@ class PromptedCLIP(PromptedModel):
                 clf = torch.zeros(self.num_classes, backbone.num_features)
             self.head = ClipHead(self.logit_scale_value * clf, trainable=hc.kind == "linear_init")
         self.train(False)
+
+    # --- modes ------------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # the text tower and everything frozen: no dropout noise
+        self.visual.train(mode)  # the image tower trains only with train_backbone (PromptedModel.train)
+        return self
+
+    @property
+    def fast(self) -> bool:
+        return self.visual.fast
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        self.visual.fast = bool(value)
+
+    def set_lean(self, mode: Union[bool, float] = True) -> "PromptedCLIP":
+        self.visual.set_lean(mode)
+        return self
 
     # --- the text side ----------------------------------------------------------------------------
     @property
@@ -187,21 +270,81 @@ class PromptedCLIP(PromptedModel):
             self._text_cache = (key, feats)
         return feats
 
-    # --- CLIP interface ---------------------------------------------------------------------------
+    # --- open_clip's CLIP interface ---------------------------------------------------------------
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """The prompted image encoder: the projected image embedding (as open_clip's ``encode_image``)."""
-        feats = self.pool_features(self.head_features(image))  # (B, E)
+        """The prompted image encoder: the projected image embedding (B, E), as open_clip's."""
+        feats = self.visual(image)
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """The frozen open_clip text encoder."""
-        return self.backbone.model.encode_text(text, normalize=normalize)
+        """The frozen open_clip text encoder (a CoOp context replaces templates; it does not rewrite text)."""
+        return self.text(text, normalize=normalize)
 
     @property
-    def logit_scale(self) -> torch.Tensor:
+    def logit_scale(self) -> nn.Parameter:
         return self.backbone.model.logit_scale
 
-    # --- forward ----------------------------------------------------------------------------------
+    @property
+    def logit_bias(self) -> Optional[nn.Parameter]:
+        return getattr(self.backbone.model, "logit_bias", None)
+
+    @property
+    def context_length(self) -> Optional[int]:
+        return self.text.context_length
+
+    @property
+    def vocab_size(self) -> Optional[int]:
+        return self.text.vocab_size
+
+    def get_logits(self, image: torch.Tensor, text: torch.Tensor):
+        """(image_logits (B, T), text_logits (T, B)) as open_clip's ``CLIP.get_logits``."""
+        image_logits = self.logit_scale.exp() * self.encode_image(image, normalize=True) @ \
+            self.encode_text(text, normalize=True).T  # (B, T)
+        if self.logit_bias is not None:
+            image_logits = image_logits + self.logit_bias
+        return image_logits, image_logits.T
+
+    def forward(self, x: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None, *,
+                image: Optional[torch.Tensor] = None):
+        """``model(images)``: class logits (B, C). ``model(images, texts)`` / ``model(image=, text=)``:
+        open_clip's CLIP outputs (see the class docstring)."""
+        if x is not None and image is not None:
+            raise TypeError("pass the images once: model(images) for class logits, or model(image=..., text=...)")
+        if image is None and text is None and x is not None:
+            return self.forward_head(self.head_features(x))
+        image = x if image is None else image
+        image_features = self.encode_image(image, normalize=True) if image is not None else None
+        text_features = self.encode_text(text, normalize=True) if text is not None else None
+        scale, bias = self.logit_scale.exp(), self.logit_bias
+        if self.output_dict:
+            out = {"image_features": image_features, "text_features": text_features, "logit_scale": scale}
+            if bias is not None:
+                out["logit_bias"] = bias
+            return out
+        if bias is not None:
+            return image_features, text_features, scale, bias
+        return image_features, text_features, scale
+
+    # --- the classifier ---------------------------------------------------------------------------
+    @property
+    def grad_from(self) -> int:
+        return self.visual.grad_from
+
+    def _encode(self, *args, **kwargs):
+        return self.visual._encode(*args, **kwargs)
+
+    def reads_prefix_only(self) -> bool:
+        return self.visual.reads_prefix_only()
+
+    def head_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual.head_features(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual.forward_features(x)
+
+    def pool_features(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.visual.pool_features(feats)
+
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = self.pool_features(feats)  # (B, E) projected image embedding
         if pre_logits:
@@ -213,13 +356,21 @@ class PromptedCLIP(PromptedModel):
 
     # --- configs and artifacts --------------------------------------------------------------------
     def to_config(self) -> Dict[str, Any]:
-        config = super().to_config()
         head = to_dict(self.clip_head_config)
         head["templates"] = list(self.templates) if self.templates else head["templates"]  # self-contained
         head["logit_scale"] = self.logit_scale_value
-        config.update(head=head, text=(text_config_to_dict(self.text_config, self.text_prompt.num_tokens)
-                                       if self.text_prompt is not None else None))
-        return config
+        return {
+            "model_type": self.model_type,
+            "backbone": self.backbone.identity(),
+            "prompt": prompt_to_dict(self.prompt_config) if self.prompt_config is not None else None,
+            "head": head,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "train_backbone": self.train_backbone,
+            "preprocessing": to_dict(self.data_config),
+            "text": (text_config_to_dict(self.text_config, self.text_prompt.num_tokens)
+                     if self.text_prompt is not None else None),
+        }
 
     @classmethod
     def from_config(cls, config: Dict[str, Any], backbone: BackboneAdapter) -> "PromptedCLIP":

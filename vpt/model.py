@@ -158,9 +158,13 @@ class PromptedModel(AdapterMixin, nn.Module):
         B, k = h.shape[0], bb.layout.num_prefix
         P, inter = 0, []
         depth = bb.layout.depth if stop is None else stop + 1
+        # the last block computes only the pooled queries where prompts already change the sequence; with no
+        # token / key-value prompt the blocks run as the library's own, so zero prompts stay library-exact
+        in_sequence = (prompt is not None and (prompt.uses_tokens or prompt.uses_kv)
+                       and prompt.first_layer < bb.layout.depth)
         for i in range(depth):
             last, lean = i == depth - 1, i in lean_blocks
-            nq = last_queries if (last and fast and last_queries is not None and not take) else None
+            nq = last_queries if (last and fast and in_sequence and last_queries is not None and not take) else None
             with torch.set_grad_enabled(grad and i >= grad_from):
                 t = kv = mask = None
                 if prompt is not None:

@@ -58,11 +58,40 @@ def _mlp_branch(blk: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return blk.ls_2(blk.mlp(blk.ln_2(h)))
 
 
+class OpenClipTextTower(nn.Module):
+    """open_clip's text tower as one module: the CLIP model's own text pieces (CLIP keeps them flat on the
+    model, CustomTextCLIP in ``.text``), registered here without copying; ``forward`` is the model's own
+    ``encode_text``. The CLIP model itself (and so its ``attn_mask`` buffer) is owned by the backbone adapter."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.__dict__["_clip"] = clip_model  # not a submodule: the backbone adapter registers the model
+        text = getattr(clip_model, "text", None)
+        if isinstance(text, nn.Module):
+            self.text = text
+        else:
+            for name in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection"):
+                setattr(self, name, getattr(clip_model, name, None))
+        owner = text if isinstance(text, nn.Module) else clip_model
+        self.context_length = getattr(owner, "context_length", None)  # open_clip.get_model_tokenize_cfg reads these
+        self.vocab_size = getattr(owner, "vocab_size", None)
+
+    def forward(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self._clip.encode_text(text, normalize=normalize)
+
+
 class OpenClipViTAdapter(BackboneAdapter):
+    """The open_clip CLIP model (both towers). ``image_tower()`` and ``text_tower()`` give views that
+    register one tower each over the same modules (vpt.clip.PromptedCLIP composes them)."""
+
     library = "open_clip"
 
-    def __init__(self, model, config, arch, tag, preprocess_cfg=None):
+    def __init__(self, model, config, arch, tag, preprocess_cfg=None, image_only: bool = False):
         super().__init__(model, config, arch, tag)
+        if image_only:  # register the image tower alone; the whole model stays reachable as .model
+            del self._modules["model"]
+            self.__dict__["model"] = model
+            self.tower = model.visual
         visual = model.visual
         self.token_refusal = _visual_refusal(visual)
         self._preprocess_cfg = dict(preprocess_cfg or {})
@@ -86,6 +115,35 @@ class OpenClipViTAdapter(BackboneAdapter):
     @property
     def visual(self) -> nn.Module:
         return self.model.visual
+
+    # --- towers ---------------------------------------------------------------------------------
+    @property
+    def full_adapter(self) -> "OpenClipViTAdapter":
+        """The adapter that registers the whole CLIP model (self, unless this is an image-tower view)."""
+        return self.__dict__.get("_full", self)
+
+    def image_tower(self) -> "OpenClipViTAdapter":
+        """This adapter registering only the image tower: the same modules, facts and identity."""
+        full = self.full_adapter
+        view = OpenClipViTAdapter(full.model, full.config, full.arch, full.tag, full._preprocess_cfg, image_only=True)
+        view.__dict__["_full"] = full
+        return view
+
+    def text_tower(self) -> OpenClipTextTower:
+        return OpenClipTextTower(self.model)
+
+    def weights_id(self) -> str:
+        full = self.full_adapter
+        return full.weights_id() if full is not self else super().weights_id()
+
+    def identity(self):
+        full = self.full_adapter
+        return full.identity() if full is not self else super().identity()
+
+    @property
+    def preprocess_cfg(self):
+        """open_clip's preprocess config of the image tower (open_clip.get_model_preprocess_cfg's dict)."""
+        return self._preprocess_cfg
 
     def data_config(self) -> DataConfig:
         c = self._preprocess_cfg
