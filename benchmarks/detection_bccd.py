@@ -29,7 +29,6 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 VARIANTS = {"prompted": [], "unprompted": ["model.prompt=null"]}
 
@@ -65,8 +64,10 @@ def main(argv=None) -> int:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    from vpt.detection import commands
-    from vpt.detection.engine import train_detector
+    from vpt.cli import build_parser
+    from vpt.commands.train import command_line, resolve_run_config
+    from vpt.engine import train
+    from vpt.tasks import task_class
 
     data = bccd_dir(args.data, args.cache)
     out = {"benchmark": "detection_bccd",
@@ -76,13 +77,13 @@ def main(argv=None) -> int:
     for name, extra in VARIANTS.items():
         runs = {}
         for seed in args.seeds:
-            ns = argparse.Namespace(config=args.config, data=data, output=os.path.join(args.runs, f"{name}_s{seed}"),
-                                    epochs=None, lr=None, batch_size=None, seed=seed, amp_dtype=None, device=None,
-                                    workers=None, set=[*args.set, *extra], resume=False, overwrite=True)
-            cfg = commands.build_run_config(ns)
+            ns = build_parser().parse_args([
+                "train", "--task", "detection", "-c", args.config, "--data", data, "--seed", str(seed), "--overwrite",
+                "--output", os.path.join(args.runs, f"{name}_s{seed}"),
+                *(a for s in [*args.set, *extra] for a in ("--set", s))])
+            cfg = resolve_run_config(ns)
             t0 = time.perf_counter()
-            res = train_detector(cfg, overwrite=True, command=commands._command("train", ns, {
-                **commands.TRAIN_FLAGS, "seed": 1, "overwrite": 1}))
+            res = train(task_class("detection")(cfg), overwrite=True, command=command_line(ns))
             brief = {k: res[k] for k in ("command", "selection", "best_epoch", "trainable_params", "total_params",
                                          "train_images_per_second", "data", "classes", "label_map", "config")}
             for split in ("val", "test"):

@@ -81,7 +81,7 @@ def test_zeroshot_recipe_with_local_weights(env, tmp_path, capsys):
 
 
 def test_recipes_carry_published_hyperparameters():
-    from vpt.engine.config import RunConfig, validate
+    from vpt.tasks.classification import RunConfig, validate
     from vpt.zeroshot import ZeroShotConfig
     recipes = {os.path.basename(p): p for p in glob.glob(os.path.join(REPO, "configs", "*.yaml"))}
     for arch in ("32", "16"):

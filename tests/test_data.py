@@ -10,7 +10,7 @@ from conftest import make_image_folder
 from vpt.data import (CorruptImageError, DataError, EvalTransform, ImageDataset, TrainTransform, collate, few_shot,
                       load_image, load_splits, stratified_split)
 from vpt.backbones.base import DataConfig
-from vpt.engine.config import AugmentSection
+from vpt.tasks.classification import AugmentSection
 
 
 def test_split_folders_and_class_order(tmp_path):

@@ -1,6 +1,5 @@
 """Detection end to end on tiny VOC / COCO folders: `vpt train / eval / predict --task detection`,
-in-process, through vpt.cli.main and through vpt.detection.commands."""
-import argparse
+in-process, through vpt.cli.main."""
 import json
 import os
 
@@ -9,7 +8,6 @@ import torch
 import yaml
 
 from vpt.cli import main
-from vpt.detection import commands
 
 from conftest import TINY_VIT
 from test_detection_data import make_coco, make_voc
@@ -83,23 +81,23 @@ def test_cli_train_eval_predict_voc(tmp_path, recipe, capsys):
         assert d["class_name"] in ("blue", "red") and d["score"] >= det["score_thresh"] and len(d["box_xyxy"]) == 4
 
 
-def test_commands_train_on_coco_and_resume(tmp_path, recipe):
+def test_train_on_coco_and_resume(tmp_path, recipe):
     data = make_coco(tmp_path / "coco", n=4, splits=("train", "val"))
-    base = dict(config=recipe, data=data, output=str(tmp_path / "run"), epochs=None, lr=None, batch_size=None,
-                seed=None, amp_dtype=None, device=None, workers=None,
-                set=["data.test_split=", "detector.kind=retinanet"], resume=False, overwrite=False)
-    assert commands.train(argparse.Namespace(**base)) == 0
+    base = ["train", "--task", "detection", "-c", recipe, "--data", data, "--set", "data.test_split=",
+            "--set", "detector.kind=retinanet"]
+    run = str(tmp_path / "run")
+    assert main(base + ["--output", run]) == 0
     res = json.load(open(tmp_path / "run" / "results.json"))
     assert res["classes"] == ["red", "blue"] and res["test"] is None and res["data"]["val"] == 4
     _check_metrics(res["val"])
     # resume with one more epoch continues from the saved state
-    assert commands.train(argparse.Namespace(**{**base, "epochs": 2, "resume": True})) == 0
+    assert main(base + ["--output", run, "--epochs", "2", "--resume"]) == 0
     res2 = json.load(open(tmp_path / "run" / "results.json"))
     rows = open(tmp_path / "run" / "metrics.csv").read().strip().splitlines()
     assert len(rows) == 3 and rows[1].startswith("1,") and rows[2].startswith("2,")
     assert res2["config"]["detector"]["kind"] == "retinanet" and res2["config"]["train"]["epochs"] == 2
     # ... exactly as an uninterrupted 2-epoch run (seeded order, seeded augmentation, saved RNG state)
-    assert commands.train(argparse.Namespace(**{**base, "epochs": 2, "output": str(tmp_path / "straight")})) == 0
+    assert main(base + ["--output", str(tmp_path / "straight"), "--epochs", "2"]) == 0
     from safetensors.torch import load_file
     a = load_file(str(tmp_path / "run" / "last" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "straight" / "last" / "adapter_model.safetensors"))
@@ -115,3 +113,49 @@ def test_cli_reports_bad_data_clearly(tmp_path, recipe, capsys):
     assert main(["train", "--task", "detection", "-c", recipe, "--data", data, "--output", str(tmp_path / "r2"),
                  "--shots", "2"]) == 2
     assert "--shots do(es) not apply to detection" in capsys.readouterr().err
+
+
+def test_killed_detection_run_resumes_to_the_same_result(tmp_path, recipe):
+    import signal
+    data, _ = make_voc(tmp_path / "voc")  # 4 train images, batch 2: 2 steps an epoch
+    common = ["train", "--task", "detection", "-c", recipe, "--data", data, "--epochs", "2"]
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    assert main(common + ["--output", full]) == 0
+    pid = os.fork()
+    if pid == 0:  # child: SIGKILLed by the CLI's test hook after optimizer step 3 (inside epoch 2)
+        try:
+            os.environ["VPT_TEST_KILL_AT_STEP"] = "3"
+            main(common + ["--output", cut])
+        finally:
+            os._exit(3)  # only reached if the hook did not fire
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    assert torch.load(os.path.join(cut, "run_state.pt"), weights_only=True)["epoch"] == 1
+    assert main(["train", "--resume", "--output", cut]) == 0  # the saved config says task: detection
+    a, b = (json.load(open(os.path.join(d, "results.json"))) for d in (full, cut))
+    assert a["best_epoch"] == b["best_epoch"] and a["val"]["mAP"] == b["val"]["mAP"]
+    assert a["test"]["coco_stats"] == b["test"]["coco_stats"]
+    from safetensors.torch import load_file
+    for sub in ("best", "last"):
+        ta, tb = (load_file(os.path.join(d, sub, "adapter_model.safetensors")) for d in (full, cut))
+        assert sorted(ta) == sorted(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_detection_under_torchrun_two_gloo_processes(tmp_path, recipe):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data, _ = make_voc(tmp_path / "voc")
+    out = str(tmp_path / "ddp")
+    env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "vpt", "train", "--task", "detection", "-c", recipe, "--data", data,
+                           "--output", out], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert res["world_size"] == 2 and res["task"] == "detection"
+    _check_metrics(res["val"])
+    _check_metrics(res["test"])
+    assert res["val"]["num_images"] == 2 and res["test"]["num_images"] == 2  # sharded, then gathered: every image once
+    rows = open(os.path.join(out, "metrics.csv")).read().splitlines()
+    assert len(rows) == 2  # rank 0 writes, once per epoch

@@ -7,9 +7,10 @@ import torch
 
 from conftest import TINY_VIT, TINY_VIT_NAME
 from vpt.engine import (GlobalBatchSampler, MetricsWriter, OptimSection, RunDirError, SchedSection,
-                        build_optimizer_and_scheduler, classification_metrics, draw_confusion_matrix, load_run_state,
-                        param_groups, prepare_run_dir, resolve_lr, save_artifact_atomic, save_run_state)
+                        build_optimizer_and_scheduler, load_run_state, param_groups, prepare_run_dir, resolve_lr,
+                        save_artifact_atomic, save_run_state)
 from vpt.engine.optim import lr_factor
+from vpt.metrics import classification_metrics, draw_confusion_matrix
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def test_recipes_parse():
     RunConfig with resolvable prompt kinds."""
     import vpt  # noqa: F401
     from vpt.config import from_dict
-    from vpt.engine.config import RunConfig, validate
+    from vpt.tasks.classification import RunConfig, validate
     from vpt.prompts import resolve_prompt_config
     paths = [p for p in glob.glob(os.path.join(CONFIGS, "*.yaml"))
              if not os.path.basename(p).startswith(("det_", "zeroshot_"))]

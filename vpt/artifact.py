@@ -15,6 +15,7 @@ import torch
 
 from .backbones import BackboneAdapter, BackboneConfig, create_backbone
 from .backbones.base import sha256_file
+from .errors import ArtifactError  # noqa: F401  (re-exported: vpt.ArtifactError)
 from .io import atomic_write, atomic_write_json
 from .registry import MODEL_TYPES
 
@@ -26,14 +27,10 @@ FORMAT = "vpt-adapter"
 FORMAT_VERSION = 1
 
 
-class ArtifactError(ValueError):
-    """An artifact that cannot be loaded; the message names the file or field and the fix."""
-
-
 def save_pretrained(model, save_directory: str) -> None:
     from safetensors.torch import save_file
 
-    from . import __version__
+    from .version import __version__
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "vpt_version": __version__, **model.to_config()}
     tensors = {k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
     os.makedirs(save_directory, exist_ok=True)

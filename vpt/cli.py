@@ -1,7 +1,8 @@
-"""``vpt`` command line: the only place that reads argv and the environment.
+"""``vpt`` command line: the only place that reads argv, and where the library's errors
+(``vpt.errors.VptError``) become one-line messages and exit code 2.
 
 Each subcommand is a module in ``vpt/commands/`` with ``register(subparsers)``; the parser it adds
-carries ``func(args) -> int``.
+carries ``func(args) -> int``. The library below never imports this module or ``vpt.commands``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ COMMANDS = ["list", "train", "eval", "predict", "zeroshot"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
     parser = argparse.ArgumentParser(prog="vpt", description="Visual prompt tuning for frozen vision backbones.")
     parser.add_argument("--version", action="version", version=f"vpt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -34,10 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    from .artifact import ArtifactError
-    from .backbones import BackboneError
-    from .config import ConfigError
-    from .commands._common import UserError
+    from .errors import VptError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, BackboneError, ArtifactError, UserError, FileNotFoundError) as e:
+    except (VptError, FileNotFoundError) as e:
         print(f"vpt {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,8 +18,7 @@ _logger = logging.getLogger(__name__)
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
-    """A config key or value that cannot be used; the message names it and the fix."""
+from .errors import ConfigError  # noqa: F401  (re-exported: vpt.config.ConfigError)
 
 
 def _unwrap_optional(tp):

@@ -1,4 +1,4 @@
-"""Name -> factory registries for prompt kinds, backbone families and heads.
+"""Name -> factory registries for prompt kinds, backbone families, heads, model types and tasks.
 
 A new prompt kind is one file with its config dataclass and a ``@PROMPTS.register`` decorator;
 nothing else needs editing (timm's ``@register_model``, peft's one-folder-per-method layout).
@@ -80,7 +80,10 @@ class Registry(Generic[T]):
 
 PROMPTS: Registry[Any] = Registry("prompt kind", lazy={"coop": "vpt.prompts.text"})
 HEADS: Registry[Any] = Registry("head kind")
-BACKBONES: Registry[Any] = Registry("backbone library")
+BACKBONES: Registry[Any] = Registry("backbone library", lazy={"vpt": "vpt.weights"})
 # artifact model_type -> class with from_config; CLIP and detection register on first use
 MODEL_TYPES: Registry[Any] = Registry("model type", lazy={"clip": "vpt.clip", "detection": "vpt.detection.model",
                                                                  "lora": "vpt.lora"})
+# task name -> vpt.engine.task.Task subclass; each task file registers itself when imported
+TASKS: Registry[Any] = Registry("task", lazy={"classification": "vpt.tasks.classification", "clip": "vpt.tasks.clip",
+                                              "detection": "vpt.tasks.detection"})

@@ -149,17 +149,6 @@ def create_open_clip(cfg: BackboneConfig) -> BackboneAdapter:
     return OpenClipViTAdapter(model, cfg, arch, tag or None, preprocess_cfg=pp)
 
 
-@BACKBONES.register("vpt", help="weights that ship with vpt (see `vpt list`)")
-def create_shipped(cfg: BackboneConfig) -> BackboneAdapter:
-    from ..weights import resolve_shipped
-    resolved, sha256 = resolve_shipped(cfg)
-    adapter = create_timm(resolved)
-    # the artifact names the shipped weights ('vpt:NAME' + their hash), not a path inside this install
-    adapter.config = cfg
-    adapter._weights_id = f"file:{sha256}" if cfg.pretrained else f"random:{cfg.init_seed}"
-    return adapter
-
-
 def create_backbone(config: Union[str, BackboneConfig, Mapping[str, Any]], **overrides) -> BackboneAdapter:
     """Build an adapter from ``'timm:...'`` / ``'open_clip:...'`` / ``'vpt:...'`` or a BackboneConfig."""
     if isinstance(config, str):

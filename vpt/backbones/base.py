@@ -9,9 +9,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-
-class BackboneError(ValueError):
-    """A backbone that cannot be built or cannot take the requested prompt; the message says why."""
+from ..errors import BackboneError  # noqa: F401  (re-exported)
 
 
 @dataclass

@@ -1,16 +1,13 @@
-"""Shared CLI plumbing: YAML config files, ``--set section.field=value`` overrides, user errors."""
+"""Shared CLI plumbing: YAML config files, ``--set section.field=value`` overrides."""
 from __future__ import annotations
 
 import os
 from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar
 
-from ..config import ConfigError, from_dict
+from ..config import from_dict
+from ..errors import ConfigError, UserError
 
 C = TypeVar("C")
-
-
-class UserError(RuntimeError):
-    """A problem with the user's input (paths, folders, data); printed without a traceback."""
 
 
 def load_yaml(path: str) -> Dict[str, Any]:

@@ -20,7 +20,6 @@ from typing import Dict, List, Sequence, Tuple
 from ._common import UserError
 
 _logger = logging.getLogger(__name__)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 USAGE = ("%(prog)s [options] ARTIFACT IMAGE_OR_DIR [IMAGE_OR_DIR ...]\n"
          "       %(prog)s [options] --tasks NAME=ARTIFACT [NAME=ARTIFACT ...] IMAGE_OR_DIR [IMAGE_OR_DIR ...]\n"
          "       %(prog)s [options] --tasks NAME=ARTIFACT [NAME=ARTIFACT ...] --assign CSV")
@@ -44,30 +43,14 @@ def register(sub) -> None:
     p.add_argument("--output", metavar="PATH", help="classification: a file to write instead of stdout; "
                                                    "detection: a folder for PNGs with boxes + detections.json")
     p.add_argument("--score-thresh", type=float, default=None, help="detection: lowest score drawn/kept (default 0.3)")
-    p.add_argument("--task", choices=["classification", "detection"], default=None,
+    p.add_argument("--task", choices=["classification", "clip", "detection"], default=None,
                    help="what ARTIFACT holds (default: read from the artifact); not to be confused with --tasks")
-    p.add_argument("-b", "--batch-size", type=int, default=64)
+    p.add_argument("-b", "--batch-size", type=int, default=None, help="images per forward (default: 64; "
+                                                                      "detection: 4)")
     p.add_argument("--device", default=None)
     p.add_argument("--amp-dtype", default="float32")
     p.add_argument("--weights", metavar="FILE", help="backbone weights file, if the artifact's has moved")
     p.set_defaults(func=run)
-
-
-def collect_images(inputs: List[str]) -> List[str]:
-    paths: List[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for dirpath, dirnames, files in os.walk(item):
-                dirnames.sort()
-                paths += [os.path.join(dirpath, f) for f in sorted(files)
-                          if f.lower().endswith(IMAGE_EXTS) and not f.startswith(".")]
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            raise UserError(f"no such file or folder: {item!r}")
-    if not paths:
-        raise UserError(f"no images found in {inputs}; expected files ending in {', '.join(IMAGE_EXTS)}")
-    return paths
 
 
 def run(args) -> int:
@@ -78,28 +61,34 @@ def run(args) -> int:
     if not args.artifact or not args.inputs:
         raise UserError("pass an ARTIFACT folder and at least one IMAGE_OR_DIR "
                         "(or --tasks NAME=ARTIFACT ... IMAGE_OR_DIR... for several artifacts)")
-    from .train import recipe_task
-    if recipe_task(args) == "detection":
-        from ..detection import commands as det
-        return int(det.predict(args) or 0)
+    from .. import from_pretrained
+    from ..engine import resolve_device
+    from .eval import task_for_artifact
+
+    task_cls = task_for_artifact(args.artifact, args.task)
+    device = resolve_device(args.device)
+    model = from_pretrained(args.artifact, weights=args.weights, device=device)
+    if getattr(model, "model_type", None) not in task_cls.model_types:
+        raise UserError(f"{args.artifact} holds a {getattr(model, 'model_type', '?')} model, not one of task "
+                        f"{task_cls.name!r}; drop --task")
+    return PREDICTORS[task_cls.name if task_cls.name in PREDICTORS else "classification"](args, model, device)
+
+
+def predict_classes(args, model, device) -> int:
+    """Top-k classes per image, as JSON or CSV."""
     import torch
 
-    from .. import from_pretrained
-    from ..engine.build import ensure_artifact_type
-    from ..data import ImageDataset
+    from ..data import ImageDataset, collect_images
     from ..data.transforms import EvalTransform
-    from ..engine import predict_logits, resolve_device
     from ..engine.config import amp_dtype_name
+    from ..tasks.classification import predict_logits
 
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
-    device = resolve_device(args.device)
-    ensure_artifact_type(args.artifact)
-    model = from_pretrained(args.artifact, weights=args.weights, device=device)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     paths = collect_images(args.inputs)
     dataset = ImageDataset([(p, -1) for p in paths], EvalTransform(model.data_config), skip_corrupt=True)
-    out = predict_logits(model, dataset, args.batch_size, device, amp_dtype_name(args.amp_dtype))
+    out = predict_logits(model, dataset, args.batch_size or 64, device, amp_dtype_name(args.amp_dtype))
     probs = out["logits"].softmax(dim=1) if len(out["indices"]) else torch.empty(0)
     k = min(args.topk, len(names))
     by_index = {}
@@ -121,6 +110,25 @@ def run(args) -> int:
         text = buf.getvalue()
     _emit(args, text, len(records))
     return 0
+
+
+def predict_boxes(args, model, device) -> int:
+    """Detections per image: PNGs with the boxes drawn and one detections.json, in --output."""
+    from ..data import collect_images
+    from ..detection.predict import predict_images
+    if args.format not in (None, "json"):
+        raise UserError("detection predictions are written as PNGs plus detections.json; drop --format")
+    out = args.output or "predictions"
+    res = predict_images(model, collect_images(args.inputs or []), out, device,
+                         score_thresh=args.score_thresh if args.score_thresh is not None else 0.3,
+                         batch_size=args.batch_size or 4)
+    n = sum(len(im["detections"]) for im in res["images"])
+    print(f"{n} detections in {len(res['images'])} images -> {out}/ (PNGs with boxes, detections.json)")
+    return 0
+
+
+# task -> how its predictions are written; tasks whose models output class logits use predict_classes
+PREDICTORS = {"classification": predict_classes, "clip": predict_classes, "detection": predict_boxes}
 
 
 def _emit(args, text: str, n: int) -> None:
@@ -215,13 +223,13 @@ def read_assign(path: str, known: Sequence[str]) -> List[Tuple[str, str]]:
 def load_tasks(tasks: Dict[str, str], weights, device):
     """Load each artifact onto the first one's backbone; errors name the task and the fix."""
     from ..artifact import ArtifactError, from_pretrained
-    from ..engine.build import ensure_artifact_type
     from ..model import PromptedModel
+    from ..tasks.classification import artifact_model_type
     from ..multitask import MultiTaskModel
     models: Dict[str, PromptedModel] = {}
     first = None
     for name, path in tasks.items():
-        ensure_artifact_type(path)
+        artifact_model_type(path)
         try:
             m = from_pretrained(path, weights=weights) if first is None else from_pretrained(path, backbone=first.backbone)
         except ArtifactError as e:
@@ -259,7 +267,7 @@ def run_multitask(args) -> int:
     """``--tasks``: one shared backbone, per-sample prompts and heads, one backbone pass per batch."""
     import torch
 
-    from ..data import ImageDataset, collate
+    from ..data import ImageDataset, collate, collect_images
     from ..data.transforms import EvalTransform
     from ..engine import resolve_device
     from ..engine.build import autocast
@@ -270,8 +278,9 @@ def run_multitask(args) -> int:
         raise UserError("--tasks combines classifiers; drop --task detection")
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    batch_size = 64 if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     amp = amp_dtype_name(args.amp_dtype)
     tasks, inputs = parse_tasks(args.tasks, ([args.artifact] if args.artifact else []) + list(args.inputs or []))
     if args.assign:
@@ -295,7 +304,7 @@ def run_multitask(args) -> int:
             runs[path] = []
         runs[path].append(j)
     dataset = ImageDataset([(p, -1) for p in images], EvalTransform(first.data_config), skip_corrupt=True)
-    batches = _pack([len(runs[p]) for p in images], args.batch_size)
+    batches = _pack([len(runs[p]) for p in images], batch_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=0, collate_fn=collate)
     outputs: Dict[int, torch.Tensor] = {}
     with torch.no_grad():

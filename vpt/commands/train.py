@@ -2,23 +2,27 @@
 
 Precedence: the recipe YAML gives defaults, flags override it (timm's names where the meaning matches),
 ``--set`` reaches any field. ``--resume`` continues the run in ``--output`` from its saved config.
+The recipe's ``task`` (or ``--task``) picks the task: classification, clip or detection (``vpt list``).
 Under ``torchrun --nproc_per_node=N -m vpt train ...`` the run is data-parallel (DDP) over N processes.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import os
+import shlex
 import signal
 import sys
+import typing
 from typing import Any, Dict, Optional
 
 from ._common import UserError, load_yaml, resolve_config
 
 KILL_ENV = "VPT_TEST_KILL_AT_STEP"  # test hook: SIGKILL this process after that optimizer step (resume tests)
 
-# flag dest -> dotted config field
+# flag dest -> dotted config field (the same for every task; a task may keep a field elsewhere, see
+# Task.field_aliases, and a flag whose field its config lacks is refused)
 FLAG_FIELDS = {
     "data": "data.root", "output": "output.dir", "epochs": "train.epochs", "lr": "optim.lr",
     "lr_base": "optim.lr_base", "batch_size": "train.batch_size", "seed": "train.seed",
@@ -30,34 +34,36 @@ FLAG_FIELDS = {
     "smoothing": "train.label_smoothing", "eval_batch_size": "train.eval_batch_size",
     "hflip": "augment.hflip", "color_jitter": "augment.color_jitter", "val_fraction": "data.val_fraction",
     "test_fraction": "data.test_fraction", "shots": "data.shots", "split_seed": "data.split_seed",
-    "tensorboard": "output.tensorboard",
+    "tensorboard": "output.tensorboard", "strict_data": "data.skip_corrupt",
 }
 
 
-def add_common_flags(p: argparse.ArgumentParser) -> None:
-    """The flags train / eval / predict share (also read by vpt.detection.commands)."""
+def add_input_flags(p: argparse.ArgumentParser) -> None:
+    """The flags train and eval share: where the recipe and data are, and how to run the model."""
+    from ..registry import TASKS
     p.add_argument("-c", "--config", metavar="YAML", help="recipe file (configs/*.yaml)")
-    p.add_argument("--data", metavar="DIR", help="image folder (root/<class>/* or root/{train,val,test}/<class>/*) "
-                                                 "or a CSV of path,label[,split]")
-    p.add_argument("--output", metavar="DIR", help="run folder (default: the recipe's output.dir)")
-    p.add_argument("--task", choices=["classification", "detection"], help="default: the recipe's task")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float, metavar="LR", help="absolute learning rate (default: lr_base * batch / 256)")
-    p.add_argument("-b", "--batch-size", type=int, metavar="N", help="global batch per optimizer step")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--data", metavar="DIR", help="image folder (root/<class>/* or root/{train,val,test}/<class>/*), "
+                                                 "a CSV of path,label[,split], or a VOC / COCO folder (detection)")
+    p.add_argument("--task", choices=TASKS.names(), help="default: the recipe's task (or the artifact's)")
+    p.add_argument("-b", "--batch-size", type=int, metavar="N", help="train: global batch per optimizer step; "
+                                                                     "eval: evaluation batch")
     p.add_argument("--amp-dtype", metavar="DTYPE", help="float32 | bfloat16 | float16")
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("-j", "--workers", type=int, metavar="N", help="DataLoader workers per process")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field (repeatable), e.g. --set model.prompt.num_tokens=50")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last finished epoch")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train prompts / heads on an image folder", description=__doc__,
+    p = sub.add_parser("train", help="train prompts / heads (classification, clip, detection)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_flags(p)
+    add_input_flags(p)
+    p.add_argument("--output", metavar="DIR", help="run folder (default: the recipe's output.dir)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, metavar="LR", help="absolute learning rate (default: lr_base * batch / 256)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last finished epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     g = p.add_argument_group("model and optimisation (timm's flag names)")
     g.add_argument("--model", metavar="NAME", help="backbone, e.g. timm:vit_base_patch16_224.augreg_in21k")
     g.add_argument("--weights", metavar="FILE", help="local backbone weights file")
@@ -80,100 +86,134 @@ def register(sub) -> None:
     g.add_argument("--shots", type=int, help="few-shot: k training images per class")
     g.add_argument("--hflip", type=float)
     g.add_argument("--color-jitter", type=float)
-    g.add_argument("--strict-data", action="store_true", help="stop on a corrupt image instead of skipping it")
+    g.add_argument("--strict-data", action="store_const", const=False,
+                   help="stop on a corrupt image instead of skipping it")
     g.add_argument("--tensorboard", action="store_const", const=True, help="also log to TensorBoard")
     p.set_defaults(func=run)
 
 
+def _run_folder(args) -> Optional[str]:
+    return args.output or (load_yaml(args.config).get("output", {}).get("dir") if args.config else None)
+
+
 def recipe_task(args) -> str:
+    """--task, else the recipe's (on --resume: the run folder's saved config), else classification."""
     if getattr(args, "task", None):
         return args.task
+    if getattr(args, "resume", False):
+        out = _run_folder(args)
+        saved = os.path.join(out, "config.yaml") if out else None
+        if saved and os.path.isfile(saved):
+            return str(load_yaml(saved).get("task", "classification"))
     if getattr(args, "config", None):
         return str(load_yaml(args.config).get("task", "classification"))
-    artifact = getattr(args, "artifact", None)  # eval / predict: the artifact says what it is
-    if artifact and os.path.isfile(os.path.join(artifact, "adapter_config.json")):
-        try:
-            with open(os.path.join(artifact, "adapter_config.json"), encoding="utf-8") as f:
-                if json.load(f).get("model_type") == "detection":
-                    return "detection"
-        except (OSError, ValueError, AttributeError):
-            pass  # from_pretrained reports a broken artifact with its own message
     return "classification"
 
 
-def _flags(args) -> Dict[str, Any]:
-    flags = {dotted: getattr(args, dest, None) for dest, dotted in FLAG_FIELDS.items()}
-    if getattr(args, "strict_data", False):
-        flags["data.skip_corrupt"] = False
-    if flags["data.root"]:
-        flags["data.root"] = os.path.abspath(flags["data.root"])
+def has_field(cls: type, dotted: str) -> bool:
+    """Whether the dataclass ``cls`` has the (nested) field ``a.b.c``."""
+    for key in dotted.split("."):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return False
+        hints = typing.get_type_hints(cls)
+        if key not in hints:
+            return False
+        cls = hints[key]
+        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        cls = args[0] if typing.get_origin(cls) is typing.Union and len(args) == 1 else cls
+    return True
+
+
+def _flags(args, task_cls) -> Dict[str, Any]:
+    flags, refused = {}, []
+    for dest, dotted in FLAG_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        dotted = task_cls.field_aliases.get(dotted, dotted)
+        if not has_field(task_cls.config_cls, dotted):
+            refused.append("--" + dest.replace("_", "-"))
+            continue
+        flags[dotted] = os.path.abspath(value) if dest == "data" else value
+    if refused:
+        raise UserError(f"{', '.join(refused)} do(es) not apply to {task_cls.name}; remove it (see the recipes in "
+                        f"configs/ for the {task_cls.name} settings)")
     return flags
 
 
-def resolve_run_config(args):
-    """RunConfig from recipe <- flags <- --set; with --resume the run folder's saved config is the base."""
-    from ..engine.config import RunConfig, validate
-    flags = _flags(args)
+def resolve_run_config(args, task_cls=None):
+    """The task's run config from recipe <- flags <- --set; with --resume the run folder's saved config is the base."""
+    from ..tasks import task_class
+    task_cls = task_cls or task_class(recipe_task(args))
+    flags = _flags(args, task_cls)
+    recipe = args.config
     if args.resume:
-        out = args.output or (load_yaml(args.config).get("output", {}).get("dir") if args.config else None)
+        out = _run_folder(args)
         if not out:
             raise UserError("--resume needs the run folder: pass --output DIR")
-        saved = os.path.join(out, "config.yaml")
-        if not os.path.isfile(saved):
+        recipe = os.path.join(out, "config.yaml")
+        if not os.path.isfile(recipe):
             raise UserError(f"--resume: {out!r} has no config.yaml, so it holds no run to resume; "
                             f"drop --resume to start a new run there")
         if args.config:
-            logging.getLogger(__name__).warning("--resume: using %s, not %s", saved, args.config)
-        cfg = resolve_config(RunConfig, saved, flags, args.set)
-    else:
-        cfg = resolve_config(RunConfig, args.config, flags, args.set)
-    return validate(cfg)
+            logging.getLogger(__name__).warning("--resume: using %s, not %s", recipe, args.config)
+        flags["output.dir"] = out
+    return resolve_config(task_cls.config_cls, recipe, flags, args.set)
 
 
-def _kill_hook() -> Optional[Any]:
+def command_line(args) -> str:
+    """The command line that reproduces this call (for results.json)."""
+    parts = ["vpt", "train", "--task", recipe_task(args)]
+    if args.config:
+        parts += ["-c", args.config]
+    for dest in list(FLAG_FIELDS) + ["resume", "overwrite"]:
+        v = getattr(args, dest, None)
+        if v is not None and v is not False and dest != "strict_data":
+            parts += [f"--{dest.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    if getattr(args, "strict_data", None) is False:
+        parts.append("--strict-data")
+    for s in args.set or []:
+        parts += ["--set", s]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def kill_callback():
+    """The KILL_ENV test hook as an engine callback (None when the variable is unset)."""
     at = os.environ.get(KILL_ENV)
     if not at:
         return None
-    at = int(at)
+    from ..engine import Callback
+    at_step = int(at)
 
-    def hook(step: int) -> None:
-        if step == at:
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-    return hook
+    class KillAtStep(Callback):
+        def on_step_end(self, run, step, loss) -> None:
+            if step == at_step:
+                sys.stdout.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+    return KillAtStep()
 
 
 def run(args) -> int:
-    if recipe_task(args) == "detection":
-        from ..detection import commands as det
-        return int(det.train(args) or 0)
-    from ..data import CorruptImageError, DataError
-    from ..engine import RunDirError, init_distributed, teardown_distributed
-    from ..engine.checkpoint import ResumeError
-    from ..engine.trainer import train
+    from ..engine import init_distributed, teardown_distributed, train
+    from ..tasks import task_class
 
-    cfg = resolve_run_config(args)
-    if cfg.task != "classification":
-        raise UserError(f"task {cfg.task!r} in the config; `vpt train` runs classification here "
-                        f"(use --task detection for detection)")
-    if not cfg.data.root:
-        raise UserError("no data given: pass --data DIR (or set data.root in the recipe)")
+    task_cls = task_class(recipe_task(args))
+    cfg = resolve_run_config(args, task_cls)
+    if cfg.task != task_cls.name:
+        raise UserError(f"the recipe says task {cfg.task!r} but --task is {task_cls.name!r}; drop one")
+    task = task_cls(cfg)
     info = init_distributed(cfg.train.device)
     if not info.is_main:
         logging.getLogger("vpt").setLevel(logging.WARNING)
+    callbacks = [cb for cb in (kill_callback(),) if cb is not None]
     try:
-        results = train(cfg, info, resume=args.resume, overwrite=args.overwrite, on_step=_kill_hook())
-    except (DataError, RunDirError, ResumeError, CorruptImageError) as e:
-        raise UserError(str(e)) from None
+        results = train(task, info, resume=args.resume, overwrite=args.overwrite, callbacks=callbacks,
+                        command=command_line(args))
     finally:
         teardown_distributed()
     if info.is_main:
-        test, val = results["test"], results["val"]
         print(f"run folder: {cfg.output.dir}")
-        print(f"best epoch: {results['best_epoch']} ({results['selection']})"
-              + (f", val top-1 {val['top1']:.2f}" if val else ""))
-        if test:
-            print(f"test top-1 {test['top1']:.2f}  top-5 {test['top5']:.2f}  "
-                  f"mean per-class recall {test['mean_per_class_recall']:.2f}  (n={test['num_samples']})")
-        print(f"artifact: {os.path.join(cfg.output.dir, 'best')}")
+        for line in task.summary(results):
+            print(line)
+        print(f"artifact: {os.path.join(cfg.output.dir, 'best')}; results: {os.path.join(cfg.output.dir, 'results.json')}")
     return 0

@@ -17,8 +17,7 @@ _logger = logging.getLogger(__name__)
 BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class CorruptImageError(RuntimeError):
-    """An image file that can't be decoded while skipping is off (data.skip_corrupt: false)."""
+from ..errors import CorruptImageError  # noqa: F401  (re-exported)
 
 
 def load_image(path: str) -> Image.Image:

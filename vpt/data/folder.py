@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .images import IMAGE_EXTENSIONS, is_image
 from .splits import Sample, few_shot, stratified_split
 
 _logger = logging.getLogger(__name__)
@@ -15,8 +16,7 @@ SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
-class DataError(ValueError):
-    """A data folder or CSV that can't be used; the message names the path and the fix."""
+from ..errors import DataError  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -31,10 +31,6 @@ class DataSplits:
     def summary(self) -> str:
         parts = [f"{s}={len(getattr(self, s))} ({self.source.get(s, '-')})" for s in SPLITS]
         return f"{len(self.class_names)} classes; " + ", ".join(parts)
-
-
-def _is_image(name: str, extensions: Sequence[str]) -> bool:
-    return os.path.splitext(name)[1].lower() in extensions
 
 
 def scan_class_folders(root: str, extensions: Sequence[str]) -> Tuple[Dict[str, List[str]], int]:
@@ -54,7 +50,7 @@ def scan_class_folders(root: str, extensions: Sequence[str]) -> Tuple[Dict[str, 
             for f in sorted(files):
                 if f.startswith("."):
                     continue
-                if _is_image(f, extensions):
+                if is_image(f, extensions):
                     paths.append(os.path.join(dirpath, f))
                 else:
                     ignored += 1
@@ -104,7 +100,7 @@ def _check_classes(class_names: List[str], where: str) -> None:
 
 
 def load_splits(root: str, val_fraction: float = 0.1, test_fraction: float = 0.0, split_seed: int = 0,
-                shots: Optional[int] = None, extensions: Sequence[str] = (".jpg", ".jpeg", ".png", ".webp"),
+                shots: Optional[int] = None, extensions: Sequence[str] = IMAGE_EXTENSIONS,
                 class_names: Optional[List[str]] = None) -> DataSplits:
     """Find the images under ``root`` (folder or CSV) and return the train / val / test lists.
 

@@ -4,12 +4,12 @@ FCOS / RetinaNet / Faster R-CNN; VOC and COCO data; COCO mAP through faster-coco
 Importing this package registers the ``detection`` model type, so ``vpt.from_pretrained`` can load
 detection artifacts.
 """
-from .config import DetDataConfig, DetectionRunConfig, DetModelSection, DetectorConfig, DetTrainSection, PyramidConfig
+from .config import DetDataConfig, DetModelSection, DetectorConfig, PyramidConfig
 from .data import AnnotationError, BoxStats, DetRecord, read_coco, read_split, read_voc
 from .detectors import DETECTORS
 from .model import PromptedDetector, create_detector, detection_backbone_config
 from .pyramid import ViTFeaturePyramid
 
-__all__ = ["AnnotationError", "BoxStats", "DETECTORS", "DetDataConfig", "DetRecord", "DetModelSection", "DetTrainSection",
-           "DetectionRunConfig", "DetectorConfig", "PromptedDetector", "PyramidConfig", "ViTFeaturePyramid",
+__all__ = ["AnnotationError", "BoxStats", "DETECTORS", "DetDataConfig", "DetRecord", "DetModelSection",
+           "DetectorConfig", "PromptedDetector", "PyramidConfig", "ViTFeaturePyramid",
            "create_detector", "detection_backbone_config", "read_coco", "read_split", "read_voc"]

@@ -1,11 +1,11 @@
-"""Typed configs for detection runs; YAML is read only by the CLI (``vpt train --task detection -c``)."""
+"""Typed configs of the detector and its data; the run config (with the engine's sections) is
+``vpt.tasks.detection.DetectionRunConfig``. YAML is read only by the CLI."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..backbones import BackboneConfig
-from ..engine.config import OptimSection, OutputSection, SchedSection  # shared with classification
 
 
 @dataclass
@@ -56,48 +56,3 @@ class DetDataConfig:
 class DetModelSection:
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(name="timm:vit_base_patch16_224"))  # frozen ViT
     prompt: Optional[Dict[str, Any]] = None  # e.g. {kind: vpt_deep, num_tokens: 10}; None = unprompted frozen ViT
-
-
-@dataclass
-class DetTrainSection:
-    epochs: int = 12  # passes over the train split
-    batch_size: int = 4  # images per optimizer step
-    eval_batch_size: int = 8  # images per evaluation forward
-    amp_dtype: str = "float32"  # float32 | bfloat16 | float16
-    seed: int = 0  # seeds python, numpy, torch and the shuffling order
-    device: Optional[str] = None  # cpu | cuda | cuda:N; None: cuda if available
-    workers: int = 0  # DataLoader worker processes (0: load in the main process)
-    log_interval: int = 20  # log the running loss every N optimizer steps
-    eval_every: int = 1  # evaluate the val split every N epochs (always after the last)
-
-
-@dataclass
-class DetOptimSection(OptimSection):
-    """The engine's optimizer section with detection defaults (a partial YAML section keeps them)."""
-    opt: str = "adamw"  # sgd | adamw
-    lr: Optional[float] = 1e-3  # absolute learning rate for prompts, pyramid and head
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay (not on prompts, biases, norms)
-    clip_grad: Optional[float] = 1.0  # clip the gradient norm to this value; None: off
-
-
-@dataclass
-class DetSchedSection(SchedSection):
-    warmup_epochs: float = 1.0  # linear warmup over this many epochs, then cosine
-
-
-@dataclass
-class DetOutputSection(OutputSection):
-    dir: str = "runs/detection"  # run folder: config.yaml, train.log, metrics.csv, results.json, best/, last/
-
-
-@dataclass
-class DetectionRunConfig:
-    """A whole `vpt train --task detection` run; sections mirror vpt.engine.RunConfig where they mean the same."""
-    task: str = "detection"  # selects this trainer in `vpt train`
-    model: DetModelSection = field(default_factory=DetModelSection)  # frozen backbone + prompt
-    detector: DetectorConfig = field(default_factory=DetectorConfig)  # pyramid + torchvision detector
-    data: DetDataConfig = field(default_factory=DetDataConfig)  # VOC / COCO folder, splits, augmentation
-    optim: DetOptimSection = field(default_factory=DetOptimSection)  # AdamW lr 1e-3 over prompts, pyramid and head
-    sched: DetSchedSection = field(default_factory=DetSchedSection)  # 1 warmup epoch, then cosine
-    train: DetTrainSection = field(default_factory=DetTrainSection)
-    output: DetOutputSection = field(default_factory=DetOutputSection)  # run folder: best/, last/, results.json, ...

@@ -16,17 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..commands._common import UserError
+from ..errors import AnnotationError, ConfigError, DataError
 from ..registry import did_you_mean
 
 _logger = logging.getLogger(__name__)
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class AnnotationError(UserError):
-    """An annotation that cannot be used; the message names the file and the fix."""
-
 
 @dataclass
 class DetRecord:
@@ -256,17 +249,17 @@ def read_coco(ann_path: str, image_dir: str, classes: Optional[Sequence[str]] = 
 # --- either ---------------------------------------------------------------------------------------
 def detect_format(root: str, fmt: str = "auto") -> str:
     if not root or not os.path.isdir(root):
-        raise UserError(f"data folder {root!r} not found; pass --data DIR (a VOC folder with Annotations/, "
+        raise DataError(f"data folder {root!r} not found; pass --data DIR (a VOC folder with Annotations/, "
                         f"or a COCO folder with annotations/*.json)")
     if fmt in ("voc", "coco"):
         return fmt
     if fmt != "auto":
-        raise UserError(f"unknown data.format {fmt!r}; available: auto, coco, voc{did_you_mean(fmt, ['voc', 'coco'])}")
+        raise ConfigError(f"unknown data.format {fmt!r}; available: auto, coco, voc{did_you_mean(fmt, ['voc', 'coco'])}")
     if os.path.isdir(os.path.join(root, "Annotations")):
         return "voc"
     if os.path.isdir(os.path.join(root, "annotations")):
         return "coco"
-    raise UserError(f"{root} is neither a VOC folder (Annotations/, JPEGImages/, ImageSets/Main/) nor a COCO "
+    raise DataError(f"{root} is neither a VOC folder (Annotations/, JPEGImages/, ImageSets/Main/) nor a COCO "
                     f"folder (annotations/instances_<split>.json); set data.format")
 
 

@@ -8,33 +8,13 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import torch
 
-from ..commands._common import UserError
 from ..io import atomic_write_json
-from .data import IMAGE_EXTS
 from .model import PromptedDetector
 from .transforms import load_rgb
 
 _logger = logging.getLogger(__name__)
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
             "#fabed4", "#469990", "#dcbeff", "#9a6324"]
-
-
-def collect_images(inputs: Sequence[str]) -> List[str]:
-    """Files as given; folders expand to their image files (sorted). Missing paths are an error."""
-    paths: List[str] = []
-    for p in inputs:
-        if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS))
-            if not found:
-                raise UserError(f"folder {p!r} holds no images ({', '.join(IMAGE_EXTS)})")
-            paths.extend(found)
-        elif os.path.isfile(p):
-            paths.append(p)
-        else:
-            raise UserError(f"input {p!r} not found; pass image files or folders of images")
-    if not paths:
-        raise UserError("no input images; pass image files or folders")
-    return paths
 
 
 def draw_detections(image: np.ndarray, dets: List[Dict[str, Any]], class_names: Sequence[str]) -> np.ndarray:

@@ -18,11 +18,10 @@ from ..io import atomic_write
 
 _logger = logging.getLogger(__name__)
 STATE_NAME = "run_state.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: one engine for every task; 'epoch' counts finished epochs
 
 
-class ResumeError(RuntimeError):
-    """A run state that can't be resumed; the message says why and what to do."""
+from ..errors import ResumeError  # noqa: F401  (re-exported)
 
 
 def save_run_state(path: str, state: Dict[str, Any]) -> None:
@@ -69,17 +68,6 @@ def save_artifact_atomic(model: Any, directory: str) -> None:
         raise
     if old:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model under DDP and torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def trainable_tensors(model: torch.nn.Module) -> Dict[str, torch.Tensor]:

@@ -12,8 +12,7 @@ RUN_FILES = ("config.yaml", "run_state.pt", "results.json", "metrics.csv", "trai
              "confusion_matrix.png", "tb")
 
 
-class RunDirError(RuntimeError):
-    """An output folder that can't be used as asked; the message gives the flag that fixes it."""
+from ..errors import RunDirError  # noqa: F401  (re-exported)
 
 
 def holds_run(path: str) -> bool:

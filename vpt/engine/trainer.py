@@ -1,12 +1,17 @@
-"""The training loop: honest selection (best epoch on val only, test once at the end), AMP, gradient
-accumulation, DDP over the trainable tensors, atomic checkpoints and exact resume at epoch granularity.
+"""The ONE training loop, for every task: honest selection (best epoch on val only, test once at the end),
+DDP under torchrun, AMP (a GradScaler for float16), gradient accumulation and clipping, a per-step schedule,
+atomic checkpoints and exact resume, logging, progress bars, metrics.csv, results.json and callbacks.
+
+What is learned comes from a :class:`vpt.engine.task.Task`; this file imports none.
 
 Equivalences the tests hold us to:
-- ``torchrun --nproc_per_node=N`` == one process with the same ``train.batch_size`` (see ``sampler.py``);
-  metrics agree up to float summation order (documented tolerance: weights within 1e-4, top-1 within
-  one sample, with prompt/head dropout 0).
+- ``torchrun --nproc_per_node=N`` == one process with the same ``train.batch_size`` (see ``sampler.py``)
+  for tasks whose loss is a sum over samples; metrics agree up to float summation order (documented
+  tolerance: weights within 1e-4, top-1 within one sample, with prompt/head dropout 0).
 - a run killed anywhere and resumed == the uninterrupted run, exactly: sampling order, augmentation
   and dropout are seeded by (seed, epoch[, sample]), and the run state holds everything else.
+- an epoch means one thing: ``epoch`` in the run state counts the epochs finished, metrics.csv and the
+  logs number them from 1.
 """
 from __future__ import annotations
 
@@ -16,40 +21,41 @@ import math
 import os
 import platform
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from ..config import ConfigError, to_dict
-from ..data import ImageDataset, build_transforms, collate, load_splits
+from ..config import to_dict
+from ..errors import ConfigError, RunDirError
 from ..io import atomic_write_json, atomic_write_text
-from .build import autocast, build_model, count_parameters, memory_format
+from .build import autocast, count_parameters
 from .checkpoint import (STATE_NAME, load_run_state, load_trainable_tensors, save_artifact_atomic, save_run_state,
                          trainable_tensors)
-from .config import RunConfig, validate
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object
-from .evaluate import evaluate
-from .metrics import MetricsWriter, draw_confusion_matrix
+from .config import validate_sections
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, resolve_device
+from .metrics import MetricsWriter
 from .optim import build_optimizer_and_scheduler
-from .rundir import prepare_run_dir
+from .rundir import holds_run, prepare_run_dir
 from .runlog import attach_file_log, detach_file_log, progress, tensorboard_writer
 from .sampler import GlobalBatchSampler
 from .seed import rng_state, seed_everything, set_rng_state
+from .task import Callback, CallbackList, Task
 
 _logger = logging.getLogger(__name__)
 
 
-def versions() -> Dict[str, Optional[str]]:
+def package_version(pkg: str) -> Optional[str]:
     from importlib import metadata
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
 
-    from .. import __version__
+
+def versions() -> Dict[str, Optional[str]]:
+    from ..version import __version__
     out: Dict[str, Optional[str]] = {"vpt": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ("timm", "open_clip_torch", "torchvision", "albumentations"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
+    out.update({pkg: package_version(pkg) for pkg in ("timm", "open_clip_torch", "torchvision", "albumentations")})
     return out
 
 
@@ -59,7 +65,7 @@ def device_name(device: torch.device) -> str:
     return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def config_yaml(cfg: RunConfig) -> str:
+def config_yaml(cfg: Any) -> str:
     import yaml
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
@@ -69,14 +75,29 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 class Trainer:
-    """One run. ``run()`` returns the results dict written to ``results.json``."""
+    """One run of one task. ``run()`` returns the results dict written to ``results.json``.
 
-    def __init__(self, cfg: RunConfig, info: DistInfo, resume: bool = False, overwrite: bool = False,
-                 on_step: Optional[Callable[[int], None]] = None):
-        self.cfg = validate(cfg)
-        self.info, self.resume, self.overwrite, self.on_step = info, resume, overwrite, on_step
-        self.run_dir = cfg.output.dir
-        self.device = info.device
+    Attributes a task or callback may read: ``cfg``, ``task``, ``info`` (rank, world size), ``device``,
+    ``model`` (unwrapped), ``net`` (what trains: DDP / compiled), ``optimizer``, ``epoch`` (0-based, current),
+    ``steps_per_epoch``, ``run_dir``.
+    """
+
+    def __init__(self, task: Task, info: Optional[DistInfo] = None, resume: bool = False, overwrite: bool = False,
+                 callbacks: Sequence[Callback] = (), command: Optional[str] = None):
+        self.task, self.cfg = task, task.cfg
+        validate_sections(self.cfg)
+        task.validate()
+        self.info = info or DistInfo(device=resolve_device(self.cfg.train.device))
+        self.resume, self.overwrite, self.command = resume, overwrite, command
+        self.callbacks = CallbackList(callbacks)
+        self.run_dir = self.cfg.output.dir
+        self.device = self.info.device
+        self.epoch = 0
+        self.stop_reason: Optional[str] = None
+
+    def request_stop(self, reason: str) -> None:
+        """End the run cleanly after the current epoch (selection and the final test still happen)."""
+        self.stop_reason = reason
 
     # --- setup ------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -86,34 +107,22 @@ class Trainer:
                             "differ in size by one", t.batch_size, info.world_size * t.grad_accum_steps)
         # guard the run folder on every rank first (read-only), then let rank 0 change it
         if not info.is_main:
-            from .rundir import RunDirError, holds_run
             if self.resume and not holds_run(self.run_dir):
                 raise RunDirError(f"--resume: {self.run_dir!r} holds no run to resume")
         else:
             prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite)
         barrier()
         self.log_handler = attach_file_log(os.path.join(self.run_dir, "train.log")) if info.is_main else None
-        d = cfg.data
-        self.splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions)
-        _logger.info("data %s: %s", d.root, self.splits.summary())
-        if not self.splits.train:
-            raise ValueError(f"no training images left in {d.root!r}")
-        if not self.splits.val:
-            _logger.warning("no validation split (no val/ folder and data.val_fraction=0): the best epoch is the last")
-
         seed_everything(t.seed, t.deterministic)
-        self.model = build_model(cfg.model, self.splits.class_names).to(self.device)
-        self.memory_format = memory_format(t.channels_last)
-        if t.channels_last:
-            self.model.to(memory_format=self.memory_format)
+        self.task.setup(self)
+        seed_everything(t.seed, t.deterministic)  # the model's init does not depend on how the data was read
+        self.model = self.task.build_model(self).to(self.device)
         self.params = count_parameters(self.model)
         _logger.info("trainable params: %d || all params: %d || trainable%%: %.4f", self.params["trainable"],
                      self.params["total"], self.params["trainable_percent"])
-        train_tf, eval_tf = build_transforms(self.model.data_config, cfg.augment)
-        skip = d.skip_corrupt
-        self.train_ds = ImageDataset(self.splits.train, train_tf, seed=t.seed, skip_corrupt=skip)
-        self.val_ds = ImageDataset(self.splits.val, eval_tf, skip_corrupt=skip)
-        self.test_ds = ImageDataset(self.splits.test, eval_tf, skip_corrupt=skip)
+        self.train_ds = self.task.train_dataset(self)
+        if len(self.train_ds) == 0:
+            raise ConfigError(f"task {self.task.name!r} has no training samples")
         self.sampler = GlobalBatchSampler(len(self.train_ds), t.batch_size, info.world_size, info.rank,
                                           t.grad_accum_steps, seed=t.seed)
         self.steps_per_epoch = self.sampler.steps()
@@ -121,21 +130,18 @@ class Trainer:
             self.model, cfg.optim, cfg.sched, t.batch_size, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp_dtype == "float16" else None
 
-        self.start_epoch, self.best = 0, {"epoch": -1, "top1": -math.inf, "val": None}
-        self.best_tensors = None
+        self.start_epoch, self.best = 0, {"epoch": -1, "score": -math.inf, "val": None}
+        self.best_tensors: Optional[Dict[str, torch.Tensor]] = None
         if self.resume:
             self._load_state()
-        if t.lean:
-            if not hasattr(self.model, "set_lean"):
-                raise ConfigError(f"train.lean needs a model with a lean mode; model type "
-                                  f"'{cfg.model.type}' has none: set train.lean: 0")
-            self.model.set_lean(t.lean)
         self.net = self.model
         if info.distributed:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.task.find_unused_parameters)
         if t.compile:
             self.net = torch.compile(self.net)
+        self.metrics = self.tb = None
         if info.is_main:
             atomic_write_text(os.path.join(self.run_dir, "config.yaml"), config_yaml(cfg))
             self.metrics = MetricsWriter(os.path.join(self.run_dir, "metrics.csv"),
@@ -150,71 +156,77 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.best, self.best_tensors = state["epoch"], state["best"], state["best_tensors"]
+        self.callbacks.load_state_dict(state.get("callbacks") or {})
         set_rng_state(state["rng"])
         _logger.info("resumed %s after epoch %d (best so far: epoch %d)", self.run_dir, self.start_epoch,
                      self.best["epoch"] + 1)
 
-    def _save_state(self, epoch: int) -> None:
+    def _save_state(self, epochs_done: int) -> None:
         save_run_state(os.path.join(self.run_dir, STATE_NAME), {
-            "epoch": epoch + 1, "trainable": trainable_tensors(self.model), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
-            "best": self.best, "best_tensors": self.best_tensors, "rng": rng_state(),
+            "task": self.task.name, "epoch": epochs_done, "trainable": trainable_tensors(self.model),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None, "best": self.best,
+            "best_tensors": self.best_tensors, "rng": rng_state(), "callbacks": self.callbacks.state_dict(),
         })
 
     # --- one epoch --------------------------------------------------------------------------------
-    def _train_epoch(self, epoch: int) -> Dict[str, float]:
+    def _train_epoch(self, epoch: int) -> Dict[str, Any]:
         t, info = self.cfg.train, self.info
         self.sampler.set_epoch(epoch)
-        self.train_ds.set_epoch(epoch)
+        if hasattr(self.train_ds, "set_epoch"):
+            self.train_ds.set_epoch(epoch)
         torch.manual_seed(_epoch_seed(t.seed, epoch, info.rank))  # dropout etc.
         global_sizes = [len(b) for b in self.sampler.global_batches()]
         loader = torch.utils.data.DataLoader(self.train_ds, batch_sampler=self.sampler, num_workers=t.workers,
-                                             collate_fn=collate, pin_memory=self.device.type == "cuda")
+                                             collate_fn=self.task.collate, pin_memory=self.device.type == "cuda")
         it = iter(loader)
         self.net.train()
         # running sums stay on the device: no host sync per step (read at log steps and at the end)
         loss_t = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct_t = torch.zeros((), dtype=torch.int64, device=self.device)
-        count = skipped = 0.0
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums: Dict[str, torch.Tensor] = {}
+        totals: Dict[str, torch.Tensor] = {}
+        count = 0.0
         start = time.perf_counter()
         steps = progress(range(self.steps_per_epoch), t.progress, info.is_main, desc=f"epoch {epoch + 1}")
         for step in steps:
             scale = info.world_size / global_sizes[step]  # DDP averages over ranks; we want the global mean
+            step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
             for a in range(t.grad_accum_steps):
-                x, y, _, n_skip = next(it)
-                skipped += n_skip
+                batch = next(it)
                 sync = (a == t.grad_accum_steps - 1 or not info.distributed)
-                ctx = contextlib.nullcontext() if sync else self.net.no_sync()
-                with ctx:
+                with (contextlib.nullcontext() if sync else self.net.no_sync()):
                     with autocast(self.device, t.amp_dtype):
-                        if x is None:  # every image of this micro-batch was unreadable (or none was assigned)
-                            dummy = torch.zeros((1, *self.model.data_config.input_size), device=self.device)
-                            loss = self.net(dummy).float().sum() * 0.0
-                        else:
-                            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
-                            y = y.to(self.device, non_blocking=True)
-                            logits = self.net(x)
-                            loss = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=t.label_smoothing)
-                            loss_t += loss.detach().double()
-                            correct_t += (logits.argmax(1) == y).sum()
-                            count += len(y)
-                    scaled = loss * scale
+                        out = self.task.train_step(self, self.net, batch)
+                    scaled = out.loss.float() * scale
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                step_loss += out.loss.detach().double()
+                for store, values in ((sums, out.sums), (totals, out.totals)):
+                    for k, v in values.items():
+                        store[k] = store.get(k, zero) + v.detach().double()
+                count += out.count
             self._optimizer_step()
+            loss_t += step_loss
             gstep = epoch * self.steps_per_epoch + step + 1
             if info.is_main and t.log_interval and (step + 1) % t.log_interval == 0:
                 _logger.info("epoch %d step %d/%d loss %.4f lr %.4g", epoch + 1, step + 1, self.steps_per_epoch,
                              loss_t.item() / max(count, 1), self.optimizer.param_groups[0]["lr"])
-            if self.on_step is not None:
-                self.on_step(gstep)
-        loss_sum, correct = loss_t.item(), float(correct_t.item())
+            self.callbacks.on_step_end(self, gstep, step_loss)
+        mean_keys, total_keys = sorted(sums), sorted(totals)
+        local = [loss_t.item(), count, *(sums[k].item() for k in mean_keys), *(totals[k].item() for k in total_keys)]
+        reduced = all_reduce_sum(local, self.device)
+        loss_sum, count = reduced[0], reduced[1]
         elapsed = time.perf_counter() - start
-        loss_sum, correct, count, skipped = all_reduce_sum([loss_sum, correct, count, skipped], self.device)
-        if skipped:
-            _logger.warning("epoch %d: skipped %d unreadable training images", epoch + 1, int(skipped))
-        return {"train_loss": loss_sum / max(count, 1), "train_top1": 100.0 * correct / max(count, 1),
-                "train_images_per_second": count / elapsed if elapsed > 0 else float("nan"),
-                "train_skipped": int(skipped), "epoch_seconds": elapsed}
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}; lower optim.lr (or set "
+                                     f"optim.clip_grad) and start again; run_state.pt holds the last finished epoch")
+        row: Dict[str, Any] = {"train_loss": loss_sum / max(count, 1)}
+        row.update({f"train_{k}": v / max(count, 1) for k, v in zip(mean_keys, reduced[2:])})
+        row["train_images_per_second"] = count / elapsed if elapsed > 0 else float("nan")
+        row.update({f"train_{k}": int(v) for k, v in zip(total_keys, reduced[2 + len(mean_keys):])})
+        row["epoch_seconds"] = elapsed
+        self.task.train_epoch_end(self, epoch + 1, row)
+        return row
 
     def _optimizer_step(self) -> None:
         clip = self.cfg.optim.clip_grad
@@ -232,11 +244,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
-    def _evaluate(self, dataset, desc: str) -> Dict[str, Any]:
-        t = self.cfg.train
-        return evaluate(self.model, dataset, self.splits.class_names, t.eval_batch_size, self.device, t.amp_dtype,
-                        self.info, t.workers, t.progress, desc, t.channels_last)
-
     # --- the run ----------------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
         try:
@@ -247,33 +254,36 @@ class Trainer:
             if getattr(self, "tb", None) is not None:
                 self.tb.close()
 
+    def _keep_best(self, epoch: int, val: Optional[Dict[str, Any]]) -> None:
+        self.best = {"epoch": epoch, "score": val[self.task.selection] if val else float("nan"),
+                     "val": self.task.brief(val)}
+        self.best_tensors = trainable_tensors(self.model)
+        if self.info.is_main:
+            save_artifact_atomic(self.model, os.path.join(self.run_dir, "best"))
+
     def _run(self) -> Dict[str, Any]:
-        cfg, t, info = self.cfg, self.cfg.train, self.info
+        cfg, t, info, task = self.cfg, self.cfg.train, self.info, self.task
         if self.start_epoch >= t.epochs:
             _logger.info("the run already finished its %d epochs; writing results again", t.epochs)
-        train_ips: List[float] = []
+        self.callbacks.on_train_start(self)
+        self.train_ips: List[float] = []
+        has_val = task.has_split("val")
         for epoch in range(self.start_epoch, t.epochs):
+            self.epoch = epoch
             row: Dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self._train_epoch(epoch))
-            train_ips.append(row["train_images_per_second"])
+            self.train_ips.append(row["train_images_per_second"])
             last = epoch == t.epochs - 1
-            if self.splits.val and ((epoch + 1) % t.eval_every == 0 or last):
-                val = self._evaluate(self.val_ds, "val")
-                row.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-                            "val_mean_per_class_recall": val["mean_per_class_recall"]})
-                if val["top1"] > self.best["top1"]:
-                    self.best = {"epoch": epoch, "top1": val["top1"], "val": _brief(val)}
-                    self.best_tensors = trainable_tensors(self.model)
-                    if info.is_main:
-                        save_artifact_atomic(self.model, os.path.join(self.run_dir, "best"))
-            elif not self.splits.val:
-                self.best = {"epoch": epoch, "top1": float("nan"), "val": None}
-                self.best_tensors = trainable_tensors(self.model)
-                if info.is_main:
-                    save_artifact_atomic(self.model, os.path.join(self.run_dir, "best"))
-            _logger.info("epoch %d/%d: train loss %.4f top-1 %.2f%s (%.1fs)", epoch + 1, t.epochs, row["train_loss"],
-                         row["train_top1"], f", val top-1 {row['val_top1']:.2f}" if "val_top1" in row else "",
-                         row["epoch_seconds"])
+            if has_val and ((epoch + 1) % t.eval_every == 0 or last or self.stop_reason):
+                val = task.evaluate(self, self.model, "val")
+                row.update(task.epoch_columns(val))
+                if val[task.selection] > self.best["score"]:
+                    self._keep_best(epoch, val)
+            elif not has_val:
+                self._keep_best(epoch, None)
+            val_col = f"val_{task.selection}"
+            _logger.info("epoch %d/%d: train loss %.4f%s (%.1fs)", epoch + 1, t.epochs, row["train_loss"],
+                         f", val {task.selection} {row[val_col]:.4g}" if val_col in row else "", row["epoch_seconds"])
             if info.is_main:
                 if cfg.output.save_last:
                     save_artifact_atomic(self.model, os.path.join(self.run_dir, "last"))
@@ -282,64 +292,49 @@ class Trainer:
                     for k, v in row.items():
                         if k != "epoch":
                             self.tb.add_scalar(k, v, epoch + 1)
-                self._save_state(epoch)
+                self._save_state(epoch + 1)
             barrier()
-        return self._finish(train_ips)
+            self.callbacks.on_epoch_end(self, epoch + 1, row)
+            if self.stop_reason:
+                _logger.warning("stopping after epoch %d: %s", epoch + 1, self.stop_reason)
+                break
+        return self._finish()
 
-    def _finish(self, train_ips: List[float]) -> Dict[str, Any]:
-        cfg, info = self.cfg, self.info
+    def _finish(self) -> Dict[str, Any]:
+        train_ips = self.train_ips
+        cfg, info, task = self.cfg, self.info, self.task
         # the test set is seen exactly once, by the epoch chosen on val
         if self.best_tensors is not None:
             load_trainable_tensors(self.model, self.best_tensors)
-        test = self._evaluate(self.test_ds, "test") if self.splits.test else None
-        results = {
-            "task": "classification",
-            "selection": "best val top-1" if self.splits.val else "last epoch (no val split)",
+        test = task.evaluate(self, self.model, "test") if task.has_split("test") else None
+        results: Dict[str, Any] = {"task": task.name}
+        if self.command:
+            results["command"] = self.command
+        results.update({
+            "selection": f"best val {task.selection_label or task.selection}" if task.has_split("val") else "last epoch (no val split)",
             "best_epoch": self.best["epoch"] + 1,
             "val": self.best["val"],
-            "test": _brief(test, per_class=True) if test else None,
+            "test": task.brief(test),
             "trainable_params": self.params["trainable"],
             "total_params": self.params["total"],
             "throughput": {"train_images_per_second": (sum(train_ips) / len(train_ips)) if train_ips else None,
-                           "eval_images_per_second": test["images_per_second"] if test else None},
-            "data": {"root": cfg.data.root, "classes": self.splits.class_names, "train": len(self.splits.train),
-                     "val": len(self.splits.val), "test": len(self.splits.test), "sources": self.splits.source,
-                     "ignored_non_image_files": self.splits.ignored_files},
-            # which weights these are ('file:<sha256>', 'random:<seed>', 'hub:<tag>'), so results made
-            # with different backbone weights under one name (vpt:NAME, hub tags) can be told apart
-            "backbone": {k: self.model.backbone.identity()[k] for k in ("name", "arch", "weights_id")},
-            "world_size": info.world_size,
-            "device": device_name(self.device),
-            "versions": versions(),
-            "config": to_dict(cfg),
-        }
+                           "eval_images_per_second": test.get("images_per_second") if test else None},
+        })
+        results.update(task.results(self, self.model))  # may refine the keys below (e.g. more versions)
+        if self.stop_reason:
+            results["stopped"] = self.stop_reason
+        for k, v in (("world_size", info.world_size), ("device", device_name(self.device)),
+                     ("versions", versions()), ("config", to_dict(cfg))):
+            results.setdefault(k, v)
         if info.is_main:
             atomic_write_json(os.path.join(self.run_dir, "results.json"), results)
-            shown = test or self.best["val"]
-            if shown and shown.get("confusion_matrix"):
-                draw_confusion_matrix(shown["confusion_matrix"], self.splits.class_names,
-                                      os.path.join(self.run_dir, "confusion_matrix.png"),
-                                      title=f"{'test' if test else 'val'} confusion (rows: true, cols: predicted)")
-            _logger.info("best epoch %d (val top-1 %s); test top-1 %s", results["best_epoch"],
-                         f"{self.best['top1']:.2f}" if self.best["val"] else "n/a",
-                         f"{test['top1']:.2f}" if test else "n/a (no test split)")
-        return broadcast_object(results)
+            task.finish(self, results)
+        results = broadcast_object(results)
+        self.callbacks.on_train_end(self, results)
+        return results
 
 
-def _brief(m: Optional[Dict[str, Any]], per_class: bool = True) -> Optional[Dict[str, Any]]:
-    if m is None:
-        return None
-    keys = ["num_samples", "top1", "top5", "mean_per_class_recall", "loss", "skipped", "images_per_second"]
-    out = {k: m[k] for k in keys if k in m}
-    if per_class:
-        out["per_class_accuracy"] = m["per_class_accuracy"]
-        out["confusion_matrix"] = m["confusion_matrix"]
-    return out
-
-
-def train(cfg: RunConfig, info: Optional[DistInfo] = None, resume: bool = False, overwrite: bool = False,
-          on_step: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
-    """Run ``cfg`` end to end and return the results (also in ``<output.dir>/results.json``)."""
-    from .distributed import resolve_device
-    info = info or DistInfo(device=resolve_device(cfg.train.device))
-    return Trainer(cfg, info, resume=resume, overwrite=overwrite, on_step=on_step).run()
+def train(task: Task, info: Optional[DistInfo] = None, resume: bool = False, overwrite: bool = False,
+          callbacks: Sequence[Callback] = (), command: Optional[str] = None) -> Dict[str, Any]:
+    """Run ``task`` (built from its run config) end to end; returns the results (also in results.json)."""
+    return Trainer(task, info, resume=resume, overwrite=overwrite, callbacks=callbacks, command=command).run()

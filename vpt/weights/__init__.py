@@ -1,12 +1,15 @@
-"""Weights that ship inside the vpt package (``vpt:NAME`` backbones), with provenance cards beside them."""
+"""Weights that ship inside the vpt package, with provenance cards beside them: the ``vpt:NAME`` backbone
+family. It sits above ``vpt.backbones`` (it builds a timm adapter) and registers itself lazily
+(``vpt.registry.BACKBONES``), so the backbones never import it."""
 from __future__ import annotations
 
 import os
 from dataclasses import replace
 from typing import Any, Dict, Tuple
 
-from ..backbones.base import BackboneConfig, BackboneError
-from ..registry import did_you_mean
+from ..backbones import create_timm
+from ..backbones.base import BackboneAdapter, BackboneConfig, BackboneError
+from ..registry import BACKBONES, did_you_mean
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,3 +47,13 @@ def resolve_shipped(cfg: BackboneConfig) -> Tuple[BackboneConfig, str]:
     weights = path if cfg.pretrained else None
     return replace(cfg, name=f"timm:{entry['arch']}", weights=weights,
                    model_kwargs={**entry["model_kwargs"], **cfg.model_kwargs}), entry["sha256"]
+
+
+@BACKBONES.register("vpt", help="weights that ship with vpt (see `vpt list`)")
+def create_shipped(cfg: BackboneConfig) -> BackboneAdapter:
+    resolved, sha256 = resolve_shipped(cfg)
+    adapter = create_timm(resolved)
+    # the artifact names the shipped weights ('vpt:NAME' + their hash), not a path inside this install
+    adapter.config = cfg
+    adapter._weights_id = f"file:{sha256}" if cfg.pretrained else f"random:{cfg.init_seed}"
+    return adapter

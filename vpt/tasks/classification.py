@@ -1,0 +1,333 @@
+"""Image classification: an image folder or CSV, a prompted classifier (``model.type`` classifier | clip |
+lora), cross-entropy, top-1 / top-5 / per-class metrics. The ``classification`` task of the engine."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones.base import BackboneConfig
+from ..data import IMAGE_EXTENSIONS, ImageDataset, build_transforms, collate, load_splits
+from ..engine.build import autocast, memory_format
+from ..engine.config import OptimSection, OutputSection, SchedSection, TrainSection
+from ..engine.distributed import DistInfo
+from ..engine.inference import run_sharded
+from ..engine.task import StepOutput, Task
+from ..errors import ConfigError, DataError
+from ..metrics import classification_metrics, draw_confusion_matrix
+from ..registry import MODEL_TYPES, TASKS
+
+_logger = logging.getLogger(__name__)
+
+
+# --- config ---------------------------------------------------------------------------------------
+@dataclass
+class ModelSection:
+    type: str = "classifier"  # key into vpt.registry.MODEL_TYPES (classifier | clip | lora)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # frozen encoder (library:arch[.tag])
+    prompt: Optional[Dict[str, Any]] = None  # {'kind': 'vpt_deep', 'num_tokens': 10, ...}; None: linear probe / full FT
+    head: Dict[str, Any] = field(default_factory=lambda: {"kind": "linear"})  # head config (kind, pool, ...)
+    train_backbone: bool = False  # unfreeze the backbone (full fine-tuning baseline)
+    text: Optional[Dict[str, Any]] = None  # CLIP learnable text context (type 'clip' only)
+    lora: Optional[Dict[str, Any]] = None  # type 'lora' only: {r, alpha, dropout, target_modules} (needs peft)
+
+
+@dataclass
+class DataSection:
+    root: Optional[str] = None  # image folder (root/<class>/* or root/{train,val,test}/<class>/*) or a CSV file
+    val_fraction: float = 0.1  # without a val split: this share of train, stratified per class
+    test_fraction: float = 0.0  # without a test split: this share of the pool held out for the final test
+    split_seed: int = 0  # seed of the stratified split and of the few-shot subset (independent of train.seed)
+    shots: Optional[int] = None  # few-shot: keep k training images per class (after the val split)
+    skip_corrupt: bool = True  # False: a corrupt / unreadable image stops the run instead of being skipped
+    extensions: List[str] = field(default_factory=lambda: list(IMAGE_EXTENSIONS))  # files that count as images
+
+
+@dataclass
+class AugmentSection:
+    scale: Tuple[float, float] = (0.08, 1.0)  # random resized crop area range (timm --scale)
+    ratio: Tuple[float, float] = (0.75, 4.0 / 3.0)  # random resized crop aspect range (timm --ratio)
+    hflip: float = 0.5  # horizontal flip probability (timm --hflip)
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 disables (timm --color-jitter)
+    color_jitter_prob: float = 0.8  # probability of applying colour jitter when enabled
+    enabled: bool = True  # False: train with the evaluation transform (no augmentation)
+
+
+@dataclass
+class ClassificationTrainSection(TrainSection):
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (timm --smoothing)
+    lean: float = 0.0  # share of blocks whose MLP activations are recomputed in backward (0: off, 1: all): less memory, a little slower
+    channels_last: bool = False  # NHWC weights and inputs (timm --channels-last): faster convolutions (CNN backbones)
+
+
+@dataclass
+class RunConfig:
+    task: str = "classification"  # key into vpt.registry.TASKS: classification | clip | detection
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    sched: SchedSection = field(default_factory=SchedSection)
+    train: ClassificationTrainSection = field(default_factory=ClassificationTrainSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range checks that a type alone can't express (engine sections and data); each names the field and fix."""
+    from ..engine.config import validate_sections
+    validate_sections(cfg)
+    d = cfg.data
+    for ok, msg in ((0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"),
+                    (0 <= d.test_fraction < 1, f"data.test_fraction must be in [0, 1), got {d.test_fraction}"),
+                    (d.shots is None or d.shots >= 1, f"data.shots must be >= 1, got {d.shots}")):
+        if not ok:
+            raise ConfigError(msg)
+    return cfg
+
+
+# --- model ----------------------------------------------------------------------------------------
+def ensure_model_type(name: str) -> None:
+    """Model types other than 'classifier' register when their module is imported (e.g. vpt.clip);
+    import ``vpt.<name>`` if the type isn't registered yet."""
+    if name in MODEL_TYPES:
+        return
+    try:
+        importlib.import_module(f"vpt.{name}")
+    except ImportError:
+        pass
+
+
+def artifact_model_type(artifact_dir: str) -> Optional[str]:
+    """The ``model_type`` an artifact folder names (None when it has no readable config), and make sure
+    that type is registered before ``vpt.from_pretrained``."""
+    path = os.path.join(artifact_dir, "adapter_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            name = str(json.load(f).get("model_type", "classifier"))
+    except (OSError, ValueError, AttributeError):
+        return None  # from_pretrained reports a missing / broken config with its own message
+    ensure_model_type(name)
+    return name
+
+
+def build_model(section: Any, class_names: Sequence[str]) -> torch.nn.Module:
+    """``classifier`` -> ``vpt.create_model``; any other type -> ``MODEL_TYPES[type].factory.from_section``."""
+    from ..model import create_model
+    if section.type == "classifier":
+        if section.text is not None:
+            raise ConfigError("model.text is only used by model.type 'clip'; remove it or set model.type: clip")
+        if section.lora is not None:
+            raise ConfigError("model.lora is only used by model.type 'lora'; remove it or set model.type: lora")
+        backbone = section.backbone
+        if dataclasses.is_dataclass(backbone):
+            backbone = dataclasses.replace(backbone)
+        return create_model(backbone, prompt=section.prompt, num_classes=len(class_names), head=section.head,
+                            class_names=list(class_names), train_backbone=section.train_backbone)
+    ensure_model_type(section.type)
+    try:
+        entry = MODEL_TYPES.get(section.type)
+    except KeyError as e:
+        raise ConfigError(f"model.type: {e.args[0]}") from None
+    factory = entry.factory
+    if not hasattr(factory, "from_section"):
+        raise ConfigError(f"model.type {section.type!r} can't be built from a run config (its class has no "
+                          f"from_section); available for training: classifier")
+    return factory.from_section(section, list(class_names))
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, dataset, batch_size: int, device: torch.device,
+                   amp_dtype: str = "float32", dist_info: Optional[DistInfo] = None, workers: int = 0,
+                   show_progress: Optional[bool] = None, desc: str = "eval",
+                   channels_last: bool = False) -> Dict[str, Any]:
+    """Logits for every readable sample of ``dataset`` (in dataset order), gathered on every rank."""
+    fmt = memory_format(channels_last)
+    was_training = model.training
+    model.eval()
+
+    def step(batch):
+        x, _, idx, n_skip = batch
+        if x is None:
+            return None, None, n_skip
+        with autocast(device, amp_dtype):
+            logits = model(x.to(device, non_blocking=True, memory_format=fmt))
+        return idx, logits.float().cpu(), n_skip
+
+    parts, seconds = run_sharded(dataset, batch_size, collate, step, dist_info or DistInfo(device=device), workers,
+                                 show_progress, desc)
+    model.train(was_training)
+    idx_parts = [p[0] for p in parts if p[0] is not None]
+    logit_parts = [p[1] for p in parts if p[1] is not None]
+    idx = torch.cat(idx_parts) if idx_parts else torch.empty(0, dtype=torch.long)
+    logits = torch.cat(logit_parts) if logit_parts else torch.empty(0)
+    order = idx.argsort()
+    return {"indices": idx[order], "logits": logits[order] if len(order) else logits,
+            "skipped": sum(p[2] for p in parts), "seconds": seconds}
+
+
+def evaluate(model: torch.nn.Module, dataset, class_names: Sequence[str], batch_size: int, device: torch.device,
+             amp_dtype: str = "float32", dist_info: Optional[DistInfo] = None, workers: int = 0,
+             show_progress: Optional[bool] = None, desc: str = "eval",
+             channels_last: bool = False) -> Dict[str, Any]:
+    """Loss, top-1 / top-5, mean per-class recall, per-class accuracy, confusion matrix, throughput."""
+    out = predict_logits(model, dataset, batch_size, device, amp_dtype, dist_info, workers, show_progress, desc,
+                         channels_last)
+    targets = torch.tensor([dataset.samples[i][1] for i in out["indices"].tolist()], dtype=torch.long)
+    metrics = classification_metrics(out["logits"], targets, class_names)
+    metrics["loss"] = F.cross_entropy(out["logits"], targets).item() if len(targets) else float("nan")
+    metrics["skipped"] = out["skipped"]
+    metrics["images_per_second"] = len(targets) / out["seconds"] if out["seconds"] > 0 else float("nan")
+    return metrics
+
+
+def brief(m: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    if m is None:
+        return None
+    keys = ["num_samples", "top1", "top5", "mean_per_class_recall", "loss", "skipped", "images_per_second",
+            "per_class_accuracy", "confusion_matrix"]
+    return {k: m[k] for k in keys if k in m}
+
+
+# --- the task -------------------------------------------------------------------------------------
+@TASKS.register("classification", config_cls=RunConfig, help="image folder / CSV -> class (cross-entropy)")
+class ClassificationTask(Task):
+    name = "classification"
+    config_cls = RunConfig
+    selection = "top1"
+    selection_label = "top-1"
+    model_types = ("classifier", "clip", "lora")
+
+    def validate(self) -> None:
+        validate(self.cfg)
+        if not self.cfg.data.root:
+            raise DataError("no data given: pass --data DIR (or set data.root in the recipe)")
+
+    def setup(self, run) -> None:
+        d = self.cfg.data
+        self.splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions)
+        _logger.info("data %s: %s", d.root, self.splits.summary())
+        if not self.splits.train:
+            raise DataError(f"no training images left in {d.root!r}")
+        if not self.splits.val:
+            _logger.warning("no validation split (no val/ folder and data.val_fraction=0): the best epoch is the last")
+
+    def build_model(self, run) -> torch.nn.Module:
+        t = self.cfg.train
+        model = build_model(self.cfg.model, self.splits.class_names)
+        self.memory_format = memory_format(t.channels_last)
+        if t.channels_last:
+            model.to(memory_format=self.memory_format)
+        if t.lean:
+            if not hasattr(model, "set_lean"):
+                raise ConfigError(f"train.lean needs a model with a lean mode; model type "
+                                  f"'{self.cfg.model.type}' has none: set train.lean: 0")
+            model.set_lean(t.lean)
+        train_tf, eval_tf = build_transforms(model.data_config, self.cfg.augment)
+        skip = self.cfg.data.skip_corrupt
+        self.datasets = {"train": ImageDataset(self.splits.train, train_tf, seed=t.seed, skip_corrupt=skip),
+                         "val": ImageDataset(self.splits.val, eval_tf, skip_corrupt=skip),
+                         "test": ImageDataset(self.splits.test, eval_tf, skip_corrupt=skip)}
+        self.input_size = model.data_config.input_size
+        return model
+
+    def train_dataset(self, run):
+        return self.datasets["train"]
+
+    def collate(self, batch):
+        return collate(batch)
+
+    def has_split(self, split: str) -> bool:
+        return bool(getattr(self.splits, split))
+
+    def train_step(self, run, net, batch) -> StepOutput:
+        x, y, _, n_skip = batch
+        if x is None:  # every image of this micro-batch was unreadable (or none was assigned)
+            dummy = torch.zeros((1, *self.input_size), device=run.device)
+            zero = net(dummy).float().sum() * 0.0
+            return StepOutput(zero, 0, totals={"skipped": torch.tensor(float(n_skip), device=run.device)})
+        x = x.to(run.device, non_blocking=True, memory_format=self.memory_format)
+        y = y.to(run.device, non_blocking=True)
+        logits = net(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=self.cfg.train.label_smoothing)
+        correct = (logits.argmax(1) == y).sum()
+        return StepOutput(loss, len(y), sums={"top1": 100.0 * correct.double()},
+                          totals={"skipped": torch.tensor(float(n_skip), device=run.device)})
+
+    def train_epoch_end(self, run, epoch: int, row: Dict[str, Any]) -> None:
+        if row["train_skipped"]:
+            _logger.warning("epoch %d: skipped %d unreadable training images", epoch, row["train_skipped"])
+
+    def evaluate(self, run, model, split: str) -> Dict[str, Any]:
+        t = self.cfg.train
+        return evaluate(model, self.datasets[split], self.splits.class_names, t.eval_batch_size, run.device,
+                        t.amp_dtype, run.info, t.workers, t.progress, split, t.channels_last)
+
+    def epoch_columns(self, val: Dict[str, Any]) -> Dict[str, float]:
+        return {"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+                "val_mean_per_class_recall": val["mean_per_class_recall"]}
+
+    def brief(self, metrics):
+        return brief(metrics)
+
+    def results(self, run, model) -> Dict[str, Any]:
+        s = self.splits
+        out = {"data": {"root": self.cfg.data.root, "classes": s.class_names, "train": len(s.train),
+                        "val": len(s.val), "test": len(s.test), "sources": s.source,
+                        "ignored_non_image_files": s.ignored_files},
+               # which weights these are ('file:<sha256>', 'random:<seed>', 'hub:<tag>'), so results made
+               # with different backbone weights under one name (vpt:NAME, hub tags) can be told apart
+               "backbone": {k: model.backbone.identity()[k] for k in ("name", "arch", "weights_id")}}
+        return out
+
+    def finish(self, run, results: Dict[str, Any]) -> None:
+        test, val = results["test"], results["val"]
+        shown = test or val
+        if shown and shown.get("confusion_matrix"):
+            draw_confusion_matrix(shown["confusion_matrix"], self.splits.class_names,
+                                  os.path.join(run.run_dir, "confusion_matrix.png"),
+                                  title=f"{'test' if test else 'val'} confusion (rows: true, cols: predicted)")
+        _logger.info("best epoch %d (val top-1 %s); test top-1 %s", results["best_epoch"],
+                     f"{val['top1']:.2f}" if val else "n/a", f"{test['top1']:.2f}" if test else "n/a (no test split)")
+
+    def summary(self, results: Dict[str, Any]) -> List[str]:
+        test, val = results["test"], results["val"]
+        lines = [f"best epoch: {results['best_epoch']} ({results['selection']})"
+                 + (f", val top-1 {val['top1']:.2f}" if val else "")]
+        if test:
+            lines.append(f"test top-1 {test['top1']:.2f}  top-5 {test['top5']:.2f}  "
+                         f"mean per-class recall {test['mean_per_class_recall']:.2f}  (n={test['num_samples']})")
+        return lines
+
+    def evaluate_artifact(self, model, split: str, device) -> Dict[str, Any]:
+        """The run's own split settings (data.*) and AMP dtype, so the test top-1 reproduces results.json."""
+        from ..data import EvalTransform, class_mismatch_message
+        d, t = self.cfg.data, self.cfg.train
+        if not d.root:
+            raise DataError("no data given: pass --data DIR")
+        splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions)
+        if model.class_names is not None and list(model.class_names) != splits.class_names:
+            raise DataError(class_mismatch_message(list(model.class_names), splits.class_names, d.root))
+        samples = (splits.train + splits.val + splits.test) if split == "all" else getattr(splits, split)
+        if not samples:
+            raise DataError(f"{d.root!r} has no {split} images ({splits.summary()}); choose another --split")
+        dataset = ImageDataset(samples, EvalTransform(model.data_config), skip_corrupt=d.skip_corrupt)
+        if t.channels_last:
+            model.to(memory_format=memory_format(True))
+        metrics = evaluate(model, dataset, splits.class_names, t.eval_batch_size, device, t.amp_dtype,
+                           workers=t.workers, channels_last=t.channels_last)
+        return {"split": split, **{k: v for k, v in metrics.items() if k != "confusion_matrix"},
+                "confusion_matrix": metrics["confusion_matrix"]}
+
+    def eval_summary(self, split: str, m: Dict[str, Any]) -> str:
+        return (f"{split}: top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  mean per-class recall "
+                f"{m['mean_per_class_recall']:.2f}  loss {m['loss']:.4f}  (n={m['num_samples']}"
+                f"{', skipped ' + str(m['skipped']) if m['skipped'] else ''})")
