@@ -41,7 +41,9 @@ def load_run_state(path: str) -> Dict[str, Any]:
         raise ResumeError(f"run state {path!r} is unreadable ({type(e).__name__}: {e}); start again with "
                           f"--overwrite") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise ResumeError(f"{path!r} is not a vpt run state of version {STATE_VERSION}")
+        found = state.get("version") if isinstance(state, dict) else None
+        raise ResumeError(f"{path!r} is not a vpt run state of version {STATE_VERSION} (found version {found}; "
+                          f"written by another vpt version); start the run again with --overwrite")
     return state
 
 
