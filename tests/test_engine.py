@@ -167,11 +167,48 @@ def test_constant_warmup_holds_warmup_lr_then_follows_the_schedule():
     assert ramp[0] == 0.005 and all(a < b for a, b in zip(ramp, ramp[1:]))
 
 
-def test_prompts_anywhere_in_the_name_get_no_weight_decay():
-    import torch
-    from vpt.engine.optim import is_no_decay
-    w = torch.zeros(4, 4)
-    assert is_no_decay("prompt.prompts", w)
-    assert is_no_decay("detector.backbone.vit.prompt.prompts", w)
-    assert is_no_decay("text_prompt.ctx", w)
-    assert not is_no_decay("head.fc.weight", w)
+def _groups_by_name(model, **kw):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(g["weight_decay"], g.get("lr"), sorted(names[id(p)] for p in g["params"]))
+            for g in param_groups(model, weight_decay=0.1, **kw)]
+
+
+def test_prompts_anywhere_get_no_weight_decay_by_role_not_name():
+    """Roles come from the model (its prompt modules, head, norms, biases): prompts deep inside a detector
+    and CoOp's text context are found without looking at names, and a name never decides."""
+    import vpt
+    from vpt.clip import create_clip_model
+    from vpt.detection import create_detector
+    det = create_detector(vpt.create_backbone(TINY_VIT_NAME, pretrained=False,
+                                              model_kwargs={**TINY_VIT, "dynamic_img_size": True}),
+                          ["a", "b"], prompt={"kind": "vpt_deep", "num_tokens": 2},
+                          detector={"kind": "fcos", "head_convs": 1, "pyramid": {"out_channels": 32, "scales": [1.0]}})
+    roles = det.param_roles()
+    assert roles["detector.backbone.vit.prompt.prompts"] == ("prompt",)
+    (wd, _, decayed), (_, _, undecayed) = _groups_by_name(det)
+    assert wd == 0.1 and "detector.backbone.vit.prompt.prompts" in undecayed
+    assert all(roles[n][0] == "head" and len(roles[n]) == 1 for n in decayed)  # conv / linear weights of the head
+    assert any(roles[n] == ("head", "norm") for n in undecayed) and any(roles[n] == ("head", "bias") for n in undecayed)
+
+    tiny_clip = dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=2, width=64, patch_size=8, head_width=32),
+                     text_cfg=dict(context_length=32, vocab_size=49408, width=32, heads=2, layers=1))
+    clip = create_clip_model(vpt.create_backbone("open_clip:ViT-B-32", pretrained=False, model_kwargs=tiny_clip),
+                             ["cat", "dog"], text={"num_tokens": 2})
+    assert clip.param_roles()["text_prompt.ctx"] == ("prompt",)
+    assert [g[2] for g in _groups_by_name(clip)] == [["text_prompt.ctx"]] and _groups_by_name(clip)[0][0] == 0.0
+
+
+def test_head_lr_follows_the_head_role(tiny_model):
+    groups = _groups_by_name(tiny_model, head_lr=0.5)
+    assert [(wd, lr) for wd, lr, _ in groups] == [(0.0, None), (0.1, 0.5), (0.0, 0.5)]
+    assert groups[1][2] == ["head.fc.weight"] and groups[2][2] == ["head.fc.bias"]
+    assert all(n.startswith("prompt") for n in groups[0][2])
+
+    class Renamed(torch.nn.Module):  # a parameter called 'prompt' that the model declares as backbone
+        def __init__(self):
+            super().__init__()
+            self.prompt = torch.nn.Parameter(torch.zeros(3, 3))
+
+        def param_roles(self):
+            return {"prompt": ("backbone",)}
+    assert _groups_by_name(Renamed()) == [(0.1, None, ["prompt"])]

@@ -355,6 +355,13 @@ class PromptedCLIP(AdapterMixin, nn.Module):
         return F.linear(F.normalize(pooled, dim=-1), weight.to(pooled.dtype))
 
     # --- configs and artifacts --------------------------------------------------------------------
+    def role_modules(self) -> Dict[str, List[nn.Module]]:
+        """The CoOp text context is a prompt too (``AdapterMixin.param_roles``)."""
+        roles = super().role_modules()
+        if self.text_prompt is not None:
+            roles["prompt"] = roles["prompt"] + [self.text_prompt]
+        return roles
+
     def to_config(self) -> Dict[str, Any]:
         head = to_dict(self.clip_head_config)
         head["templates"] = list(self.templates) if self.templates else head["templates"]  # self-contained

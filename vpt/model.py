@@ -60,6 +60,38 @@ class AdapterMixin:
         from .artifact import save_pretrained
         save_pretrained(self, save_directory)
 
+    # --- what each tensor is, for the optimizer (weight decay, head lr) ---------------------------------
+    def role_modules(self) -> Dict[str, List[nn.Module]]:
+        """Submodules by role, the first role to claim a tensor wins: 'prompt' (every prompt module),
+        'backbone', 'head'; what no role claims is 'backbone'. Models with other parts override this."""
+        from .prompts.base import PromptModule
+        head = getattr(self, "head", None)
+        return {"prompt": [m for m in self.modules() if isinstance(m, PromptModule)],
+                "head": [head] if isinstance(head, nn.Module) else []}
+
+    def param_roles(self) -> Dict[str, Tuple[str, ...]]:
+        """Parameter name -> its roles: the part it belongs to ('prompt' | 'head' | 'backbone') and, for
+        tensors of a normalisation layer or a module's bias, 'norm' / 'bias'. Read by
+        ``vpt.engine.optim.param_groups`` (no weight decay on prompt / norm / bias; ``optim.head_lr``)."""
+        owner: Dict[int, str] = {}
+        for role, modules in self.role_modules().items():
+            for m in modules:
+                for p in m.parameters():
+                    owner.setdefault(id(p), role)
+        kind: Dict[int, str] = {}
+        for m in self.modules():
+            for pname, p in m.named_parameters(recurse=False):
+                if isinstance(m, NORM_LAYERS):
+                    kind[id(p)] = "norm"
+                elif pname == "bias":
+                    kind.setdefault(id(p), "bias")
+        return {n: (owner.get(id(p), "backbone"),) + ((kind[id(p)],) if id(p) in kind else ())
+                for n, p in self.named_parameters()}
+
+
+# normalisation layers (torch's; timm's and torchvision's LayerNorm / LayerNorm2d subclass them)
+NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
+
 
 class PromptedModel(AdapterMixin, nn.Module):
     """Frozen backbone + prompts + head. Build with :func:`vpt.create_model`."""

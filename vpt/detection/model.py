@@ -88,6 +88,10 @@ class PromptedDetector(AdapterMixin, nn.Module):
         boxes in each input image's own pixels."""
         return self.detector(images, targets)
 
+    def role_modules(self) -> Dict[str, List[nn.Module]]:
+        """Prompts, the frozen ViT, and the head: the pyramid and the torchvision detector's heads."""
+        return {"prompt": super().role_modules()["prompt"], "backbone": [self.vit.backbone], "head": [self.detector]}
+
     # --- artifacts ----------------------------------------------------------------------------------
     def to_config(self) -> Dict[str, Any]:
         return {

@@ -8,8 +8,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ..config import ConfigError
 from torch import nn
+
+from ..errors import ConfigError
 
 _logger = logging.getLogger(__name__)
 
@@ -21,22 +22,26 @@ def resolve_lr(optim_cfg: Any, batch_size: int) -> float:
     return float(optim_cfg.lr_base) * batch_size / float(optim_cfg.lr_base_size)
 
 
-def is_no_decay(name: str, param: torch.Tensor) -> bool:
-    """Prompts, biases and norm / 1-d tensors get no weight decay (as in timm and VPT)."""
-    is_prompt = any("prompt" in part for part in name.split("."))  # prompt.*, text_prompt.*, x.vit.prompt.*
-    return param.ndim <= 1 or name.endswith(".bias") or is_prompt or ".norm" in name
+NO_DECAY_ROLES = frozenset({"prompt", "norm", "bias"})
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_prompts: bool = True,
                  head_lr: Optional[float] = None) -> List[Dict[str, Any]]:
     """Trainable tensors split into decayed / undecayed groups, and head / rest when ``head_lr`` is set
-    (empty groups dropped). A group with its own lr carries ``lr`` (the schedule scales it too)."""
+    (empty groups dropped). A group with its own lr carries ``lr`` (the schedule scales it too).
+
+    Which tensor is what comes from the roles the model reports (``model.param_roles()``: prompt, head,
+    norm, bias, backbone; see ``vpt.model.AdapterMixin``), never from parameter names: prompts, norms,
+    biases and other 1-d tensors get no weight decay (as in timm and VPT); ``head_lr`` applies to 'head'.
+    A model without ``param_roles`` is all backbone."""
+    roles = model.param_roles() if hasattr(model, "param_roles") else {}
     groups: Dict[tuple, List[torch.Tensor]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = not (no_decay_prompts and is_no_decay(name, p))
-        head = head_lr is not None and name.startswith("head.")
+        r = set(roles.get(name, ("backbone",)))
+        decay = not (no_decay_prompts and (p.ndim <= 1 or bool(r & NO_DECAY_ROLES)))
+        head = head_lr is not None and "head" in r
         groups.setdefault((head, decay), []).append(p)
     if not groups:
         raise ValueError("the model has no trainable parameters; set a prompt, a head or model.train_backbone")
