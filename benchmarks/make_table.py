@@ -19,9 +19,9 @@ import sys
 from collections import defaultdict
 from typing import Dict, List
 
+from transfer import ARMS, RESULTS, TASKS, select_lr  # a sibling script (light: no torch at module level)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from transfer import ARMS, RESULTS, TASKS, select_lr  # noqa: E402  (light: no torch import at module level)
 
 README = os.path.join(HERE, "README.md")
 START, END = "<!-- transfer-table:start -->", "<!-- transfer-table:end -->"

@@ -20,7 +20,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -39,7 +38,7 @@ BACKBONES = {  # name -> extra `vpt train` arguments
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--task", default="mnist", help="a task of benchmarks/datasets.py")
+    ap.add_argument("--task", default="mnist", help="a task of benchmarks/transfer_data.py")
     ap.add_argument("--data-root", default=os.path.join("~", ".cache", "vpt", "datasets"))
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=3e-2, help="AdamW lr, the same for every run")
@@ -47,18 +46,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/quickstart")
     args = ap.parse_args(argv)
 
-    import datasets  # benchmarks/datasets.py
+    import transfer_data  # benchmarks/transfer_data.py (this script's folder is on sys.path)
     root = os.path.expanduser(args.data_root)
-    if args.task not in datasets.TASKS:
-        ap.error(f"unknown --task {args.task!r}; available: {', '.join(datasets.TASKS)}")
+    if args.task not in transfer_data.TASKS:
+        ap.error(f"unknown --task {args.task!r}; available: {', '.join(transfer_data.TASKS)}")
     if not os.path.isfile(os.path.join(root, args.task, "manifest.json")):
         print(f"preparing {args.task} under {root} ...", flush=True)
         try:
-            datasets.TASKS[args.task](root)
-        except datasets.DataMissing as e:
+            transfer_data.TASKS[args.task](root)
+        except transfer_data.DataMissing as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-    manifest = datasets.read_manifest(root, args.task)
+    manifest = transfer_data.read_manifest(root, args.task)
 
     from vpt.cli import main as vpt_main
     rows = []

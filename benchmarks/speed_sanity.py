@@ -1,6 +1,6 @@
 """Speed sanity: vpt's prompted training step versus the plain-PyTorch VPT recipe, in the same run.
 
-The plain recipe is what users write today (DESIGN.md "Numbers to beat"): a hand loop over timm's blocks
+The plain recipe is what users write today (docs/ARCHITECTURE.md, "Numbers to beat"): a hand loop over timm's blocks
 that concatenates prompts at every layer with autograd on everywhere. vpt must not be slower.
 
     python benchmarks/speed_sanity.py --model vit_small_patch16_224 --batch 8 --steps 6 \

@@ -3,7 +3,7 @@
 Every run is one ``vpt train`` (through ``python benchmarks/transfer.py vpt-train ...``, which calls
 ``vpt.cli.main(['train', ...])``), in its own process; the LoRA arm is vpt's ``model.type: lora`` (peft).
 
-    python benchmarks/datasets.py prepare all                      # data -> ~/.cache/vpt/datasets
+    python benchmarks/transfer_data.py prepare all                      # data -> ~/.cache/vpt/datasets
     python benchmarks/transfer.py export-vit ~/.cache/vpt/pretrain_run1/state.pt  # until vpt:vit_tiny_cifar10 ships
     python benchmarks/transfer.py run --weights ~/.cache/vpt/weights/vit_tiny_cifar10_ep20.safetensors
     python benchmarks/transfer.py run --weights ... --control       # same arms on a random-init copy
@@ -194,7 +194,7 @@ def run_one(args, setup: dict, task: str, arm: str, lr: float, seed: int, path: 
         return None
     with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
         res = json.load(f)
-    from datasets import read_manifest
+    from transfer_data import read_manifest
     manifest = read_manifest(args.data_root, task)
     record = {
         "benchmark": "transfer", "scale": args.scale, "tag": args.tag, "setup": args.setup, "control": args.control,
@@ -244,7 +244,7 @@ def _file_sha(weights_id: str) -> Optional[str]:
 
 def _sha256(path: str) -> str:
     if path not in _SHA:
-        from datasets import sha256_path
+        from transfer_data import sha256_path
         _SHA[path] = sha256_path(path)
     return _SHA[path]
 
@@ -317,8 +317,7 @@ def sweep(args) -> int:
     if importlib.util.find_spec("vpt") is None:  # one clear error, not one traceback per run
         raise SystemExit(f"error: {sys.executable} cannot import vpt, which every run needs: "
                          f"run `pip install -e .` in the repository first")
-    sys.path.insert(0, HERE)
-    from datasets import read_manifest
+    from transfer_data import read_manifest  # a sibling script: this script's folder is on sys.path
     for t in args.tasks:
         read_manifest(args.data_root, t)  # clear error if a task is not prepared
     if args.setup == "effnet_lite0" and not args.control and not args.weights:
@@ -366,8 +365,6 @@ def sweep(args) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["vpt-train"]:
-        # benchmarks/datasets.py must not shadow HuggingFace `datasets` (peft -> transformers probes it)
-        sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
         return vpt_train(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

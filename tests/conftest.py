@@ -3,9 +3,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import json  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -43,3 +46,86 @@ def one_thread():
 @pytest.fixture
 def image_folder(tmp_path):
     return make_image_folder(tmp_path / "data")
+
+
+def tiny_recipe(path, **train):
+    cfg = {
+        "model": {"backbone": {"name": TINY_VIT_NAME, "pretrained": False, "model_kwargs": dict(TINY_VIT)},
+                  "prompt": {"kind": "vpt_deep", "num_tokens": 2}},
+        "augment": {"scale": [0.6, 1.0]},
+        "optim": {"opt": "adamw", "lr": 0.01},
+        "sched": {"warmup_epochs": 1},
+        "train": {"epochs": 3, "batch_size": 8, "eval_batch_size": 16, "workers": 0, "log_interval": 2, **train},
+    }
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return str(path)
+
+
+# --- tiny detection data (VOC / COCO folders of coloured squares) --------------------------------------
+CLASSES = ("blue", "red")
+
+
+def voc_xml(filename, w, h, objects):
+    objs = "".join(
+        f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects)
+    return (f"<annotation><filename>{filename}</filename><size><width>{w}</width><height>{h}</height>"
+            f"<depth>3</depth></size>{objs}</annotation>")
+
+
+def scene(rng, size):
+    """Dark noise with a red and a blue square at random places; returns image and [(class, box)]."""
+    H, W = size
+    img = rng.integers(0, 40, (H, W, 3), dtype=np.uint8)
+    objs = []
+    for name, ch in (("red", 0), ("blue", 2)):
+        s = int(rng.integers(14, 22))
+        x, y = int(rng.integers(0, W - s)), int(rng.integers(0, H - s))
+        img[y:y + s, x:x + s, ch] = 230
+        objs.append((name, (x, y, x + s, y + s)))
+    return img, objs
+
+
+def make_voc(root, n=8, size=(64, 64), seed=0, splits=None):
+    """A tiny Pascal VOC folder: root/{Annotations,JPEGImages,ImageSets/Main}."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    ids = [f"img{i:03d}" for i in range(n)]
+    truth = {}
+    for i in ids:
+        img, objs = scene(rng, size)
+        Image.fromarray(img).save(os.path.join(root, "JPEGImages", f"{i}.png"))
+        with open(os.path.join(root, "Annotations", f"{i}.xml"), "w") as f:
+            f.write(voc_xml(f"{i}.png", size[1], size[0], objs))
+        truth[i] = objs
+    splits = splits or {"train": ids[: n - 4], "val": ids[n - 4: n - 2], "test": ids[n - 2:]}
+    for name, lst in splits.items():
+        with open(os.path.join(root, "ImageSets", "Main", f"{name}.txt"), "w") as f:
+            f.write("\n".join(lst) + "\n")
+    return str(root), truth
+
+
+def make_coco(root, n=6, size=(64, 64), seed=1, splits=("train", "val")):
+    """A tiny COCO folder: root/annotations/instances_<split>.json, images in root/<split>/."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    cats = [{"id": 3, "name": "red"}, {"id": 7, "name": "blue"}]
+    cid = {"red": 3, "blue": 7}
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    for split in splits:
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        images, anns = [], []
+        for i in range(n):
+            img, objs = scene(rng, size)
+            fn = f"{split}_{i}.png"
+            Image.fromarray(img).save(os.path.join(root, split, fn))
+            images.append({"id": 100 + i, "file_name": fn, "width": size[1], "height": size[0]})
+            for name, (x1, y1, x2, y2) in objs:
+                anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": cid[name],
+                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
+            json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+    return str(root)

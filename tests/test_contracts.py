@@ -1,4 +1,5 @@
-"""DESIGN.md contracts over every backbone family x every prompt kind, with tiny random models."""
+"""The contracts (docs/ARCHITECTURE.md, "Contracts") over every backbone family x every prompt kind, with tiny random
+models."""
 import copy
 import pickle
 import re

@@ -9,8 +9,7 @@ import yaml
 
 from vpt.cli import main
 
-from conftest import TINY_VIT
-from test_detection_data import make_coco, make_voc
+from conftest import TINY_VIT, make_coco, make_voc
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread

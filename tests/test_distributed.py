@@ -12,8 +12,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_image_folder
-from test_train_cli import tiny_recipe
+from conftest import make_image_folder, tiny_recipe
 from vpt.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -175,9 +175,8 @@ def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
     calls, set_lean = [], PromptedModel.set_lean
     monkeypatch.setattr(PromptedModel, "set_lean", lambda self, mode=True: calls.append(mode) or set_lean(self, mode))
 
-    from conftest import make_image_folder
+    from conftest import make_image_folder, tiny_recipe
     from safetensors.torch import load_file
-    from test_train_cli import tiny_recipe
     from vpt.cli import main
     data = make_image_folder(tmp_path / "data", per_class=6)
     runs = {}

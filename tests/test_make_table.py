@@ -2,12 +2,8 @@
 table against the random-init control, smoke runs folded away."""
 import json
 import os
-import sys
 
-import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-make_table = pytest.importorskip("make_table")
+import make_table  # benchmarks/ is on the test path (pyproject: tool.pytest.ini_options.pythonpath)
 
 
 def rec(tag, task, arm, lr, seed, val, test, scale="e10", control=False):

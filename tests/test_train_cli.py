@@ -6,24 +6,10 @@ import os
 import pytest
 import yaml
 
-from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder
+from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder, tiny_recipe
 from vpt.cli import main
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-
-
-def tiny_recipe(path, **train):
-    cfg = {
-        "model": {"backbone": {"name": TINY_VIT_NAME, "pretrained": False, "model_kwargs": dict(TINY_VIT)},
-                  "prompt": {"kind": "vpt_deep", "num_tokens": 2}},
-        "augment": {"scale": [0.6, 1.0]},
-        "optim": {"opt": "adamw", "lr": 0.01},
-        "sched": {"warmup_epochs": 1},
-        "train": {"epochs": 3, "batch_size": 8, "eval_batch_size": 16, "workers": 0, "log_interval": 2, **train},
-    }
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f)
-    return str(path)
 
 
 def make_split_folder(root):

@@ -3,14 +3,11 @@ weights (a re-shipped vpt:NAME keeps its name and changes its file) or other epo
 import argparse
 import json
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-transfer = pytest.importorskip("transfer")
-
-from vpt.weights import SHIPPED  # noqa: E402
+import transfer  # benchmarks/ is on the test path (pyproject: tool.pytest.ini_options.pythonpath)
+from vpt.weights import SHIPPED
 
 
 def args(**kw):

@@ -98,17 +98,7 @@ def predict_classes(args, model, device) -> int:
                        for r, (pi, ci) in enumerate(zip(p.tolist(), c.tolist()))]
     records = [{"path": path, "predictions": by_index[i]} if i in by_index else
                {"path": path, "error": "unreadable image (skipped)"} for i, path in enumerate(paths)]
-    if args.format == "json":
-        text = json.dumps(records, indent=2) + "\n"
-    else:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["path", "rank", "label", "index", "prob"])
-        for rec in records:
-            for pred in rec.get("predictions", [{"rank": "", "label": "ERROR: unreadable", "index": "", "prob": ""}]):
-                w.writerow([rec["path"], pred["rank"], pred["label"], pred["index"], pred["prob"]])
-        text = buf.getvalue()
-    _emit(args, text, len(records))
+    _emit(args, render(records, args.format), len(records))
     return 0
 
 
@@ -129,6 +119,25 @@ def predict_boxes(args, model, device) -> int:
 
 # task -> how its predictions are written; tasks whose models output class logits use predict_classes
 PREDICTORS = {"classification": predict_classes, "clip": predict_classes, "detection": predict_boxes}
+
+
+def render(records: List[Dict], fmt: str) -> str:
+    """Prediction records as JSON, or as CSV with one row per (image[, task], rank); a 'task' column when the
+    records carry one (--tasks)."""
+    if fmt == "json":
+        return json.dumps(records, indent=2) + "\n"
+    keys = ["path"] + (["task"] if records and "task" in records[0] else [])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(keys + ["rank", "label", "index", "prob"])
+    for rec in records:
+        if "features_dim" in rec:
+            preds = [{"rank": "", "label": f"features (dim {rec['features_dim']})", "index": "", "prob": ""}]
+        else:
+            preds = rec.get("predictions", [{"rank": "", "label": "ERROR: unreadable", "index": "", "prob": ""}])
+        for pred in preds:
+            w.writerow([rec[k] for k in keys] + [pred["rank"], pred["label"], pred["index"], pred["prob"]])
+    return buf.getvalue()
 
 
 def _emit(args, text: str, n: int) -> None:
@@ -333,19 +342,5 @@ def run_multitask(args) -> int:
             rec["predictions"] = [{"rank": r + 1, "label": names[ci], "index": ci, "prob": round(pi, 6)}
                                   for r, (pi, ci) in enumerate(zip(p.tolist(), c.tolist()))]
         records.append(rec)
-    if args.format == "json":
-        text = json.dumps(records, indent=2) + "\n"
-    else:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["path", "task", "rank", "label", "index", "prob"])
-        for rec in records:
-            if "features_dim" in rec:
-                preds = [{"rank": "", "label": f"features (dim {rec['features_dim']})", "index": "", "prob": ""}]
-            else:
-                preds = rec.get("predictions", [{"rank": "", "label": "ERROR: unreadable", "index": "", "prob": ""}])
-            for pred in preds:
-                w.writerow([rec["path"], rec["task"], pred["rank"], pred["label"], pred["index"], pred["prob"]])
-        text = buf.getvalue()
-    _emit(args, text, len(records))
+    _emit(args, render(records, args.format), len(records))
     return 0

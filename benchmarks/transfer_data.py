@@ -1,8 +1,8 @@
 """Offline transfer tasks (a small VTAB-1k): image folders with train/ (800), val/ (200) and a fixed test/.
 
-    python benchmarks/datasets.py prepare mnist [--root ~/.cache/vpt/datasets]
-    python benchmarks/datasets.py prepare all
-    python benchmarks/datasets.py list
+    python benchmarks/transfer_data.py prepare mnist [--root ~/.cache/vpt/datasets]
+    python benchmarks/transfer_data.py prepare all
+    python benchmarks/transfer_data.py list
 
 Each task becomes ``<root>/<task>/{train,val,test}/<class>/<id>.png`` (native image size: the engine resizes
 with the backbone's own preprocessing) plus ``manifest.json`` (source, licence, counts, sha256 of the
@@ -301,7 +301,7 @@ def read_manifest(root: str, task: str) -> dict:
     path = os.path.join(task_dir(root, task), "manifest.json")
     if not os.path.isfile(path):
         raise DataMissing(f"task '{task}' is not prepared under {os.path.expanduser(root)}; run: "
-                          f"python benchmarks/datasets.py prepare {task} --root {root}")
+                          f"python benchmarks/transfer_data.py prepare {task} --root {root}")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
