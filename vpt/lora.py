@@ -50,10 +50,6 @@ class LoraClassifier(PromptedModel):
                                                      lora_dropout=float(c.dropout),
                                                      target_modules=list(c.target_modules)), backbone.model)
 
-    @property
-    def grad_from(self) -> int:
-        return 0  # LoRA weights sit in every block: autograd from block 0 (never through the embedding)
-
     def to_config(self) -> Dict[str, Any]:
         return {**super().to_config(), "model_type": self.model_type, "lora": to_dict(self.lora_config)}
 

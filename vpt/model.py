@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .backbones import BackboneAdapter, BackboneConfig, BackboneError, create_backbone
+from .backbones.base import NEVER
 from .config import ConfigError, from_dict, to_dict
 from .heads import HeadConfig
 from .prompts import build_prompt, prompt_to_dict, resolve_prompt_config
@@ -148,12 +149,19 @@ class PromptedModel(AdapterMixin, nn.Module):
 
     @property
     def grad_from(self) -> int:
-        """First block whose input needs autograd (-1: from the image; depth: none)."""
-        if self.train_backbone:
+        """First block whose input depends on this model's prompt (-1: the image; NEVER: none)."""
+        return NEVER if self.prompt is None else self.prompt.first_layer
+
+    def autograd_from(self, x: torch.Tensor, prompt_from: Optional[int] = None) -> int:
+        """First block whose input needs autograd: the earliest of the first prompted block, the first block
+        holding a trainable backbone parameter, and -1 (from the image) when the input itself requires grad
+        (saliency maps, adversarial examples, input-gradient penalties). Earlier blocks run without autograd:
+        an optimisation that never changes a gradient anyone asked for."""
+        if not torch.is_grad_enabled():
+            return NEVER
+        if x.requires_grad:
             return -1
-        if self.prompt is None:
-            return self.backbone.layout.depth if self.backbone.layout else 1 << 30
-        return self.prompt.first_layer
+        return min(self.grad_from if prompt_from is None else prompt_from, self.backbone.first_trainable_block())
 
     # --- forward --------------------------------------------------------------------------------
     def _strip(self, h: torch.Tensor, num_prompts: int) -> torch.Tensor:
@@ -180,7 +188,7 @@ class PromptedModel(AdapterMixin, nn.Module):
         if bb.token_refusal is not None:
             raise BackboneError(f"this backbone has no token sequence: {bb.token_refusal}")
         grad = torch.is_grad_enabled()
-        grad_from = self.grad_from if grad_from is None else grad_from
+        grad_from = self.autograd_from(x, grad_from)
         fast = bb.supports_fast_blocks and self.fast
         lean_blocks = self._lean_blocks() if (self.lean and grad and self.training) else ()
         if prompt is not None and prompt.uses_pixels:
@@ -265,7 +273,7 @@ class PromptedModel(AdapterMixin, nn.Module):
         if not self.backbone.supports_tokens:
             if self.prompt is not None:
                 x = self.prompt.pixels(x)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.grad_from < 1 << 30):
+            with torch.set_grad_enabled(self.autograd_from(x) < NEVER):
                 return self.backbone.forward_features(x)
         h, _, _ = self._encode(x)
         return self.backbone.finish(h)

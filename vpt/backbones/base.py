@@ -11,6 +11,8 @@ from torch import nn
 
 from ..errors import BackboneError  # noqa: F401  (re-exported)
 
+NEVER = 1 << 30  # a block index past any depth: "no block needs autograd"
+
 
 @dataclass
 class BackboneConfig:
@@ -197,6 +199,24 @@ class BackboneAdapter(nn.Module):
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         """forward_features output -> the library's own pooled pre-logits (B, num_features)."""
         raise NotImplementedError
+
+    def block_modules(self) -> Optional[nn.ModuleList]:
+        """The library's own blocks that ``block(i, ...)`` runs (token adapters); None for pixel-only ones."""
+        return None
+
+    def first_trainable_block(self) -> int:
+        """Where autograd must start for the backbone's own trainable parameters (LoRA weights, blocks a
+        user unfroze, full fine-tuning): the first block holding one; -1 when one sits outside the blocks
+        (it may feed them, so conservatively from the image); NEVER when every parameter is frozen."""
+        if not any(p.requires_grad for p in self.parameters()):
+            return NEVER
+        blocks = self.block_modules()
+        if blocks is None:
+            return -1
+        in_blocks = {id(p) for p in blocks.parameters()}
+        if any(p.requires_grad and id(p) not in in_blocks for p in self.parameters()):
+            return -1
+        return next(i for i, blk in enumerate(blocks) if any(p.requires_grad for p in blk.parameters()))
 
     # --- pixel-only path ------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -184,6 +184,9 @@ class OpenClipViTAdapter(BackboneAdapter):
         h = h + blk.ls_1(a)
         return h + residual_branch(_mlp_branch, blk, h, lean)
 
+    def block_modules(self):
+        return self.visual.transformer.resblocks if self.token_refusal is None else None
+
     def token_kv(self, i, t):
         blk = self.visual.transformer.resblocks[i]
         D = t.shape[-1]

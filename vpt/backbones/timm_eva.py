@@ -55,6 +55,9 @@ class TimmEvaAdapter(BackboneAdapter):
             rope = pad_rope(rope, h.shape[1] - ctx.num_tokens)
         return self.model.blocks[i](h, rope=rope, attn_mask=mask_bias(key_mask, h))
 
+    def block_modules(self):
+        return self.model.blocks
+
     def finish(self, h):
         return self.model.norm(h)
 

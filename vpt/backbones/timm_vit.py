@@ -166,6 +166,9 @@ class TimmViTAdapter(BackboneAdapter):
         pk, pv = kv if kv is not None else (None, None)
         return block_forward(blk, h, pk, pv, bias, num_queries, lean)
 
+    def block_modules(self):
+        return self.model.blocks
+
     def token_kv(self, i, t):
         blk = self.model.blocks[i]
         return key_values(blk.attn, blk.norm1(t))

@@ -1,0 +1,112 @@
+"""Gradients reach whatever asks for them (issue 18, point 1): the input (saliency maps, adversarial
+examples, input-gradient penalties) and backbone parameters before the first prompted block. Checked with
+``torch.autograd.gradcheck`` on tiny float64 models over the backbone family x prompt kind matrix."""
+import pytest
+import torch
+
+import vpt
+from vpt.backbones import create_backbone
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+K = dict(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2)
+CLIP_KW = dict(embed_dim=8, vision_cfg=dict(image_size=16, layers=2, width=16, patch_size=8, head_width=8),
+               text_cfg=dict(context_length=77, vocab_size=49408, width=16, heads=2, layers=1))
+BACKBONES = {
+    "vit": ("timm:vit_tiny_patch16_224", K),
+    "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", K),
+    "eva02_rope": ("timm:eva02_tiny_patch14_224", dict(K, ref_feat_shape=(2, 2))),
+    "open_clip": ("open_clip:ViT-B-32", CLIP_KW),
+    "cnn": ("timm:resnet10t", dict(pretrained_cfg_overlay=dict(input_size=(3, 16, 16)))),
+}
+PROMPTS = {
+    "none": None,
+    "vpt_shallow": {"kind": "vpt_shallow", "num_tokens": 2},
+    "vpt_deep_last1": {"kind": "vpt_deep", "num_tokens": 2, "last_k": 1},
+    "vpt_prefix_last1": {"kind": "vpt_prefix", "num_tokens": 2, "layers": [1]},
+    "pixel_pad": {"kind": "pixel_pad", "width": 2},
+}
+
+
+def works(bb, prompt):
+    kind = (PROMPTS[prompt] or {}).get("kind", "")
+    return not ((bb == "cnn" and kind.startswith("vpt")) or (bb == "eva02_rope" and kind == "vpt_prefix"))
+
+
+_CACHE = {}
+
+
+def model64(bb, prompt):
+    if (bb, prompt) not in _CACHE:
+        name, kw = BACKBONES[bb]
+        torch.manual_seed(0)
+        m = vpt.create_model(create_backbone(name, pretrained=False, init_seed=0, model_kwargs=kw),
+                             prompt=PROMPTS[prompt], num_classes=2)
+        _CACHE[bb, prompt] = m.double().eval()
+    return _CACHE[bb, prompt]
+
+
+def inputs(seed=0):
+    return torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("prompt", list(PROMPTS))
+@pytest.mark.parametrize("bb", list(BACKBONES))
+def test_gradcheck_input(bb, prompt):
+    if not works(bb, prompt):
+        pytest.skip("pair refused at build time (tested in test_contracts)")
+    model = model64(bb, prompt)
+    x = inputs().requires_grad_(True)
+    out = model(x)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    assert g is not None and g.abs().sum() > 0  # was None before: blocks before the prompt ran without autograd
+    assert torch.autograd.gradcheck(model, (x,), fast_mode=True, eps=1e-6, atol=1e-5)
+
+
+def test_gradcheck_input_full_jacobian():
+    """One case with the full (slow-mode) numerical Jacobian: deep prompts in the last block only."""
+    model = model64("vit", "vpt_deep_last1")
+    x = inputs(1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: model(t)[:, 0], (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("bb", ["vit", "open_clip"])
+def test_unfrozen_block_before_prompt_gets_gradients(bb):
+    """A backbone block the user unfroze in front of the first prompted block is trained too."""
+    name, kw = BACKBONES[bb]
+    model = vpt.create_model(create_backbone(name, pretrained=False, init_seed=0, model_kwargs=kw),
+                             prompt=PROMPTS["vpt_deep_last1"], num_classes=2)
+    block0 = model.backbone.block_modules()[0]
+    block0.requires_grad_(True)
+    assert model.backbone.first_trainable_block() == 0
+    model.train()
+    model(inputs().float()).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block0.parameters() if p.ndim > 1)
+    assert model.prompt.prompts.grad is not None
+
+
+def test_frozen_blocks_still_skip_autograd():
+    """The optimisation stays where nothing asks for a gradient: no graph through frozen block 0."""
+    model = model64("vit", "vpt_deep_last1").float()
+    seen = []
+    hook = model.backbone.model.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    try:
+        model(inputs().float())
+        model(inputs().float().requires_grad_(True))
+    finally:
+        hook.remove()
+        model.double()
+    assert seen == [False, True]
+
+
+def test_saliency_map_matches_reference_path():
+    """The input gradient is the same on the fast path and the reference path (prompts in the sequence)."""
+    model = model64("vit", "vpt_shallow")
+    x = inputs(2).requires_grad_(True)
+    (fast,) = torch.autograd.grad(model(x)[:, 1].sum(), x)
+    model.fast = False
+    try:
+        (ref,) = torch.autograd.grad(model(x)[:, 1].sum(), x)
+    finally:
+        model.fast = True
+    torch.testing.assert_close(fast, ref, rtol=1e-9, atol=1e-12)
