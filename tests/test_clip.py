@@ -100,7 +100,7 @@ def test_visual_prompts_train_through_frozen_clip(env):
     model.train()
     F.cross_entropy(model(env["images"]), env["targets"]).backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert grads == {"prompt.prompts"} and model.prompt.prompts.grad.abs().sum() > 0
+    assert grads == {"prompt.prompts.0", "prompt.prompts.1"} and all(p.grad.abs().sum() > 0 for p in model.prompt.parameters())
     assert not model.backbone.training  # frozen towers stay in eval
     model.eval()
     assert all(torch.equal(p, frozen[n]) for n, p in model.backbone.named_parameters())
@@ -255,7 +255,7 @@ def cb_evaluate(model, dataloader, tokenizer, classnames, templates, device):
 def test_clip_benchmark_evaluate_scores_prompted_model(env, ref):
     torch.manual_seed(1)
     model = clip_model(env, prompt={"kind": "vpt_deep", "num_tokens": 2})
-    model.prompt.prompts.data.mul_(20)  # make the prompts matter for this random model
+    [p.data.mul_(20) for p in model.prompt.parameters()]  # make the prompts matter for this random model
     classnames = [n.replace("_", " ") for n in names()]
     with torch.no_grad():
         base = env["adapter"].model.encode_image(env["images"])
@@ -303,7 +303,7 @@ def test_encode_image_fast_path_equals_reference(env):
     """encode_image computes only the class token in the last block, and equals the full (reference) path."""
     torch.manual_seed(2)
     model = clip_model(env, prompt={"kind": "vpt_deep", "num_tokens": 2}).eval()
-    model.prompt.prompts.data.mul_(20)
+    [p.data.mul_(20) for p in model.prompt.parameters()]
     assert model.fast and model.reads_prefix_only()
     with torch.no_grad():
         assert model.head_features(env["images"][:2]).shape[1] == model.backbone.layout.num_prefix

@@ -195,7 +195,7 @@ def test_open_clip_zero_shot_eval_runs_on_prompted_model(family):
 def test_artifact_names_and_round_trip_unchanged(family, tmp_path):
     _, adapter, images, text = family
     model = build(adapter, PROMPTS["vpt_deep"])
-    assert sorted(model.trainable_state_dict()) == ["head.bias", "head.weight", "prompt.prompts"]
+    assert sorted(model.trainable_state_dict()) == ["head.bias", "head.weight", "prompt.prompts.0", "prompt.prompts.1"]
     model.save_pretrained(str(tmp_path / "a"))
     loaded = vpt.from_pretrained(str(tmp_path / "a"), backbone=adapter)
     assert isinstance(loaded, PromptedCLIP) and loaded.backbone is adapter

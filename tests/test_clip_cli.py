@@ -37,7 +37,7 @@ RUNS = {
                       "--set", "model.prompt={kind: pixel_pad, width: 4}"],
 }
 EXPECTED = {
-    "visual": {"prompt.prompts", "head.weight", "head.bias"},
+    "visual": {"prompt.prompts.0", "prompt.prompts.1", "head.weight", "head.bias"},
     "coop_plus_pad": {"text_prompt.ctx", "prompt.pad_up", "prompt.pad_down", "prompt.pad_left", "prompt.pad_right"},
 }
 

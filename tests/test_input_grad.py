@@ -82,7 +82,7 @@ def test_unfrozen_block_before_prompt_gets_gradients(bb):
     model.train()
     model(inputs().float()).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block0.parameters() if p.ndim > 1)
-    assert model.prompt.prompts.grad is not None
+    assert model.prompt.prompts["1"].grad is not None
 
 
 def test_frozen_blocks_still_skip_autograd():

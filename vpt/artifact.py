@@ -128,6 +128,8 @@ def from_pretrained(directory: str, backbone: Union[None, str, BackboneAdapter] 
     except KeyError as e:
         raise ArtifactError(f"{e.args[0]} (the artifact may need a newer vpt or an optional extra)") from None
     model = cls.from_config(config, backbone)
+    if hasattr(model, "upgrade_tensors"):
+        tensors = model.upgrade_tensors(tensors)  # artifacts saved by an older vpt (e.g. stacked deep prompts)
     expected = model.trainable_state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

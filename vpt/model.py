@@ -21,6 +21,7 @@ from .config import ConfigError, from_dict, to_dict
 from .heads import HeadConfig
 from .prompts import build_prompt, prompt_to_dict, resolve_prompt_config
 from .registry import HEADS, MODEL_TYPES
+from .timm_api import TimmModelApi
 
 
 def take_indices(depth: int, indices: Union[None, int, Sequence[int]]) -> Tuple[List[int], int]:
@@ -56,6 +57,15 @@ class AdapterMixin:
         """peft's format, so that users' scripts that grep it keep working."""
         trainable, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def upgrade_tensors(self, tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Saved trainable tensors in an older vpt layout -> this model's names (each prompt module converts
+        its own); tensors already in today's names pass through."""
+        from .prompts.base import PromptModule
+        for name, module in self.named_modules():
+            if isinstance(module, PromptModule):
+                tensors = module.upgrade_tensors(tensors, f"{name}." if name else "")
+        return tensors
 
     def save_pretrained(self, save_directory: str) -> None:
         from .artifact import save_pretrained
@@ -94,7 +104,7 @@ class AdapterMixin:
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
 
 
-class PromptedModel(AdapterMixin, nn.Module):
+class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
     """Frozen backbone + prompts + head. Build with :func:`vpt.create_model`."""
 
     model_type = "classifier"
@@ -116,12 +126,7 @@ class PromptedModel(AdapterMixin, nn.Module):
         if isinstance(head, str):
             head = {"kind": head}
         self.head_config = from_dict(HeadConfig, head or {}, where="head")
-        if self.head_config.pool not in ("backbone", "cls", "avg"):
-            raise ConfigError(f"unknown head.pool '{self.head_config.pool}'; available: avg, backbone, cls")
-        if self.head_config.pool != "backbone" and not backbone.supports_tokens:
-            raise ConfigError(f"head.pool '{self.head_config.pool}' needs a token backbone; use pool: backbone")
-        if self.head_config.pool == "cls" and not backbone.layout.has_class_token:
-            raise ConfigError("head.pool 'cls' needs a class token, and this backbone has none; use avg or backbone")
+        self._check_pool(self.head_config)
         if class_names is not None:
             class_names = [str(c) for c in class_names]
             if num_classes and len(class_names) != num_classes:
@@ -129,8 +134,7 @@ class PromptedModel(AdapterMixin, nn.Module):
             num_classes = num_classes or len(class_names)
         self.num_classes = int(num_classes)
         self.class_names = class_names
-        self.num_features = (backbone.layout.embed_dim if self.head_config.pool != "backbone"
-                             else backbone.num_features)
+        self.num_features = self._pooled_width(self.head_config)
         self.head = (HEADS.get(self.head_config.kind).factory(self.num_features, self.num_classes, self.head_config)
                      if self.num_classes else None)
 
@@ -139,6 +143,18 @@ class PromptedModel(AdapterMixin, nn.Module):
         self.fast = True  # False: the reference path (prompts always in the sequence; tests compare both)
         self.lean = 0.0  # share of blocks in lean mode (set_lean)
         self.train(False)
+
+    def _check_pool(self, cfg: HeadConfig) -> None:
+        bb = self.backbone
+        if cfg.pool not in ("backbone", "cls", "avg"):
+            raise ConfigError(f"unknown head.pool '{cfg.pool}'; available: avg, backbone, cls")
+        if cfg.pool != "backbone" and not bb.supports_tokens:
+            raise ConfigError(f"head.pool '{cfg.pool}' needs a token backbone; use pool: backbone")
+        if cfg.pool == "cls" and not bb.layout.has_class_token:
+            raise ConfigError("head.pool 'cls' needs a class token, and this backbone has none; use avg or backbone")
+
+    def _pooled_width(self, cfg: HeadConfig) -> int:
+        return self.backbone.layout.embed_dim if cfg.pool != "backbone" else self.backbone.num_features
 
     # --- modes ----------------------------------------------------------------------------------
     def train(self, mode: bool = True):

@@ -218,6 +218,30 @@ class BackboneAdapter(nn.Module):
             return -1
         return next(i for i, blk in enumerate(blocks) if any(p.requires_grad for p in blk.parameters()))
 
+    # --- the library model's own API (vpt.timm_api delegates here) ------------------------------
+    library_prefix: str = "model."  # where the library model's parameter names start, relative to the adapter
+
+    def pretrained_cfg(self) -> Dict[str, Any]:
+        """The library model's pretrained config (timm's ``pretrained_cfg`` keys)."""
+        d = self.data_config()
+        return {"architecture": self.arch, "tag": self.tag, "input_size": tuple(d.input_size), "mean": tuple(d.mean),
+                "std": tuple(d.std), "interpolation": d.interpolation, "crop_pct": d.crop_pct, "crop_mode": "center"}
+
+    def feature_info(self) -> list:
+        """timm-style feature info: dicts with ``module`` (relative to library_prefix), ``num_chs``, ``reduction``."""
+        return list(getattr(self.model, "feature_info", None) or [])
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups as timm's ``group_matcher`` (names relative to library_prefix)."""
+        return dict(self.model.group_matcher(coarse)) if hasattr(self.model, "group_matcher") else {}
+
+    def no_weight_decay(self) -> set:
+        return set(self.model.no_weight_decay()) if hasattr(self.model, "no_weight_decay") else set()
+
+    def prune_blocks(self, keep: int, prune_norm: bool = False) -> None:
+        """Keep the first ``keep`` blocks of the library model (in place); optionally drop its final norm."""
+        raise BackboneError(f"{type(self).__name__} cannot prune blocks")
+
     # --- pixel-only path ------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(self.token_refusal or "forward_features")

@@ -5,6 +5,7 @@ context) and composes the visual tower's own ``_embeds``, ``transformer.resblock
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -186,6 +187,32 @@ class OpenClipViTAdapter(BackboneAdapter):
 
     def block_modules(self):
         return self.visual.transformer.resblocks if self.token_refusal is None else None
+
+    @property
+    def library_prefix(self) -> str:
+        return "model.visual." if "model" in self._modules else "tower."
+
+    def feature_info(self):
+        if self.layout is None:
+            return []
+        L = self.layout
+        return [dict(module=f"transformer.resblocks.{i}", num_chs=L.embed_dim, reduction=L.patch_size[0])
+                for i in range(L.depth)]
+
+    def group_matcher(self, coarse=False):
+        return dict(stem=r"^(?:class_embedding|positional_embedding|conv1|ln_pre|patch_dropout)",
+                    blocks=[(r"^transformer\.resblocks\.(\d+)", None), (r"^(?:ln_post|proj|attn_pool)", (99999,))])
+
+    def no_weight_decay(self):
+        v = self.visual
+        return set(v.no_weight_decay()) if hasattr(v, "no_weight_decay") else {"positional_embedding", "class_embedding"}
+
+    def prune_blocks(self, keep, prune_norm=False):
+        v = self.visual
+        v.transformer.resblocks = v.transformer.resblocks[:keep]
+        if prune_norm:
+            v.ln_post = nn.Identity()
+        self.layout = dataclasses.replace(self.layout, depth=len(v.transformer.resblocks))
 
     def token_kv(self, i, t):
         blk = self.visual.transformer.resblocks[i]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .base import BackboneAdapter, DataConfig, EmbedContext, mask_bias
-from .timm_vit import timm_data_config, timm_layout
+from .timm_vit import prune_timm_blocks, timm_data_config, timm_layout, timm_pretrained_cfg
 
 
 def pad_rope(rope: torch.Tensor, num_prompts: int) -> torch.Tensor:
@@ -57,6 +57,12 @@ class TimmEvaAdapter(BackboneAdapter):
 
     def block_modules(self):
         return self.model.blocks
+
+    def pretrained_cfg(self):
+        return timm_pretrained_cfg(self)
+
+    def prune_blocks(self, keep, prune_norm=False):
+        prune_timm_blocks(self, keep, prune_norm)
 
     def finish(self, h):
         return self.model.norm(h)

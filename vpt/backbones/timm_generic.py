@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .base import BackboneAdapter, DataConfig
-from .timm_vit import timm_data_config
+from .timm_vit import timm_data_config, timm_pretrained_cfg
 
 _WHY = {
     "Beit": "it adds relative-position bias tables sized for its fixed token grid, so extra tokens have no valid bias",
@@ -34,6 +34,9 @@ class TimmGenericAdapter(BackboneAdapter):
 
     def data_config(self) -> DataConfig:
         return timm_data_config(self.model)
+
+    def pretrained_cfg(self):
+        return timm_pretrained_cfg(self)
 
     def forward_features(self, x):
         return self.model.forward_features(x)

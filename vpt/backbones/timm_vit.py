@@ -5,7 +5,8 @@ here, guarded by the zero-prompt identity test and the timm range in pyproject.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import dataclasses
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,21 @@ def timm_data_config(model: nn.Module) -> DataConfig:
         interpolation=str(cfg.get("interpolation", "bicubic")),
         crop_pct=float(cfg.get("crop_pct", 0.875)),
     )
+
+
+def timm_pretrained_cfg(adapter) -> Dict[str, Any]:
+    """timm's pretrained_cfg of the wrapped model with the input size it was built for."""
+    cfg = dict(getattr(adapter.model, "pretrained_cfg", None) or {})
+    cfg["input_size"] = tuple(adapter.data_config().input_size)
+    return cfg
+
+
+def prune_timm_blocks(adapter, keep: int, prune_norm: bool) -> None:
+    m = adapter.model
+    m.blocks = m.blocks[:keep]
+    if prune_norm:
+        m.norm = nn.Identity()
+    adapter.layout = dataclasses.replace(adapter.layout, depth=len(m.blocks))
 
 
 def timm_layout(m: nn.Module) -> TokenLayout:
@@ -168,6 +184,12 @@ class TimmViTAdapter(BackboneAdapter):
 
     def block_modules(self):
         return self.model.blocks
+
+    def pretrained_cfg(self):
+        return timm_pretrained_cfg(self)
+
+    def prune_blocks(self, keep, prune_norm=False):
+        prune_timm_blocks(self, keep, prune_norm)
 
     def token_kv(self, i, t):
         blk = self.model.blocks[i]

@@ -55,8 +55,28 @@ class PromptModule(nn.Module):
         mixes (vpt.multitask) need one."""
         return None
 
+    def parameter_layers(self) -> Dict[str, int]:
+        """The block each trainable tensor belongs to (-1: before the blocks), by parameter name: how
+        layer-wise optimiser groups (timm.optim layer decay) place prompts."""
+        first = self.first_layer
+        return {n: first for n, _ in self.named_parameters()}
+
+    def upgrade_tensors(self, tensors: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+        """Saved tensors under ``prefix`` in an older layout -> this module's names (artifacts stay loadable)."""
+        return tensors
+
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
+
+
+def split_per_layer(tensors: Dict[str, torch.Tensor], key: str, layers: List[int]) -> Dict[str, torch.Tensor]:
+    """vpt <= 0.x saved deep prompts stacked as one (L', P, d) tensor ``key``; now one ``key.<block>`` each."""
+    stacked = tensors.get(key)
+    if stacked is None or stacked.ndim != 3 or stacked.shape[0] != len(layers):
+        return tensors
+    out = {k: v for k, v in tensors.items() if k != key}
+    out.update({f"{key}.{layer}": stacked[j].clone() for j, layer in enumerate(layers)})
+    return out
 
 
 def resolve_layers(layers: Optional[List[int]], last_k: Optional[int], depth: int) -> List[int]:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..registry import PROMPTS
-from .base import PromptModule, resolve_layers, xavier_bound
+from .base import PromptModule, resolve_layers, split_per_layer, xavier_bound
 
 
 @dataclass
@@ -46,15 +46,13 @@ class PrefixPrompt(PromptModule):
         self.num_prefix = int(config.num_tokens)
         self.kv_dim = A
         d = config.project_dim
-        if d:
-            self.prefix = nn.Parameter(torch.zeros(len(layers), self.num_prefix, d))  # (L', P, d)
-            self.proj = nn.Linear(d, 2 * A)
-            nn.init.uniform_(self.prefix, -xavier_bound(layout.patch_size, d), xavier_bound(layout.patch_size, d))
-        else:
-            self.prefix = nn.Parameter(torch.zeros(len(layers), self.num_prefix, 2 * A))  # (L', P, 2A): keys | values
-            b = xavier_bound(layout.patch_size, A)
-            nn.init.uniform_(self.prefix, -b, b)
-            self.proj = nn.Identity()
+        width = d or 2 * A  # (P, d) through a Linear, or (P, 2A): keys | values
+        b = xavier_bound(layout.patch_size, d or A)
+        # one tensor per prompted block, named by the block index (see TokenPrompt)
+        self.prefix = nn.ParameterDict({str(layer): nn.Parameter(torch.zeros(self.num_prefix, width)) for layer in layers})
+        for p in self.prefix.values():
+            nn.init.uniform_(p, -b, b)
+        self.proj = nn.Linear(d, 2 * A) if d else nn.Identity()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     @property
@@ -62,12 +60,19 @@ class PrefixPrompt(PromptModule):
         return self.layers[0]
 
     def kv(self, i, batch_size):
-        j = self._slot.get(i)
-        if j is None:
+        if i not in self._slot:
             return None
-        kv = self.dropout(self.proj(self.prefix[j]))  # (P, 2A)
+        kv = self.dropout(self.proj(self.prefix[str(i)]))  # (P, 2A)
         k, v = kv.unsqueeze(0).expand(batch_size, -1, -1).chunk(2, dim=-1)  # 2 x (B, P, A)
         return k, v
+
+    def parameter_layers(self):
+        layers = {n: self.layers[0] for n, _ in self.named_parameters()}  # a shared projection: the first block
+        layers.update({f"prefix.{layer}": layer for layer in self.layers})
+        return layers
+
+    def upgrade_tensors(self, tensors, prefix):
+        return split_per_layer(tensors, prefix + "prefix", self.layers)
 
     def extra_repr(self):
         return f"kind={self.kind!r}, num_prefix={self.num_prefix}, layers={self.layers}"

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..registry import PROMPTS
-from .base import PromptModule, resolve_layers, xavier_bound
+from .base import PromptModule, resolve_layers, split_per_layer, xavier_bound
 
 
 @dataclass
@@ -57,14 +57,17 @@ class TokenPrompt(PromptModule):
         self._slot = {layer: j for j, layer in enumerate(layers)}
         self.num_tokens = int(config.num_tokens)
         d = config.project_dim or D
-        self.prompts = nn.Parameter(torch.zeros(len(layers), self.num_tokens, d))  # (L', P, d)
-        if config.init == "xavier_uniform":
-            b = xavier_bound(layout.patch_size, d)
-            nn.init.uniform_(self.prompts, -b, b)
-        elif config.init == "normal":
-            nn.init.normal_(self.prompts, std=0.02)
-        elif config.init != "zeros":
+        if config.init not in ("xavier_uniform", "normal", "zeros"):
             raise ConfigError(f"unknown prompt.init '{config.init}'; available: normal, xavier_uniform, zeros")
+        # one (P, d) tensor per prompted block, named by the block index ('prompts.5'), so optimisers that
+        # group parameters by layer (timm.optim layer decay) put each block's prompts in that block's group
+        self.prompts = nn.ParameterDict({str(layer): nn.Parameter(torch.zeros(self.num_tokens, d)) for layer in layers})
+        for p in self.prompts.values():
+            if config.init == "xavier_uniform":
+                b = xavier_bound(layout.patch_size, d)
+                nn.init.uniform_(p, -b, b)
+            elif config.init == "normal":
+                nn.init.normal_(p, std=0.02)
         if config.project_dim:
             self.proj = nn.Linear(d, D)
             nn.init.kaiming_normal_(self.proj.weight, a=0, mode="fan_out")
@@ -80,11 +83,18 @@ class TokenPrompt(PromptModule):
         return self.num_tokens > 0 and i in self._slot
 
     def tokens(self, i, batch_size):
-        j = self._slot.get(i)
-        if j is None or self.num_tokens == 0:
+        if i not in self._slot or self.num_tokens == 0:
             return None
-        p = self.proj(self.prompts[j])  # (P, D)
+        p = self.proj(self.prompts[str(i)])  # (P, D)
         return self.dropout(p.unsqueeze(0).expand(batch_size, -1, -1))  # (B, P, D)
+
+    def parameter_layers(self):
+        layers = {n: self.layers[0] for n, _ in self.named_parameters()}  # a shared projection: the first block
+        layers.update({f"prompts.{layer}": layer for layer in self.layers})
+        return layers
+
+    def upgrade_tensors(self, tensors, prefix):
+        return split_per_layer(tensors, prefix + "prompts", self.layers)
 
     def extra_repr(self):
         return f"kind={self.kind!r}, num_tokens={self.num_tokens}, layers={self.layers}"
