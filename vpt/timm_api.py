@@ -33,10 +33,16 @@ class TimmModelApi:
     def pretrained_cfg(self) -> Dict[str, Any]:
         """The backbone's pretrained config, with the input size the model runs at (what the prompts were
         sized for) and this model's classes: ``timm.data.resolve_model_data_config(model)`` reads it."""
-        d = self.data_config
-        cfg = dict(self.backbone.pretrained_cfg())
+        d, bb = self.data_config, self.backbone
+        cfg = dict(bb.pretrained_cfg())
         cfg.update(input_size=tuple(d.input_size), mean=tuple(d.mean), std=tuple(d.std),
                    interpolation=d.interpolation, crop_pct=d.crop_pct, num_classes=self.num_classes)
+        pre = "backbone." + bb.library_prefix
+        first = cfg.get("first_conv")
+        if first:  # module names as this model has them
+            cfg["first_conv"] = tuple(pre + c for c in first) if isinstance(first, (tuple, list)) else pre + first
+        linears = [n for n, m in self.head.named_modules() if isinstance(m, nn.Linear)] if self.head is not None else []
+        cfg["classifier"] = "head." + linears[-1] if linears else None
         return cfg
 
     @property

@@ -192,6 +192,12 @@ class OpenClipViTAdapter(BackboneAdapter):
     def library_prefix(self) -> str:
         return "model.visual." if "model" in self._modules else "tower."
 
+    def pretrained_cfg(self):
+        cfg = super().pretrained_cfg()
+        if hasattr(self.visual, "conv1"):
+            cfg["first_conv"] = "conv1"
+        return cfg
+
     def feature_info(self):
         if self.layout is None:
             return []

@@ -1,0 +1,186 @@
+"""timm's own model checks (tests/test_models.py: forward, backward, default_cfg names, reset_classifier,
+grad checkpointing, forward_intermediates with feature_info) and its data / optimiser helpers
+(``timm.data.resolve_model_data_config``, ``timm.optim`` weight decay and layer decay), run on prompted
+models over the backbone family x prompt kind matrix."""
+import math
+
+import pytest
+import torch
+
+import vpt
+from vpt.backbones import create_backbone
+
+timm = pytest.importorskip("timm")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+K = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
+CLIP_KW = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=3, width=32, patch_size=8, head_width=16),
+               text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+BACKBONES = {
+    "vit": ("timm:vit_tiny_patch16_224", K),
+    "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", K),
+    "eva02_rope": ("timm:eva02_tiny_patch14_224", dict(K, ref_feat_shape=(4, 4))),
+    "open_clip": ("open_clip:ViT-B-32", CLIP_KW),
+    "cnn": ("timm:resnet10t", dict(pretrained_cfg_overlay=dict(input_size=(3, 32, 32)))),
+}
+PROMPTS = {
+    "none": None,
+    "vpt_shallow": {"kind": "vpt_shallow", "num_tokens": 2},
+    "vpt_deep": {"kind": "vpt_deep", "num_tokens": 2},
+    "vpt_prefix": {"kind": "vpt_prefix", "num_tokens": 2},
+    "pixel_pad": {"kind": "pixel_pad", "width": 4},
+}
+CASES = [(b, p) for b in BACKBONES for p in PROMPTS
+         if not ((b == "cnn" and p.startswith("vpt")) or (b == "eva02_rope" and p == "vpt_prefix"))]
+_ADAPTERS = {}
+
+
+def build(bb, prompt, num_classes=5):
+    if bb not in _ADAPTERS:
+        name, kw = BACKBONES[bb]
+        if bb == "open_clip":
+            pytest.importorskip("open_clip")
+        _ADAPTERS[bb] = create_backbone(name, pretrained=False, init_seed=0, model_kwargs=kw)
+    torch.manual_seed(0)
+    return vpt.create_model(_ADAPTERS[bb], prompt=PROMPTS[prompt], num_classes=num_classes)
+
+
+def inputs(model, batch_size=2):
+    return torch.randn((batch_size, *model.pretrained_cfg["input_size"]), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("bb,prompt", CASES)
+def test_model_forward_and_grad_checkpointing(bb, prompt):
+    """test_model_forward: shape, no NaN; set_grad_checkpointing changes neither outputs nor gradients."""
+    model = build(bb, prompt)
+    x = inputs(model)
+    model.train()
+    outputs = model(x)
+    assert outputs.shape == (2, 5) and not torch.isnan(outputs).any()
+    grads = torch.autograd.grad(outputs.square().sum(), [p for p in model.parameters() if p.requires_grad])
+    model.set_grad_checkpointing()
+    assert model.grad_checkpointing
+    outputs2 = model(x)
+    grads2 = torch.autograd.grad(outputs2.square().sum(), [p for p in model.parameters() if p.requires_grad])
+    model.set_grad_checkpointing(False)
+    torch.testing.assert_close(outputs, outputs2, rtol=1e-4, atol=1e-5)
+    for g, g2 in zip(grads, grads2):
+        torch.testing.assert_close(g, g2, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bb,prompt", CASES)
+def test_model_backward(bb, prompt):
+    """test_model_backward: every trainable tensor gets a gradient, the frozen backbone none."""
+    model = build(bb, prompt, num_classes=42)
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model.train()
+    outputs = model(inputs(model))
+    outputs.mean().backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, f"gradient presence wrong for {n}"
+    assert sum(p.grad.numel() for p in model.parameters() if p.grad is not None) == num_params
+    assert outputs.shape[-1] == 42 and not torch.isnan(outputs).any()
+
+
+@pytest.mark.parametrize("bb,prompt", CASES)
+def test_model_default_cfgs(bb, prompt):
+    """test_model_default_cfgs: num_features / head_hidden_size, forward_head(pre_logits), reset_classifier(0),
+    classifier and first_conv names in the state dict; and timm's data config is the backbone's."""
+    model = build(bb, prompt).eval()
+    assert model.num_classes == 5 and model.num_features > 0 and model.head_hidden_size > 0
+    state_dict = model.state_dict()
+    cfg = model.default_cfg
+    assert cfg == model.pretrained_cfg
+    x = inputs(model, 1)
+    with torch.no_grad():
+        outputs = model.forward_features(x)
+        outputs_pre = model.forward_head(outputs, pre_logits=True)
+        assert outputs_pre.shape[1] == model.head_hidden_size
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and isinstance(model.get_classifier(), torch.nn.Identity)
+        pooled = model(x)
+    assert pooled.shape == outputs_pre.shape
+    torch.testing.assert_close(pooled, outputs_pre, rtol=1e-5, atol=1e-5)  # model(x) may run the class-token fast path
+    model.reset_classifier(3)
+    assert model.get_classifier().fc.out_features == 3 and model(x).shape == (1, 3)
+    for c in [model.pretrained_cfg["classifier"]]:
+        assert c + ".weight" in model.state_dict()
+    first_conv = cfg["first_conv"]
+    for fc in (first_conv,) if isinstance(first_conv, str) else first_conv:
+        assert fc + ".weight" in state_dict, f"{fc} not in model params"
+    # timm.data reads the backbone's preprocessing (CLIP's mean/std for open_clip, not ImageNet's)
+    lib = model.backbone
+    data = timm.data.resolve_model_data_config(model)
+    assert data["input_size"] == tuple(model.data_config.input_size)
+    assert data["mean"] == tuple(model.data_config.mean) and data["std"] == tuple(model.data_config.std)
+    if lib.library == "timm":
+        ref = timm.data.resolve_model_data_config(lib.model)
+        assert {k: v for k, v in data.items() if k != "input_size"} == {k: v for k, v in ref.items() if k != "input_size"}
+    else:
+        assert data["mean"] == tuple(lib.model.visual.preprocess_cfg["mean"])
+    transform = timm.data.create_transform(**data)
+    from PIL import Image
+    assert transform(Image.new("RGB", (48, 40))).shape == (3, *data["input_size"][1:])
+
+
+@pytest.mark.parametrize("bb,prompt", [c for c in CASES if c[0] != "cnn"])
+def test_model_forward_intermediates(bb, prompt):
+    """test_model_forward_intermediates: feature_info channels / reductions match, final output equals
+    forward_features (and with grad checkpointing)."""
+    model = build(bb, prompt).eval()
+    feature_info = timm.models.FeatureInfo(model.feature_info, len(model.feature_info))
+    modules = dict(model.named_modules())
+    assert all(fi["module"] in modules for fi in model.feature_info)
+    x = inputs(model, 1)
+    with torch.no_grad():
+        output, intermediates = model.forward_intermediates(x, output_fmt="NCHW")
+        assert len(feature_info.channels()) == len(intermediates) == model.backbone.layout.depth
+        for e, r, o in zip(feature_info.channels(), feature_info.reduction(), intermediates):
+            assert o.shape[1] == e
+            assert o.shape[2] <= math.ceil(x.shape[-2] / r) + 1 and o.shape[3] <= math.ceil(x.shape[-1] / r) + 1
+        torch.testing.assert_close(output, model.forward_features(x), rtol=0, atol=0)
+        model.set_grad_checkpointing()
+        torch.testing.assert_close(model.forward_intermediates(x)[0], output, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bb,prompt", [c for c in CASES if c[1] in ("vpt_deep", "vpt_prefix", "vpt_shallow", "pixel_pad")])
+def test_layer_decay_puts_prompts_in_their_block_group(bb, prompt):
+    """timm.optim layer decay: block i's prompts share block i's group (and so its lr scale)."""
+    from timm.models._manipulate import group_with_matcher
+    model = build(bb, prompt)
+    layer_of = group_with_matcher(model.named_parameters(), model.group_matcher(coarse=False), reverse=True)
+    bb_ = model.backbone
+    block_prefix = "backbone." + bb_.library_prefix
+    block_name = {"timm": "blocks.{}.", "open_clip": "transformer.resblocks.{}."}
+    for name, layer in model.prompt.parameter_layers().items():
+        if layer < 0 or bb_.layout is None:  # pixel prompts: the stem, where the patch embedding is
+            first_conv = model.pretrained_cfg["first_conv"]
+            assert layer_of["prompt." + name] == layer_of[first_conv + ".weight"]
+            continue
+        block = block_prefix + block_name[bb_.library].format(layer)
+        same = {layer_of[n] for n in layer_of if n.startswith(block)}
+        assert same == {layer_of["prompt." + name]}, name
+    # and timm.optim uses it: deeper prompts get larger learning-rate scales, no weight decay
+    from timm.optim import create_optimizer_v2
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    scale = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    prompt_params = dict(model.prompt.named_parameters())
+    assert all(wd[id(p)] == 0.0 for p in prompt_params.values())  # no_weight_decay names the prompts
+    if prompt == "vpt_deep":
+        depth = bb_.layout.depth
+        scales = [scale[id(prompt_params[f"prompts.{i}"])] for i in range(depth)]
+        assert scales == sorted(scales) and scales[0] < scales[-1] < scale[id(model.head.fc.weight)] + 1e-12
+
+
+def test_prune_intermediate_layers_keeps_prompts_of_kept_blocks():
+    model = build("vit", "vpt_deep").eval()
+    x = inputs(model, 1)
+    with torch.no_grad():
+        _, full = model.forward_intermediates(x, indices=[0, 1])
+        take = model.prune_intermediate_layers(indices=[0, 1], prune_head=True)
+        assert take == [0, 1] and len(model.backbone.model.blocks) == 2 and model.head is None
+        _, pruned = model.forward_intermediates(x, indices=[0, 1])
+    for a, b in zip(full, pruned):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    _ADAPTERS.pop("vit")  # the wrapped model was pruned in place (as timm does)
