@@ -184,9 +184,9 @@ def test_prompts_anywhere_get_no_weight_decay_by_role_not_name():
                           ["a", "b"], prompt={"kind": "vpt_deep", "num_tokens": 2},
                           detector={"kind": "fcos", "head_convs": 1, "pyramid": {"out_channels": 32, "scales": [1.0]}})
     roles = det.param_roles()
-    assert roles["detector.backbone.vit.prompt.prompts"] == ("prompt",)
+    assert roles["detector.backbone.vit.prompt.prompts.0"] == ("prompt",)
     (wd, _, decayed), (_, _, undecayed) = _groups_by_name(det)
-    assert wd == 0.1 and "detector.backbone.vit.prompt.prompts" in undecayed
+    assert wd == 0.1 and "detector.backbone.vit.prompt.prompts.0" in undecayed
     assert all(roles[n][0] == "head" and len(roles[n]) == 1 for n in decayed)  # conv / linear weights of the head
     assert any(roles[n] == ("head", "norm") for n in undecayed) and any(roles[n] == ("head", "bias") for n in undecayed)
 
