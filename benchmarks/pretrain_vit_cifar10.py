@@ -28,15 +28,18 @@ once into ``--cache-dir`` and decoded once into uint8 ``.npy`` arrays there; tra
 in memory (on the training device) as tensors and augments batched tensors in torch (no DataLoader
 workers).
 
-Determinism: the data order and augmentation of epoch ``e`` come from a generator seeded with
-``(seed, e)`` only, the model has no dropout, and deterministic algorithms are requested, so a run
-resumed from ``state.pt`` gives the same weights as an uninterrupted one (same thread count, same
-machine/library versions).
+Training runs on vpt's engine (``vpt.engine.Trainer``, the loop every vpt task uses) with this script's
+task (``CifarPretrain``): AdamW, per-step warmup + cosine, gradient clipping, bf16 autocast, compile,
+checkpoints (``<out>/run_state.pt``) and exact resume come from the engine.
+
+Determinism: the data order of epoch ``e`` comes from the engine's sampler (seeded with ``(seed, e)``), the
+augmentation from a generator seeded with ``(seed, e)``, the model has no dropout, and deterministic
+algorithms are requested, so a run resumed from ``run_state.pt`` gives the same weights as an
+uninterrupted one (same thread count, same machine/library versions).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -48,11 +51,17 @@ import shutil
 import sys
 import tarfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from vpt.backbones.base import sha256_file as _sha256
+from vpt.engine import Callback, OptimSection, OutputSection, SchedSection, StepOutput, Task, TrainSection
+from vpt.errors import VptError
+from vpt.io import atomic_write_text as _atomic_write_text
 
 # --------------------------------------------------------------------------------------------------
 # Constants other modules rely on (rebuild with ``timm.create_model(MODEL_NAME, **MODEL_KWARGS)``).
@@ -75,7 +84,6 @@ IMG_SIZE = 32
 PAD = 4
 EVAL_BATCH = 500  # fixed, independent of --batch-size, so eval numbers are reproducible
 WEIGHTS_NAME = "vit_tiny_cifar10.safetensors"
-STATE_NAME = "state.pt"
 SPLITS = {"train": 5000, "test": 1000}  # images per class
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,28 +106,11 @@ class Logger:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return _sha256(str(path))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _atomic_write_text(str(path), text)
 
 
 def atomic_np_save(path: Path, arr: np.ndarray) -> None:
@@ -238,31 +229,26 @@ def build_model() -> torch.nn.Module:
     return timm.create_model(MODEL_NAME, **MODEL_KWARGS)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float):
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+class Pretrained(torch.nn.Module):
+    """The timm ViT, with the roles vpt's optimizer reads: timm's ``no_weight_decay()`` tensors (class and
+    position tokens) are 'token', every other tensor 'backbone' (1-d ones get no decay either)."""
 
+    def __init__(self, vit: torch.nn.Module):
+        super().__init__()
+        self.vit = vit
 
-def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (base - min_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
+    def forward(self, x):
+        return self.vit(x)
 
+    def param_roles(self):
+        skip = set(self.vit.no_weight_decay())
+        return {n: ("backbone", "token") if n[len("vit."):] in skip else ("backbone",)
+                for n, _ in self.named_parameters()}
 
-def autocast(device: torch.device, amp: str):
-    """bf16 autocast on the training device, or nothing (fp32)."""
-    if amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    def save_pretrained(self, directory):  # the engine's per-epoch artifact (best/): the weights
+        from safetensors.torch import save_file
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.vit.state_dict().items()},
+                  os.path.join(directory, "model.safetensors"))
 
 
 @torch.no_grad()
@@ -336,11 +322,162 @@ def init_record(path: Path) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------------
-# Hyper-parameters that must match when resuming.
-RESUME_KEYS = ("epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs",
-               "label_smoothing", "clip_grad", "seed", "limit_train", "limit_test", "mixup", "cutmix", "amp",
-               "init_sha256")
-NEW_KEY_DEFAULTS = {"mixup": 0.0, "cutmix": 0.0, "amp": "fp32", "init_sha256": None}
+@dataclass
+class PretrainData:
+    limit_train: int | None = None  # smoke runs: a seeded subset of the training images
+    limit_test: int | None = None  # smoke runs: a seeded subset of the test images
+    mixup: float = 0.0  # timm Mixup alpha (0: off)
+    cutmix: float = 0.0  # timm CutMix alpha (0: off)
+    label_smoothing: float = 0.1  # cross-entropy label smoothing (also inside Mixup's soft targets)
+    init_sha256: str | None = None  # sha256 of the --init-from weights (None: random init)
+
+
+@dataclass
+class PretrainConfig:
+    """A run of this script in the engine's terms (written to <out>/config.yaml; --resume compares it)."""
+    task: str = "cifar10_pretrain"
+    data: PretrainData = field(default_factory=PretrainData)
+    optim: OptimSection = field(default_factory=OptimSection)
+    sched: SchedSection = field(default_factory=SchedSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+
+# fields that may change between a run and its --resume (where and how fast, not what is learned)
+RESUMABLE_CHANGES = {("output", "dir"), ("train", "device"), ("train", "compile"), ("train", "log_interval"),
+                     ("train", "progress"), ("train", "workers")}
+
+
+def run_config(args, n_train: int) -> PretrainConfig:
+    """Map the flags onto the engine's sections. The warmup starts at lr / warmup_steps, so step s of the
+    warmup runs at about (s + 1) / warmup_steps of the lr, as this script always did."""
+    steps = n_train // args.batch_size  # whole batches only: a constant batch shape
+    warmup_steps = int(round(args.warmup_epochs * steps))
+    return PretrainConfig(
+        data=PretrainData(limit_train=args.limit_train, limit_test=args.limit_test, mixup=args.mixup,
+                          cutmix=args.cutmix, label_smoothing=args.label_smoothing, init_sha256=args.init_sha256),
+        optim=OptimSection(opt="adamw", lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
+                           clip_grad=args.clip_grad if args.clip_grad and args.clip_grad > 0 else None),
+        sched=SchedSection(sched="cosine", warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
+                           warmup_lr=args.lr / warmup_steps if warmup_steps else 0.0),
+        train=TrainSection(epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=EVAL_BATCH,
+                           amp_dtype="bfloat16" if args.amp == "bf16" else "float32", compile=bool(args.compile),
+                           seed=args.seed, deterministic=True, device=args.device, workers=0,
+                           log_interval=args.log_every, progress=False),
+        output=OutputSection(dir=str(args.out), save_last=False))
+
+
+class _Indices(torch.utils.data.Dataset):
+    """Sample indices into the in-memory training tensors; each epoch re-seeds the augmentation generator."""
+
+    def __init__(self, task: "CifarPretrain"):
+        self.task = task
+
+    def __len__(self) -> int:
+        return len(self.task.ytr)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def set_epoch(self, epoch: int) -> None:
+        self.task.gen.manual_seed(self.task.cfg.train.seed * 1_000_003 + epoch)
+
+
+class CifarPretrain(Task):
+    """Supervised CIFAR-10 training of the timm ViT, as a task of vpt's engine: the engine runs the loop
+    (AdamW, warmup + cosine per step, clipping, bf16 autocast, compile, checkpoints and exact resume); the
+    task keeps the data in memory and augments whole batches on the device."""
+
+    name, selection, drop_last = "cifar10_pretrain", "top1", True
+
+    def __init__(self, cfg: PretrainConfig, args, log: Logger):
+        super().__init__(cfg)
+        self.args, self.log = args, log
+        self.gen = torch.Generator()
+
+    def setup(self, run) -> None:
+        d = self.cfg.data
+        data, self.classes = load_arrays(self.args.data_tar, self.args.cache_dir, self.log)
+        xtr, ytr = subset(*data["train"], d.limit_train, self.cfg.train.seed)
+        self.xte, self.yte = subset(*data["test"], d.limit_test, self.cfg.train.seed)
+        self.xtr, self.ytr = xtr.to(run.device), ytr.to(run.device)  # the whole (uint8) set stays on the device
+        self.mixer = None
+        if d.mixup or d.cutmix:
+            from timm.data import Mixup  # random draws from numpy's global RNG: seeded, saved and restored
+            from timm.loss import SoftTargetCrossEntropy
+            self.soft_ce = SoftTargetCrossEntropy()
+            self.mixer = Mixup(mixup_alpha=d.mixup, cutmix_alpha=d.cutmix, label_smoothing=d.label_smoothing,
+                               num_classes=len(self.classes))
+
+    def build_model(self, run) -> torch.nn.Module:
+        if self.args.init_from is not None:
+            vit = load_weights(self.args.init_from)
+            vit.train()
+        else:
+            vit = build_model()
+        self.model = Pretrained(vit)
+        return self.model
+
+    def train_dataset(self, run):
+        return _Indices(self)
+
+    def collate(self, batch):
+        return torch.tensor(batch, dtype=torch.long)
+
+    def train_step(self, run, net, idx) -> StepOutput:
+        idx = idx.to(run.device)
+        xb = augment(to_input(self.xtr[idx]), self.gen)
+        yb = self.ytr[idx]
+        if self.mixer is not None:
+            xb, soft = self.mixer(xb, yb)
+            loss = self.soft_ce(net(xb).float(), soft)
+        else:
+            loss = F.cross_entropy(net(xb).float(), yb, label_smoothing=self.cfg.data.label_smoothing)
+        return StepOutput(loss * len(yb), len(yb))  # the engine wants the sum over the batch
+
+
+class History(Callback):
+    """Test top-1 after every epoch (monitoring only: the export is the last epoch), the log line with an
+    ETA, the per-epoch history and the wall time; saved in the run state, so --resume keeps them."""
+
+    def __init__(self, task: CifarPretrain, max_epochs_this_run: int | None, budget_min: float | None):
+        self.task, self.max_epochs, self.budget_min = task, max_epochs_this_run, budget_min
+        self.history: list = []
+        self.train_time = 0.0
+
+    def on_train_start(self, run) -> None:
+        self.run_t0, self.start_epoch, self.done_here = time.time(), run.start_epoch, 0
+
+    def on_epoch_end(self, run, epoch, row) -> None:
+        t0 = time.time()
+        correct, total, te_loss = evaluate(run.model, self.task.xte, self.task.yte)
+        ep_s = row["epoch_seconds"] + (time.time() - t0)
+        self.train_time += ep_s
+        acc = 100.0 * correct / total
+        lr = run.optimizer.param_groups[0]["lr"]
+        self.history.append({"epoch": epoch, "train_loss": row["train_loss"], "test_top1": acc, "test_loss": te_loss,
+                             "lr_last": lr, "img_per_s": row["train_images_per_second"], "epoch_s": ep_s,
+                             "elapsed_s": self.train_time})
+        self.done_here += 1
+        epochs = run.cfg.train.epochs
+        remaining = (epochs - epoch) * (time.time() - self.run_t0) / self.done_here
+        finish = _dt.datetime.now() + _dt.timedelta(seconds=remaining)
+        eta = f" | ETA {fmt_s(remaining)} (~{finish.strftime('%H:%M')})"
+        if self.budget_min is not None:
+            need = self.train_time + remaining
+            eta += (f" est. total {need / 60:.0f} of {self.budget_min:.0f} min budget"
+                    f"{' OVER' if need > 60 * self.budget_min else ''}")
+        self.task.log(f"epoch {epoch:3d}/{epochs} train_loss {row['train_loss']:.4f} test_top1 {acc:6.2f}% "
+                      f"test_loss {te_loss:.4f} lr {lr:.2e} {row['train_images_per_second']:.0f} img/s epoch "
+                      f"{ep_s:.0f}s elapsed {fmt_s(self.train_time)}{eta}")
+        if self.max_epochs is not None and self.done_here >= self.max_epochs and epoch < epochs:
+            run.request_stop(f"--max-epochs-this-run {self.max_epochs}")
+
+    def state_dict(self):
+        return {"history": self.history, "train_time_s": self.train_time}
+
+    def load_state_dict(self, state) -> None:
+        self.history, self.train_time = list(state["history"]), float(state["train_time_s"])
 
 
 def parse_args(argv=None):
@@ -369,7 +506,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--time-budget-min", type=float, default=None,
                    help="only used to log an ETA vs. this budget; changes nothing")
-    p.add_argument("--resume", action="store_true", help="resume from <out>/state.pt if present")
+    p.add_argument("--resume", action="store_true", help="resume from <out>/run_state.pt if present")
     p.add_argument("--init-from", type=Path, default=None, metavar="WEIGHTS",
                    help="start from a weights file this script exported (a new schedule from there)")
     p.add_argument("--eval-only", type=Path, default=None, metavar="WEIGHTS",
@@ -439,167 +576,73 @@ def run_eval_only(args) -> int:
     return 0
 
 
+def _check_resume(out: Path, cfg: PretrainConfig) -> None:
+    """A changed recipe cannot silently continue someone else's state."""
+    import yaml
+
+    from vpt.config import to_dict
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    now = to_dict(cfg)
+    diff = {f"{sec}.{k}": (saved.get(sec, {}).get(k), v) for sec, fields in now.items() if isinstance(fields, dict)
+            for k, v in fields.items() if (sec, k) not in RESUMABLE_CHANGES and saved.get(sec, {}).get(k) != v}
+    if diff:
+        raise SystemExit(f"refusing to resume {out}: hyper-parameters differ {diff}")
+
+
 def train(args) -> int:
+    from vpt.engine import holds_run
+    from vpt.engine import train as engine_train
+
     setup_determinism(args.seed, args.threads)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / STATE_NAME
-    if state_path.exists() and not args.resume:
-        print(f"error: {state_path} exists; pass --resume to continue it or use another --out",
-              file=sys.stderr)
-        return 2
     log = Logger(out / "train.log")
-
-    device = torch.device(args.device)
-    data, classes = load_arrays(args.data_tar, args.cache_dir, log)
-    xtr, ytr = subset(*data["train"], args.limit_train, args.seed)
-    xte, yte = subset(*data["test"], args.limit_test, args.seed)
-    xtr, ytr = xtr.to(device), ytr.to(device)  # the whole (uint8) training set stays on the device
-    n_train = len(ytr)
-    steps_per_epoch = n_train // args.batch_size  # drop_last: constant batch shape
-    if steps_per_epoch < 1:
-        raise ValueError("batch size larger than training set")
-    total_steps = steps_per_epoch * args.epochs
-    warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
-
-    init = None
-    if args.init_from is not None:
-        init = init_record(args.init_from)
-        model = load_weights(args.init_from)
+    init = init_record(args.init_from) if args.init_from is not None else None
+    args.init_sha256 = init["sha256"] if init else None
+    n_train = min(args.limit_train or SPLITS["train"] * 10, SPLITS["train"] * 10)
+    cfg = run_config(args, n_train)
+    resume = args.resume and holds_run(str(out))
+    if resume:
+        _check_resume(out, cfg)
+    if init:
         log(f"init from {init['path']} sha256 {init['sha256']}"
             + (f" (test top-1 {init['test_top1']:.2f}%)" if init.get("test_top1") is not None else ""))
-    else:
-        model = build_model()
-    model = model.to(device)
-    model.train()
-    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr,
-                            betas=(0.9, 0.999), eps=1e-8)
-    args.init_sha256 = init["sha256"] if init else None
-    hp = {k: getattr(args, k) for k in RESUME_KEYS}
-    start_epoch, step, history, train_time = 0, 0, [], 0.0
-
-    if args.resume and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        saved = {**NEW_KEY_DEFAULTS, **st["hparams"]}  # states written before these options existed
-        diff = {k: (saved.get(k), v) for k, v in hp.items() if saved.get(k) != v}
-        if diff:
-            raise SystemExit(f"refusing to resume {state_path}: hyper-parameters differ {diff}")
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        torch.set_rng_state(st["rng"]["torch"])
-        np.random.set_state(st["rng"]["numpy"])
-        start_epoch, step = st["epoch"], st["step"]
-        history, train_time = st["history"], st["train_time_s"]
-        log(f"resumed from {state_path} at epoch {start_epoch}, step {step}")
-
-    mixer = None
-    if args.mixup or args.cutmix:
-        from timm.data import Mixup  # random draws from numpy's global RNG: seeded, saved and restored
-        from timm.loss import SoftTargetCrossEntropy
-        soft_ce = SoftTargetCrossEntropy()
-        mixer = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing,
-                      num_classes=len(classes))
-    net = torch.compile(model) if args.compile else model
-    n_params = sum(p.numel() for p in model.parameters())
     cmd = shlex.join([sys.executable] + sys.argv)
     log(f"cmd: {cmd}")
-    log(f"{MODEL_NAME} {MODEL_KWARGS} params={n_params} | train {n_train} test {len(yte)} | "
-        f"epochs {args.epochs} x {steps_per_epoch} steps, warmup {warmup_steps} steps | "
-        f"bs {args.batch_size} lr {args.lr} wd {args.weight_decay} seed {args.seed} "
-        f"threads {args.threads} device {device} amp {args.amp} mixup {args.mixup} cutmix {args.cutmix} "
-        f"torch {torch.__version__}")
-
-    run_t0 = time.time()
-    epochs_this_run = 0
-    for epoch in range(start_epoch, args.epochs):
-        if args.max_epochs_this_run is not None and epochs_this_run >= args.max_epochs_this_run:
-            log(f"stopping after {epochs_this_run} epoch(s) this run (--max-epochs-this-run)")
-            return 0
-        ep_t0 = time.time()
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n_train, generator=gen)
-        model.train()
-        loss_t = torch.zeros((), dtype=torch.float64, device=device)  # on the device: no host sync per step
-        seen = 0
-        for i in range(steps_per_epoch):
-            lr = lr_at(step, total_steps, warmup_steps, args.lr, args.min_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            idx = perm[i * args.batch_size : (i + 1) * args.batch_size].to(device)
-            xb = augment(to_input(xtr[idx]), gen)
-            yb = ytr[idx]
-            with autocast(device, args.amp):
-                if mixer is not None:
-                    xb, soft = mixer(xb, yb)
-                    loss = soft_ce(net(xb).float(), soft)
-                else:
-                    loss = F.cross_entropy(net(xb).float(), yb, label_smoothing=args.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if args.clip_grad and args.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            opt.step()
-            step += 1
-            loss_t += loss.detach().double() * len(yb)
-            seen += len(yb)
-            if args.log_every and (i + 1) % args.log_every == 0:
-                el = time.time() - ep_t0
-                log(f"  ep {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss_t.item() / seen:.4f} "
-                    f"lr {lr:.2e} {seen / el:.0f} img/s", file_too=False)
-        loss_sum = loss_t.item()
-        if not math.isfinite(loss_sum):
-            log(f"non-finite loss in epoch {epoch + 1}; aborting (state.pt holds the last finished epoch)")
-            return 3
-        train_s = time.time() - ep_t0
-        correct, total, te_loss = evaluate(model, xte, yte)
-        ep_s = time.time() - ep_t0
-        train_time += ep_s
-        acc = 100.0 * correct / total
-        rec = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "test_top1": acc,
-               "test_loss": te_loss, "lr_last": lr, "img_per_s": seen / train_s,
-               "epoch_s": ep_s, "elapsed_s": train_time}
-        history.append(rec)
-        eta = ""
-        done_here = epoch + 1 - start_epoch
-        remaining = (args.epochs - epoch - 1) * (time.time() - run_t0) / done_here
-        finish = _dt.datetime.now() + _dt.timedelta(seconds=remaining)
-        eta = f" | ETA {fmt_s(remaining)} (~{finish.strftime('%H:%M')})"
-        if args.time_budget_min is not None:
-            need = train_time + remaining
-            eta += (f" est. total {need / 60:.0f} of {args.time_budget_min:.0f} min budget"
-                    f"{' OVER' if need > 60 * args.time_budget_min else ''}")
-        log(f"epoch {epoch + 1:3d}/{args.epochs} train_loss {rec['train_loss']:.4f} "
-            f"test_top1 {acc:6.2f}% test_loss {te_loss:.4f} lr {lr:.2e} "
-            f"{rec['img_per_s']:.0f} img/s epoch {ep_s:.0f}s elapsed {fmt_s(train_time)}{eta}")
-        atomic_torch_save({
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "epoch": epoch + 1,
-            "step": step,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
-            "hparams": hp,
-            "history": history,
-            "train_time_s": train_time,
-            "model_name": MODEL_NAME,
-            "model_kwargs": MODEL_KWARGS,
-            "classes": classes,
-        }, state_path)
-        epochs_this_run += 1
+    log(f"{MODEL_NAME} {MODEL_KWARGS} | epochs {args.epochs} | bs {args.batch_size} lr {args.lr} "
+        f"wd {args.weight_decay} seed {args.seed} threads {args.threads} device {args.device} amp {args.amp} "
+        f"mixup {args.mixup} cutmix {args.cutmix} torch {torch.__version__}")
+    task = CifarPretrain(cfg, args, log)
+    history = History(task, args.max_epochs_this_run, args.time_budget_min)
+    try:
+        res = engine_train(task, resume=resume, callbacks=[history], command=cmd)
+    except VptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if res.get("stopped"):
+        log(f"stopping after {history.done_here} epoch(s) this run (--max-epochs-this-run); "
+            f"run the same command with --resume to continue")
+        return 0
+    n_params = sum(p.numel() for p in task.model.parameters())
+    device = torch.device(args.device)
 
     # ---- export: weights, then re-evaluate the *file* on the CPU (where --eval-only runs), so that
     # --eval-only reproduces it exactly on any machine ----
     wpath = out / WEIGHTS_NAME
-    digest = export_weights(model, wpath, classes)
-    correct, total, te_loss = evaluate(load_weights(wpath), xte, yte)
+    digest = export_weights(task.model.vit, wpath, task.classes)
+    correct, total, te_loss = evaluate(load_weights(wpath), task.xte, task.yte)
     acc = 100.0 * correct / total
+    train_time = history.train_time
+    mixer = task.mixer
     results = {
+        **res,  # the engine's record (config, world size, versions, parameter counts, ...), refined below
         "test_top1": acc,
         "test_correct": correct,
         "n_test": total,
         "test_loss": te_loss,
-        "n_train": n_train,
+        "n_train": len(task.ytr),
         "epochs": args.epochs,
-        "steps": step,
+        "steps": args.epochs * (len(task.ytr) // args.batch_size),
         "hparams": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "optimizer": "AdamW(betas=(0.9,0.999), eps=1e-8), no decay on bias/norm/pos_embed/cls_token",
         "schedule": "per-step linear warmup + cosine to min_lr",
@@ -611,10 +654,10 @@ def train(args) -> int:
         "model_name": MODEL_NAME,
         "model_kwargs": MODEL_KWARGS,
         "n_params": n_params,
-        "classes": classes,
+        "classes": task.classes,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "timm": __import__("timm").__version__, "numpy": np.__version__,
-                     "safetensors": __import__("safetensors").__version__},
+                     "safetensors": __import__("safetensors").__version__, "vpt": res["versions"]["vpt"]},
         "device": {"type": device.type, "threads": args.threads, "cpu_count": os.cpu_count(),
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                    "amp": args.amp, "compile": bool(args.compile),
@@ -628,7 +671,7 @@ def train(args) -> int:
         "weights_sha256": digest,
         "data_tar": str(args.data_tar),
         "data_tar_sha256": sha256_file(args.data_tar) if args.data_tar.is_file() else None,
-        "history": history,
+        "history": history.history,
         "finished": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")

@@ -1,9 +1,7 @@
 """benchmarks/pretrain_vit_cifar10.py on a synthetic CIFAR-shaped tarball: trains, resumes bit-exactly,
 exports weights that ``--eval-only`` reproduces (MATCH), and runs the mixup / bf16 options."""
-import importlib.util
 import io
 import json
-import os
 import tarfile
 
 import numpy as np
@@ -11,15 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "pretrain_vit_cifar10.py")
 CLASSES = [f"c{i}" for i in range(10)]
 
 
 @pytest.fixture
 def script(monkeypatch):
-    spec = importlib.util.spec_from_file_location("pretrain_vit_cifar10", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import pretrain_vit_cifar10 as mod  # benchmarks/ is on the test path (pyproject: tool.pytest.ini_options)
     monkeypatch.setattr(mod, "SPLITS", {"train": 4, "test": 2})  # images per class in the fake tarball
     n = torch.get_num_threads()
     yield mod

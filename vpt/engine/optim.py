@@ -22,7 +22,7 @@ def resolve_lr(optim_cfg: Any, batch_size: int) -> float:
     return float(optim_cfg.lr_base) * batch_size / float(optim_cfg.lr_base_size)
 
 
-NO_DECAY_ROLES = frozenset({"prompt", "norm", "bias"})
+NO_DECAY_ROLES = frozenset({"prompt", "norm", "bias", "token"})
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_prompts: bool = True,
@@ -31,8 +31,9 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_prompts: bool =
     (empty groups dropped). A group with its own lr carries ``lr`` (the schedule scales it too).
 
     Which tensor is what comes from the roles the model reports (``model.param_roles()``: prompt, head,
-    norm, bias, backbone; see ``vpt.model.AdapterMixin``), never from parameter names: prompts, norms,
-    biases and other 1-d tensors get no weight decay (as in timm and VPT); ``head_lr`` applies to 'head'.
+    norm, bias, backbone, token (a library's learned class / position tokens); see
+    ``vpt.model.AdapterMixin``), never from parameter names: prompts, norms, biases, tokens and other 1-d
+    tensors get no weight decay (as in timm and VPT); ``head_lr`` applies to 'head'.
     A model without ``param_roles`` is all backbone."""
     roles = model.param_roles() if hasattr(model, "param_roles") else {}
     groups: Dict[tuple, List[torch.Tensor]] = {}

@@ -16,8 +16,8 @@ import torch
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
     def __init__(self, num_samples: int, batch_size: int, world_size: int = 1, rank: int = 0,
-                 accum_steps: int = 1, seed: int = 0, shuffle: bool = True):
-        self.n, self.batch_size = num_samples, batch_size
+                 accum_steps: int = 1, seed: int = 0, shuffle: bool = True, drop_last: bool = False):
+        self.n, self.batch_size, self.drop_last = num_samples, batch_size, drop_last
         self.world, self.rank, self.accum = world_size, rank, accum_steps
         self.seed, self.shuffle = seed, shuffle
         self.epoch = 0
@@ -32,10 +32,11 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
             order = torch.randperm(self.n, generator=g).numpy()
         else:
             order = np.arange(self.n)
-        return [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps())]
 
     def steps(self) -> int:
-        return (self.n + self.batch_size - 1) // self.batch_size
+        """Optimizer steps per epoch; ``drop_last``: whole batches only (a constant batch shape)."""
+        return self.n // self.batch_size if self.drop_last else (self.n + self.batch_size - 1) // self.batch_size
 
     def plan(self) -> List[List[List[int]]]:
         """[step][micro-step] -> this rank's indices (possibly empty)."""

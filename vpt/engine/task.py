@@ -38,6 +38,7 @@ class Task:
     selection: str = "top1"  # val metric that picks the best epoch (higher is better)
     selection_label: str = ""  # how results.json names it ("best val <label>"); default: ``selection``
     find_unused_parameters: bool = False  # DDP: True when some trainable tensors may get no gradient in a step
+    drop_last: bool = False  # True: every training batch is a whole train.batch_size (the epoch's rest is skipped)
     model_types: tuple = ()  # artifact model_type values this task evaluates / predicts (``vpt eval``)
     field_aliases: Dict[str, str] = {}  # a shared option's dotted field -> where this task's config keeps it
 
@@ -124,8 +125,9 @@ class Callback:
         ``bad |= ~torch.isfinite(loss)``) and look at it in ``on_epoch_end``."""
 
     def on_epoch_end(self, run: "Trainer", epoch: int, row: Dict[str, Any]) -> None:
-        """After epoch ``epoch`` (1-based) was evaluated and checkpointed; ``row`` is its metrics.csv row
-        (train and, when evaluated, val metrics)."""
+        """After epoch ``epoch`` (1-based) was trained and evaluated, before its checkpoint: what a callback
+        changes here (its state, a stop request) is in the run state; raising keeps the previous checkpoint.
+        ``row`` is the epoch's metrics.csv row (train and, when evaluated, val metrics); it may add columns."""
 
     def on_train_end(self, run: "Trainer", results: Dict[str, Any]) -> None:
         """After results.json was written."""

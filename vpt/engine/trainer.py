@@ -124,8 +124,11 @@ class Trainer:
         if len(self.train_ds) == 0:
             raise ConfigError(f"task {self.task.name!r} has no training samples")
         self.sampler = GlobalBatchSampler(len(self.train_ds), t.batch_size, info.world_size, info.rank,
-                                          t.grad_accum_steps, seed=t.seed)
+                                          t.grad_accum_steps, seed=t.seed, drop_last=self.task.drop_last)
         self.steps_per_epoch = self.sampler.steps()
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"train.batch_size {t.batch_size} is larger than the {len(self.train_ds)} training "
+                              f"samples and task {self.task.name!r} uses whole batches only; lower train.batch_size")
         self.optimizer, self.scheduler, self.lr = build_optimizer_and_scheduler(
             self.model, cfg.optim, cfg.sched, t.batch_size, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp_dtype == "float16" else None
@@ -284,6 +287,7 @@ class Trainer:
             val_col = f"val_{task.selection}"
             _logger.info("epoch %d/%d: train loss %.4f%s (%.1fs)", epoch + 1, t.epochs, row["train_loss"],
                          f", val {task.selection} {row[val_col]:.4g}" if val_col in row else "", row["epoch_seconds"])
+            self.callbacks.on_epoch_end(self, epoch + 1, row)
             if info.is_main:
                 if cfg.output.save_last:
                     save_artifact_atomic(self.model, os.path.join(self.run_dir, "last"))
@@ -294,7 +298,6 @@ class Trainer:
                             self.tb.add_scalar(k, v, epoch + 1)
                 self._save_state(epoch + 1)
             barrier()
-            self.callbacks.on_epoch_end(self, epoch + 1, row)
             if self.stop_reason:
                 _logger.warning("stopping after epoch %d: %s", epoch + 1, self.stop_reason)
                 break
