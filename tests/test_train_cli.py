@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -182,3 +183,12 @@ def test_grad_accumulation_and_amp(tmp_path):
         torch.testing.assert_close(runs["accum"][k], v, atol=1e-6, rtol=1e-5)
         assert torch.isfinite(runs["bf16"][k]).all() and torch.isfinite(runs["fp16"][k]).all()
     assert any(not torch.equal(runs["bf16"][k], v) for k, v in runs["plain"].items())  # autocast was on
+
+
+def test_each_subcommand_lists_only_its_own_flags(capsys):
+    for cmd, absent, present in (("eval", ("--epochs", "--lr", "--resume", "--overwrite", "--output"), ("--split",)),
+                                 ("train", ("--split", "--topk"), ("--epochs", "--resume"))):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        flags = set(re.findall(r"--[a-z][a-z-]*", capsys.readouterr().out))
+        assert not flags & set(absent) and set(present) <= flags, (cmd, sorted(flags))
