@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import BackboneAdapter, BackboneConfig, create_backbone
+from .backbones.open_clip_vit import OpenClipTextTower, text_tower
 from .config import ConfigError, from_dict, to_dict
 from .model import AdapterMixin, PromptedModel
 from .prompts import prompt_to_dict
-from .prompts.text import TextContext, resolve_text_config, text_config_to_dict
-from .registry import MODEL_TYPES
+from .prompts.text import ClipStep, TextContext, TextSide, resolve_text_config, text_config_to_dict
+from .registry import MODEL_TYPES, PROMPTS
 from .zeroshot import clip_tokenizer, load_templates, prompt_name, text_classifier
 
 _logger = logging.getLogger(__name__)
@@ -67,42 +68,12 @@ class ClipHead(nn.Module):
 
 def _text_tower(clip_model: nn.Module) -> nn.Module:
     """The module holding the text transformer pieces (CLIP: the model itself; CustomTextCLIP: .text)."""
-    for tower in (clip_model, getattr(clip_model, "text", None)):
-        if tower is not None and all(hasattr(tower, a) for a in ("token_embedding", "positional_embedding",
-                                                                  "transformer", "ln_final")):
-            if getattr(tower, "cls_emb", None) is not None:
-                break
-            return tower
-    raise ConfigError(f"learnable text context needs open_clip's own text transformer; this model's text tower "
-                      f"is {type(getattr(clip_model, 'text', clip_model)).__name__} (Hugging Face / CoCa towers "
-                      f"are not supported); use head.kind zeroshot or linear_init without text")
+    return text_tower(clip_model)
 
 
 def encode_text_embeddings(clip_model: nn.Module, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's ``encode_text`` from token embeddings (C, L, W) instead of token ids -> (C, E).
-
-    The same modules in the same order as ``CLIP.encode_text``; ``tokens`` (C, L) pick the pooled position.
-    """
-    t = _text_tower(clip_model)
-    cast = t.transformer.get_cast_dtype() if hasattr(t.transformer, "get_cast_dtype") else emb.dtype
-    x = emb.to(cast) + t.positional_embedding.to(cast)  # (C, L, W)
-    x = t.transformer(x, attn_mask=t.attn_mask)
-    x = t.ln_final(x)
-    pool = getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax"))
-    rows = torch.arange(x.shape[0], device=x.device)
-    if pool == "argmax":  # EOT has the highest id
-        x = x[rows, tokens.argmax(dim=-1)]
-    elif pool == "eos":
-        eos = getattr(t, "text_eos_id", getattr(t, "eos_id", None))
-        x = x[rows, (tokens == eos).int().argmax(dim=-1)]
-    elif pool in ("first", "last"):
-        x = x[:, 0] if pool == "first" else x[:, -1]
-    else:
-        raise ConfigError(f"text pool type {pool!r} is not supported by learnable text context")
-    proj = t.text_projection
-    if proj is None:
-        return x
-    return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (C, E)
+    """open_clip's ``encode_text`` from token embeddings (C, L, W) instead of token ids -> (C, E)."""
+    return OpenClipTextTower(clip_model).encode_embeddings(emb, tokens)
 
 
 class PromptedImageTower(PromptedModel):
@@ -207,11 +178,11 @@ class PromptedCLIP(AdapterMixin, nn.Module):
         self._tokenizer = None
         self.text_prompt: Optional[TextContext] = None
         self._text_cache = None
+        self._frozen_text: Dict[Any, torch.Tensor] = {}
+        self._aux: Optional[torch.Tensor] = None
         self.head: Optional[ClipHead] = None
         if self.text_config is not None:
-            tower = _text_tower(backbone.model)
-            self.text_prompt = TextContext(self.text_config, tower.token_embedding, self.tokenizer,
-                                           [prompt_name(c) for c in self.class_names])
+            self._build_text_prompt(prompt)
         elif hc.kind == "linear":
             weight = torch.empty(self.num_classes, backbone.num_features)
             nn.init.trunc_normal_(weight, std=0.01)
@@ -258,17 +229,66 @@ class PromptedCLIP(AdapterMixin, nn.Module):
                                self.templates or load_templates(hc.templates), tokenizer=self.tokenizer,
                                classes_per_batch=hc.classes_per_batch, cache_dir=cache_dir)
 
+    def _build_text_prompt(self, prompt: Any) -> None:
+        """The text prompt of ``model.text`` (CoOp or its family); methods that prompt the image encoder
+        too (MaPLe, PromptSRC) bring their own image prompt, installed as ``visual.prompt``."""
+        bb, text = self.backbone, self.text
+        side = TextSide(token_embedding=text.pieces.token_embedding, tokenizer=self.tokenizer,
+                        class_names=[prompt_name(c) for c in self.class_names], text_depth=text.depth,
+                        text_width=text.width, image_dim=int(bb.num_features),
+                        vision_layout=bb.layout if bb.token_refusal is None else None)
+        self.text_prompt = PROMPTS.get(self.text_config.kind).factory(self.text_config, None, None, side=side)
+        vision = self.text_prompt.vision_prompt()
+        if vision is not None:
+            if prompt is not None:
+                raise ConfigError(f"text kind {self.text_config.kind!r} drives the image-encoder prompts itself; "
+                                  f"drop model.prompt (got {prompt!r})")
+            self.visual.backbone.check_prompt(vision.kind, True, False)
+            self.visual.prompt = vision  # holds no tensors: the text prompt owns them (saved once)
+            self.prompt = vision
+
+    def _encode_prompts(self, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, L, W) prompt embeddings -> (N, E) with the text prompt's deep prompts (not normalised)."""
+        return self.text.encode_embeddings(emb, tokens, self.text_prompt.deep_text_prompts())
+
     def text_features(self) -> torch.Tensor:
-        """(C, E) unit-norm class embeddings from the learnable context (CoOp)."""
+        """(C, E) unit-norm class embeddings from the learnable text prompt (CoOp and its family)."""
         tp = self.text_prompt
-        if not torch.is_grad_enabled() and not self.training:  # eval: the context is fixed, encode once
-            key = (tp.ctx.data_ptr(), tp.ctx._version, tp.ctx.device)
+        if tp.per_image:
+            raise ConfigError(f"text kind {tp.kind!r} has per-image class embeddings; call "
+                              f"text_prompt.image_logits(image_features, ...) instead of text_features()")
+        cached = not torch.is_grad_enabled() and not self.training  # eval: the prompts are fixed, encode once
+        if cached:
+            key = tuple((p.data_ptr(), p._version, p.device) for p in tp.parameters())
             if self._text_cache is not None and self._text_cache[0] == key:
                 return self._text_cache[1]
-        feats = F.normalize(encode_text_embeddings(self.backbone.model, tp(), tp.tokens), dim=-1)
-        if not torch.is_grad_enabled() and not self.training:
+        feats = F.normalize(self._encode_prompts(tp(), tp.tokens), dim=-1)
+        if cached:
             self._text_cache = (key, feats)
         return feats
+
+    @torch.no_grad()
+    def frozen_text_features(self, templates: Union[str, Sequence[str]]) -> torch.Tensor:
+        """(C, E) unit-norm class embeddings of the frozen text tower: the mean over ``templates`` (a set name,
+        a file or a list of '{c}' strings) of the raw embeddings, normalised (PromptSRC / KgCoOp's
+        hand-crafted features). Cached per template list."""
+        device = self.logit_scale.device
+        key = (templates if isinstance(templates, str) else tuple(templates), device)
+        if key not in self._frozen_text:
+            templates = load_templates(templates)
+            names = [prompt_name(c) for c in self.class_names]
+            with torch.autocast(device.type, enabled=False):
+                total = 0
+                for t in templates:
+                    tokens = self.tokenizer([t.format(c=n) for n in names]).to(device)  # (C, L)
+                    total = total + self.text(tokens).float()  # (C, E)
+            self._frozen_text[key] = F.normalize(total / len(templates), dim=-1)
+        return self._frozen_text[key]
+
+    @torch.no_grad()
+    def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, E) unit-norm embeddings of the frozen, unprompted image tower (open_clip's encode_image)."""
+        return self.backbone.model.encode_image(images, normalize=True)
 
     # --- open_clip's CLIP interface ---------------------------------------------------------------
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -311,7 +331,7 @@ class PromptedCLIP(AdapterMixin, nn.Module):
         if x is not None and image is not None:
             raise TypeError("pass the images once: model(images) for class logits, or model(image=..., text=...)")
         if image is None and text is None and x is not None:
-            return self.forward_head(self.head_features(x))
+            return self._class_logits(x)
         image = x if image is None else image
         image_features = self.encode_image(image, normalize=True) if image is not None else None
         text_features = self.encode_text(text, normalize=True) if text is not None else None
@@ -345,14 +365,73 @@ class PromptedCLIP(AdapterMixin, nn.Module):
     def pool_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.visual.pool_features(feats)
 
+    def _logits(self, pooled: torch.Tensor):
+        """(B, E) projected image embedding -> ((B, C) logits, (C, E) class embeddings or None)."""
+        if self.text_prompt is None:
+            return self.head(pooled), None
+        image = F.normalize(pooled, dim=-1)
+        if self.text_prompt.per_image:
+            return self.text_prompt.image_logits(image, self.logit_scale_value, self._encode_prompts), None
+        text = self.text_features()  # (C, E)
+        return F.linear(image, (self.logit_scale_value * text).to(pooled.dtype)), text
+
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = self.pool_features(feats)  # (B, E) projected image embedding
-        if pre_logits:
-            return pooled
-        if self.text_prompt is None:
-            return self.head(pooled)
-        weight = self.logit_scale_value * self.text_features()  # (C, E)
-        return F.linear(F.normalize(pooled, dim=-1), weight.to(pooled.dtype))
+        return pooled if pre_logits else self._logits(pooled)[0]
+
+    def _class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``model(images)``: (B, C) logits; a training step also records the text prompt's extra loss terms."""
+        pooled = self.pool_features(self.head_features(x))  # (B, E)
+        logits, text = self._logits(pooled)
+        if self.training and torch.is_grad_enabled() and self.text_prompt is not None:
+            step = ClipStep(image_features=F.normalize(pooled, dim=-1), text_features=text, logits=logits,
+                            logit_scale=self.logit_scale_value,
+                            frozen_image_features=lambda: self.frozen_image_features(x),
+                            frozen_text_features=self.frozen_text_features)
+            self._aux = self.text_prompt.auxiliary_loss(step)
+        return logits
+
+    # --- what the training loop asks of a text prompt ----------------------------------------------
+    def auxiliary_loss(self) -> Optional[torch.Tensor]:
+        aux, self._aux = self._aux, None
+        return aux
+
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        if self.text_prompt is not None:
+            self.text_prompt.end_epoch(epoch, epochs)
+
+    def run_state(self) -> Dict[str, torch.Tensor]:
+        return self.text_prompt.run_state() if self.text_prompt is not None else {}
+
+    def load_run_state(self, state: Dict[str, torch.Tensor]) -> None:
+        if self.text_prompt is not None:
+            self.text_prompt.load_run_state(state)
+        else:
+            super().load_run_state(state)
+
+    def for_classes(self, class_names: Sequence[str]) -> "PromptedCLIP":
+        """The same learned prompts on other classes (base-to-novel, cross-dataset transfer): the text side
+        is rebuilt for ``class_names`` on the same frozen backbone, the trained tensors are copied."""
+        names = [str(c) for c in class_names]
+        if not names:
+            raise ConfigError("for_classes needs at least one class name")
+        tc = self.text_config
+        if tc is not None and tc.class_specific:
+            raise ConfigError("a class-specific context (text.class_specific) has one context per trained class; "
+                              "it does not transfer to other classes: train with class_specific: false")
+        if tc is None and self.clip_head_config.kind != "zeroshot":
+            raise ConfigError(f"head.kind {self.clip_head_config.kind!r} learned one weight row per trained class; "
+                              f"only text-derived heads (zeroshot, CoOp and its family) transfer to other classes")
+        config = self.to_config()
+        config["class_names"] = names
+        other = type(self).from_config(config, self.backbone)  # a zeroshot head is rebuilt for the new names
+        mine = self.trainable_state_dict()
+        with torch.no_grad():
+            for n, p in other.named_parameters():
+                if p.requires_grad:
+                    p.copy_(mine[n])
+        device = self.logit_scale.device
+        return other.to(device).train(self.training)
 
     # --- configs and artifacts --------------------------------------------------------------------
     def role_modules(self) -> Dict[str, List[nn.Module]]:

@@ -71,6 +71,22 @@ class AdapterMixin:
         from .artifact import save_pretrained
         save_pretrained(self, save_directory)
 
+    # --- what a training loop asks besides the logits (methods with extra losses or epoch-end work) ----
+    def auxiliary_loss(self) -> Optional[torch.Tensor]:
+        """Loss terms of the last training forward besides cross-entropy (a batch mean), or None; taken once."""
+        return None
+
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        """Called after training epoch ``epoch`` (0-based) of ``epochs``."""
+
+    def run_state(self) -> Dict[str, torch.Tensor]:
+        """Tensors a resumed run needs besides the trainable ones (saved in the run state)."""
+        return {}
+
+    def load_run_state(self, state: Dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"this model keeps no extra run state, got {sorted(state)[:3]}")
+
     # --- what each tensor is, for the optimizer (weight decay, head lr) ---------------------------------
     def role_modules(self) -> Dict[str, List[nn.Module]]:
         """Submodules by role, the first role to claim a tensor wins: 'prompt' (every prompt module),

@@ -78,7 +78,9 @@ class Registry(Generic[T]):
         return sorted(set(self._entries) | set(self._lazy))
 
 
-PROMPTS: Registry[Any] = Registry("prompt kind", lazy={"coop": "vpt.prompts.text"})
+PROMPTS: Registry[Any] = Registry("prompt kind", lazy={
+    "coop": "vpt.prompts.text", "cocoop": "vpt.prompts.cocoop", "kgcoop": "vpt.prompts.kgcoop",
+    "maple": "vpt.prompts.maple", "promptsrc": "vpt.prompts.promptsrc"})  # CLIP text prompts: model.text
 HEADS: Registry[Any] = Registry("head kind")
 BACKBONES: Registry[Any] = Registry("backbone library", lazy={"vpt": "vpt.weights"})
 # artifact model_type -> class with from_config; CLIP and detection register on first use

@@ -6,12 +6,13 @@ context) and composes the visual tower's own ``_embeds``, ``transformer.resblock
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigError
 from .base import (BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias,
                    residual_branch)
 from .timm_vit import _to_2tuple
@@ -59,10 +60,33 @@ def _mlp_branch(blk: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return blk.ls_2(blk.mlp(blk.ln_2(h)))
 
 
+def text_tower(clip_model: nn.Module) -> nn.Module:
+    """The module holding the text transformer pieces (CLIP: the model itself; CustomTextCLIP: .text)."""
+    for tower in (clip_model, getattr(clip_model, "text", None)):
+        if tower is not None and all(hasattr(tower, a) for a in ("token_embedding", "positional_embedding",
+                                                                  "transformer", "ln_final")):
+            if getattr(tower, "cls_emb", None) is not None:
+                break
+            return tower
+    raise ConfigError(f"learnable text prompts need open_clip's own text transformer; this model's text tower "
+                      f"is {type(getattr(clip_model, 'text', clip_model)).__name__} (Hugging Face / CoCa towers "
+                      f"are not supported); use head.kind zeroshot or linear_init without text")
+
+
 class OpenClipTextTower(nn.Module):
     """open_clip's text tower as one module: the CLIP model's own text pieces (CLIP keeps them flat on the
     model, CustomTextCLIP in ``.text``), registered here without copying; ``forward`` is the model's own
-    ``encode_text``. The CLIP model itself (and so its ``attn_mask`` buffer) is owned by the backbone adapter."""
+    ``encode_text``. The CLIP model itself (and so its ``attn_mask`` buffer) is owned by the backbone adapter.
+
+    ``encode_embeddings`` runs the tower from token embeddings, with optional deep text prompts (MaPLe,
+    PromptSRC). It loops over ``transformer.resblocks`` (calling each block as ``Transformer.forward``
+    does) so that prompts can replace the context tokens before chosen blocks::
+
+        emb (C, L, W) + pos -> for i, block: [deep: tokens 1..n := prompts_i (n, W)]; block -> ln_final
+            -> pool at EOS (C, W) -> @ text_projection (C, E)
+
+    With no deep prompts this is exactly ``CLIP.encode_text`` on the same embeddings (test-guarded).
+    """
 
     def __init__(self, clip_model: nn.Module):
         super().__init__()
@@ -79,6 +103,66 @@ class OpenClipTextTower(nn.Module):
 
     def forward(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         return self._clip.encode_text(text, normalize=normalize)
+
+    # --- from token embeddings, with deep prompts ---------------------------------------------------
+    @property
+    def pieces(self) -> nn.Module:
+        """The module with token_embedding / positional_embedding / transformer / ln_final (refuses HF / CoCa)."""
+        return text_tower(self._clip)
+
+    @property
+    def depth(self) -> int:
+        return len(self.pieces.transformer.resblocks)
+
+    @property
+    def width(self) -> int:
+        return int(self.pieces.token_embedding.weight.shape[1])
+
+    def encode_embeddings(self, emb: torch.Tensor, tokens: torch.Tensor,
+                          deep: Optional[Mapping[int, torch.Tensor]] = None) -> torch.Tensor:
+        """(C, L, W) token embeddings -> (C, E) text embeddings (not normalised).
+
+        ``tokens`` (C, L) pick the pooled position. ``deep`` maps a block index to (n, W) prompts that
+        replace tokens 1..n (right after SOS) at that block's input.
+        """
+        t = self.pieces
+        tr = t.transformer
+        cast = tr.get_cast_dtype() if hasattr(tr, "get_cast_dtype") else emb.dtype
+        x = emb.to(cast) + t.positional_embedding.to(cast)  # (C, L, W)
+        batch_first = getattr(tr, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)  # (L, C, W)
+        for i, blk in enumerate(tr.resblocks):
+            p = deep.get(i) if deep else None
+            if p is not None:
+                n = p.shape[-2]
+                if batch_first:
+                    p = p.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)  # (C, n, W)
+                    x = torch.cat([x[:, :1], p, x[:, 1 + n:]], dim=1)  # (C, L, W)
+                else:
+                    p = p.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)  # (n, C, W)
+                    x = torch.cat([x[:1], p, x[1 + n:]], dim=0)  # (L, C, W)
+            x = blk(x, attn_mask=t.attn_mask)
+        if not batch_first:
+            x = x.transpose(0, 1)  # (C, L, W)
+        x = self._pool(t, t.ln_final(x), tokens)  # (C, W)
+        proj = t.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (C, E)
+
+    @staticmethod
+    def _pool(t: nn.Module, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        pool = getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax"))
+        rows = torch.arange(x.shape[0], device=x.device)
+        if pool == "argmax":  # EOT has the highest id
+            return x[rows, tokens.argmax(dim=-1)]
+        if pool == "eos":
+            eos = getattr(t, "text_eos_id", getattr(t, "eos_id", None))
+            return x[rows, (tokens == eos).int().argmax(dim=-1)]
+        if pool in ("first", "last"):
+            return x[:, 0] if pool == "first" else x[:, -1]
+        raise ConfigError(f"text pool type {pool!r} is not supported by learnable text prompts")
 
 
 class OpenClipViTAdapter(BackboneAdapter):

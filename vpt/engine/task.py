@@ -77,6 +77,14 @@ class Task:
     def train_epoch_end(self, run: "Trainer", epoch: int, row: Dict[str, Any]) -> None:
         """After the training part of ``epoch`` (1-based); ``row`` holds its train metrics (all ranks summed)."""
 
+    def state_dict(self, run: "Trainer") -> Dict[str, Any]:
+        """What a resumed run needs besides the trainable tensors (e.g. a running prompt average); saved in the
+        run state after every epoch (tensors, numbers, strings, lists, dicts)."""
+        return {}
+
+    def load_state_dict(self, run: "Trainer", state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on ``--resume`` (after the model and trainable tensors are loaded)."""
+
     def evaluate(self, run: "Trainer", model: nn.Module, split: str) -> Dict[str, Any]:
         """Metrics of ``model`` (unwrapped, eval mode handled by the task) on ``split`` ('val' | 'test'),
         the same on every rank; must include ``self.selection`` for val."""

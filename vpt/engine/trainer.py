@@ -160,6 +160,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.best, self.best_tensors = state["epoch"], state["best"], state["best_tensors"]
         self.callbacks.load_state_dict(state.get("callbacks") or {})
+        self.task.load_state_dict(self, state.get("task_state") or {})
         set_rng_state(state["rng"])
         _logger.info("resumed %s after epoch %d (best so far: epoch %d)", self.run_dir, self.start_epoch,
                      self.best["epoch"] + 1)
@@ -170,6 +171,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None, "best": self.best,
             "best_tensors": self.best_tensors, "rng": rng_state(), "callbacks": self.callbacks.state_dict(),
+            "task_state": self.task.state_dict(self),
         })
 
     # --- one epoch --------------------------------------------------------------------------------

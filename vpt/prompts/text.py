@@ -17,8 +17,9 @@ from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
-from ..config import ConfigError, from_dict
+from ..config import ConfigError, from_dict, to_dict
 from ..registry import PROMPTS
+from .base import PromptModule
 
 
 @dataclass
@@ -35,14 +36,34 @@ class TextContextConfig:
 POSITIONS = ("end", "middle", "front")
 
 
+def text_kinds() -> List[str]:
+    """Registered prompt kinds that belong in a CLIP model's ``text`` (CoOp and its family)."""
+    out = []
+    for name in PROMPTS.names():
+        try:
+            entry = PROMPTS.get(name)
+        except ImportError:  # an optional dependency is missing
+            continue
+        if getattr(entry.config_cls, "needs", None) == "text":
+            out.append(name)
+    return out
+
+
 def resolve_text_config(text: Union[None, Mapping[str, Any], TextContextConfig]) -> Optional[TextContextConfig]:
-    if text is None or isinstance(text, TextContextConfig):
-        return text
-    data = dict(text)
-    kind = data.pop("kind", "coop")
-    if kind != "coop":
-        raise ConfigError(f"unknown text context kind {kind!r}; available: coop")
-    cfg = from_dict(TextContextConfig, data, where="text")
+    """None | {'kind': 'coop' (default) | 'cocoop' | 'kgcoop' | 'maple' | 'promptsrc', ...} -> config."""
+    if text is None:
+        return None
+    if isinstance(text, TextContextConfig):
+        cfg = text
+    else:
+        data = dict(text)
+        kind = str(data.pop("kind", "coop"))
+        kinds = text_kinds()
+        if kind not in kinds:
+            from ..registry import did_you_mean
+            raise ConfigError(f"unknown text prompt kind {kind!r}; available: {', '.join(kinds)}"
+                              f"{did_you_mean(kind, kinds)}")
+        cfg = from_dict(PROMPTS.get(kind).config_cls, data, where="text")
     if cfg.position not in POSITIONS:
         raise ConfigError(f"unknown text.position {cfg.position!r}; available: {', '.join(POSITIONS)}")
     if cfg.num_tokens is not None and cfg.num_tokens < 1:
@@ -55,14 +76,29 @@ def _token_count(tokenizer: Callable, text: str) -> int:
     return int((tokenizer([text])[0] != 0).sum()) - 2
 
 
+@dataclass
+class TextSide:
+    """What a text prompt learns against, handed over by the CLIP model (no backbone import here)."""
+    token_embedding: nn.Embedding  # the frozen token embedding
+    tokenizer: Callable  # open_clip's tokenizer
+    class_names: List[str]  # the words put in the prompts
+    text_depth: int  # blocks of the text transformer
+    text_width: int  # W, the text transformer width
+    image_dim: int  # E, the joint embedding size
+    vision_layout: Any = None  # the image tower's TokenLayout (None: no token sequence)
+
+
 class TextContext(nn.Module):
-    """Builds the (C, L, W) prompt embeddings of all classes from the learnable context.
+    """CoOp: builds the (C, L, W) prompt embeddings of all classes from the learnable context.
 
     ``tokens`` (C, L) are the tokenised prompts (context words as placeholders): the text encoder pools
-    at their EOS position.
+    at their EOS position. Subclasses (the CoOp family) add to it through the hooks below; the CLIP
+    model calls them and never asks which method it holds.
     """
 
     kind = "coop"
+    partial_init = False  # True: fewer num_tokens than `init` words learn the first ones, the rest stay words
+    per_image = False  # True: the prompts depend on each image (CoCoOp); see image_logits
 
     def __init__(self, config: TextContextConfig, token_embedding: nn.Embedding, tokenizer: Callable,
                  class_names: Sequence[str]):
@@ -70,13 +106,18 @@ class TextContext(nn.Module):
         self.config = config
         C, width = len(class_names), token_embedding.weight.shape[1]
         if config.init:
-            M = _token_count(tokenizer, config.init)
-            if config.num_tokens is not None and config.num_tokens != M:
-                raise ConfigError(f"text.init {config.init!r} is {M} tokens but text.num_tokens is "
+            n_words = _token_count(tokenizer, config.init)
+            M = n_words if config.num_tokens is None else config.num_tokens
+            if M > n_words or (M < n_words and not self.partial_init):
+                raise ConfigError(f"text.init {config.init!r} is {n_words} tokens but text.num_tokens is "
                                   f"{config.num_tokens}; drop num_tokens or make them agree")
+            if M < n_words and config.position != "end":
+                raise ConfigError(f"text.num_tokens {M} < the {n_words} tokens of text.init needs "
+                                  f"text.position end, got {config.position!r}")
             words = config.init
         else:
             M = config.num_tokens or 16
+            n_words = M
             words = " ".join(["X"] * M)
         self.num_tokens = M
         prompts = [f"{words} {name}." for name in class_names]  # CoOp's prompt text
@@ -84,9 +125,9 @@ class TextContext(nn.Module):
         L = tokens.shape[1]
         name_lens = [_token_count(tokenizer, name) for name in class_names]
         for name, n in zip(class_names, name_lens):
-            if 1 + M + n + 2 > L:  # SOS + context + name + '.' + EOS
+            if 1 + n_words + n + 2 > L:  # SOS + context + name + '.' + EOS
                 raise ConfigError(f"class name {name!r} does not fit the text context length {L} with "
-                                  f"{M} context tokens; use fewer text.num_tokens or a shorter name")
+                                  f"{n_words} context tokens; use fewer text.num_tokens or a shorter name")
         with torch.no_grad():
             emb = token_embedding(tokens).detach()  # (C, L, W)
         self.register_buffer("tokens", tokens, persistent=False)
@@ -101,10 +142,14 @@ class TextContext(nn.Module):
 
     def forward(self) -> torch.Tensor:
         """(C, L, W) prompt embeddings."""
-        C, M = self.prefix.shape[0], self.num_tokens
+        C = self.prefix.shape[0]
         ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.unsqueeze(0).expand(C, -1, -1)  # (C, M, W)
+        return self.assemble(ctx)
+
+    def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Context (C, M, W) -> (C, L, W) prompt embeddings with the class names in place."""
         ctx = ctx.to(self.prefix.dtype)
-        pos = self.config.position
+        M, pos = self.num_tokens, self.config.position
         if pos == "end":
             return torch.cat([self.prefix, ctx, self.suffix], dim=1)  # (C, 1+M+rest, W)
         half, out = M // 2, []
@@ -117,22 +162,81 @@ class TextContext(nn.Module):
                 out.append(torch.cat([pre, name, c, rest], dim=1))
         return torch.cat(out, dim=0)  # (C, L, W)
 
+    # --- hooks the CLIP model calls (CoOp: none of them does anything) -------------------------------
+    def deep_text_prompts(self) -> Dict[int, torch.Tensor]:
+        """{text block index: (n, W) prompts replacing tokens 1..n at that block's input}."""
+        return {}
+
+    def vision_prompt(self) -> Optional[PromptModule]:
+        """The image-encoder prompt this method drives (MaPLe, PromptSRC), or None."""
+        return None
+
+    def auxiliary_loss(self, step: "ClipStep") -> Optional[torch.Tensor]:
+        """Loss terms besides cross-entropy for one training batch (KgCoOp, PromptSRC), or None."""
+        return None
+
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        """Called after each finished training epoch (PromptSRC's prompt aggregation)."""
+
+    def run_state(self) -> Dict[str, torch.Tensor]:
+        """Tensors a resumed run needs besides the trainable ones."""
+        return {}
+
+    def load_run_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        pass
+
     def extra_repr(self) -> str:
         c = self.config
         return f"num_tokens={self.num_tokens}, class_specific={c.class_specific}, position={c.position!r}"
 
 
+@dataclass
+class ClipStep:
+    """One training batch as a text prompt's auxiliary loss sees it (built by the CLIP model)."""
+    image_features: torch.Tensor  # (B, E) unit-norm prompted image embeddings
+    text_features: Optional[torch.Tensor]  # (C, E) unit-norm prompted class embeddings (None: per-image)
+    logits: torch.Tensor  # (B, C) the prompted logits
+    logit_scale: float  # the multiplier of the cosine logits
+    frozen_image_features: Callable[[], torch.Tensor]  # () -> (B, E) unit-norm, the unprompted image tower
+    frozen_text_features: Callable[[Any], torch.Tensor]  # templates (a set name, file or list) -> (C, E) unit-norm
+
+
 def text_config_to_dict(cfg: TextContextConfig, num_tokens: int) -> Dict[str, Any]:
     """The resolved config for an artifact: num_tokens filled in."""
-    return {"kind": "coop", "num_tokens": num_tokens, "class_specific": cfg.class_specific,
-            "position": cfg.position, "init": cfg.init, "init_std": cfg.init_std}
+    return {"kind": cfg.kind, **to_dict(cfg), "num_tokens": num_tokens}
 
 
-@PROMPTS.register("coop", TextContextConfig, help="CLIP learnable text context (CoOp); goes in a clip model's "
-                                                  "`text`, combinable with any visual prompt")
-def _coop(config, layout, data_config, **_):
-    raise ConfigError("prompt kind 'coop' is a text prompt: put it in a CLIP model's text config "
-                      "(model.type: clip, model.text: {num_tokens: 16}), not in the image prompt")
+def refuse_as_image_prompt(kind: str):
+    """The PROMPTS factory of a text kind: it builds the text side only from a CLIP model's ``text``."""
+    def factory(config, layout, data_config, side: Optional[TextSide] = None, **_):
+        if side is None:
+            raise ConfigError(f"prompt kind {kind!r} is a CLIP text prompt: put it in a CLIP model's text config "
+                              f"(model.type: clip, model.text: {{kind: {kind}}}), not in the image prompt")
+        return BUILDERS[kind](config, side)
+    return factory
 
 
-__all__: List[str] = ["TextContextConfig", "TextContext", "resolve_text_config", "text_config_to_dict"]
+BUILDERS: Dict[str, Callable[[Any, TextSide], TextContext]] = {}
+
+
+def register_text_kind(kind: str, config_cls, help: str):
+    """Register a text prompt class: ``cls(config, side)`` builds it; listed by ``vpt list``."""
+    def deco(cls):
+        BUILDERS[kind] = cls
+        PROMPTS.register(kind, config_cls, help=help)(refuse_as_image_prompt(kind))
+        return cls
+    return deco
+
+
+def _coop(config: TextContextConfig, side: TextSide) -> TextContext:
+    return TextContext(config, side.token_embedding, side.tokenizer, side.class_names)
+
+
+BUILDERS["coop"] = _coop
+PROMPTS.register("coop", TextContextConfig, help="CLIP learnable text context (CoOp); goes in a clip model's "
+                                                  "`text`, combinable with any visual prompt")(
+    refuse_as_image_prompt("coop"))
+
+
+__all__: List[str] = ["TextContextConfig", "TextContext", "TextSide", "ClipStep", "resolve_text_config",
+                      "text_config_to_dict", "register_text_kind", "text_kinds"]

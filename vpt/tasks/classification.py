@@ -253,18 +253,29 @@ class ClassificationTask(Task):
         if x is None:  # every image of this micro-batch was unreadable (or none was assigned)
             dummy = torch.zeros((1, *self.input_size), device=run.device)
             zero = net(dummy).float().sum() * 0.0
+            run.model.auxiliary_loss()  # drop the dummy batch's extra terms
             return StepOutput(zero, 0, totals={"skipped": torch.tensor(float(n_skip), device=run.device)})
         x = x.to(run.device, non_blocking=True, memory_format=self.memory_format)
         y = y.to(run.device, non_blocking=True)
         logits = net(x)
         loss = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=self.cfg.train.label_smoothing)
+        aux = run.model.auxiliary_loss()  # the model's extra terms (KgCoOp, PromptSRC): a batch mean
+        if aux is not None:
+            loss = loss + aux.float() * len(y)
         correct = (logits.argmax(1) == y).sum()
         return StepOutput(loss, len(y), sums={"top1": 100.0 * correct.double()},
                           totals={"skipped": torch.tensor(float(n_skip), device=run.device)})
 
     def train_epoch_end(self, run, epoch: int, row: Dict[str, Any]) -> None:
+        run.model.end_epoch(epoch - 1, self.cfg.train.epochs)  # e.g. PromptSRC's prompt aggregation (before val)
         if row["train_skipped"]:
             _logger.warning("epoch %d: skipped %d unreadable training images", epoch, row["train_skipped"])
+
+    def state_dict(self, run) -> Dict[str, Any]:
+        return {"model": run.model.run_state()}
+
+    def load_state_dict(self, run, state: Dict[str, Any]) -> None:
+        run.model.load_run_state(state.get("model") or {})
 
     def evaluate(self, run, model, split: str) -> Dict[str, Any]:
         t = self.cfg.train

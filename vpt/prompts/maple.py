@@ -1,0 +1,70 @@
+"""MaPLe (Khattak et al. 2023, "MaPLe: Multi-modal Prompt Learning").
+
+Deep prompts in both encoders, the image ones produced from the text ones by a coupling function:
+text block 0 sees the context v_0 (n tokens right after SOS, from "a photo of a": its first n words are
+learned, the rest stay words); text blocks j = 1..J-1 replace those n tokens with learned P_j (n, W).
+The image prompts of block j are the coupling of the text prompts of block j:
+    vision_j = F_j(P_j) with F_j a Linear W -> D (F_0 applied to v_0),
+inserted after the class token at block 0 and replaced at blocks 1..J-1 (J = prompt depth, paper: 9
+of 12, n = 2). Nothing else is trained; the encoders stay frozen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from .base import PromptModule
+from .deep_text import (DrivenTokenPrompt, check_depth, deep_text_dict, deep_text_parameters,
+                        vision_layout_or_refuse)
+from .text import TextContext, TextContextConfig, TextSide, register_text_kind
+
+
+@dataclass
+class MapleConfig(TextContextConfig):
+    kind = "maple"  # type: ignore[misc]
+    num_tokens: Optional[int] = 2  # n prompt tokens per layer in each encoder (paper: 2)
+    init: Optional[str] = "a photo of a"  # first num_tokens words are learned, the rest stay fixed words
+    depth: int = 9  # J: prompted blocks in both encoders (paper: 9; cross-dataset: 3)
+    deep_init_std: float = 0.02  # normal init of the deeper text prompts
+
+
+@register_text_kind("maple", MapleConfig, help="CLIP MaPLe: deep prompts in both encoders, the vision ones "
+                                                "a coupling (Linear) of the text ones")
+class Maple(TextContext):
+    kind = "maple"
+    partial_init = True
+
+    def __init__(self, config: MapleConfig, side: TextSide):
+        if config.class_specific or config.position != "end":
+            raise ConfigError("MaPLe shares one context placed before the class name; set text.class_specific: "
+                              "false and text.position: end")
+        layout = vision_layout_or_refuse(side, "maple")
+        check_depth(config.depth, side.text_depth, "text.depth", "text")
+        check_depth(config.depth, layout.depth, "text.depth", "image")
+        super().__init__(config, side.token_embedding, side.tokenizer, side.class_names)
+        W, D = side.text_width, layout.embed_dim
+        self.text_deep = deep_text_parameters(config.depth, self.num_tokens, W, config.deep_init_std)
+        self.couplings = nn.ModuleList([nn.Linear(W, D) for _ in range(config.depth)])  # F_0 .. F_{J-1}
+        vision = DrivenTokenPrompt("maple", config.depth, self.num_tokens, self.vision_tokens)
+        object.__setattr__(self, "_vision", vision)  # the CLIP model registers it as its image prompt
+
+    def text_prompt_at(self, j: int) -> torch.Tensor:
+        """(n, W): the text prompts of block j (the context for j = 0)."""
+        return self.ctx if j == 0 else self.text_deep[j - 1]
+
+    def vision_tokens(self, j: int) -> torch.Tensor:
+        """(n, D) = F_j(text prompts of block j)."""
+        return self.couplings[j](self.text_prompt_at(j))
+
+    def deep_text_prompts(self) -> Dict[int, torch.Tensor]:
+        return deep_text_dict(self.text_deep)
+
+    def vision_prompt(self) -> Optional[PromptModule]:
+        return self._vision
+
+    def extra_repr(self) -> str:
+        return f"num_tokens={self.num_tokens}, depth={self.config.depth}"
