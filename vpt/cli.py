@@ -13,7 +13,7 @@ import os
 import sys
 from typing import List, Optional
 
-COMMANDS = ["list", "train", "eval", "predict", "zeroshot"]
+COMMANDS = ["list", "train", "eval", "predict", "zeroshot", "fewshot", "summarize"]
 
 
 def build_parser() -> argparse.ArgumentParser:

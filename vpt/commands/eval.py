@@ -19,6 +19,12 @@ def register(sub) -> None:
                    help="which split to evaluate (default: test)")
     p.add_argument("--weights", metavar="FILE", help="backbone weights file, if the artifact's has moved")
     p.add_argument("--json", metavar="FILE", dest="json_out", help="also write the metrics to this JSON file")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--base-to-novel", action="store_true",
+                   help="CLIP: the artifact was trained on the base classes of --data; report base, novel and HM "
+                        "top-1 of its prompts on the --split images of both halves")
+    g.add_argument("--transfer", nargs="+", metavar="DIR",
+                   help="CLIP cross-dataset: evaluate the learned prompts on each folder's own classes")
     p.set_defaults(func=run)
 
 
@@ -68,11 +74,43 @@ def run(args) -> int:
     if getattr(model, "model_type", None) not in task_cls.model_types:
         raise UserError(f"{args.artifact} holds a {getattr(model, 'model_type', '?')} model, which task "
                         f"{task_cls.name!r} does not evaluate; drop --task")
+    if args.base_to_novel or args.transfer:
+        return run_protocol(args, cfg, path, model, device)
     metrics = task.evaluate_artifact(model, args.split, device)
     out = {"artifact": os.path.abspath(args.artifact), "data": cfg.data.root, "run_config": path, **metrics}
     print(task.eval_summary(args.split, metrics))
     if args.json_out:
         from ..io import atomic_write_json
+        atomic_write_json(args.json_out, out)
+        print(f"metrics written to {args.json_out}")
+    return 0
+
+
+def run_protocol(args, cfg, path, model, device) -> int:
+    """``--base-to-novel`` / ``--transfer``: the learned prompts on other classes than the artifact's."""
+    import copy
+
+    from ..io import atomic_write_json
+    from ..tasks import protocols
+    if getattr(model, "model_type", None) != "clip":
+        raise UserError(f"--base-to-novel / --transfer need a CLIP artifact (its classifier comes from class names); "
+                        f"{args.artifact!r} is a {getattr(model, 'model_type', type(model).__name__)!r} model")
+    out = {"artifact": os.path.abspath(args.artifact), "split": args.split, "run_config": path}
+    if args.base_to_novel:
+        if not cfg.data.root:
+            raise UserError("no data given: pass --data DIR (the folder whose base classes were trained)")
+        res = protocols.base_to_novel(model, cfg.data, cfg.train, device, split=args.split)
+        out.update(data=cfg.data.root, **res)
+        print(f"base-to-novel ({args.split}): base {res['base']:.2f}  novel {res['novel']:.2f}  HM {res['hm']:.2f}")
+    else:
+        out["transfer"] = {}
+        for root in args.transfer:
+            data = copy.deepcopy(cfg.data)
+            data.root, data.classes = os.path.abspath(root), "all"
+            m = protocols.evaluate_classes(model, data, "all", args.split, cfg.train, device)
+            out["transfer"][data.root] = protocols.brief(m)
+            print(f"{root}: {args.split} top-1 {m['top1']:.2f}  ({len(m['classes'])} classes, n={m['num_samples']})")
+    if args.json_out:
         atomic_write_json(args.json_out, out)
         print(f"metrics written to {args.json_out}")
     return 0

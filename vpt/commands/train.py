@@ -34,7 +34,7 @@ FLAG_FIELDS = {
     "smoothing": "train.label_smoothing", "eval_batch_size": "train.eval_batch_size",
     "hflip": "augment.hflip", "color_jitter": "augment.color_jitter", "val_fraction": "data.val_fraction",
     "test_fraction": "data.test_fraction", "shots": "data.shots", "split_seed": "data.split_seed",
-    "tensorboard": "output.tensorboard", "strict_data": "data.skip_corrupt",
+    "tensorboard": "output.tensorboard", "strict_data": "data.skip_corrupt", "base_to_novel": "data.classes",
 }
 
 
@@ -84,6 +84,9 @@ def register(sub) -> None:
     g.add_argument("--test-fraction", type=float)
     g.add_argument("--split-seed", type=int)
     g.add_argument("--shots", type=int, help="few-shot: k training images per class")
+    g.add_argument("--base-to-novel", action="store_const", const="base",
+                   help="CLIP: train on the base half of the sorted class names (data.classes=base), then test the "
+                        "learned prompts on the base and the novel half; results.json gets base, novel and hm")
     g.add_argument("--hflip", type=float)
     g.add_argument("--color-jitter", type=float)
     g.add_argument("--strict-data", action="store_const", const=False,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .images import IMAGE_EXTENSIONS, is_image
-from .splits import Sample, few_shot, stratified_split
+from .splits import CLASS_SUBSETS, Sample, base_novel_classes, class_counts, few_shot, keep_classes, stratified_split
 
 _logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -101,12 +101,16 @@ def _check_classes(class_names: List[str], where: str) -> None:
 
 def load_splits(root: str, val_fraction: float = 0.1, test_fraction: float = 0.0, split_seed: int = 0,
                 shots: Optional[int] = None, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                class_names: Optional[List[str]] = None) -> DataSplits:
+                class_names: Optional[List[str]] = None, classes: str = "all") -> DataSplits:
     """Find the images under ``root`` (folder or CSV) and return the train / val / test lists.
 
     Missing splits are carved out of train, stratified with ``split_seed``: first test, then val. The
-    few-shot subset (``shots`` per class) is drawn from what remains for training.
+    few-shot subset (``shots`` per class) is drawn from what remains for training. ``classes``: all, or
+    CoOp's base / novel half of the sorted class names (selected last, so the images of a class are the
+    same in every subset), relabelled from 0.
     """
+    if classes not in CLASS_SUBSETS:
+        raise DataError(f"unknown class subset {classes!r}; available: {', '.join(CLASS_SUBSETS)}")
     if root is None:
         raise DataError("no data given; pass --data DIR (an image folder) or --data FILE.csv")
     extensions = [e.lower() if e.startswith(".") else "." + e.lower() for e in extensions]
@@ -145,6 +149,9 @@ def load_splits(root: str, val_fraction: float = 0.1, test_fraction: float = 0.0
                                     f"the class folders of every split must come from train")
                 lists[s] = _label(sub, index)
                 source[s] = "folder"
+    if classes != "all" and len(names) < 2:
+        raise DataError(f"base-to-novel splits the classes into a base and a novel half, so it needs at least 2 "
+                        f"classes; {root!r} has {len(names)} ({', '.join(names)}): add class folders")
     _check_classes(names, root)
     if class_names is not None and list(class_names) != names:
         raise DataError(class_mismatch_message(list(class_names), names, root))
@@ -156,9 +163,25 @@ def load_splits(root: str, val_fraction: float = 0.1, test_fraction: float = 0.0
         train, lists["val"] = stratified_split(train, val_fraction, split_seed)
         source["val"] = f"{val_fraction:g} of train (seed {split_seed})"
     if shots is not None:
+        counts = class_counts(train, len(names))
+        short = [f"{names[i]} ({n})" for i, n in enumerate(counts) if n < shots]
+        if short:
+            raise DataError(f"--shots {shots} is larger than what {len(short)} class(es) of {root!r} have for training "
+                            f"(after the val/test split): {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}; "
+                            f"use --shots {min(counts)} or less, or add images")
         train = few_shot(train, shots, split_seed)
         source["train"] += f", {shots}-shot (seed {split_seed})"
-    return DataSplits(names, train, lists["val"], lists["test"], source, ignored)
+    val, test = lists["val"], lists["test"]
+    if classes != "all":
+        try:
+            base, novel = base_novel_classes(names)
+        except ValueError as e:
+            raise DataError(f"{root}: {e}") from None
+        keep = base if classes == "base" else novel
+        train, val, test = (keep_classes(x, names, keep) for x in (train, val, test))
+        source = {s: f"{v}, {classes} classes" for s, v in source.items()}
+        names = keep
+    return DataSplits(names, train, val, test, source, ignored)
 
 
 def class_mismatch_message(expected: List[str], found: List[str], root: str) -> str:

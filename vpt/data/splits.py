@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, List, Sequence, Tuple
 
+import math
+
 import numpy as np
 
 Sample = Tuple[str, int]  # (path, class index)
@@ -49,3 +51,21 @@ def class_counts(samples: Sequence[Sample], num_classes: int) -> List[int]:
     for _, y in samples:
         counts[y] += 1
     return counts
+
+
+CLASS_SUBSETS = ("all", "base", "novel")
+
+
+def base_novel_classes(class_names: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """CoOp's base-to-novel split: the first half (rounded up) of the sorted class names is base, the rest novel."""
+    names = sorted(class_names)
+    if len(names) < 2:
+        raise ValueError(f"base-to-novel needs at least 2 classes (one base, one novel), got {len(names)}: {names}")
+    m = math.ceil(len(names) / 2)
+    return names[:m], names[m:]
+
+
+def keep_classes(samples: Sequence[Sample], class_names: Sequence[str], keep: Sequence[str]) -> List[Sample]:
+    """The samples of the ``keep`` classes, relabelled 0..len(keep)-1 in the order of ``keep``."""
+    new = {class_names.index(c): i for i, c in enumerate(keep)}
+    return [(p, new[y]) for p, y in samples if y in new]

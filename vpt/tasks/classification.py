@@ -47,6 +47,8 @@ class DataSection:
     test_fraction: float = 0.0  # without a test split: this share of the pool held out for the final test
     split_seed: int = 0  # seed of the stratified split and of the few-shot subset (independent of train.seed)
     shots: Optional[int] = None  # few-shot: keep k training images per class (after the val split)
+    classes: str = "all"  # all | base | novel: CoOp's halves of the sorted class names; base = the base-to-novel
+    #                       protocol (train on base, results.json also gets novel and hm; CLIP text-derived heads)
     skip_corrupt: bool = True  # False: a corrupt / unreadable image stops the run instead of being skipped
     extensions: List[str] = field(default_factory=lambda: list(IMAGE_EXTENSIONS))  # files that count as images
 
@@ -87,7 +89,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     d = cfg.data
     for ok, msg in ((0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"),
                     (0 <= d.test_fraction < 1, f"data.test_fraction must be in [0, 1), got {d.test_fraction}"),
-                    (d.shots is None or d.shots >= 1, f"data.shots must be >= 1, got {d.shots}")):
+                    (d.shots is None or d.shots >= 1, f"data.shots must be >= 1, got {d.shots}"),
+                    (d.classes in ("all", "base", "novel"),
+                     f"unknown data.classes {d.classes!r}; available: all, base, novel")):
         if not ok:
             raise ConfigError(msg)
     return cfg
@@ -210,15 +214,22 @@ class ClassificationTask(Task):
         validate(self.cfg)
         if not self.cfg.data.root:
             raise DataError("no data given: pass --data DIR (or set data.root in the recipe)")
+        if self.cfg.data.classes == "base":
+            from .protocols import check_transferable
+            check_transferable(self.cfg.model)
 
     def setup(self, run) -> None:
         d = self.cfg.data
-        self.splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions)
+        self.splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions,
+                             classes=d.classes)
         _logger.info("data %s: %s", d.root, self.splits.summary())
         if not self.splits.train:
             raise DataError(f"no training images left in {d.root!r}")
         if not self.splits.val:
             _logger.warning("no validation split (no val/ folder and data.val_fraction=0): the best epoch is the last")
+        if d.classes == "base" and not self.splits.test:
+            raise DataError(f"base-to-novel reports test accuracy on the base and the novel classes, and {d.root!r} "
+                            f"has no test split; add {d.root}/test/<class>/ folders or pass --test-fraction (e.g. 0.5)")
 
     def build_model(self, run) -> torch.nn.Module:
         t = self.cfg.train
@@ -279,8 +290,11 @@ class ClassificationTask(Task):
 
     def evaluate(self, run, model, split: str) -> Dict[str, Any]:
         t = self.cfg.train
-        return evaluate(model, self.datasets[split], self.splits.class_names, t.eval_batch_size, run.device,
-                        t.amp_dtype, run.info, t.workers, t.progress, split, t.channels_last)
+        metrics = evaluate(model, self.datasets[split], self.splits.class_names, t.eval_batch_size, run.device,
+                           t.amp_dtype, run.info, t.workers, t.progress, split, t.channels_last)
+        if split == "test":
+            self.test_metrics = metrics  # the base half of base-to-novel (results())
+        return metrics
 
     def epoch_columns(self, val: Dict[str, Any]) -> Dict[str, float]:
         return {"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
@@ -297,6 +311,11 @@ class ClassificationTask(Task):
                # which weights these are ('file:<sha256>', 'random:<seed>', 'hub:<tag>'), so results made
                # with different backbone weights under one name (vpt:NAME, hub tags) can be told apart
                "backbone": {k: model.backbone.identity()[k] for k in ("name", "arch", "weights_id")}}
+        if self.cfg.data.classes == "base":  # base-to-novel: the best prompts on the novel half's test images
+            from .protocols import base_to_novel
+            t = self.cfg.train
+            out.update(base_to_novel(model, self.cfg.data, t, run.device, base_metrics=self.test_metrics,
+                                     dist_info=run.info))
         return out
 
     def finish(self, run, results: Dict[str, Any]) -> None:
@@ -316,6 +335,9 @@ class ClassificationTask(Task):
         if test:
             lines.append(f"test top-1 {test['top1']:.2f}  top-5 {test['top5']:.2f}  "
                          f"mean per-class recall {test['mean_per_class_recall']:.2f}  (n={test['num_samples']})")
+        if "hm" in results:
+            lines.append(f"base-to-novel: base {results['base']:.2f}  novel {results['novel']:.2f}  "
+                         f"HM {results['hm']:.2f}")
         return lines
 
     def evaluate_artifact(self, model, split: str, device) -> Dict[str, Any]:
@@ -324,7 +346,8 @@ class ClassificationTask(Task):
         d, t = self.cfg.data, self.cfg.train
         if not d.root:
             raise DataError("no data given: pass --data DIR")
-        splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions)
+        splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions,
+                             classes=d.classes)
         if model.class_names is not None and list(model.class_names) != splits.class_names:
             raise DataError(class_mismatch_message(list(model.class_names), splits.class_names, d.root))
         samples = (splits.train + splits.val + splits.test) if split == "all" else getattr(splits, split)
