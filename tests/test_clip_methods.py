@@ -11,7 +11,7 @@ import vpt
 from vpt.config import ConfigError
 
 open_clip = pytest.importorskip("open_clip")
-from vpt.backbones.open_clip_text import OpenClipTextTower  # noqa: E402
+from vpt.backbones.open_clip_vit import OpenClipTextTower  # noqa: E402
 from vpt.clip import PromptedCLIP, create_clip_model  # noqa: E402
 from vpt.prompts.promptsrc import gpa_weights  # noqa: E402
 
@@ -65,7 +65,7 @@ def test_text_tower_loop_equals_encode_text_exactly(bb):
     tok = open_clip.get_tokenizer("ViT-B-32")(["a photo of a cat.", "golden retriever"])
     tower = OpenClipTextTower(bb.model)
     with torch.no_grad():
-        assert torch.equal(tower.encode(bb.model.token_embedding(tok), tok), bb.model.encode_text(tok))
+        assert torch.equal(tower.encode_embeddings(bb.model.token_embedding(tok), tok), bb.model.encode_text(tok))
 
 
 @pytest.mark.parametrize("text", [
@@ -183,7 +183,8 @@ def test_promptsrc_losses_zero_at_the_frozen_model_and_match_formula(bb, images)
     aux = model.auxiliary_loss()
     with torch.no_grad():
         m, tok = bb.model, model.tokenizer
-        frozen_text = F.normalize(sum(m.encode_text(tok([t.format(c=n) for n in NAMES])) for t in templates) / 2, dim=-1)
+        raw = sum(m.encode_text(tok([t.format(c=n) for n in NAMES])) for t in templates) / 2
+        frozen_text = F.normalize(raw, dim=-1)  # mean of the raw embeddings, then normalised
         frozen_img = m.encode_image(x, normalize=True)
         img = F.normalize(model.encode_image(x), dim=-1)
         text = model.text_features()
@@ -282,7 +283,7 @@ def test_bad_input_messages(bb):
 
 
 def test_text_tower_refusal_names_the_tower():
-    from vpt.backbones.open_clip_text import text_tower
+    from vpt.backbones.open_clip_vit import text_tower
 
     class HFText(torch.nn.Module):
         pass

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import BackboneAdapter, BackboneConfig, create_backbone
-from .backbones.open_clip_vit import OpenClipTextTower, text_tower
 from .config import ConfigError, from_dict, to_dict
 from .model import AdapterMixin, PromptedModel
 from .prompts import prompt_to_dict
@@ -64,16 +63,6 @@ class ClipHead(nn.Module):
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         return F.linear(F.normalize(image_features, dim=-1), self.weight.to(image_features.dtype),
                         None if self.bias is None else self.bias.to(image_features.dtype))
-
-
-def _text_tower(clip_model: nn.Module) -> nn.Module:
-    """The module holding the text transformer pieces (CLIP: the model itself; CustomTextCLIP: .text)."""
-    return text_tower(clip_model)
-
-
-def encode_text_embeddings(clip_model: nn.Module, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's ``encode_text`` from token embeddings (C, L, W) instead of token ids -> (C, E)."""
-    return OpenClipTextTower(clip_model).encode_embeddings(emb, tokens)
 
 
 class PromptedImageTower(PromptedModel):

@@ -64,7 +64,8 @@ class CoCoOp(TextContext):
 
     def image_logits(self, image_features: torch.Tensor, scale: float,
                      encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """(B, E) unit-norm image features -> (B, C) logits; ``encode`` maps (N, L, W) prompts + (N, L) tokens to (N, E)."""
+        """(B, E) unit-norm image features -> (B, C) logits; ``encode`` maps (N, L, W) prompts and their
+        (N, L) tokens to (N, E) text embeddings."""
         B, C = image_features.shape[0], self.prefix.shape[0]
         if torch.is_grad_enabled():
             if B * C > self.config.max_train_prompts:
