@@ -318,3 +318,10 @@ def test_shipped_method_recipes_hold_paper_settings():
         assert {k: cfg.model.text[k] for k in text} == text
         assert cfg.sched.warmup_type == "constant" and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 5e-4
         assert os.path.isfile(os.path.join(repo, "configs", f"clip_{kind}_tiny.yaml"))
+
+
+def test_sizes_from_a_config_are_bounded_before_allocation(bb):
+    with pytest.raises(ConfigError, match="does not fit the text context length 77; use at most 74"):
+        make(bb, {"kind": "maple", "depth": 1, "num_tokens": 10 ** 9, "init": None})
+    with pytest.raises(ConfigError, match=r"text.vision_tokens must be in 1..1024"):
+        make(bb, {"kind": "promptsrc", "text_depth": 1, "vision_depth": 1, "vision_tokens": 10 ** 9})

@@ -31,6 +31,9 @@ from .deep_text import (DrivenTokenPrompt, check_depth, deep_text_dict, deep_tex
 from .text import ClipStep, TextContext, TextContextConfig, TextSide, register_text_kind
 
 
+MAX_VISION_TOKENS = 1024  # a bound checked before allocating (an artifact's config is data)
+
+
 @dataclass
 class PromptSRCConfig(TextContextConfig):
     kind = "promptsrc"  # type: ignore[misc]
@@ -73,8 +76,9 @@ class PromptSRC(TextContext):
         if config.vision_depth:
             layout = vision_layout_or_refuse(side, "promptsrc")
             check_depth(config.vision_depth, layout.depth, "text.vision_depth", "image", minimum=0)
-            if config.vision_tokens < 1:
-                raise ConfigError(f"text.vision_tokens must be >= 1 with vision_depth > 0, got {config.vision_tokens}")
+            if not 1 <= config.vision_tokens <= MAX_VISION_TOKENS:
+                raise ConfigError(f"text.vision_tokens must be in 1..{MAX_VISION_TOKENS} with vision_depth > 0, "
+                                  f"got {config.vision_tokens}")
         super().__init__(config, side.token_embedding, side.tokenizer, side.class_names)
         self.text_deep = deep_text_parameters(config.text_depth, self.num_tokens, side.text_width,
                                               config.deep_init_std)

@@ -105,6 +105,10 @@ class TextContext(nn.Module):
         super().__init__()
         self.config = config
         C, width = len(class_names), token_embedding.weight.shape[1]
+        limit = int(getattr(tokenizer, "context_length", 77)) - 3  # SOS, '.', EOS
+        if (config.num_tokens or 0) > limit:  # checked before anything is allocated (artifacts are data)
+            raise ConfigError(f"text.num_tokens={config.num_tokens} does not fit the text context length "
+                              f"{limit + 3}; use at most {limit}")
         if config.init:
             n_words = _token_count(tokenizer, config.init)
             M = n_words if config.num_tokens is None else config.num_tokens
