@@ -300,7 +300,7 @@ def test_text_tower_refusal_names_the_tower():
 def test_shipped_method_recipes_hold_paper_settings():
     import yaml
 
-    from vpt.engine.config import RunConfig
+    from vpt.tasks.classification import RunConfig
     from vpt.config import from_dict
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     expected = {  # method: (epochs, batch, lr, text settings) from the official configs

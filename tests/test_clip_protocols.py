@@ -10,7 +10,7 @@ from conftest import make_image_folder
 
 import vpt
 from vpt.cli import main
-from vpt.protocols import harmonic_mean
+from vpt.tasks.protocols import harmonic_mean
 
 pytest.importorskip("open_clip")
 pytestmark = pytest.mark.usefixtures("one_thread")
