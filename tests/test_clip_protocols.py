@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 import yaml
 from conftest import make_image_folder
 
@@ -113,3 +114,34 @@ def test_protocol_bad_input(env, tmp_path, capsys):
     assert main(["fewshot", "-c", recipe("kgcoop"), "--data", env["data"], "--output", str(tmp_path / "f"),
                  "--shots", "0"]) == 2
     assert "shots must be positive integers" in capsys.readouterr().err
+
+
+def test_promptsrc_aggregate_survives_resume(env, tmp_path):
+    """A PromptSRC run stopped after epoch 1 and resumed ends with the same aggregated prompts as one
+    uninterrupted run (the running Gaussian-weighted sum is in the run state)."""
+    from safetensors.torch import load_file
+
+    from vpt.commands._common import resolve_config
+    from vpt.engine import Callback, train
+    from vpt.tasks import task_class
+
+    task_cls = task_class("classification")
+
+    def cfg(out):
+        return resolve_config(task_cls.config_cls, recipe("promptsrc"), {
+            "data.root": env["data"], "output.dir": out, "model.backbone.weights": env["weights"],
+            "train.device": "cpu", "train.epochs": 3, "model.text.gpa_mean": 2}, [])
+
+    class StopAfterFirst(Callback):
+        def on_epoch_end(self, run, epoch, row):
+            if epoch == 1:
+                run.request_stop("test: stop after epoch 1")
+
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    train(task_cls(cfg(whole)))
+    assert train(task_cls(cfg(parts)), callbacks=[StopAfterFirst()])["stopped"]
+    train(task_cls(cfg(parts)), resume=True)
+    a = load_file(os.path.join(whole, "best", "adapter_model.safetensors"))
+    b = load_file(os.path.join(parts, "best", "adapter_model.safetensors"))
+    assert set(a) == {"text_prompt.ctx", "text_prompt.text_deep.0", "text_prompt.vision_prompts"}
+    assert all(torch.equal(a[k], b[k]) for k in a)
