@@ -155,7 +155,8 @@ def test_maple_vision_prompts_are_the_coupling_of_the_text_prompts(bb, images):
         # the image side equals VPT-deep carrying exactly the coupled tokens
         deep = create_clip_model(bb, NAMES, prompt={"kind": "vpt_deep", "num_tokens": 2},
                                  head={"kind": "zeroshot", "templates": [PHOTO]})
-        deep.prompt.prompts.copy_(torch.stack([model.prompt.tokens(j, 1)[0] for j in range(2)]))
+        for j in range(2):  # VPT-deep keeps one (P, D) tensor per block
+            deep.prompt.prompts[str(j)].copy_(model.prompt.tokens(j, 1)[0])
         torch.testing.assert_close(model.encode_image(x), deep.encode_image(x), rtol=1e-5, atol=1e-6)
     # "a photo" is learned, "of a" stays words
     assert model.tokenizer(["a photo of a cat."])[0].tolist() == tp.tokens[0].tolist()
