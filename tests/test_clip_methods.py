@@ -319,6 +319,9 @@ def test_shipped_method_recipes_hold_paper_settings():
         assert {k: cfg.model.text[k] for k in text} == text
         assert cfg.sched.warmup_type == "constant" and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 5e-4
         assert os.path.isfile(os.path.join(repo, "configs", f"clip_{kind}_tiny.yaml"))
+    vpt_cfg = from_dict(RunConfig, yaml.safe_load(open(os.path.join(repo, "configs", "clip_vpt_deep_vit_b16.yaml"))))
+    assert (vpt_cfg.train.epochs, vpt_cfg.train.batch_size, vpt_cfg.optim.lr) == (5, 4, 0.0025)
+    assert vpt_cfg.model.prompt == {"kind": "vpt_deep", "num_tokens": 8, "init": "normal"}
 
 
 def test_sizes_from_a_config_are_bounded_before_allocation(bb):
