@@ -77,3 +77,64 @@ def test_vpt_train_lora(tmp_path, one_thread):
     assert main(["eval", os.path.join(out, "best"), "--data", data, "--split", "val"]) == 0
     loaded = vpt.from_pretrained(os.path.join(out, "best"))
     assert loaded.lora_config.target_modules == ["qkv", "fc1"]
+
+
+def test_lora_dropout_is_active_in_training_only():
+    bb = create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT))
+    torch.manual_seed(0)
+    model = LoraClassifier(bb, lora={"r": 4, "dropout": 0.5}, num_classes=3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # B starts at zero: make the LoRA branch (and so its dropout) matter
+    x = torch.randn(4, 3, *model.data_config.input_size[1:])
+    model.train()
+    assert not model.backbone.training  # the frozen backbone stays in eval ...
+    drops = [m for n, m in model.backbone.model.named_modules() if n.endswith("lora_dropout")]
+    assert drops and all(m.training for m in drops)  # ... LoRA's dropout trains
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(2)
+    assert not torch.equal(a, model(x))  # dropout noise in training
+    model.eval()
+    assert not any(m.training for m in drops)
+    assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("targets,expected", [
+    (["qkv"], {"blocks.0.attn.qkv", "blocks.1.attn.qkv"}),
+    (["blocks.1.attn.qkv"], {"blocks.1.attn.qkv"}),  # peft's suffix form
+    (r"blocks\.0\.(attn\.qkv|mlp\.fc1)", {"blocks.0.attn.qkv", "blocks.0.mlp.fc1"}),  # peft's regex form
+])
+def test_lora_target_modules_follow_peft_forms(targets, expected):
+    bb = create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT))
+    model = LoraClassifier(bb, lora={"r": 2, "target_modules": targets}, num_classes=3)
+    wrapped = {n.rsplit(".lora_A", 1)[0] for n, _ in model.backbone.model.named_modules() if n.endswith("lora_A")}
+    assert wrapped == expected
+
+
+def test_lora_target_modules_errors():
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        LoraClassifier(create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT)),
+                       lora={"target_modules": "blocks.("}, num_classes=3)
+    with pytest.raises(ConfigError, match=r"match no module.*suffixes.*regex"):
+        LoraClassifier(create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT)),
+                       lora={"target_modules": r"blocks\.9\.attn\.qkv"}, num_classes=3)
+
+
+def test_lora_artifact_keys_are_peft_saved_names(tmp_path):
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+    model = build()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(str(tmp_path / "a"))
+    saved = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    peft_names = {"backbone.model." + k for k in get_peft_model_state_dict(model.backbone.model)}
+    assert set(saved) == peft_names | {"head.fc.weight", "head.fc.bias"}
+    assert not any(".default." in k for k in saved)  # no in-memory adapter name
+    loaded = vpt.from_pretrained(str(tmp_path / "a"))
+    for k, v in get_peft_model_state_dict(loaded.backbone.model).items():
+        assert torch.equal(v, saved["backbone.model." + k])

@@ -7,8 +7,11 @@ library's own (now LoRA-wrapped) layers.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
 
 from .backbones import BackboneConfig, create_backbone
 from .config import ConfigError, from_dict, to_dict
@@ -21,7 +24,9 @@ class LoraConfig:
     r: int = 8  # rank
     alpha: float = 8.0  # scaling numerator (peft lora_alpha): updates are scaled by alpha / r
     dropout: float = 0.0  # dropout on the LoRA branch input
-    target_modules: List[str] = field(default_factory=lambda: ["qkv"])  # timm ViT: qkv (and/or proj, fc1, fc2)
+    # peft's forms: a list of module names or name suffixes (timm ViT: qkv, proj, fc1, fc2; "blocks.11.attn.qkv"),
+    # or one string: a regular expression the full module name must match (e.g. r".*\.(1[01])\.attn\.qkv")
+    target_modules: Union[List[str], str] = field(default_factory=lambda: ["qkv"])
 
 
 class LoraClassifier(PromptedModel):
@@ -41,14 +46,33 @@ class LoraClassifier(PromptedModel):
         c = self.lora_config
         if c.r < 1:
             raise ConfigError(f"model.lora.r must be >= 1, got {c.r}")
-        names = {n.rsplit(".", 1)[-1] for n, _ in backbone.model.named_modules()}
-        missing = [t for t in c.target_modules if t not in names]
-        if missing:
-            raise ConfigError(f"model.lora.target_modules {missing} match no module of this backbone; "
-                              f"for timm ViTs use qkv, proj, fc1 or fc2")
+        targets = _check_targets(c.target_modules, [n for n, _ in backbone.model.named_modules() if n])
         peft.inject_adapter_in_model(peft.LoraConfig(r=int(c.r), lora_alpha=float(c.alpha), bias="none",
-                                                     lora_dropout=float(c.dropout),
-                                                     target_modules=list(c.target_modules)), backbone.model)
+                                                     lora_dropout=float(c.dropout), target_modules=targets),
+                                     backbone.model)
+        # artifacts hold LoRA tensors under peft's saved names (what get_peft_model_state_dict writes, without
+        # the in-memory adapter name), so they do not depend on peft's internal module layout
+        self.register_load_state_dict_pre_hook(_saved_to_module_names)
+
+    def train(self, mode: bool = True):
+        super().train(mode)  # the frozen backbone stays in eval ...
+        for name, m in self.backbone.model.named_modules():
+            if name.endswith("lora_dropout"):
+                m.train(mode)  # ... but LoRA's own dropout is part of what trains
+        return self
+
+    def _peft_names(self) -> Dict[str, str]:
+        """peft's saved name (under backbone.model.) -> this model's parameter name, matched by tensor identity."""
+        from peft.utils import get_peft_model_state_dict
+        own = {p.data_ptr(): n for n, p in self.named_parameters() if p.requires_grad}
+        return {"backbone.model." + k: own[t.data_ptr()]
+                for k, t in get_peft_model_state_dict(self.backbone.model).items() if t.data_ptr() in own}
+
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        tensors = super().trainable_state_dict()
+        for saved, name in self._peft_names().items():
+            tensors[saved] = tensors.pop(name)
+        return tensors
 
     def to_config(self) -> Dict[str, Any]:
         return {**super().to_config(), "model_type": self.model_type, "lora": to_dict(self.lora_config)}
@@ -71,3 +95,42 @@ class LoraClassifier(PromptedModel):
 
 
 MODEL_TYPES.register("lora")(LoraClassifier)
+
+def _saved_to_module_names(module, state_dict, prefix, *_):
+    """load_state_dict pre-hook: peft's saved LoRA names -> the in-memory parameter names."""
+    for saved, name in module._peft_names().items():
+        if prefix + saved in state_dict and saved != name:
+            state_dict[prefix + name] = state_dict.pop(prefix + saved)
+
+
+_MAX_PATTERN = 500  # characters of a target_modules regex (it may come from an artifact)
+
+
+def _check_targets(targets: Union[List[str], str], module_names: List[str]) -> Union[List[str], str]:
+    """peft's target_modules (names / suffixes, or one regex), checked against the backbone's modules the way
+    peft matches them; a pattern that matches nothing is an error naming the forms and some module names."""
+    import peft
+    from peft.tuners.tuners_utils import check_target_module_exists
+    if isinstance(targets, str):
+        if len(targets) > _MAX_PATTERN:
+            raise ConfigError(f"model.lora.target_modules regex is {len(targets)} characters; at most {_MAX_PATTERN}")
+        try:
+            re.compile(targets)
+        except re.error as e:
+            raise ConfigError(f"model.lora.target_modules {targets!r} is not a valid regular expression ({e})") from None
+    elif not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) for t in targets):
+        raise ConfigError(f"model.lora.target_modules must be a list of module names / suffixes or one regex string, "
+                          f"got {targets!r}")
+    else:
+        targets = list(targets)
+    def matches(t):
+        probe = peft.LoraConfig(target_modules=t)
+        return any(check_target_module_exists(probe, n) for n in module_names)
+    unmatched = ([] if matches(targets) else [targets]) if isinstance(targets, str) else \
+        [t for t in targets if not matches([t])]
+    if unmatched:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in module_names})
+        raise ConfigError(f"model.lora.target_modules {unmatched} match no module of this backbone; use module "
+                          f"names or suffixes (e.g. qkv, blocks.11.attn.qkv) or one regex over full names; this "
+                          f"backbone's module names end in: {', '.join(leaves[:25])}")
+    return targets
