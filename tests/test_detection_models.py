@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import vpt
+from vpt.backbones import BackboneError
 from vpt.config import ConfigError
 from vpt.detection import create_detector
 
@@ -162,7 +163,7 @@ def test_config_errors():
         tiny_detector("fcos", pyramid={"out_channels": 16, "scales": [1.0]})
     with pytest.raises(ConfigError, match=r"not a power of two"):
         tiny_detector("retinanet", pyramid={"out_channels": 32, "scales": [3.0, 1.0]})
-    with pytest.raises(ConfigError, match=r"dynamic_img_size: true"):
+    with pytest.raises(BackboneError, match=r"dynamic_img_size: true"):
         create_detector(TINY_VIT_NAME, ["a"], detector="fcos", pretrained=False,
                         model_kwargs={**TINY_VIT, "dynamic_img_size": False})
 

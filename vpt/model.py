@@ -135,7 +135,7 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         cfg = resolve_prompt_config(prompt)
         self.prompt_config = cfg
         if cfg is not None:
-            backbone.check_prompt(cfg.kind, cfg.needs == "tokens", cfg.needs == "kv")
+            backbone.check_prompt(cfg.kind, cfg.needs)
         facts = {"kv_dim": backbone.kv_dim()} if hasattr(backbone, "kv_dim") and backbone.supports_tokens else {}
         self.prompt = build_prompt(cfg, backbone.layout, self.data_config, **facts)
 

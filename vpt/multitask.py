@@ -70,7 +70,7 @@ class PromptMix(PromptModule):
         return torch.stack(padded)[self.index]  # (T, L, D) -> (B, L, D)
 
     def pixels(self, x):
-        deltas = [p.delta() if p is not None and p.uses_pixels else None for p in self.tasks]
+        deltas = [p.delta(x.shape[-2:]) if p is not None and p.uses_pixels else None for p in self.tasks]
         like = next(d for d in deltas if d is not None)
         stack = torch.cat([d if d is not None else torch.zeros_like(like) for d in deltas])  # (T, C, H, W)
         return x + stack[self.index].to(x.dtype)
@@ -141,7 +141,7 @@ class MultiTaskModel(nn.Module):
 
     def _groups(self, names: Sequence[str]) -> List[List[str]]:
         """Tasks that can share one pass: equal prompt schedules (and masks the backbone can apply)."""
-        can_mask = self.backbone.prefix_refusal is None or self.backbone.library != "open_clip"
+        can_mask = self.backbone.capabilities.per_sample_masks is None
         groups: Dict[object, List[str]] = {}
         for n in dict.fromkeys(names):
             prompt = self.tasks[n].prompt if n != BASE else None

@@ -14,6 +14,29 @@ from ..errors import BackboneError  # noqa: F401  (re-exported)
 NEVER = 1 << 30  # a block index past any depth: "no block needs autograd"
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter offers prompts and callers. Each field: None = supported, else the reason it is not;
+    :meth:`BackboneAdapter.require` is the one check (prompts, multitask and detection all use it)."""
+    tokens: Optional[str] = None  # a token sequence prompts can join (vpt_shallow, vpt_deep)
+    key_values: Optional[str] = None  # key/value prefixes inside attention (vpt_prefix)
+    per_sample_masks: Optional[str] = None  # a key mask per sample (multitask batches mixing prompt lengths)
+    any_input_size: Optional[str] = None  # inputs of any size (detection resizes images freely)
+    fast_blocks: bool = False  # prompts as keys/values only, query subsets and lean MLPs (vpt.model fast paths)
+
+
+# a prompt config's ``needs`` -> the capabilities it requires
+PROMPT_NEEDS = {"tokens": ("tokens",), "kv": ("tokens", "key_values"), "pixels": (), "text": ()}
+
+# what still works / how to get the capability, per capability
+CAPABILITY_FIX = {
+    "tokens": "Pixel prompts (pixel_pad, pixel_patch) still work with this backbone.",
+    "key_values": "Token prompts (vpt_shallow, vpt_deep) and pixel prompts work with this backbone.",
+    "per_sample_masks": "Run tasks whose prompts differ in length in separate batches.",
+    "any_input_size": "Resize inputs to the backbone's input size, or use a backbone built for any size.",
+}
+
+
 @dataclass
 class BackboneConfig:
     name: str = "timm:vit_base_patch16_224.augreg2_in21k_ft_in1k"  # library:architecture[.tag or /tag]
@@ -246,16 +269,31 @@ class BackboneAdapter(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(self.token_refusal or "forward_features")
 
-    def check_prompt(self, kind: str, uses_tokens: bool, uses_kv: bool) -> None:
-        """Refuse prompt kinds this architecture cannot take, saying why and what still works."""
-        name = self.config.name
-        if (uses_tokens or uses_kv) and self.token_refusal:
-            raise BackboneError(
-                f"prompt kind '{kind}' cannot be used with backbone '{name}': {self.token_refusal}. "
-                f"Pixel prompts (pixel_pad, pixel_patch) still work with this backbone."
-            )
-        if uses_kv and self.prefix_refusal:
-            raise BackboneError(
-                f"prompt kind '{kind}' cannot be used with backbone '{name}': {self.prefix_refusal}. "
-                f"Token prompts (vpt_shallow, vpt_deep) and pixel prompts work with this backbone."
-            )
+    # --- capabilities: declared once, checked in one place ----------------------------------------
+    def size_refusal(self) -> Optional[str]:
+        """None when any input size works, else why not and the fix (adapters override)."""
+        return None
+
+    def mask_refusal(self) -> Optional[str]:
+        """None when blocks take a per-sample key mask, else why not (adapters override)."""
+        return self.token_refusal
+
+    @property
+    def capabilities(self) -> Capabilities:
+        tokens = self.token_refusal
+        return Capabilities(tokens=tokens, key_values=tokens or self.prefix_refusal,
+                            per_sample_masks=tokens or self.mask_refusal(), any_input_size=self.size_refusal(),
+                            fast_blocks=bool(self.supports_fast_blocks))
+
+    def require(self, *needs: str, who: str) -> None:
+        """Raise BackboneError naming ``who``, the missing capability's reason and what to do instead."""
+        caps = self.capabilities
+        for need in needs:
+            reason = getattr(caps, need)
+            if reason is not None:
+                raise BackboneError(f"{who} cannot be used with backbone '{self.config.name}': {reason}. "
+                                    f"{CAPABILITY_FIX[need]}")
+
+    def check_prompt(self, kind: str, needs: str) -> None:
+        """Refuse prompt kinds this architecture cannot take (``needs``: tokens | kv | pixels | text)."""
+        self.require(*PROMPT_NEEDS.get(needs, ()), who=f"prompt kind '{kind}'")

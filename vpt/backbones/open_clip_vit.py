@@ -276,6 +276,15 @@ class OpenClipViTAdapter(BackboneAdapter):
     def library_prefix(self) -> str:
         return "model.visual." if "model" in self._modules else "tower."
 
+    def size_refusal(self):
+        h, w = _to_2tuple(self.visual.image_size)
+        return (f"open_clip's image tower takes {h}x{w} px inputs only; for detection or other "
+                f"input sizes use a timm ViT (e.g. timm:vit_base_patch16_clip_224.openai with "
+                f"model_kwargs {{dynamic_img_size: true}})")
+
+    def mask_refusal(self):
+        return self.prefix_refusal  # per-sample masks go through the composed block (mha_with_prefix)
+
     def pretrained_cfg(self):
         cfg = super().pretrained_cfg()
         if hasattr(self.visual, "conv1"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .base import BackboneAdapter, DataConfig, EmbedContext, mask_bias
-from .timm_vit import prune_timm_blocks, timm_data_config, timm_layout, timm_pretrained_cfg
+from .timm_vit import prune_timm_blocks, timm_data_config, timm_layout, timm_pretrained_cfg, timm_size_refusal
 
 
 def pad_rope(rope: torch.Tensor, num_prompts: int) -> torch.Tensor:
@@ -57,6 +57,12 @@ class TimmEvaAdapter(BackboneAdapter):
 
     def block_modules(self):
         return self.model.blocks
+
+    def size_refusal(self):
+        return timm_size_refusal(self)
+
+    def mask_refusal(self):
+        return None  # Eva blocks take attn_mask
 
     def pretrained_cfg(self):
         return timm_pretrained_cfg(self)

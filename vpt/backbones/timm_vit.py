@@ -45,6 +45,14 @@ def timm_pretrained_cfg(adapter) -> Dict[str, Any]:
     return cfg
 
 
+def timm_size_refusal(adapter) -> Optional[str]:
+    if getattr(adapter.model, "dynamic_img_size", False):
+        return None
+    size = _to_2tuple(getattr(adapter.model.patch_embed, "img_size", None) or adapter.data_config().input_size[1:])
+    return (f"it was built for {size[0]}x{size[1]} px inputs only; build it with model_kwargs "
+            f"{{dynamic_img_size: true}} so position embeddings are resampled to each input size")
+
+
 def prune_timm_blocks(adapter, keep: int, prune_norm: bool) -> None:
     m = adapter.model
     m.blocks = m.blocks[:keep]
@@ -184,6 +192,12 @@ class TimmViTAdapter(BackboneAdapter):
 
     def block_modules(self):
         return self.model.blocks
+
+    def size_refusal(self):
+        return timm_size_refusal(self)
+
+    def mask_refusal(self):
+        return None  # timm blocks take attn_mask
 
     def pretrained_cfg(self):
         return timm_pretrained_cfg(self)

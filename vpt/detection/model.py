@@ -39,10 +39,7 @@ class PromptedDetector(AdapterMixin, nn.Module):
     def __init__(self, backbone: BackboneAdapter, class_names: Sequence[str], prompt: Any = None,
                  detector: Union[None, Dict[str, Any], DetectorConfig] = None):
         super().__init__()
-        if getattr(backbone.model, "dynamic_img_size", None) is False:
-            raise ConfigError(f"backbone '{backbone.config.name}' has a fixed input size; detection resizes images "
-                              f"freely, so build it with model_kwargs {{dynamic_img_size: true}} (position "
-                              f"embeddings are then resampled to each input size)")
+        backbone.require("tokens", "any_input_size", who="a detector")  # torchvision resizes images freely
         self.detector_config = from_dict(DetectorConfig, detector or {}, where="detector")
         cfg = self.detector_config
         try:

@@ -25,6 +25,9 @@ from ..config import ConfigError
 from ..model import PromptedModel, take_indices
 
 EXTRA_LEVELS = ("none", "p6p7", "pool")
+# default scales per extra levels: 5 maps with p6p7 (RetinaNet / FCOS: strides 8..128 at patch 16, P3-P7) and
+# with pool (Faster R-CNN: P2-P5 + pool), matching torchvision's default anchor generators
+DEFAULT_SCALES = {"none": (4.0, 2.0, 1.0, 0.5), "p6p7": (2.0, 1.0, 0.5), "pool": (4.0, 2.0, 1.0, 0.5)}
 
 
 def _scale_stage(dim: int, scale: float) -> tuple:
@@ -47,15 +50,17 @@ def _scale_stage(dim: int, scale: float) -> tuple:
 class ViTFeaturePyramid(nn.Module):
     """Backbone for ``torchvision.models.detection``: has ``out_channels``, returns an ordered dict of maps."""
 
-    def __init__(self, vit: PromptedModel, out_channels: int = 256, scales=(4.0, 2.0, 1.0, 0.5),
+    def __init__(self, vit: PromptedModel, out_channels: int = 256, scales: Optional[List[float]] = None,
                  blocks: Optional[List[int]] = None, norm: bool = False, extra: str = "none"):
         super().__init__()
         layout = vit.backbone.layout
-        if layout is None or not vit.backbone.supports_tokens:
-            raise ConfigError(f"detection needs a ViT-style backbone with a patch grid; "
-                              f"'{vit.backbone.config.name}' has none ({vit.backbone.token_refusal})")
+        # torchvision's transform resizes images (min_size=800 by default): refuse a fixed-size ViT now,
+        # with the fix, rather than at the first forward
+        vit.backbone.require("tokens", "any_input_size", who="a detection feature pyramid")
         if extra not in EXTRA_LEVELS:
             raise ConfigError(f"unknown extra pyramid levels {extra!r}; available: {', '.join(EXTRA_LEVELS)}")
+        if scales is None:  # as many maps as torchvision's default anchor generators have sizes (5)
+            scales = DEFAULT_SCALES[extra]
         scales = [float(s) for s in scales]
         if not scales or sorted(scales, reverse=True) != scales or len(set(scales)) != len(scales):
             raise ConfigError(f"detector.pyramid.scales must be distinct and decreasing (finest first), got {scales}")
@@ -83,6 +88,11 @@ class ViTFeaturePyramid(nn.Module):
         self.strides = strides + [strides[-1] * 2 ** (i + 1) for i in range(n_extra)]  # pixels per map cell
         self.level_names = [str(i) for i in range(len(scales))] + {"none": [], "p6p7": ["p6", "p7"],
                                                                     "pool": ["pool"]}[extra]
+
+    @property
+    def num_maps(self) -> int:
+        """Feature maps per image: what a detector's anchor generator must have sizes for."""
+        return len(self.level_names)
 
     @property
     def size_divisible(self) -> int:

@@ -20,10 +20,11 @@ def _init_(t: torch.Tensor, std: float) -> None:
         nn.init.normal_(t, std=std)
 
 
-def _check_size(x: torch.Tensor, size, kind: str) -> None:
-    if tuple(x.shape[-2:]) != tuple(size):
-        raise ValueError(f"{kind} prompt was built for {tuple(size)} px images, got {tuple(x.shape[-2:])}; "
-                         f"resize inputs with the model's preprocessing (or set prompt.image_size)")
+def _stretch(t: torch.Tensor, size) -> torch.Tensor:
+    """A (1, C, h, w) strip resized to ``size`` (bilinear); itself when the size already matches."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    return nn.functional.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 @dataclass
@@ -53,19 +54,26 @@ class PadPrompt(PromptModule):
         for t in (self.pad_up, self.pad_down, self.pad_left, self.pad_right):
             _init_(t, config.init_std)
 
-    def prompt(self) -> torch.Tensor:
-        H, W, p = *self.size, self.width
-        centre = self.pad_up.new_zeros(1, 3, H - 2 * p, W - 2 * p)
-        mid = torch.cat([self.pad_left, centre, self.pad_right], dim=3)  # (1, C, H-2p, W)
-        return torch.cat([self.pad_up, mid, self.pad_down], dim=2)  # (1, C, H, W)
+    def prompt(self, size=None) -> torch.Tensor:
+        """The border image (1, C, H, W) at the built size, or at ``size``: other input sizes (detection resizes
+        images freely) keep the border ``width`` pixels wide and stretch its strips along the sides."""
+        H, W = self.size if size is None else tuple(size)
+        p = self.width
+        if not 0 < 2 * p < min(H, W):
+            raise ValueError(f"a {p}px pixel_pad border leaves no centre in {H}x{W} images; use larger inputs "
+                             f"or a smaller prompt.width")
+        up, down = _stretch(self.pad_up, (p, W)), _stretch(self.pad_down, (p, W))
+        left, right = _stretch(self.pad_left, (H - 2 * p, p)), _stretch(self.pad_right, (H - 2 * p, p))
+        centre = up.new_zeros(1, 3, H - 2 * p, W - 2 * p)
+        mid = torch.cat([left, centre, right], dim=3)  # (1, C, H-2p, W)
+        return torch.cat([up, mid, down], dim=2)  # (1, C, H, W)
 
-    def delta(self) -> torch.Tensor:
+    def delta(self, size=None) -> torch.Tensor:
         """The additive prompt image (1, C, H, W)."""
-        return self.prompt()
+        return self.prompt(size)
 
     def pixels(self, x):
-        _check_size(x, self.size, self.kind)
-        return x + self.prompt().to(x.dtype)
+        return x + self.prompt(x.shape[-2:]).to(x.dtype)
 
 
 @dataclass
@@ -96,20 +104,25 @@ class PatchPrompt(PromptModule):
         self.patch = nn.Parameter(torch.zeros(1, 3, s, s))  # (1, C, s, s)
         _init_(self.patch, config.init_std)
 
-    def delta(self) -> torch.Tensor:
+    def delta(self, size=None) -> torch.Tensor:
         """The additive prompt image (1, C, H, W): at a random place while training (position: random),
-        else at ``loc``."""
-        (H, W), s = self.size, self.patch_size
+        else at ``loc``. At another input ``size`` the patch keeps its pixels and its place relative to the image."""
+        (H0, W0), s = self.size, self.patch_size
+        H, W = self.size if size is None else tuple(size)
+        if s > min(H, W):
+            raise ValueError(f"a {s}px pixel_patch does not fit {H}x{W} images; use larger inputs or a smaller prompt.size")
         if self.training and self.config.position == "random":
             r = int(torch.randint(0, H - s + 1, ()).item())
             c = int(torch.randint(0, W - s + 1, ()).item())
         else:
             r, c = self.loc
+            if (H, W) != (H0, W0):  # same relative place
+                r = round(r * (H - s) / max(H0 - s, 1))
+                c = round(c * (W - s) / max(W0 - s, 1))
         return nn.functional.pad(self.patch, (c, W - s - c, r, H - s - r))  # (1, C, H, W)
 
     def pixels(self, x):
-        _check_size(x, self.size, self.kind)
-        return x + self.delta().to(x.dtype)
+        return x + self.delta(x.shape[-2:]).to(x.dtype)
 
 
 @PROMPTS.register("pixel_pad", PadPromptConfig, help="pixel prompt: learnable border of width p (any backbone)")
