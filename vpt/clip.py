@@ -232,7 +232,7 @@ class PromptedCLIP(AdapterMixin, nn.Module):
             if prompt is not None:
                 raise ConfigError(f"text kind {self.text_config.kind!r} drives the image-encoder prompts itself; "
                                   f"drop model.prompt (got {prompt!r})")
-            self.visual.backbone.check_prompt(vision.kind, True, False)
+            self.visual.backbone.check_prompt(vision.kind, "tokens")
             self.visual.prompt = vision  # holds no tensors: the text prompt owns them (saved once)
             self.prompt = vision
 
