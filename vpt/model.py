@@ -203,12 +203,15 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         return torch.cat([h[:, :k], h[:, k + num_prompts:]], dim=1)  # (B, k+N, D)
 
     def _encode(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None,
-                prompt: Any = _OWN, grad_from: Optional[int] = None, last_queries: Optional[int] = None):
+                prompt: Any = _OWN, grad_from: Optional[int] = None, last_queries: Optional[int] = None,
+                fan_out: int = 1):
         """Pixels -> block outputs with prompts stripped; the single loop over blocks.
 
         ``prompt`` defaults to this model's prompt; vpt.multitask passes a per-sample mix of task
         prompts (or None for the plain backbone). ``last_queries=n``: the last block computes only the
-        first n tokens (the caller pools nothing else).
+        first n tokens (the caller pools nothing else). ``fan_out=K``: the batch runs once through the
+        embedding and the blocks before the first prompted one, then continues as K copies (K-major,
+        (K*B, ...)), one per prompt of a blocked mix (vpt.sweep.packed: K trials in one pass).
 
         Where the adapter has fast blocks, token prompts whose outputs are discarded (the next block
         replaces them, or the loop ends) never enter the sequence: they take part in that block's
@@ -223,7 +226,10 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         grad_from = self.autograd_from(x, grad_from)
         fast = bb.supports_fast_blocks and self.fast
         lean_blocks = self._lean_blocks() if (self.lean and grad and self.training) else ()
+        fan_at = max(grad_from, 0) if fan_out > 1 else None  # the block before which the batch is copied
         if prompt is not None and prompt.uses_pixels:
+            if fan_at is not None:
+                x, fan_at = x.repeat(fan_out, 1, 1, 1), None  # (K*B, C, H, W)
             x = prompt.pixels(x)
         with torch.set_grad_enabled(grad and grad_from < 0):
             h, ctx = bb.embed(x)  # (B, k+N, D)
@@ -235,6 +241,9 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         in_sequence = (prompt is not None and (prompt.uses_tokens or prompt.uses_kv)
                        and prompt.first_layer < bb.layout.depth)
         for i in range(depth):
+            if i == fan_at:
+                h, fan_at = h.repeat(fan_out, 1, 1), None  # (K*B, k+N, D): from here each copy has its prompt
+                B = h.shape[0]
             last, lean = i == depth - 1, i in lean_blocks
             nq = last_queries if (last and fast and in_sequence and last_queries is not None and not take) else None
             with torch.set_grad_enabled(grad and i >= grad_from):
@@ -262,14 +271,18 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
                     P = 0  # only the first nq (prefix) tokens remain
             if i in take:
                 inter.append(self._strip(h, P))
+        if fan_at is not None:  # no block was prompted
+            h = h.repeat(fan_out, 1, 1)  # (K*B, k+N, D)
         return self._strip(h, P), inter, ctx
 
     def _block_with_token_kv(self, i, h, ctx, t, kv, prompt, nq, lean):
         """Block ``i`` with prompt tokens t (B, P, D) as keys/values only (see _encode)."""
         bb, k = self.backbone, self.backbone.layout.num_prefix
-        if t.stride(0) == 0:  # one prompt for the whole batch: project it once
-            tk, tv = bb.token_kv(i, t[:1])
-            tk, tv = tk.expand(t.shape[0], -1, -1), tv.expand(t.shape[0], -1, -1)
+        run = t.shape[0] if t.stride(0) == 0 else prompt.token_runs(i)
+        if run:  # runs of `run` samples share their prompt (one for the whole batch): project each once
+            pairs = [bb.token_kv(i, t[j:j + 1]) for j in range(0, t.shape[0], run)]
+            tk = torch.cat([k_.expand(run, -1, -1) for k_, _ in pairs])  # (B, P, A)
+            tv = torch.cat([v_.expand(run, -1, -1) for _, v_ in pairs])
         else:
             tk, tv = bb.token_kv(i, t)
         Pkv = 0

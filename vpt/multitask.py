@@ -30,11 +30,20 @@ def _schedule(prompt: Optional[PromptModule]) -> Tuple[Tuple[int, ...], Tuple[in
 
 
 class PromptMix(PromptModule):
-    """The prompts of several tasks, chosen per sample by ``index`` (B,) into ``prompts``."""
+    """The prompts of several tasks, chosen per sample by ``index`` (B,) into ``prompts``.
 
-    def __init__(self, prompts: Sequence[Optional[PromptModule]], index: torch.Tensor, num_prefix: int):
+    ``block=n`` says that the samples come in task order, n per task (``index`` is
+    ``arange(T).repeat_interleave(n)``, as for packed sweep trials): each task's prompt is then
+    broadcast to its n rows instead of gathered row by row, so a packed trial computes (and its
+    gradient sums) exactly as the task alone would."""
+
+    def __init__(self, prompts: Sequence[Optional[PromptModule]], index: torch.Tensor, num_prefix: int,
+                 block: Optional[int] = None):
         super().__init__(None)
-        self.tasks, self.index, self.k = list(prompts), index, num_prefix
+        self.tasks, self.index, self.k, self.block = list(prompts), index, num_prefix, block
+        self._runs: Dict[int, Optional[int]] = {}  # block i -> samples per run of shared tokens (block mode)
+        if block is not None and index.shape[0] != block * len(self.tasks):
+            raise ValueError(f"block={block} needs {block * len(self.tasks)} samples, got {index.shape[0]}")
         self.uses_pixels = any(p is not None and p.uses_pixels for p in self.tasks)
         self.uses_tokens = any(p is not None and p.uses_tokens for p in self.tasks)
         self.uses_kv = any(p is not None and p.uses_kv for p in self.tasks)
@@ -67,20 +76,34 @@ class PromptMix(PromptModule):
         like = next(r for r in rows if r is not None)
         padded = [F.pad(r, (0, 0, 0, length - r.shape[0])) if r is not None else like.new_zeros(length, like.shape[1])
                   for r in rows]
+        if self.block is not None:
+            return torch.cat([r.expand(self.block, -1, -1) for r in padded])  # T x (n, L, D) -> (B, L, D)
         return torch.stack(padded)[self.index]  # (T, L, D) -> (B, L, D)
 
     def pixels(self, x):
         deltas = [p.delta(x.shape[-2:]) if p is not None and p.uses_pixels else None for p in self.tasks]
         like = next(d for d in deltas if d is not None)
-        stack = torch.cat([d if d is not None else torch.zeros_like(like) for d in deltas])  # (T, C, H, W)
-        return x + stack[self.index].to(x.dtype)
+        deltas = [d if d is not None else torch.zeros_like(like) for d in deltas]  # T x (1, C, H, W)
+        if self.block is not None:
+            return x + torch.cat([d.expand(self.block, -1, -1, -1) for d in deltas]).to(x.dtype)  # (B, C, H, W)
+        return x + torch.cat(deltas)[self.index].to(x.dtype)  # (T, C, H, W) -> (B, C, H, W)
 
     def has_tokens(self, i):
         return self.P > 0 and i in self.token_layers
 
+    def token_runs(self, i):
+        return self._runs.get(i)
+
     def tokens(self, i, batch_size):
         if i not in self.token_layers:
             return None
+        if self.block is not None:  # each task's own (n, P_t, D) tokens, as it makes them alone (dropout too)
+            rows = [p.tokens(i, self.block) if p is not None and p.uses_tokens else None for p in self.tasks]
+            like = next(r for r in rows if r is not None)
+            # broadcast tokens (no dropout drawn per sample) are shared by their whole block
+            self._runs[i] = self.block if all(r is None or r.stride(0) == 0 for r in rows) else None
+            return torch.cat([F.pad(r, (0, 0, 0, self.P - r.shape[1])) if r is not None
+                              else like.new_zeros(self.block, self.P, like.shape[2]) for r in rows])  # (B, P, D)
         rows = [p.tokens(i, 1)[0] if p is not None and p.uses_tokens else None for p in self.tasks]  # (P_t, D)
         return self._gather(rows, self.P)  # (B, P, D)
 

@@ -50,6 +50,11 @@ class PromptModule(nn.Module):
         """Whether ``tokens(i, ...)`` returns tokens (so block i replaces earlier prompts)."""
         return False
 
+    def token_runs(self, i: int) -> Optional[int]:
+        """n when the tokens of block ``i`` come in runs of n samples that share the same tokens (a per-sample
+        mix of whole-batch prompts), so the model projects each run's tokens once; None: no such runs."""
+        return None
+
     def key_mask(self, i: int, num_prompts: int, seq_len: int) -> Optional[torch.Tensor]:
         """bool (B, P_kv + seq_len) of attendable keys at block ``i``; None: all. Only per-sample prompt
         mixes (vpt.multitask) need one."""
