@@ -1,0 +1,227 @@
+"""vpt.sweep without training: spaces, studies shared by worker processes, stale and diverging trials, pruning,
+reports. Training is a stand-in callable here (the command's tests train for real)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+optuna = pytest.importorskip("optuna")  # the vpt[sweep] extra (installed by the test extra)
+
+from vpt.config import ConfigError  # noqa: E402
+from vpt.engine.config import RunConfig  # noqa: E402
+from vpt.prompts.tokens import DeepPromptConfig  # noqa: E402
+from vpt.sweep import report  # noqa: E402
+from vpt.sweep.space import check_fields, parse_space  # noqa: E402
+from vpt.sweep.study import SweepError, make_pruner, make_sampler, open_storage, open_study  # noqa: E402
+from vpt.sweep.worker import Outcome, run_worker  # noqa: E402
+
+S = optuna.trial.TrialState
+GRID = {"optim.lr": [0.1, 0.01, 0.001], "optim.weight_decay": [0.0, 0.01]}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- spaces -------------------------------------------------------------------------------------------------
+def test_space_forms_and_optuna_distributions():
+    space = parse_space({"optim.lr": {"low": 1e-4, "high": 1e-1, "log": True},
+                         "model.prompt.num_tokens": {"low": 5, "high": 20, "step": 5},
+                         "optim.weight_decay": [0.0, 1e-4]})
+    d = space.distributions()
+    assert isinstance(d["optim.lr"], optuna.distributions.FloatDistribution) and d["optim.lr"].log
+    assert isinstance(d["model.prompt.num_tokens"], optuna.distributions.IntDistribution)
+    assert space["model.prompt.num_tokens"].grid() == [5, 10, 15, 20]
+    with pytest.raises(ConfigError, match="optim.lr is a continuous range"):
+        space.grid()
+    assert parse_space(GRID).grid_size() == 6
+    assert parse_space(GRID).fingerprint() == parse_space(dict(reversed(list(GRID.items())))).fingerprint()
+
+
+@pytest.mark.parametrize("data,match", [
+    ({}, "empty"),
+    (None, "empty"),
+    ([1, 2], "must map"),
+    ({"optim.lr": []}, "empty list"),
+    ({"optim.lr": [0.1, 0.1]}, "listed twice"),
+    ({"optim.lr": [[0.1]]}, "list values must be"),
+    ({"optim.lr": {"low": 1, "hihg": 2}}, "did you mean 'high'"),
+    ({"optim.lr": {"low": 1}}, "both low and high"),
+    ({"optim.lr": {"low": 2, "high": 1}}, "must be below"),
+    ({"optim.lr": {"low": 0, "high": 1, "log": True}}, "low > 0"),
+    ({"optim.lr": {"low": 1e-3, "high": 1, "log": True, "step": 0.1}}, "not both"),
+    ({"optim.lr": {"low": 0, "high": 1, "step": -1}}, "step must be > 0"),
+    ({"optim.lr": "0.1"}, "expected a list"),
+])
+def test_invalid_spaces_are_refused_with_the_fix(data, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_space(data)
+
+
+def test_unknown_fields_get_did_you_mean_against_the_config_dataclasses():
+    schemas = {"model.prompt": DeepPromptConfig, "model.head": None}
+    check_fields(parse_space({"optim.lr": [1], "model.prompt.num_tokens": [5], "model.head.kind": ["mlp"]}),
+                 RunConfig, schemas)
+    with pytest.raises(ConfigError, match="unknown config field 'optim.lrr'.*did you mean 'optim.lr'"):
+        check_fields(parse_space({"optim.lrr": [1]}), RunConfig, schemas)
+    with pytest.raises(ConfigError, match="did you mean 'optim.weight_decay'"):
+        check_fields(parse_space({"optim.weight_decy": [1]}), RunConfig, schemas)
+    with pytest.raises(ConfigError, match="did you mean 'model.prompt.num_tokens'"):
+        check_fields(parse_space({"model.prompt.num_token": [1]}), RunConfig, schemas)
+
+
+def test_edges():
+    space = parse_space({"optim.lr": [0.1, 0.01, 0.001], "optim.weight_decay": [0.0, 0.01],
+                         "sched.warmup_epochs": {"low": 0.5, "high": 10.0, "log": True}})
+    assert space.edges({"optim.lr": 0.1}) == {"optim.lr": "high"}
+    assert space.edges({"optim.lr": 0.001}) == {"optim.lr": "low"}
+    assert space.edges({"optim.lr": 0.01, "optim.weight_decay": 0.0}) == {}  # 0 is the floor, not an edge
+    assert space.edges({"optim.weight_decay": 0.01}) == {"optim.weight_decay": "high"}
+    assert space.edges({"sched.warmup_epochs": 9.5}) == {"sched.warmup_epochs": "high"}
+    assert space.edges({"sched.warmup_epochs": 2.0}) == {}
+    msg = report.edge_warning(space, {"optim.lr": 0.1, "optim.weight_decay": 0.0})
+    assert "optim.lr=0.1 is the highest value searched" in msg and "weight_decay" not in msg.split(":")[1]
+
+
+# --- studies --------------------------------------------------------------------------------------------------
+def _study(url, space=GRID, config=None, sampler="grid"):
+    sp = parse_space(space)
+    storage = open_storage(url, heartbeat_interval=1, grace_period=2)
+    return open_study(storage, "s", sp, config or {"optim": {"opt": "sgd"}, "output": {"dir": "x"}},
+                      make_sampler(sampler, sp), make_pruner("none", 3)), sp
+
+
+def test_join_checks_space_and_config(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _study(url)
+    _study(url, config={"optim": {"opt": "sgd"}, "output": {"dir": "elsewhere"}})  # where it writes may differ
+    with pytest.raises(SweepError, match="another space.*optim.weight_decay"):
+        _study(url, space={"optim.lr": [0.1, 0.01, 0.001], "optim.weight_decay": [0.0]})
+    with pytest.raises(SweepError, match="another config.*optim.opt: study 'sgd', this command 'adamw'"):
+        _study(url, config={"optim": {"opt": "adamw"}})
+
+
+def test_unreachable_storage_is_named(tmp_path):
+    with pytest.raises(SweepError, match="cannot reach the storage"):
+        open_storage(f"sqlite:///{tmp_path}/no/such/dir/study.db")
+    with pytest.raises(SweepError, match="journal file path|does not exist"):
+        open_storage(f"journal:{tmp_path}/no/such/dir/study.log")
+    with pytest.raises(SweepError, match="neither an SQLAlchemy URL"):
+        open_storage("study.db")
+
+
+def _fake_train(values, fail_at=None):
+    def train(trials, params, reporters):
+        out = []
+        for p, r in zip(params, reporters):
+            if fail_at is not None and p == fail_at:
+                out.append(Outcome(error="FloatingPointError: non-finite training loss in epoch 1"))
+                continue
+            for epoch in (1, 2, 3):
+                if r.report(epoch, values(p) * epoch / 3):
+                    break
+            out.append(Outcome(pruned=r.pruned))
+        return out
+    return train
+
+
+def test_diverging_trial_fails_alone_and_the_study_completes(tmp_path):
+    study, sp = _study(f"sqlite:///{tmp_path / 'study.db'}")
+    bad = {"optim.lr": 0.1, "optim.weight_decay": 0.01}
+    run_worker(study, sp, sp.grid_size(), _fake_train(lambda p: 1 / p["optim.lr"] - p["optim.weight_decay"], fail_at=bad), grid=True)
+    trials = study.get_trials()
+    assert len(trials) == 6
+    failed = [t for t in trials if t.state == S.FAIL]
+    assert [t.params for t in failed] == [bad] and "non-finite" in failed[0].user_attrs["error"]
+    assert sum(t.state == S.COMPLETE for t in trials) == 5
+    recs = report.trial_records(study)
+    assert report.best_record(recs)["params"] == {"optim.lr": 0.001, "optim.weight_decay": 0.0}
+
+
+def test_median_pruner_stops_bad_trials(tmp_path):
+    space = {"optim.lr": [10.0 ** -i for i in range(8)]}
+    sp = parse_space(space)
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = open_study(storage, "p", sp, {}, make_sampler("grid", sp, seed=3), make_pruner("median", 3))
+    run_worker(study, sp, sp.grid_size(), _fake_train(lambda p: -abs(p["optim.lr"] - 1e-3)), grid=True)
+    trials = study.get_trials()
+    pruned = [t for t in trials if t.state == S.PRUNED]
+    assert len(trials) == 8 and pruned
+    done = [t.value for t in trials if t.state == S.COMPLETE]
+    assert all(max(t.intermediate_values.values()) < max(done) for t in pruned)
+
+
+WORKER = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {repo!r})
+    from vpt.sweep.space import parse_space
+    from vpt.sweep.study import open_storage, open_study, make_sampler, make_pruner
+    from vpt.sweep.worker import Outcome, run_worker
+    space = parse_space({grid!r})
+    storage = open_storage(sys.argv[1], heartbeat_interval=1, grace_period=2)
+    study = open_study(storage, "two", space, {{}}, make_sampler("grid", space), make_pruner("none", 1))
+    kill = os.environ.get("KILL_AT")
+    def train(trials, params, reporters):
+        out = []
+        for p, r in zip(params, reporters):
+            if kill and p["optim.lr"] == float(kill):
+                os.kill(os.getpid(), 9)
+            time.sleep(0.3)
+            r.report(1, p["optim.lr"] + p["optim.weight_decay"])
+            out.append(Outcome())
+        return out
+    run_worker(study, space, space.grid_size(), train, grid=True)
+""")
+
+
+@pytest.mark.parametrize("scheme", ["sqlite"])  # the journal file shares this logic (and is killed below)
+def test_two_workers_share_a_grid_without_duplicates(tmp_path, scheme):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(repo=REPO, grid=GRID))
+    url = f"sqlite:///{tmp_path / 'study.db'}" if scheme == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    procs = [subprocess.Popen([sys.executable, str(script), url]) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    study = optuna.load_study(study_name="two", storage=open_storage(url))
+    ran = [json.dumps(t.params, sort_keys=True) for t in study.get_trials() if t.state == S.COMPLETE]
+    assert len(ran) == 6 and len(set(ran)) == 6  # every grid point once
+    assert all(t.state in (S.COMPLETE, S.FAIL) for t in study.get_trials())
+    assert not [t for t in study.get_trials() if t.state == S.FAIL and not t.user_attrs.get("vpt:surplus")]
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "journal"])
+def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(tmp_path, scheme):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(repo=REPO, grid=GRID))
+    url = f"sqlite:///{tmp_path / 'study.db'}" if scheme == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    killed = subprocess.run([sys.executable, str(script), url], env={**os.environ, "KILL_AT": "0.01"}, timeout=120)
+    assert killed.returncode == -9
+    import time
+    time.sleep(2.5)  # past the grace period: the killed trial is stale
+    assert subprocess.run([sys.executable, str(script), url], timeout=120).returncode == 0
+    study = optuna.load_study(study_name="two", storage=open_storage(url))
+    trials = study.get_trials()
+    failed = [t for t in trials if t.state == S.FAIL]
+    assert len(failed) == 1 and failed[0].params["optim.lr"] == 0.01  # the killed one, failed by the restart
+    done = {json.dumps(t.params, sort_keys=True) for t in trials if t.state == S.COMPLETE}
+    assert len(done) == 6  # and its point ran again: the study completed
+
+
+# --- reports ---------------------------------------------------------------------------------------------------
+def test_report_tables_plots_and_tie_break(tmp_path):
+    sp = parse_space(GRID)
+    recs = [{"number": i, "state": "COMPLETE", "value": v, "params": {"optim.lr": lr, "optim.weight_decay": wd},
+             "val_curve": {1: v / 2, 2: v}, "best_epoch": 2, "error": None, "retry_of": None, "seconds": 1.0}
+            for i, (lr, wd, v) in enumerate([(0.1, 0.0, 50.0), (0.01, 0.0, 70.0), (0.001, 0.0, 70.0),
+                                              (0.1, 0.01, 40.0), (0.01, 0.01, 60.0)])]
+    recs.append({"number": 5, "state": "FAIL", "value": None, "params": {"optim.lr": 0.001, "optim.weight_decay": 0.01},
+                 "val_curve": {}, "best_epoch": None, "error": "diverged", "retry_of": None, "seconds": None})
+    assert report.best_record(recs)["params"]["optim.lr"] == 0.001  # a tie goes to the smaller lr
+    md = report.summary_markdown(recs, sp)
+    assert md.splitlines()[2].startswith("| 2 | complete | 70 | 0.001 | 0 |") and "diverged" in md
+    csv_text = report.summary_csv(recs, sp)
+    assert csv_text.splitlines()[0] == "trial,state,val,optim.lr,optim.weight_decay,best_epoch,epochs_run,note"
+    files = report.write_tables(str(tmp_path), recs, sp) + report.write_plots(str(tmp_path), recs, sp)
+    for name in ("summary.md", "summary.csv", "val_vs_lr.png", "history.png"):
+        assert os.path.getsize(tmp_path / name) > 0 and str(tmp_path / name) in files
+    with open(tmp_path / "val_vs_lr.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

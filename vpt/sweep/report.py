@@ -1,0 +1,220 @@
+"""What a sweep leaves for people: a summary table (markdown and CSV), plots (PNG with matplotlib; Optuna's
+plotly HTML where plotly is installed) and the trials as plain records for results.json.
+
+Input is a list of trial records (:func:`trial_records`), so the report is made from a study in any storage
+and the tests can feed it records directly. Every file is written atomically.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from ..io import atomic_write_text
+from .space import SearchSpace, describe
+
+_logger = logging.getLogger(__name__)
+
+LR_FIELDS = ("optim.lr", "optim.lr_base", "optim.head_lr")
+WD_FIELDS = ("optim.weight_decay",)
+
+
+def trial_records(study) -> List[Dict[str, Any]]:
+    """The study's trials as JSON-able dicts (surplus trials, closed unrun, left out), by trial number."""
+    from .study import is_surplus
+    out = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if is_surplus(t):
+            continue
+        out.append({
+            "number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
+            "val_curve": {int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
+            "best_epoch": t.user_attrs.get("best_epoch"), "error": t.user_attrs.get("error"),
+            "retry_of": t.system_attrs.get("failed_trial"),
+            "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start else None,
+        })
+    return out
+
+
+def best_record(records: Sequence[Mapping[str, Any]], lr_field: Optional[str] = None) -> Optional[Mapping[str, Any]]:
+    """The completed trial with the highest value; ties go to the smaller learning rate (VPT's rule, for
+    stability), then to the lower trial number."""
+    done = [r for r in records if r["state"] == "COMPLETE" and r["value"] is not None]
+    if not done:
+        return None
+    lr_field = lr_field or next((f for f in LR_FIELDS if any(f in r["params"] for r in done)), None)
+
+    def key(r):
+        lr = r["params"].get(lr_field) if lr_field else None
+        return (-r["value"], lr if isinstance(lr, (int, float)) else 0.0, r["number"])
+    return min(done, key=key)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return "" if v is None else str(v)
+
+
+def summary_rows(records: Sequence[Mapping[str, Any]], space: SearchSpace) -> List[Dict[str, Any]]:
+    rows = []
+    for r in sorted(records, key=lambda r: (r["state"] != "COMPLETE", -(r["value"] or -math.inf), r["number"])):
+        row = {"trial": r["number"], "state": r["state"].lower(), "val": r["value"]}
+        row.update({name: r["params"].get(name) for name in space.names})
+        row["best_epoch"] = r.get("best_epoch")
+        row["epochs_run"] = len(r.get("val_curve") or {})
+        row["note"] = r.get("error") or (f"retry of trial {r['retry_of']}" if r.get("retry_of") is not None else "")
+        rows.append(row)
+    return rows
+
+
+def summary_markdown(records: Sequence[Mapping[str, Any]], space: SearchSpace, metric: str = "val top-1") -> str:
+    rows = summary_rows(records, space)
+    if not rows:
+        return "No trials yet.\n"
+    cols = list(rows[0])
+    head = [metric if c == "val" else c for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[c]).replace("|", "/") for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_csv(records: Sequence[Mapping[str, Any]], space: SearchSpace) -> str:
+    rows = summary_rows(records, space)
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_tables(out_dir: str, records: Sequence[Mapping[str, Any]], space: SearchSpace) -> List[str]:
+    md, cs = os.path.join(out_dir, "summary.md"), os.path.join(out_dir, "summary.csv")
+    atomic_write_text(md, summary_markdown(records, space))
+    atomic_write_text(cs, summary_csv(records, space))
+    return [md, cs]
+
+
+# --- plots ---------------------------------------------------------------------------------------------
+def _save_png(fig, path: str) -> None:
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def write_plots(out_dir: str, records: Sequence[Mapping[str, Any]], space: SearchSpace, study=None) -> List[str]:
+    """PNG plots (matplotlib): val metric vs learning rate, one line per weight decay; optimisation history;
+    parameter importance (Optuna's fANOVA, given the study and 2+ completed trials). Optuna's plotly HTML
+    versions too where plotly is installed. Returns the files written."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _logger.warning("no plots: matplotlib is not installed (pip install 'vpt[sweep]')")
+        return []
+    written = []
+    done = [r for r in records if r["state"] == "COMPLETE" and r["value"] is not None]
+    lr = next((f for f in LR_FIELDS if f in space.names), None)
+    wd = next((f for f in WD_FIELDS if f in space.names), None)
+    if lr and done:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        groups: Dict[Any, List] = {}
+        for r in done:
+            groups.setdefault(r["params"].get(wd) if wd else None, []).append((r["params"][lr], r["value"]))
+        for key in sorted(groups, key=lambda k: (k is None, k if isinstance(k, (int, float)) else 0)):
+            pts = sorted(groups[key])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{wd}={key:g}" if wd else None)
+        ax.set_xscale("log" if all(p > 0 for g in groups.values() for p, _ in g) else "linear")
+        ax.set_xlabel(lr)
+        ax.set_ylabel("best val metric")
+        if wd:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        path = os.path.join(out_dir, "val_vs_lr.png")
+        _save_png(fig, path)
+        plt.close(fig)
+        written.append(path)
+    finished = sorted((r for r in records if r["value"] is not None), key=lambda r: r["number"])
+    if finished:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs = [r["number"] for r in finished]
+        ys = [r["value"] for r in finished]
+        best, run = [], -math.inf
+        for y in ys:
+            run = max(run, y)
+            best.append(run)
+        ax.scatter(xs, ys, s=14, label="trial")
+        ax.step(xs, best, where="post", color="C1", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("val metric")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        path = os.path.join(out_dir, "history.png")
+        _save_png(fig, path)
+        plt.close(fig)
+        written.append(path)
+    importances = param_importances(study) if study is not None else {}
+    if importances:
+        fig, ax = plt.subplots(figsize=(6, 0.6 + 0.4 * len(importances)))
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names])
+        ax.set_xlabel("importance (fANOVA)")
+        path = os.path.join(out_dir, "param_importance.png")
+        _save_png(fig, path)
+        plt.close(fig)
+        written.append(path)
+    if study is not None:
+        written += _plotly_html(out_dir, study, len(done))
+    return written
+
+
+def param_importances(study) -> Dict[str, float]:
+    """Optuna's parameter importances; {} with fewer than 2 completed trials or one parameter."""
+    import optuna
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(done) < 2 or len({k for t in done for k in t.params}) < 2:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError) as e:  # e.g. every trial had the same value
+        _logger.info("no parameter importance: %s", e)
+        return {}
+
+
+def _plotly_html(out_dir: str, study, n_done: int) -> List[str]:
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        return []
+    import optuna.visualization as vis
+    out = []
+    plots = [("history", vis.plot_optimization_history), ("slice", vis.plot_slice)]
+    if n_done >= 2:
+        plots.append(("param_importance", vis.plot_param_importances))
+    for name, fn in plots:
+        try:
+            fig = fn(study)
+        except (RuntimeError, ValueError) as e:
+            _logger.info("no %s plot: %s", name, e)
+            continue
+        path = os.path.join(out_dir, f"{name}.html")
+        atomic_write_text(path, fig.to_html(include_plotlyjs="cdn"))
+        out.append(path)
+    return out
+
+
+def edge_warning(space: SearchSpace, best_params: Mapping[str, Any]) -> Optional[str]:
+    """A sentence when the best setting lies on an edge of the space (the optimum may lie beyond it)."""
+    edges = space.edges(best_params)
+    if not edges:
+        return None
+    parts = [f"{name}={_fmt(best_params[name])} is the {side}est value searched" for name, side in edges.items()]
+    return (f"the best setting ({describe(best_params)}) lies on the edge of the space: {'; '.join(parts)}. "
+            f"The optimum may lie beyond it: widen the space there and sweep again")
