@@ -16,6 +16,7 @@ LAYERS = [
     {"model", "timm_api", "artifact", "multitask", "clip", "lora", "zeroshot", "weights", "detection"},
     {"engine"},
     {"tasks"},
+    {"sweep"},
     {"commands", "cli", "__main__", "<root>"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

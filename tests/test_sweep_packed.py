@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpt.config import ConfigError
-from vpt.engine.build import build_model
-from vpt.engine.config import ModelSection, OptimSection, SchedSection
+from vpt.engine.config import OptimSection, SchedSection
+from vpt.errors import ConfigError
+from vpt.tasks.classification import ModelSection, build_model
 from vpt.engine.optim import build_optimizer_and_scheduler
 from vpt.sweep.packed import (PackedClassifier, build_packed_model, build_packed_optimizer, check_packable,
                               clip_per_trial, packed_loss)

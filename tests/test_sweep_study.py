@@ -8,15 +8,15 @@ import textwrap
 
 import pytest
 
-optuna = pytest.importorskip("optuna")  # the vpt[sweep] extra (installed by the test extra)
+import optuna  # the vpt[sweep] extra; the test extra installs it
 
-from vpt.config import ConfigError  # noqa: E402
-from vpt.engine.config import RunConfig  # noqa: E402
+from vpt.errors import ConfigError  # noqa: E402
 from vpt.prompts.tokens import DeepPromptConfig  # noqa: E402
 from vpt.sweep import report  # noqa: E402
 from vpt.sweep.space import check_fields, parse_space  # noqa: E402
 from vpt.sweep.study import SweepError, make_pruner, make_sampler, open_storage, open_study  # noqa: E402
 from vpt.sweep.worker import Outcome, run_worker  # noqa: E402
+from vpt.tasks.classification import RunConfig  # noqa: E402
 
 S = optuna.trial.TrialState
 GRID = {"optim.lr": [0.1, 0.01, 0.001], "optim.weight_decay": [0.0, 0.01]}
@@ -210,11 +210,11 @@ def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(t
 def test_report_tables_plots_and_tie_break(tmp_path):
     sp = parse_space(GRID)
     recs = [{"number": i, "state": "COMPLETE", "value": v, "params": {"optim.lr": lr, "optim.weight_decay": wd},
-             "val_curve": {1: v / 2, 2: v}, "best_epoch": 2, "error": None, "retry_of": None, "seconds": 1.0}
+             "val_curve": [[1, v / 2], [2, v]], "best_epoch": 2, "error": None, "retry_of": None, "seconds": 1.0}
             for i, (lr, wd, v) in enumerate([(0.1, 0.0, 50.0), (0.01, 0.0, 70.0), (0.001, 0.0, 70.0),
                                               (0.1, 0.01, 40.0), (0.01, 0.01, 60.0)])]
     recs.append({"number": 5, "state": "FAIL", "value": None, "params": {"optim.lr": 0.001, "optim.weight_decay": 0.01},
-                 "val_curve": {}, "best_epoch": None, "error": "diverged", "retry_of": None, "seconds": None})
+                 "val_curve": [], "best_epoch": None, "error": "diverged", "retry_of": None, "seconds": None})
     assert report.best_record(recs)["params"]["optim.lr"] == 0.001  # a tie goes to the smaller lr
     md = report.summary_markdown(recs, sp)
     assert md.splitlines()[2].startswith("| 2 | complete | 70 | 0.001 | 0 |") and "diverged" in md

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import List, Optional
 
-COMMANDS = ["list", "train", "eval", "predict", "zeroshot", "fewshot", "summarize"]
+COMMANDS = ["list", "train", "eval", "predict", "zeroshot", "fewshot", "summarize", "sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:

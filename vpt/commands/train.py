@@ -59,11 +59,17 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_flags(p)
     p.add_argument("--output", metavar="DIR", help="run folder (default: the recipe's output.dir)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last finished epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
+    add_training_flags(p)
+    p.set_defaults(func=run)
+
+
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that set training fields (``FLAG_FIELDS``); ``vpt sweep`` takes them as fixed settings."""
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, metavar="LR", help="absolute learning rate (default: lr_base * batch / 256)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last finished epoch")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     g = p.add_argument_group("model and optimisation (timm's flag names)")
     g.add_argument("--model", metavar="NAME", help="backbone, e.g. timm:vit_base_patch16_224.augreg_in21k")
     g.add_argument("--weights", metavar="FILE", help="local backbone weights file")
@@ -92,7 +98,6 @@ def register(sub) -> None:
     g.add_argument("--strict-data", action="store_const", const=False,
                    help="stop on a corrupt image instead of skipping it")
     g.add_argument("--tensorboard", action="store_const", const=True, help="also log to TensorBoard")
-    p.set_defaults(func=run)
 
 
 def _run_folder(args) -> Optional[str]:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..model import PromptedModel
 from ..multitask import PromptMix
 
@@ -107,7 +107,7 @@ class PackedClassifier(nn.Module):
 
 def build_packed_model(section: Any, class_names: List[str], num_trials: int) -> PackedClassifier:
     """``num_trials`` classifiers from the run config's ``model`` section on one backbone, each initialised
-    exactly as ``vpt.engine.build.build_model`` initialises a lone run after the same seeding: the RNG state
+    exactly as ``vpt.tasks.classification.build_model`` initialises a lone run after the same seeding: the RNG state
     after the backbone is built is replayed for every trial's prompt and head."""
     from ..backbones import create_backbone
     if section.type != "classifier":

@@ -31,7 +31,7 @@ def trial_records(study) -> List[Dict[str, Any]]:
             continue
         out.append({
             "number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
-            "val_curve": {int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
+            "val_curve": [[int(k), float(v)] for k, v in sorted(t.intermediate_values.items())],  # [epoch, value]
             "best_epoch": t.user_attrs.get("best_epoch"), "error": t.user_attrs.get("error"),
             "retry_of": t.system_attrs.get("failed_trial"),
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
@@ -40,18 +40,25 @@ def trial_records(study) -> List[Dict[str, Any]]:
     return out
 
 
-def best_record(records: Sequence[Mapping[str, Any]], lr_field: Optional[str] = None) -> Optional[Mapping[str, Any]]:
-    """The completed trial with the highest value; ties go to the smaller learning rate (VPT's rule, for
-    stability), then to the lower trial number."""
+def _lr_field(records: Sequence[Mapping[str, Any]]) -> Optional[str]:
+    return next((f for f in LR_FIELDS if any(f in r["params"] for r in records)), None)
+
+
+def _rank(r: Mapping[str, Any], lr_field: Optional[str]) -> tuple:
+    """Completed trials first, the highest value first; ties go to the smaller learning rate (VPT's rule,
+    for stability), then to the lower trial number."""
+    lr = r["params"].get(lr_field) if lr_field else None
+    value = r["value"] if r["state"] == "COMPLETE" and r["value"] is not None else None
+    return (value is None, -(value or 0.0), lr if isinstance(lr, (int, float)) else 0.0, r["number"])
+
+
+def best_record(records: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
+    """The best completed trial (see :func:`_rank`), or None."""
     done = [r for r in records if r["state"] == "COMPLETE" and r["value"] is not None]
     if not done:
         return None
-    lr_field = lr_field or next((f for f in LR_FIELDS if any(f in r["params"] for r in done)), None)
-
-    def key(r):
-        lr = r["params"].get(lr_field) if lr_field else None
-        return (-r["value"], lr if isinstance(lr, (int, float)) else 0.0, r["number"])
-    return min(done, key=key)
+    lr_field = _lr_field(done)
+    return min(done, key=lambda r: _rank(r, lr_field))
 
 
 def _fmt(v: Any) -> str:
@@ -62,7 +69,8 @@ def _fmt(v: Any) -> str:
 
 def summary_rows(records: Sequence[Mapping[str, Any]], space: SearchSpace) -> List[Dict[str, Any]]:
     rows = []
-    for r in sorted(records, key=lambda r: (r["state"] != "COMPLETE", -(r["value"] or -math.inf), r["number"])):
+    lr_field = _lr_field(records)
+    for r in sorted(records, key=lambda r: _rank(r, lr_field)):  # the best first
         row = {"trial": r["number"], "state": r["state"].lower(), "val": r["value"]}
         row.update({name: r["params"].get(name) for name in space.names})
         row["best_epoch"] = r.get("best_epoch")

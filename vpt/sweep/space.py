@@ -19,7 +19,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from ..config import ConfigError, _unwrap_optional
+from ..config import _unwrap_optional
+from ..errors import ConfigError
 from ..registry import did_you_mean
 
 Scalar = Union[str, int, float, bool, None]

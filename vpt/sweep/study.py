@@ -25,7 +25,7 @@ import time
 import warnings
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
-from ..config import ConfigError
+from ..errors import ConfigError, VptError
 from .space import SearchSpace
 
 _logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ WORKER_FIELDS = ("train.device", "train.workers", "train.progress", "train.log_i
                  "output.tensorboard")
 
 
-class SweepError(RuntimeError):
+class SweepError(VptError, RuntimeError):
     """A study or storage that cannot be used as asked; the message names the fix."""
 
 
@@ -63,7 +63,7 @@ def open_storage(url: str, heartbeat_interval: int = 60, grace_period: Optional[
     grace = grace_period or 2 * heartbeat_interval
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
     if url.startswith(JOURNAL_PREFIX):
         path = url[len(JOURNAL_PREFIX):]
         if not path:
@@ -160,7 +160,7 @@ def open_study(storage, name: str, space: SearchSpace, config: Mapping[str, Any]
                wait_s: float = 30.0):
     """Create study ``name`` (recording space and config) or join it (checking both)."""
     optuna = require_optuna()
-    from .. import __version__
+    from ..version import __version__
     shared = study_config(config)
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,

@@ -1,0 +1,147 @@
+"""`vpt sweep` end to end on a tiny image folder: trials select on val only, a diverging trial fails alone,
+the best setting is re-run with K seeds and tested once, a killed sweep continues with the same command,
+and bad input gets a message."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+
+from vpt.cli import main
+from vpt.errors import ConfigError
+from vpt.sweep.run import check_space
+from vpt.sweep.space import load_space
+from vpt.tasks import task_class
+
+from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def sweep_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    data = make_image_folder(root / "data", per_class=8)
+    recipe = {"task": "classification",
+              "model": {"backbone": {"name": TINY_VIT_NAME, "pretrained": False, "model_kwargs": dict(TINY_VIT)},
+                        "prompt": {"kind": "vpt_deep", "num_tokens": 2}, "head": {"kind": "linear"}},
+              "data": {"val_fraction": 0.25, "test_fraction": 0.25},
+              "augment": {"enabled": False},
+              "optim": {"opt": "sgd"},
+              "train": {"epochs": 2, "batch_size": 4, "eval_batch_size": 16, "workers": 0, "progress": False}}
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return root, data
+
+
+def _args(root, data, out, space, *extra):
+    return ["sweep", "-c", str(root / "recipe.yaml"), "--data", data, "--space", str(space), "--output", str(out),
+            "--pruner", "none", *extra]
+
+
+def test_sweep_end_to_end(sweep_setup, capsys):
+    root, data = sweep_setup
+    space = root / "space.yaml"
+    space.write_text("optim.lr: [1.0e+30, 0.3, 0.03]\n")
+    out = root / "run1"
+    assert main(_args(root, data, out, space, "--seeds", "2")) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    states = {t["params"]["optim.lr"]: t["state"] for t in res["trials"]}
+    assert states == {1e30: "FAIL", 0.3: "COMPLETE", 0.03: "COMPLETE"}  # the diverging trial failed alone
+    failed = next(t for t in res["trials"] if t["state"] == "FAIL")
+    assert "non-finite" in failed["error"]
+    for t in res["trials"]:
+        if t["state"] == "COMPLETE":
+            assert [e for e, _ in t["val_curve"]] == [1, 2] and t["value"] == max(v for _, v in t["val_curve"])
+    best = max((t for t in res["trials"] if t["state"] == "COMPLETE"), key=lambda t: (t["value"], -t["params"]["optim.lr"]))
+    assert res["best"]["params"] == best["params"] and res["best"]["val"] == best["value"]
+    # trials never read test; the final runs (2 seeds) read it once each
+    for path in glob.glob(str(out / "trials" / "*" / "results.json")):
+        assert json.loads(open(path).read())["test"] is None
+    final = res["final"]
+    assert final["seeds"] == [0, 1] and final["test_n"] == 2
+    tests = [json.loads((out / "final" / f"seed_{s}" / "results.json").read_text())["test"]["top1"] for s in (0, 1)]
+    assert final["test_mean"] == pytest.approx(sum(tests) / 2)
+    seed0 = json.loads((out / "final" / "seed_0" / "results.json").read_text())
+    assert seed0["config"]["optim"]["lr"] == res["best"]["params"]["optim.lr"]
+    # the edge warning: the best lr is an end of the listed values (1e30 diverged, so 0.3 or 0.03)
+    assert res["edge_warning"] and "optim.lr" in res["edge_warning"] and "warning:" in printed
+    for name in ("summary.md", "summary.csv", "val_vs_lr.png", "history.png"):
+        assert (out / name).stat().st_size > 0
+    # running the finished sweep again only rewrites its report
+    assert main(_args(root, data, out, space, "--seeds", "2")) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["best"] == res["best"] and again["final"]["test_mean"] == final["test_mean"]
+
+
+def test_killed_sweep_continues_with_the_same_command(sweep_setup):
+    root, data = sweep_setup
+    space = root / "space2.yaml"
+    space.write_text("optim.lr: [0.3, 0.03]\n")
+    out = root / "killed"
+    cmd = [sys.executable, "-m", "vpt", *_args(root, data, out, space, "--seeds", "1", "--heartbeat", "1")]
+    env = {**os.environ, "PYTHONPATH": REPO, "VPT_TEST_KILL_AT_STEP": "4"}  # 3 steps per epoch: killed in epoch 2
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    env.pop("VPT_TEST_KILL_AT_STEP")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    trials = res["trials"]
+    killed_trial = next(t for t in trials if t["state"] == "FAIL")
+    retry = next(t for t in trials if t["retry_of"] == killed_trial["number"])
+    assert retry["state"] == "COMPLETE" and retry["params"] == killed_trial["params"]
+    assert [e for e, _ in retry["val_curve"]] == [1, 2]  # epoch 1 from before the kill, epoch 2 after
+    log = (out / "trials" / f"{killed_trial['number']:04d}" / "train.log").read_text()
+    assert "resumed" in log  # the retry continued the killed trial's run folder from its finished epoch
+    assert sum(t["state"] == "COMPLETE" for t in trials) == 2 and res["final"]["test_n"] == 1
+
+
+def test_bad_input_gets_a_message(sweep_setup, capsys):
+    root, data = sweep_setup
+    bad = root / "bad.yaml"
+    bad.write_text("optim.lrr: [0.1]\n")
+    assert main(_args(root, data, root / "bad", bad)) == 2
+    assert "unknown config field 'optim.lrr'" in capsys.readouterr().err
+    bad.write_text("{}\n")
+    assert main(_args(root, data, root / "bad", bad)) == 2
+    assert "empty" in capsys.readouterr().err
+    bad.write_text("optim.opt: [sgd, adamm]\n")
+    assert main(_args(root, data, root / "bad", bad)) == 2
+    assert "adamm" in capsys.readouterr().err
+    # a folder that holds another sweep, and a study whose space differs
+    space = root / "one.yaml"
+    space.write_text("optim.lr: [0.3]\n")
+    out = root / "taken"
+    os.makedirs(out)
+    (out / "sweep.json").write_text(json.dumps({"study": "other", "storage": "x", "space": {}}))
+    assert main(_args(root, data, out, space)) == 2
+    assert "in use by another sweep" in capsys.readouterr().err
+    db = f"sqlite:///{root / 'shared.db'}"
+    study = optuna.create_study(storage=db, study_name="s", direction="maximize")
+    study.set_user_attr("vpt:space", {"optim.lr": {"values": [1.0]}})
+    assert main(_args(root, data, root / "other", space, "--storage", db, "--study", "s")) == 2
+    assert "searches another space" in capsys.readouterr().err
+    assert main(_args(root, data, root / "x", space, "--storage", f"sqlite:///{root}/no/dir/x.db")) == 2
+    assert "cannot reach the storage" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "spaces", "*.yaml"))))
+def test_shipped_spaces_fit_their_recipes(path, tmp_path):
+    recipe = os.path.join(REPO, "configs", os.path.basename(path))
+    assert os.path.isfile(recipe), f"{path} has no recipe {recipe}"
+    base = yaml.safe_load(open(recipe))
+    base.setdefault("data", {})["root"] = str(tmp_path)
+    check_space(load_space(path), task_class(base.get("task", "classification")), base)
+
+
+def test_a_space_that_the_recipe_overrides_is_refused():
+    base = {"task": "classification", "data": {"root": "x"}, "optim": {"lr": 40.0}}
+    with pytest.raises(ConfigError, match="optim.lr=40.0, which wins over lr_base"):
+        check_space(load_space(os.path.join(REPO, "configs", "spaces", "vpt_deep_vitb16_in21k.yaml")),
+                    task_class("classification"), base)

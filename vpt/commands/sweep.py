@@ -1,0 +1,86 @@
+"""``vpt sweep -c RECIPE --data DIR --space SPACE.yaml --output DIR [train flags] [sweep flags]``
+
+Hyper-parameter search on Optuna: trials select on the validation split only (the pruner may stop a trial
+after any epoch), the best setting is trained again with ``--seeds`` seeds, and test is read once, by those
+final runs. ``<output>/results.json`` holds the best setting, every trial with its val curve, test mean +/-
+std and a warning when the best value lies on the edge of the space; summary.md / summary.csv and plots
+sit next to it. The ``vpt train`` flags (``--epochs``, ``--batch-size``, ``--set ...``) fix settings.
+
+Many workers, one study: run the same command in N processes or on N machines with one ``--storage``
+(``sqlite:///PATH``, an RDB URL such as ``postgresql://user@host/db``, or ``journal:PATH`` on a shared
+filesystem) and one ``--study``. Grid points never run twice; a killed worker's trial is failed and runs
+again. Run the same command again to continue a killed sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+from ._common import UserError
+from .train import FLAG_FIELDS, add_input_flags, add_training_flags, kill_callback, recipe_task, resolve_run_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="hyper-parameter search on Optuna (one machine or many)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_flags(p)
+    p.add_argument("--output", metavar="DIR", help="sweep folder (default: the recipe's output.dir)")
+    g = p.add_argument_group("the search")
+    g.add_argument("--space", metavar="YAML", required=True,
+                   help="dotted config fields -> a list or {low, high, log | step} (configs/spaces/)")
+    g.add_argument("--sampler", choices=["grid", "tpe", "random"], default="grid")
+    g.add_argument("--trials", type=int, metavar="N", help="trial budget of the study (grid: default all points)")
+    g.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    g.add_argument("--storage", metavar="URL", help="SQLAlchemy URL or journal:PATH (default: sqlite in --output)")
+    g.add_argument("--study", default="sweep", metavar="NAME", help="study name in the storage (default: sweep)")
+    g.add_argument("--seeds", type=int, default=3, metavar="K", help="final runs of the best setting (default 3)")
+    g.add_argument("--heartbeat", type=int, default=60, metavar="S",
+                   help="seconds between a trial's heartbeats; a trial silent for 2x this is failed and retried")
+    add_training_flags(p)
+    p.set_defaults(func=run, resume=False, overwrite=False)
+
+
+def command_line(args) -> str:
+    parts = ["vpt", "sweep"]
+    if args.config:
+        parts += ["-c", args.config]
+    for dest in list(FLAG_FIELDS) + ["space", "sampler", "trials", "pruner", "storage", "study", "seeds", "heartbeat"]:
+        v = getattr(args, dest, None)
+        if v is not None and v is not False and dest != "strict_data":
+            parts += [f"--{dest.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    for s in args.set or []:
+        parts += ["--set", s]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run(args) -> int:
+    from ..sweep.run import SweepOptions, run_sweep
+    from ..sweep.space import load_space
+    from ..tasks import task_class
+
+    task_cls = task_class(recipe_task(args))
+    cfg = resolve_run_config(args, task_cls)
+    if cfg.task != task_cls.name:
+        raise UserError(f"the recipe says task {cfg.task!r} but --task is {task_cls.name!r}; drop one")
+    if not getattr(cfg, "data", None) or not cfg.data.root:
+        raise UserError("no data given: pass --data DIR (or set data.root in the recipe)")
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise UserError("run vpt sweep as plain processes (one per worker), not under torchrun")
+    space = load_space(args.space)
+    opts = SweepOptions(sampler=args.sampler, trials=args.trials, pruner=args.pruner, storage=args.storage,
+                        study=args.study, seeds=args.seeds, heartbeat=args.heartbeat, command=command_line(args),
+                        callbacks=[cb for cb in (kill_callback(),) if cb is not None])
+    results = run_sweep(task_cls, cfg, space, opts)
+    out = cfg.output.dir
+    best, final = results["best"], results["final"]
+    print(f"sweep folder: {out}")
+    print(f"best setting: " + ", ".join(f"{k}={v}" for k, v in best["params"].items())
+          + f" (trial {best['trial']}, val {best['val']:.4g})")
+    if results["edge_warning"]:
+        print(f"warning: {results['edge_warning']}")
+    if final["test_mean"] is not None:
+        print(f"test {final['metric']}: {final['test_mean']:.2f} +/- {final['test_std']:.2f} over {final['test_n']} "
+              f"seed(s) {final['seeds']}")
+    print(f"results: {os.path.join(out, 'results.json')}; table: {os.path.join(out, 'summary.md')}")
+    return 0

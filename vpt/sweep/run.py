@@ -1,0 +1,352 @@
+"""The sweep: a search on the validation split, then the best setting trained with K seeds and tested once.
+
+Every trial is one run of the engine (``vpt.engine.train``) in ``<output>/trials/<number>``, with its val
+metric reported to Optuna after each epoch (the pruner may stop it there) and its test split never read.
+The final runs (``<output>/final/seed_<s>``) are the trials of a second study, ``<study>/final``, over the
+seeds: many workers share them as they share the search, and a killed final run is retried the same way.
+Whichever worker finishes last writes ``results.json``, the summary tables and the plots.
+
+Running the same command again continues a killed sweep: finished trials stay, a trial killed mid-run is
+failed once its heartbeat is stale and runs again, resuming its run folder from its last finished epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from ..config import from_dict, to_dict
+from ..engine import Callback, holds_run, train
+from ..engine.checkpoint import STATE_NAME
+from ..engine.distributed import DistInfo, resolve_device
+from ..engine.trainer import device_name, versions
+from ..errors import ConfigError, ResumeError, RunDirError
+from ..io import atomic_write_json
+from . import report
+from .space import SearchSpace, apply_params, check_fields, describe
+from .study import (SweepError, fail_stale_trials, make_pruner, make_sampler, open_storage, open_study,
+                    require_optuna)
+from .worker import Outcome, TrialReporter, run_worker
+
+_logger = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"  # what sweep this folder holds (study, storage, space): a different one is refused
+
+
+@dataclass
+class SweepOptions:
+    sampler: str = "grid"  # grid | tpe | random
+    trials: Optional[int] = None  # trial budget of the whole study (grid: the grid's size)
+    pruner: str = "median"  # median | hyperband | none
+    storage: Optional[str] = None  # SQLAlchemy URL or journal:PATH; None: sqlite:///<output>/study.db
+    study: str = "sweep"  # study name in the storage
+    seeds: int = 3  # final runs of the best setting (seeds train.seed, train.seed+1, ...)
+    heartbeat: int = 60  # seconds between a running trial's heartbeats
+    grace: Optional[int] = None  # a trial whose heartbeat is older than this is failed (default 2 x heartbeat)
+    max_retry: int = 2  # how often a killed trial runs again
+    sampler_seed: int = 0  # the grid's shuffle (the same in every worker) / TPE's and random's seed
+    progress: Optional[bool] = None  # the study's progress bar; None: on a TTY
+    command: Optional[str] = None  # the command line, for results.json
+    callbacks: Sequence[Callback] = ()  # extra engine callbacks for every run (the CLI's test kill switch)
+
+
+def _prompt_schema(cfg_dict: Mapping[str, Any]):
+    """The config class of the recipe's prompt kind (so model.prompt.* fields are checked), or None."""
+    from ..prompts import resolve_prompt_config
+    prompt = (cfg_dict.get("model") or {}).get("prompt")
+    if not prompt:
+        return None
+    return type(resolve_prompt_config(prompt))
+
+
+def check_space(space: SearchSpace, task_cls: type, base: Mapping[str, Any]) -> None:
+    """Refuse a space the recipe can't use: unknown fields (did-you-mean against the task's config
+    dataclasses and the recipe's prompt kind), a value that makes an invalid config, or a field that the
+    recipe overrides (optim.lr_base while optim.lr is set)."""
+    from ..heads import HeadConfig
+    schemas: Dict[str, Optional[type]] = {"model.head": HeadConfig, "model.lora": None, "model.text": None,
+                                          "model.backbone.model_kwargs": None}
+    prompt = _prompt_schema(base)
+    if any(n.startswith("model.prompt.") for n in space.names) and prompt is None:
+        raise ConfigError("the space sets model.prompt.* but the recipe has no prompt (model.prompt: null); "
+                          "set one in the recipe or drop those fields")
+    schemas["model.prompt"] = prompt
+    check_fields(space, task_cls.config_cls, schemas)
+    optim = base.get("optim") or {}
+    if "optim.lr_base" in space.names and optim.get("lr") is not None and "optim.lr" not in space.names:
+        raise ConfigError(f"the space searches optim.lr_base, but the recipe sets optim.lr={optim['lr']}, which "
+                          f"wins over lr_base: search optim.lr instead, or add --set optim.lr=null")
+    for p in space.params:  # every listed value (a range: both ends) must make a valid config
+        for v in (p.grid() or [p.low, p.high]):
+            task_cls(from_dict(task_cls.config_cls, apply_params(dict(base), {p.name: v}))).validate()
+
+
+class _ReportEpochs(Callback):
+    """Reports each epoch's val metric to Optuna; raises TrialPruned when the pruner says stop."""
+
+    def __init__(self, reporter: TrialReporter, column: str):
+        self.reporter, self.column = reporter, column
+
+    def on_epoch_end(self, run, epoch: int, row: Dict[str, Any]) -> None:
+        if self.column in row and self.reporter.report(epoch, float(row[self.column])):
+            raise require_optuna().TrialPruned(f"pruned after epoch {epoch}")
+
+
+def _no_test(task_cls: type) -> type:
+    """The task, blind to its test split: search trials select on val and never read test."""
+    def has_split(self, split: str) -> bool:
+        return split != "test" and task_cls.has_split(self, split)
+    return type(f"{task_cls.__name__}SweepTrial", (task_cls,), {"has_split": has_split})
+
+
+def redact(url: str) -> str:
+    if url.startswith("journal:") or "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable: keep only the scheme
+        return url.split("://", 1)[0] + "://***"
+
+
+class Sweep:
+    """One worker of a sweep. ``base`` is the resolved run config (a nested dict) the space varies."""
+
+    def __init__(self, task_cls: type, base: Mapping[str, Any], space: SearchSpace, opts: SweepOptions):
+        self.task_cls, self.space, self.opts = task_cls, space, opts
+        self.base = json.loads(json.dumps(dict(base)))
+        self.out = os.path.abspath(self.base["output"]["dir"])
+        if opts.sampler != "grid" and not opts.trials:
+            raise ConfigError(f"--sampler {opts.sampler} needs a trial budget: pass --trials N")
+        if opts.trials is not None and opts.trials < 1:
+            raise ConfigError(f"--trials must be >= 1, got {opts.trials}")
+        if opts.seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {opts.seeds}")
+        check_space(space, task_cls, self.base)
+        self.budget = opts.trials or space.grid_size()
+        if opts.sampler == "grid":
+            self.budget = min(self.budget, space.grid_size())
+        self.storage_url = opts.storage or f"sqlite:///{os.path.join(self.out, 'study.db')}"
+        self.epochs = int(self.base["train"]["epochs"])
+
+    # --- the output folder ------------------------------------------------------------------------------
+    def _claim_folder(self) -> None:
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise RunDirError(f"--output {self.out!r} is a file; choose a folder")
+        mine = {"study": self.opts.study, "storage": redact(self.storage_url), "space": self.space.to_dict()}
+        path = os.path.join(self.out, SWEEP_FILE)
+        if not os.path.exists(path) and holds_run(self.out):
+            raise RunDirError(f"--output {self.out!r} holds a `vpt train` run; choose another folder for the sweep")
+        os.makedirs(self.out, exist_ok=True)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                try:
+                    theirs = json.load(f)
+                except ValueError:
+                    theirs = None
+            if theirs != mine:
+                raise RunDirError(f"--output {self.out!r} is in use by another sweep ({SWEEP_FILE}: study "
+                                  f"{(theirs or {}).get('study')!r}, storage {(theirs or {}).get('storage')!r}); run that "
+                                  f"sweep's command to continue it, or choose another --output")
+        else:
+            atomic_write_json(path, mine)
+
+    # --- trials --------------------------------------------------------------------------------------------
+    def _trial_config(self, params: Mapping[str, Any], run_dir: str, seed: Optional[int] = None):
+        data = apply_params(self.base, params)
+        data["output"] = {**data.get("output", {}), "dir": run_dir, "save_last": False}
+        if seed is not None:
+            data["train"]["seed"] = seed
+        return from_dict(self.task_cls.config_cls, data)
+
+    def _run(self, task, run_dir: str, callbacks: Sequence[Callback]) -> Dict[str, Any]:
+        info = DistInfo(device=resolve_device(task.cfg.train.device))
+        callbacks = [*callbacks, *self.opts.callbacks]
+        resume = holds_run(run_dir) and os.path.isfile(os.path.join(run_dir, STATE_NAME))
+        try:
+            return train(task, info, resume=resume, overwrite=not resume, callbacks=callbacks,
+                         command=self.opts.command)
+        except ResumeError as e:  # a state this version can't continue: start the trial over
+            _logger.warning("%s: %s; starting this trial over", run_dir, e)
+            return train(task, info, resume=False, overwrite=True, callbacks=callbacks, command=self.opts.command)
+
+    def _root(self, study, trial) -> int:
+        """The number of the trial this one retries (its run folder continues), else its own."""
+        attrs = study._storage.get_trial(trial._trial_id).system_attrs
+        return int(attrs.get("failed_trial", trial.number))
+
+    def _train_search(self, study):
+        optuna = require_optuna()
+        trial_cls = _no_test(self.task_cls)
+
+        def train_trials(trials, params, reporters) -> List[Outcome]:
+            out = []
+            for trial, p, reporter in zip(trials, params, reporters):
+                run_dir = os.path.join(self.out, "trials", f"{self._root(study, trial):04d}")
+                task = trial_cls(self._trial_config(p, run_dir))
+                cb = _ReportEpochs(reporter, f"val_{task.selection}")
+                try:
+                    res = self._run(task, run_dir, [cb])
+                except optuna.TrialPruned:
+                    out.append(Outcome(pruned=True))
+                    continue
+                except FloatingPointError as e:  # the engine's divergence guard: this trial fails, not the study
+                    out.append(Outcome(error=f"diverged: {e}"))
+                    continue
+                val = (res.get("val") or {}).get(task.selection)
+                out.append(Outcome(value=val, best_epoch=res.get("best_epoch"),
+                                   extra={"run_dir": os.path.relpath(run_dir, self.out)}))
+            return out
+        return train_trials
+
+    def _train_final(self, params: Mapping[str, Any]):
+        def train_trials(trials, seeds, reporters) -> List[Outcome]:
+            out = []
+            for trial, s, reporter in zip(trials, seeds, reporters):
+                seed = int(s["train.seed"])
+                run_dir = os.path.join(self.out, "final", f"seed_{seed}")
+                task = self.task_cls(self._trial_config(params, run_dir, seed=seed))
+                try:
+                    res = self._run(task, run_dir, [_ReportEpochs(reporter, f"val_{task.selection}")])
+                except FloatingPointError as e:
+                    out.append(Outcome(error=f"diverged: {e}"))
+                    continue
+                sel = task.selection
+                val, test = res.get("val") or {}, res.get("test") or {}
+                out.append(Outcome(value=val.get(sel), best_epoch=res.get("best_epoch"), extra={
+                    "run_dir": os.path.relpath(run_dir, self.out), "seed": seed,
+                    "val": {k: v for k, v in val.items() if not isinstance(v, (list, dict))},
+                    "test": {k: v for k, v in test.items() if not isinstance(v, (list, dict))} or None}))
+            return out
+        return train_trials
+
+    # --- the whole sweep ------------------------------------------------------------------------------------
+    def _work(self, study, space: SearchSpace, budget: int, train_fn, grid: bool, bar=None) -> None:
+        """Run trials until the study's budget is begun and no trial is running or queued anywhere."""
+        optuna = require_optuna()
+        S = optuna.trial.TrialState
+        while True:
+            run_worker(study, space, budget, train_fn, grid, on_trial_end=bar)
+            fail_stale_trials(study)
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            if S.WAITING in states:
+                continue  # a killed trial was queued again
+            if S.RUNNING not in states:
+                return
+            time.sleep(min(self.opts.heartbeat, 5))  # another worker's trial: wait for it (or its heartbeat to stop)
+
+    def run(self) -> Dict[str, Any]:
+        optuna = require_optuna()
+        self._claim_folder()
+        storage = open_storage(self.storage_url, self.opts.heartbeat, self.opts.grace, self.opts.max_retry)
+        sampler = make_sampler(self.opts.sampler, self.space, self.opts.sampler_seed)
+        study = open_study(storage, self.opts.study, self.space, self.base, sampler,
+                           make_pruner(self.opts.pruner, self.epochs))
+        bar = _StudyBar(study, self.budget, self.opts.progress)
+        try:
+            self._work(study, self.space, self.budget, self._train_search(study), self.opts.sampler == "grid",
+                       bar.update)
+        finally:
+            bar.close()
+        records = report.trial_records(study)
+        best = report.best_record(records)
+        if best is None:
+            self._write(study, records, None, [])
+            raise SweepError(f"no trial of study {self.opts.study!r} completed (see {self.out}/summary.md and the "
+                             f"trials' train.log); fix the cause and run the same command again")
+        warning = report.edge_warning(self.space, best["params"])
+        if warning:
+            _logger.warning("%s", warning)
+        _logger.info("best setting: %s (trial %d, val %.4g); final runs with %d seed(s)", describe(best["params"]),
+                     best["number"], best["value"], self.opts.seeds)
+        seed0 = int(self.base["train"]["seed"])
+        from .space import parse_space
+        seeds = parse_space({"train.seed": [seed0 + i for i in range(self.opts.seeds)]})
+        final_config = apply_params(self.base, best["params"])
+        final = open_study(storage, f"{self.opts.study}/final", seeds, final_config,
+                           make_sampler("grid", seeds, 0), optuna.pruners.NopPruner())
+        self._work(final, seeds, self.opts.seeds, self._train_final(best["params"]), True)
+        return self._write(study, records, best, report.trial_records(final), final, warning)
+
+    def _write(self, study, records, best, final_records, final=None, warning=None) -> Dict[str, Any]:
+        files = report.write_tables(self.out, records, self.space)
+        files += report.write_plots(self.out, records, self.space, study)
+        runs = []
+        if final is not None:
+            for t in sorted(final.get_trials(deepcopy=False), key=lambda t: t.user_attrs.get("seed", 0)):
+                if t.state.name == "COMPLETE":
+                    runs.append({"seed": t.user_attrs.get("seed"), "val": t.user_attrs.get("val"),
+                                 "test": t.user_attrs.get("test"), "best_epoch": t.user_attrs.get("best_epoch"),
+                                 "run_dir": t.user_attrs.get("run_dir")})
+        sel = self.task_cls.selection
+        tests = [r["test"][sel] for r in runs if r.get("test") and sel in r["test"]]
+        vals = [r["val"][sel] for r in runs if r.get("val") and sel in r["val"]]
+        results = {
+            "command": self.opts.command,
+            "study": self.opts.study, "storage": redact(self.storage_url),
+            "sampler": self.opts.sampler, "pruner": self.opts.pruner, "budget": self.budget,
+            "selection": f"best val {self.task_cls.selection_label or sel} over epochs and trials; ties: smaller lr",
+            "space": self.space.to_dict(),
+            "best": None if best is None else {"trial": best["number"], "params": best["params"], "val": best["value"],
+                                               "best_epoch": best.get("best_epoch")},
+            "edge_warning": warning,
+            "edges": self.space.edges(best["params"]) if best else {},
+            "final": {"metric": sel, "seeds": [r["seed"] for r in runs], "runs": runs,
+                      "val_mean": _mean(vals), "val_std": _std(vals),
+                      "test_mean": _mean(tests), "test_std": _std(tests), "test_n": len(tests)},
+            "trials": records,
+            "trial_counts": {s: sum(r["state"] == s for r in records) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+            "final_trials": final_records,
+            "files": sorted(os.path.relpath(f, self.out) for f in files),
+            "device": device_name(resolve_device(self.base["train"].get("device"))),
+            "versions": {**versions(), "optuna": require_optuna().__version__},
+            "config": self.base,
+        }
+        atomic_write_json(os.path.join(self.out, "results.json"), results)
+        return results
+
+
+def _mean(xs: Sequence[float]) -> Optional[float]:
+    return statistics.fmean(xs) if xs else None
+
+
+def _std(xs: Sequence[float]) -> Optional[float]:
+    return statistics.stdev(xs) if len(xs) > 1 else (0.0 if xs else None)
+
+
+class _StudyBar:
+    """A progress bar over the study's trials (all workers'), on a TTY unless told otherwise."""
+
+    def __init__(self, study, total: int, show: Optional[bool]):
+        import sys
+        self.study, self.bar = study, None
+        if show or (show is None and sys.stderr.isatty()):
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc="study", unit="trial", position=1, leave=True)
+            self.update()
+
+    def update(self) -> None:
+        if self.bar is None:
+            return
+        finished = sum(t.state.is_finished() and not t.user_attrs.get("vpt:surplus")
+                       for t in self.study.get_trials(deepcopy=False))
+        self.bar.n = min(finished, self.bar.total)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_sweep(task_cls: type, config: Any, space: SearchSpace, opts: SweepOptions) -> Dict[str, Any]:
+    """Run (or join, or continue) the sweep of ``config`` (a run config dataclass or nested dict) over ``space``."""
+    base = to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return Sweep(task_cls, base, space, opts).run()
+
+
+__all__ = ["Sweep", "SweepOptions", "check_space", "run_sweep", "redact"]
