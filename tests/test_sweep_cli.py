@@ -43,13 +43,19 @@ def _args(root, data, out, space, *extra):
             "--pruner", "none", *extra]
 
 
-def test_sweep_end_to_end(sweep_setup, capsys):
+@pytest.fixture(scope="module")
+def lone_sweep(sweep_setup):
     root, data = sweep_setup
     space = root / "space.yaml"
     space.write_text("optim.lr: [1.0e+30, 0.3, 0.03]\n")
     out = root / "run1"
     assert main(_args(root, data, out, space, "--seeds", "2")) == 0
-    printed = capsys.readouterr().out
+    return out, space
+
+
+def test_sweep_end_to_end(sweep_setup, lone_sweep, capsys):
+    root, data = sweep_setup
+    out, space = lone_sweep
     res = json.loads((out / "results.json").read_text())
     states = {t["params"]["optim.lr"]: t["state"] for t in res["trials"]}
     assert states == {1e30: "FAIL", 0.3: "COMPLETE", 0.03: "COMPLETE"}  # the diverging trial failed alone
@@ -70,13 +76,35 @@ def test_sweep_end_to_end(sweep_setup, capsys):
     seed0 = json.loads((out / "final" / "seed_0" / "results.json").read_text())
     assert seed0["config"]["optim"]["lr"] == res["best"]["params"]["optim.lr"]
     # the edge warning: the best lr is an end of the listed values (1e30 diverged, so 0.3 or 0.03)
-    assert res["edge_warning"] and "optim.lr" in res["edge_warning"] and "warning:" in printed
+    assert res["edge_warning"] and "optim.lr" in res["edge_warning"]
     for name in ("summary.md", "summary.csv", "val_vs_lr.png", "history.png"):
         assert (out / name).stat().st_size > 0
     # running the finished sweep again only rewrites its report
+    capsys.readouterr()
     assert main(_args(root, data, out, space, "--seeds", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "warning: the best setting" in printed and "test top1:" in printed
     again = json.loads((out / "results.json").read_text())
     assert again["best"] == res["best"] and again["final"]["test_mean"] == final["test_mean"]
+
+
+def test_packed_trials_give_the_lone_trials_curves(sweep_setup, lone_sweep):
+    """The same grid with --pack 3: one engine run for all three trials; the diverging one fails alone and
+    the others see exactly the val curves (and final results) of the lone trials."""
+    root, data = sweep_setup
+    lone_out, space = lone_sweep
+    out = root / "packed"
+    assert main(_args(root, data, out, space, "--seeds", "2", "--pack", "3")) == 0
+    lone, packed = (json.loads((d / "results.json").read_text()) for d in (lone_out, out))
+    by_lr = {t["params"]["optim.lr"]: t for t in lone["trials"]}
+    assert len(list((out / "packs").iterdir())) == 1  # one pack
+    for t in packed["trials"]:
+        other = by_lr[t["params"]["optim.lr"]]
+        assert t["state"] == other["state"]
+        if t["state"] == "COMPLETE":
+            assert t["val_curve"] == other["val_curve"] and t["value"] == other["value"]
+    assert packed["best"]["params"] == lone["best"]["params"]
+    assert packed["final"]["test_mean"] == lone["final"]["test_mean"]
 
 
 def test_killed_sweep_continues_with_the_same_command(sweep_setup):

@@ -35,6 +35,8 @@ def register(sub) -> None:
     g.add_argument("--storage", metavar="URL", help="SQLAlchemy URL or journal:PATH (default: sqlite in --output)")
     g.add_argument("--study", default="sweep", metavar="NAME", help="study name in the storage (default: sweep)")
     g.add_argument("--seeds", type=int, default=3, metavar="K", help="final runs of the best setting (default 3)")
+    g.add_argument("--pack", type=int, default=1, metavar="K",
+                   help="train K trials at once in one backbone pass (trials that differ in optim.* / sched.* only)")
     g.add_argument("--heartbeat", type=int, default=60, metavar="S",
                    help="seconds between a trial's heartbeats; a trial silent for 2x this is failed and retried")
     add_training_flags(p)
@@ -45,7 +47,7 @@ def command_line(args) -> str:
     parts = ["vpt", "sweep"]
     if args.config:
         parts += ["-c", args.config]
-    for dest in list(FLAG_FIELDS) + ["space", "sampler", "trials", "pruner", "storage", "study", "seeds", "heartbeat"]:
+    for dest in list(FLAG_FIELDS) + ["space", "sampler", "trials", "pruner", "storage", "study", "seeds", "pack", "heartbeat"]:
         v = getattr(args, dest, None)
         if v is not None and v is not False and dest != "strict_data":
             parts += [f"--{dest.replace('_', '-')}"] + ([] if v is True else [str(v)])
@@ -70,6 +72,7 @@ def run(args) -> int:
     space = load_space(args.space)
     opts = SweepOptions(sampler=args.sampler, trials=args.trials, pruner=args.pruner, storage=args.storage,
                         study=args.study, seeds=args.seeds, heartbeat=args.heartbeat, command=command_line(args),
+                        pack=args.pack,
                         callbacks=[cb for cb in (kill_callback(),) if cb is not None])
     results = run_sweep(task_cls, cfg, space, opts)
     out = cfg.output.dir

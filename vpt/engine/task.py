@@ -8,7 +8,7 @@ learned: its run config, the data, the model, the loss of one micro-batch and th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -59,6 +59,11 @@ class Task:
     def train_dataset(self, run: "Trainer") -> torch.utils.data.Dataset:
         """The training samples; ``set_epoch(epoch)`` is called on it each epoch when it has one."""
         raise NotImplementedError
+
+    def build_optimizer(self, run: "Trainer") -> Optional[Tuple[torch.optim.Optimizer, Any, float]]:
+        """(optimizer, per-step scheduler, peak lr) when the task builds its own (e.g. packed sweep trials, one
+        parameter group per trial); None: the engine's ``build_optimizer_and_scheduler`` from optim / sched."""
+        return None
 
     def collate(self, batch: List[Any]) -> Any:
         return torch.utils.data.default_collate(batch)

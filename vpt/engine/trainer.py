@@ -129,7 +129,8 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ConfigError(f"train.batch_size {t.batch_size} is larger than the {len(self.train_ds)} training "
                               f"samples and task {self.task.name!r} uses whole batches only; lower train.batch_size")
-        self.optimizer, self.scheduler, self.lr = build_optimizer_and_scheduler(
+        built = self.task.build_optimizer(self)
+        self.optimizer, self.scheduler, self.lr = built if built is not None else build_optimizer_and_scheduler(
             self.model, cfg.optim, cfg.sched, t.batch_size, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp_dtype == "float16" else None
 

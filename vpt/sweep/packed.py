@@ -100,6 +100,17 @@ class PackedClassifier(nn.Module):
             return torch.stack([m.forward_head(feats) for m in self.trials])  # (K, B, C)
         return torch.stack([m.forward_head(feats[k * B:(k + 1) * B]) for k, m in enumerate(self.trials)])  # (K, B, C)
 
+    def set_lean(self, mode) -> "PackedClassifier":
+        for m in self.trials:
+            m.set_lean(mode)
+        return self
+
+    def save_pretrained(self, save_directory: str) -> None:
+        """Each trial as its own artifact in ``<dir>/trial_<k>`` (several tasks = several subfolders)."""
+        import os
+        for k, m in enumerate(self.trials):
+            m.save_pretrained(os.path.join(save_directory, f"trial_{k}"))
+
     def trial_tensors(self, k: int) -> Dict[str, torch.Tensor]:
         """Trial ``k``'s trainable tensors under the names a lone run's model gives them."""
         return self.trials[k].trainable_state_dict()

@@ -53,6 +53,7 @@ class SweepOptions:
     progress: Optional[bool] = None  # the study's progress bar; None: on a TTY
     command: Optional[str] = None  # the command line, for results.json
     callbacks: Sequence[Callback] = ()  # extra engine callbacks for every run (the CLI's test kill switch)
+    pack: int = 1  # train up to this many search trials at once in one backbone pass (vpt.sweep.packed)
 
 
 def _prompt_schema(cfg_dict: Mapping[str, Any]):
@@ -97,6 +98,21 @@ class _ReportEpochs(Callback):
             raise require_optuna().TrialPruned(f"pruned after epoch {epoch}")
 
 
+class _ReportPack(Callback):
+    """Each packed trial's val metric to its own Optuna trial; a pruned trial stops training, the pack goes on."""
+
+    def __init__(self, task, reporters: Sequence[TrialReporter]):
+        self.task, self.reporters = task, list(reporters)
+
+    def on_epoch_end(self, run, epoch: int, row: Dict[str, Any]) -> None:
+        for k, r in enumerate(self.reporters):
+            col = f"val_top1_t{k}"
+            if self.task.active[k] and col in row and r.report(epoch, float(row[col])):
+                self.task.active[k] = False
+        if not any(self.task.active):
+            raise require_optuna().TrialPruned(f"every packed trial stopped by epoch {epoch}")
+
+
 def _no_test(task_cls: type) -> type:
     """The task, blind to its test split: search trials select on val and never read test."""
     def has_split(self, split: str) -> bool:
@@ -127,6 +143,14 @@ class Sweep:
             raise ConfigError(f"--trials must be >= 1, got {opts.trials}")
         if opts.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {opts.seeds}")
+        if opts.pack < 1:
+            raise ConfigError(f"--pack must be >= 1, got {opts.pack}")
+        if opts.pack > 1:
+            from .packed import check_packable
+            if task_cls.name != "classification" or (base.get("model") or {}).get("type", "classifier") != "classifier":
+                raise ConfigError("--pack trains classifier trials (task classification, model.type classifier); "
+                                  "drop --pack for this recipe")
+            check_packable(space.names)
         check_space(space, task_cls, self.base)
         self.budget = opts.trials or space.grid_size()
         if opts.sampler == "grid":
@@ -204,6 +228,37 @@ class Sweep:
             return out
         return train_trials
 
+    def _train_packed(self, study):
+        """Up to ``pack`` asked trials in one engine run; each reports its own val curve and may be pruned."""
+        optuna = require_optuna()
+        single = self._train_search(study)
+        from .packed_task import PackedClassificationTask
+
+        def train_trials(trials, params, reporters) -> List[Outcome]:
+            if len(trials) == 1:
+                return single(trials, params, reporters)
+            names = "-".join(f"{self._root(study, t):04d}" for t in trials)
+            run_dir = os.path.join(self.out, "packs", names)
+            cfgs = [self._trial_config(p, run_dir) for p in params]
+            task = PackedClassificationTask(cfgs[0], cfgs)
+            cb = _ReportPack(task, reporters)
+            info = DistInfo(device=resolve_device(task.cfg.train.device))
+            try:  # a pack starts over when its trials run again (each retried trial may join another pack)
+                train(task, info, overwrite=True, callbacks=[cb, *self.opts.callbacks], command=self.opts.command)
+            except optuna.TrialPruned:
+                pass  # every trial of the pack was pruned
+            out = []
+            for k, r in enumerate(reporters):
+                if task.diverged[k]:
+                    out.append(Outcome(error="diverged: non-finite training loss (packed trial)"))
+                elif r.pruned:
+                    out.append(Outcome(pruned=True))
+                else:
+                    out.append(Outcome(value=r.best, best_epoch=r.best_epoch,
+                                       extra={"run_dir": os.path.relpath(run_dir, self.out), "pack_index": k}))
+            return out
+        return train_trials
+
     def _train_final(self, params: Mapping[str, Any]):
         def train_trials(trials, seeds, reporters) -> List[Outcome]:
             out = []
@@ -226,12 +281,12 @@ class Sweep:
         return train_trials
 
     # --- the whole sweep ------------------------------------------------------------------------------------
-    def _work(self, study, space: SearchSpace, budget: int, train_fn, grid: bool, bar=None) -> None:
+    def _work(self, study, space: SearchSpace, budget: int, train_fn, grid: bool, bar=None, pack: int = 1) -> None:
         """Run trials until the study's budget is begun and no trial is running or queued anywhere."""
         optuna = require_optuna()
         S = optuna.trial.TrialState
         while True:
-            run_worker(study, space, budget, train_fn, grid, on_trial_end=bar)
+            run_worker(study, space, budget, train_fn, grid, pack=pack, on_trial_end=bar)
             fail_stale_trials(study)
             states = [t.state for t in study.get_trials(deepcopy=False)]
             if S.WAITING in states:
@@ -249,8 +304,9 @@ class Sweep:
                            make_pruner(self.opts.pruner, self.epochs))
         bar = _StudyBar(study, self.budget, self.opts.progress)
         try:
-            self._work(study, self.space, self.budget, self._train_search(study), self.opts.sampler == "grid",
-                       bar.update)
+            train_fn = self._train_packed(study) if self.opts.pack > 1 else self._train_search(study)
+            self._work(study, self.space, self.budget, train_fn, self.opts.sampler == "grid", bar.update,
+                       pack=self.opts.pack)
         finally:
             bar.close()
         records = report.trial_records(study)

@@ -233,7 +233,7 @@ class ClassificationTask(Task):
 
     def build_model(self, run) -> torch.nn.Module:
         t = self.cfg.train
-        model = build_model(self.cfg.model, self.splits.class_names)
+        model = self.create_model()
         self.memory_format = memory_format(t.channels_last)
         if t.channels_last:
             model.to(memory_format=self.memory_format)
@@ -249,6 +249,10 @@ class ClassificationTask(Task):
                          "test": ImageDataset(self.splits.test, eval_tf, skip_corrupt=skip)}
         self.input_size = model.data_config.input_size
         return model
+
+    def create_model(self) -> torch.nn.Module:
+        """The model of ``cfg.model`` for these classes (packed sweep trials build K at once instead)."""
+        return build_model(self.cfg.model, self.splits.class_names)
 
     def train_dataset(self, run):
         return self.datasets["train"]
