@@ -100,6 +100,10 @@ class PackedClassifier(nn.Module):
             return torch.stack([m.forward_head(feats) for m in self.trials])  # (K, B, C)
         return torch.stack([m.forward_head(feats[k * B:(k + 1) * B]) for k, m in enumerate(self.trials)])  # (K, B, C)
 
+    def param_roles(self) -> Dict[str, Tuple[str, ...]]:
+        """Each trial's roles (``vpt.model.AdapterMixin.param_roles``) under this module's names."""
+        return {f"trials.{k}.{n}": r for k, m in enumerate(self.trials) for n, r in m.param_roles().items()}
+
     def set_lean(self, mode) -> "PackedClassifier":
         for m in self.trials:
             m.set_lean(mode)
