@@ -226,7 +226,8 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         grad_from = self.autograd_from(x, grad_from)
         fast = bb.supports_fast_blocks and self.fast
         lean_blocks = self._lean_blocks() if (self.lean and grad and self.training) else ()
-        fan_at = max(grad_from, 0) if fan_out > 1 else None  # the block before which the batch is copied
+        # the block before which the batch is copied: the first prompted one (with or without autograd)
+        fan_at = max(prompt.first_layer if prompt is not None else NEVER, 0) if fan_out > 1 else None
         if prompt is not None and prompt.uses_pixels:
             if fan_at is not None:
                 x, fan_at = x.repeat(fan_out, 1, 1, 1), None  # (K*B, C, H, W)
