@@ -104,6 +104,21 @@ class PackedClassifier(nn.Module):
         """Each trial's roles (``vpt.model.AdapterMixin.param_roles``) under this module's names."""
         return {f"trials.{k}.{n}": r for k, m in enumerate(self.trials) for n, r in m.param_roles().items()}
 
+    # what the training loop asks besides the logits (vpt.model.AdapterMixin), per trial
+    def auxiliary_losses(self) -> List[Optional[torch.Tensor]]:
+        return [m.auxiliary_loss() for m in self.trials]
+
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        for m in self.trials:
+            m.end_epoch(epoch, epochs)
+
+    def run_state(self) -> Dict[str, torch.Tensor]:
+        return {f"{k}.{n}": t for k, m in enumerate(self.trials) for n, t in m.run_state().items()}
+
+    def load_run_state(self, state: Dict[str, torch.Tensor]) -> None:
+        for k, m in enumerate(self.trials):
+            m.load_run_state({n.split(".", 1)[1]: t for n, t in state.items() if n.split(".", 1)[0] == str(k)})
+
     def set_lean(self, mode) -> "PackedClassifier":
         for m in self.trials:
             m.set_lean(mode)

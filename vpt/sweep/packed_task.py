@@ -82,8 +82,10 @@ class PackedClassificationTask(ClassificationTask):
         live = [k for k in range(K) if self.active[k]]
         if not live:
             return StepOutput(logits.float().sum() * 0.0, len(y), totals=totals)
+        aux = run.model.auxiliary_losses()  # each trial's extra terms (a batch mean), as a lone run adds them
         losses = torch.stack([F.cross_entropy(logits[k].float(), y, reduction="sum",
                                               label_smoothing=self.trial_cfgs[k].train.label_smoothing)
+                              + (aux[k].float() * len(y) if aux[k] is not None else 0.0)
                               for k in live])  # (K_live,)
         finite = torch.isfinite(losses)
         self._bad[live] |= ~finite  # read at the epoch's end: no host sync per step
