@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
-import math
 import os
 import platform
 import shlex

@@ -2,7 +2,6 @@
 weights (a re-shipped vpt:NAME keeps its name and changes its file) or other epochs."""
 import argparse
 import json
-import os
 
 import pytest
 

@@ -3,8 +3,6 @@ registered in ``vpt.registry.TASKS``; the engine trains any of them. A new task 
 run config and a ``@TASKS.register(name)`` class, plus one entry in ``TASKS``'s lazy map (or an import)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
-
 from ..errors import ConfigError
 from ..registry import TASKS
 
@@ -17,13 +15,4 @@ def task_class(name: str) -> type:
         raise ConfigError(f"task: {e.args[0]}") from None
 
 
-def create_task(config: Any, name: Optional[str] = None) -> Any:
-    """A task from its run config (a dataclass, or a dict whose ``task`` names it)."""
-    from ..config import from_dict
-    if isinstance(config, Mapping):
-        cls = task_class(name or config.get("task", "classification"))
-        return cls(from_dict(cls.config_cls, config))
-    return task_class(name or config.task)(config)
-
-
-__all__ = ["TASKS", "create_task", "task_class"]
+__all__ = ["TASKS", "task_class"]

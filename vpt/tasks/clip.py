@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from ..backbones.base import BackboneConfig
 from ..errors import ConfigError
 from ..registry import TASKS
-from ..zeroshot import evaluate_folder as zeroshot_evaluate  # noqa: F401  (zero-shot: no training)
 from .classification import ClassificationTask, ModelSection, RunConfig
 
 
