@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .backbones import BackboneAdapter, BackboneConfig, BackboneError, create_backbone
-from .backbones.base import NEVER
+from .backbones.base import NEVER, pad_attn_mask
 from .config import ConfigError, from_dict, to_dict
 from .heads import HeadConfig
 from .prompts import build_prompt, prompt_to_dict, resolve_prompt_config
@@ -57,6 +57,12 @@ class AdapterMixin:
         """peft's format, so that users' scripts that grep it keep working."""
         trainable, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script cannot compile {type(self).__name__}: its prompt loop over the library's blocks is "
+            f"Python, and TorchScript is deprecated upstream. Export with torch.export.export(model, (images,)) "
+            f"(or ONNX via torch.onnx.export(..., dynamo=True)), or use torch.compile / torch.jit.trace")
 
     def upgrade_tensors(self, tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Saved trainable tensors in an older vpt layout -> this model's names (each prompt module converts
@@ -204,7 +210,7 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
 
     def _encode(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None,
                 prompt: Any = _OWN, grad_from: Optional[int] = None, last_queries: Optional[int] = None,
-                fan_out: int = 1):
+                fan_out: int = 1, attn_mask: Optional[torch.Tensor] = None):
         """Pixels -> block outputs with prompts stripped; the single loop over blocks.
 
         ``prompt`` defaults to this model's prompt; vpt.multitask passes a per-sample mix of task
@@ -224,7 +230,9 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
             raise BackboneError(f"this backbone has no token sequence: {bb.token_refusal}")
         grad = torch.is_grad_enabled()
         grad_from = self.autograd_from(x, grad_from)
-        fast = bb.supports_fast_blocks and self.fast
+        # a caller's attention mask (timm's forward_intermediates attn_mask) runs on the reference path, the
+        # mask padded for the prompts in the sequence
+        fast = bb.supports_fast_blocks and self.fast and attn_mask is None
         lean_blocks = self._lean_blocks() if (self.lean and grad and self.training) else ()
         # the block before which the batch is copied: the first prompted one (with or without autograd)
         fan_at = max(prompt.first_layer if prompt is not None else NEVER, 0) if fan_out > 1 else None
@@ -264,6 +272,8 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
                         mask = prompt.key_mask(i, P, h.shape[1])
                     if fast:
                         h = bb.block(i, h, ctx, kv, key_mask=mask, num_queries=nq, lean=lean)
+                    elif attn_mask is not None:
+                        h = bb.block(i, h, ctx, kv, key_mask=mask, attn_mask=pad_attn_mask(attn_mask, k, P))
                     elif lean and h.requires_grad:
                         h = checkpoint(bb.block, i, h, ctx, kv, mask, use_reentrant=False)
                     else:
@@ -356,15 +366,17 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
     def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False,
-                              output_dict: bool = False):
-        """timm's ``forward_intermediates`` (same signature and outputs) with prompt tokens stripped."""
+                              output_dict: bool = False, attn_mask: Optional[torch.Tensor] = None):
+        """timm's ``forward_intermediates`` (same signature and outputs) with prompt tokens stripped.
+        ``attn_mask``: over the library's [prefix | patches] sequence (bool or additive, as timm's); prompt
+        tokens attend and are attended freely."""
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be NCHW or NLC, got {output_fmt!r}")
         bb = self.backbone
         if bb.token_refusal is not None:
             raise BackboneError(f"forward_intermediates needs a token backbone: {bb.token_refusal}")
         take, max_index = take_indices(bb.layout.depth, indices)
-        h, inter, ctx = self._encode(x, take=take, stop=max_index if stop_early else None)
+        h, inter, ctx = self._encode(x, take=take, stop=max_index if stop_early else None, attn_mask=attn_mask)
         if norm:
             inter = [bb.finish(y) for y in inter]
         k = bb.layout.num_prefix

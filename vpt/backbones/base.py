@@ -115,6 +115,38 @@ def mask_bias(key_mask: Optional[torch.Tensor], h: torch.Tensor) -> Optional[tor
     return bias.masked_fill(~key_mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, Lk)
 
 
+def pad_attn_mask(attn_mask: torch.Tensor, k: int, num_prompts: int) -> torch.Tensor:
+    """A library-format attention mask over the [prefix | patches] sequence (..., Lq, L) -> the sequence with
+    ``num_prompts`` prompt tokens after the k prefix tokens: prompts attend and are attended freely (True /
+    0 in the inserted columns, and rows when the mask has one row per token)."""
+    if not num_prompts:
+        return attn_mask
+    fill = True if attn_mask.dtype == torch.bool else 0.0
+    L = attn_mask.shape[-1]
+    cols = attn_mask.new_full((*attn_mask.shape[:-1], num_prompts), fill)
+    m = torch.cat([attn_mask[..., :k], cols, attn_mask[..., k:]], dim=-1)  # (..., Lq, L+P)
+    if m.shape[-2] == L and L > 1:
+        rows = m.new_full((*m.shape[:-2], num_prompts, m.shape[-1]), fill)
+        m = torch.cat([m[..., :k, :], rows, m[..., k:, :]], dim=-2)  # (..., L+P, L+P)
+    return m
+
+
+def merge_bias(bias: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor], h: torch.Tensor,
+               num_kv: int = 0) -> Optional[torch.Tensor]:
+    """One additive attention bias from a key-mask bias (B, 1, 1, Pkv+L) and a caller's attn_mask (bool or
+    additive, over the L sequence keys; ``num_kv`` key/value prefixes in front are always attendable)."""
+    if attn_mask is None:
+        return bias
+    if bias is None and not num_kv:
+        return attn_mask  # as the library would get it
+    if attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros(attn_mask.shape, dtype=h.dtype, device=attn_mask.device).masked_fill(
+            ~attn_mask, float("-inf"))
+    if num_kv:
+        attn_mask = torch.cat([attn_mask.new_zeros((*attn_mask.shape[:-1], num_kv)), attn_mask], dim=-1)
+    return attn_mask if bias is None else bias + attn_mask.to(bias.dtype)
+
+
 def residual_branch(fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], blk: nn.Module, h: torch.Tensor,
                     lean: bool = False) -> torch.Tensor:
     """``fn(blk, h)``; with ``lean`` (and autograd on) under non-reentrant checkpointing, so its inner

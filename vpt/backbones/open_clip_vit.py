@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
-from .base import (BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias,
+from .base import (BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias, merge_bias,
                    residual_branch)
 from .timm_vit import _to_2tuple
 
@@ -255,15 +255,16 @@ class OpenClipViTAdapter(BackboneAdapter):
     def supports_fast_blocks(self) -> bool:
         return self.prefix_refusal is None
 
-    def block(self, i, h, ctx, kv=None, key_mask=None, num_queries=None, lean=False):
+    def block(self, i, h, ctx, kv=None, key_mask=None, num_queries=None, lean=False, attn_mask=None):
         blk = self.visual.transformer.resblocks[i]
-        if kv is None and key_mask is None and num_queries is None and not lean:
+        if kv is None and key_mask is None and num_queries is None and not lean and attn_mask is None:
             return blk(h)
         if self.prefix_refusal is not None:
             raise BackboneError(self.prefix_refusal)
         # a per-sample key mask goes through SDPA here: nn.MultiheadAttention would need (B*H, L, L)
         pk, pv = kv if kv is not None else (None, None)
-        a = mha_with_prefix(blk.attn, blk.ln_1(h), pk, pv, mask_bias(key_mask, h), num_queries)
+        bias = merge_bias(mask_bias(key_mask, h), attn_mask, h, 0 if kv is None else kv[0].shape[1])
+        a = mha_with_prefix(blk.attn, blk.ln_1(h), pk, pv, bias, num_queries)
         if num_queries is not None:
             h = h[:, :num_queries]
         h = h + blk.ls_1(a)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackboneAdapter, DataConfig, EmbedContext, mask_bias
+from .base import BackboneAdapter, DataConfig, EmbedContext, mask_bias, merge_bias
 from .timm_vit import prune_timm_blocks, timm_data_config, timm_layout, timm_pretrained_cfg, timm_size_refusal
 
 
@@ -47,13 +47,13 @@ class TimmEvaAdapter(BackboneAdapter):
         h = m.norm_pre(h)
         return h, EmbedContext(grid=grid, num_tokens=h.shape[1], extra={"rope": rope})
 
-    def block(self, i, h, ctx, kv=None, key_mask=None):
+    def block(self, i, h, ctx, kv=None, key_mask=None, attn_mask=None):
         assert kv is None, self.prefix_refusal
         rope = ctx.extra["rope"]
         if rope is not None:
             rope = rope[i] if self._mixed else rope
             rope = pad_rope(rope, h.shape[1] - ctx.num_tokens)
-        return self.model.blocks[i](h, rope=rope, attn_mask=mask_bias(key_mask, h))
+        return self.model.blocks[i](h, rope=rope, attn_mask=merge_bias(mask_bias(key_mask, h), attn_mask, h))
 
     def block_modules(self):
         return self.model.blocks

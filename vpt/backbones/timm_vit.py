@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias,
+from .base import (BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias, merge_bias,
                    residual_branch)
 
 
@@ -180,9 +180,9 @@ class TimmViTAdapter(BackboneAdapter):
     def supports_fast_blocks(self) -> bool:
         return self.prefix_refusal is None  # timm's standard Block + Attention everywhere
 
-    def block(self, i, h, ctx, kv=None, key_mask=None, num_queries=None, lean=False):
+    def block(self, i, h, ctx, kv=None, key_mask=None, num_queries=None, lean=False, attn_mask=None):
         blk = self.model.blocks[i]
-        bias = mask_bias(key_mask, h)
+        bias = merge_bias(mask_bias(key_mask, h), attn_mask, h, 0 if kv is None else kv[0].shape[1])
         if kv is None and num_queries is None and not lean:
             return blk(h) if bias is None else blk(h, attn_mask=bias)
         if not self.supports_fast_blocks:

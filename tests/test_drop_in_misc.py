@@ -1,0 +1,91 @@
+"""Drop-in details: timm's forward_intermediates attn_mask, zero prompts exact on the fast path (DeiT
+distilled included), and torch.jit.script refused with a pointer to torch.export."""
+import pytest
+import torch
+
+import vpt
+from vpt.backbones import create_backbone
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+K = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+CLIP_KW = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, patch_size=8, head_width=16),
+               text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+BACKBONES = {"vit": ("timm:vit_tiny_patch16_224", K), "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", K),
+             "eva02_rope": ("timm:eva02_tiny_patch14_224", dict(K, ref_feat_shape=(4, 4))),
+             "open_clip": ("open_clip:ViT-B-32", CLIP_KW)}
+_AD = {}
+
+
+def adapter(key):
+    if key not in _AD:
+        if key == "open_clip":
+            pytest.importorskip("open_clip")
+        name, kw = BACKBONES[key]
+        _AD[key] = create_backbone(name, pretrained=False, init_seed=0, model_kwargs=kw)
+    return _AD[key]
+
+
+def images(n=2):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("key", list(BACKBONES))
+@pytest.mark.parametrize("zero", [None, {"kind": "vpt_deep", "num_tokens": 0},
+                                  {"kind": "pixel_pad", "width": 4, "init_std": 0.0}])
+def test_zero_prompts_exact_on_the_fast_path(key, zero):
+    """model(x) (the class-token fast path) equals the library exactly when no prompt acts."""
+    bb = adapter(key)
+    model = vpt.create_model(bb, prompt=zero, num_classes=3)
+    x = images()
+    with torch.no_grad():
+        ours = model.forward_head(model.head_features(x), pre_logits=True)
+        lib = bb.model.encode_image(x) if key == "open_clip" else bb.model.forward_head(
+            bb.model.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(ours, lib, rtol=0, atol=0)
+
+
+def _mask(seq_len, drop):
+    m = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool)
+    m[..., drop] = False  # nobody attends to these keys
+    return m
+
+
+@pytest.mark.parametrize("key", ["vit", "deit_distilled", "eva02_rope", "open_clip"])
+def test_forward_intermediates_attn_mask(key):
+    bb = adapter(key)
+    x = images()
+    L = bb.layout.num_prefix + bb.layout.grid[0] * bb.layout.grid[1]
+    mask = _mask(L, [L - 1, L - 2])
+    plain = vpt.create_model(bb)
+    with torch.no_grad():
+        masked = plain.forward_intermediates(x, attn_mask=mask, intermediates_only=True)
+        unmasked = plain.forward_intermediates(x, intermediates_only=True)
+        assert not torch.allclose(masked[-1], unmasked[-1])  # the mask acts
+        if key != "open_clip":  # timm's own forward_intermediates takes attn_mask: equal exactly
+            lib = bb.model.forward_intermediates(x, attn_mask=mask, intermediates_only=True)
+            for a, b in zip(masked, lib):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # with prompts in the sequence (and as key/value prefixes), an all-true mask changes nothing
+    kinds = [{"kind": "vpt_deep", "num_tokens": 2}] + ([] if key == "eva02_rope" else [{"kind": "vpt_prefix", "num_tokens": 2}])
+    for prompt in kinds:
+        torch.manual_seed(0)
+        model = vpt.create_model(bb, prompt=prompt)
+        with torch.no_grad():
+            ref = model.forward_intermediates(x, intermediates_only=True)
+            for m in (torch.ones(1, 1, L, L, dtype=torch.bool), torch.zeros(1, 1, 1, L)):
+                got = model.forward_intermediates(x, attn_mask=m, intermediates_only=True)
+                for a, b in zip(got, ref):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            dropped = model.forward_intermediates(x, attn_mask=mask, intermediates_only=True)
+        assert not torch.allclose(dropped[-1], ref[-1])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_torchscript_is_refused_with_a_pointer_to_torch_export():
+    model = vpt.create_model(adapter("vit"), prompt={"kind": "vpt_deep", "num_tokens": 2}, num_classes=3).eval()
+    with pytest.raises(RuntimeError, match=r"torch\.export"):
+        torch.jit.script(model)
+    x = images(1)
+    exported = torch.export.export(model, (x,))  # what the message points to works
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
