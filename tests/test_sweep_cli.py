@@ -173,3 +173,25 @@ def test_a_space_that_the_recipe_overrides_is_refused():
     with pytest.raises(ConfigError, match="optim.lr=40.0, which wins over lr_base"):
         check_space(load_space(os.path.join(REPO, "configs", "spaces", "vpt_deep_vitb16_in21k.yaml")),
                     task_class("classification"), base)
+
+
+def test_a_pruned_trial_stops_its_engine_run_after_the_epoch(sweep_setup, tmp_path):
+    """The engine callback path of pruning: the pruner's verdict after epoch 1 ends that trial's run there."""
+    from vpt.sweep.run import Sweep, SweepOptions
+    from vpt.sweep.space import parse_space
+    from vpt.sweep.worker import TrialReporter
+    root, data = sweep_setup
+    base = yaml.safe_load((root / "recipe.yaml").read_text())
+    base["data"]["root"] = data
+    base["output"] = {"dir": str(tmp_path / "sweep")}
+    space = parse_space({"optim.lr": [0.3]})
+    sweep = Sweep(task_class("classification"), base, space, SweepOptions())
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=101.0))
+    trial = study.ask(fixed_distributions=space.distributions())
+    reporter = TrialReporter(trial)
+    [outcome] = sweep._train_search(study)([trial], [dict(trial.params)], [reporter])
+    assert outcome.pruned and reporter.pruned
+    run = tmp_path / "sweep" / "trials" / "0000"
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2  # the header and epoch 1: epoch 2 never ran
+    assert "pruned" in json.loads((run / "results.json").read_text())["stopped"]
+    assert list(study.trials[0].intermediate_values) == [1]

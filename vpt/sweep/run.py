@@ -88,14 +88,15 @@ def check_space(space: SearchSpace, task_cls: type, base: Mapping[str, Any]) -> 
 
 
 class _ReportEpochs(Callback):
-    """Reports each epoch's val metric to Optuna; raises TrialPruned when the pruner says stop."""
+    """Reports each epoch's val metric to Optuna; when the pruner says stop, the run ends cleanly after this
+    epoch (metrics.csv, run state and results.json record it, marked ``stopped``)."""
 
     def __init__(self, reporter: TrialReporter, column: str):
         self.reporter, self.column = reporter, column
 
     def on_epoch_end(self, run, epoch: int, row: Dict[str, Any]) -> None:
         if self.column in row and self.reporter.report(epoch, float(row[self.column])):
-            raise require_optuna().TrialPruned(f"pruned after epoch {epoch}")
+            run.request_stop(f"pruned by the sweep's pruner after epoch {epoch}")
 
 
 class _ReportPack(Callback):
@@ -110,7 +111,7 @@ class _ReportPack(Callback):
             if self.task.active[k] and col in row and r.report(epoch, float(row[col])):
                 self.task.active[k] = False
         if not any(self.task.active):
-            raise require_optuna().TrialPruned(f"every packed trial stopped by epoch {epoch}")
+            run.request_stop(f"every packed trial stopped by epoch {epoch}")
 
 
 def _no_test(task_cls: type) -> type:
@@ -205,7 +206,6 @@ class Sweep:
         return int(attrs.get("failed_trial", trial.number))
 
     def _train_search(self, study):
-        optuna = require_optuna()
         trial_cls = _no_test(self.task_cls)
 
         def train_trials(trials, params, reporters) -> List[Outcome]:
@@ -216,11 +216,11 @@ class Sweep:
                 cb = _ReportEpochs(reporter, f"val_{task.selection}")
                 try:
                     res = self._run(task, run_dir, [cb])
-                except optuna.TrialPruned:
-                    out.append(Outcome(pruned=True))
-                    continue
                 except FloatingPointError as e:  # the engine's divergence guard: this trial fails, not the study
                     out.append(Outcome(error=f"diverged: {e}"))
+                    continue
+                if reporter.pruned:
+                    out.append(Outcome(pruned=True, extra={"run_dir": os.path.relpath(run_dir, self.out)}))
                     continue
                 val = (res.get("val") or {}).get(task.selection)
                 out.append(Outcome(value=val, best_epoch=res.get("best_epoch"),
@@ -230,7 +230,6 @@ class Sweep:
 
     def _train_packed(self, study):
         """Up to ``pack`` asked trials in one engine run; each reports its own val curve and may be pruned."""
-        optuna = require_optuna()
         single = self._train_search(study)
         from .packed_task import PackedClassificationTask
 
@@ -243,10 +242,8 @@ class Sweep:
             task = PackedClassificationTask(cfgs[0], cfgs)
             cb = _ReportPack(task, reporters)
             info = DistInfo(device=resolve_device(task.cfg.train.device))
-            try:  # a pack starts over when its trials run again (each retried trial may join another pack)
-                train(task, info, overwrite=True, callbacks=[cb, *self.opts.callbacks], command=self.opts.command)
-            except optuna.TrialPruned:
-                pass  # every trial of the pack was pruned
+            # a pack starts over when its trials run again (each retried trial may join another pack)
+            train(task, info, overwrite=True, callbacks=[cb, *self.opts.callbacks], command=self.opts.command)
             out = []
             for k, r in enumerate(reporters):
                 if task.diverged[k]:

@@ -11,7 +11,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from .space import SearchSpace, describe
 from .study import (SURPLUS_ATTR, budget_left, duplicate_of, fail_stale_trials, heartbeat, require_optuna, requeue,
