@@ -87,10 +87,18 @@ def open_storage(url: str, heartbeat_interval: int = 60, grace_period: Optional[
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several workers on one file wait, not fail
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace,
-                                              heartbeat_stale_trial_callback=retry, **kwargs)
+        for attempt in range(6):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace,
+                                                      heartbeat_stale_trial_callback=retry, **kwargs)
+            except Exception as e:  # workers starting together race to create the schema: the loser tries again
+                racing = (type(e).__name__ == "IntegrityError" or "database is locked" in str(e)
+                          or "already exists" in str(e))
+                if not racing or attempt == 5:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except ImportError as e:
         raise SweepError(f"--storage {url}: the database driver is missing ({e}); install it, e.g. "
                          f"pip install psycopg2-binary (PostgreSQL) or pymysql (MySQL)") from None
