@@ -89,3 +89,31 @@ def test_torchscript_is_refused_with_a_pointer_to_torch_export():
     exported = torch.export.export(model, (x,))  # what the message points to works
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+FX_PROMPTS = {"none": None, "vpt_shallow": {"kind": "vpt_shallow", "num_tokens": 2},
+              "vpt_deep": {"kind": "vpt_deep", "num_tokens": 2}, "vpt_prefix": {"kind": "vpt_prefix", "num_tokens": 2},
+              "pixel_pad": {"kind": "pixel_pad", "width": 4}}
+
+
+@pytest.mark.parametrize("prompt", list(FX_PROMPTS))
+@pytest.mark.parametrize("key", ["vit", "deit_distilled"])
+def test_fx_feature_extraction(key, prompt):
+    """timm's test_model_forward_fx: timm's get_graph_node_names + torchvision's create_feature_extractor trace
+    the prompted model (the reference path: static control flow) and give its outputs."""
+    from timm.models._features_fx import get_graph_node_names
+    from torchvision.models.feature_extraction import create_feature_extractor
+    torch.manual_seed(0)
+    model = vpt.create_model(adapter(key), prompt=FX_PROMPTS[prompt], num_classes=3).eval()
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    assert any("blocks.1" in n for n in eval_nodes)  # the library's blocks are nodes of the graph
+    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
+    x = images()
+    with torch.no_grad():
+        fx_out = list(fx_model(x).values())[0]
+        model.fast = False  # the traced path
+        reference = model(x)
+        model.fast = True
+        fast = model(x)
+    torch.testing.assert_close(fx_out, reference, rtol=0, atol=0)
+    torch.testing.assert_close(fx_out, fast, rtol=1e-5, atol=1e-5)

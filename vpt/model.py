@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .backbones import BackboneAdapter, BackboneConfig, BackboneError, create_backbone
-from .backbones.base import NEVER, pad_attn_mask
+from .backbones.base import NEVER, fx_tracing, pad_attn_mask
 from .config import ConfigError, from_dict, to_dict
 from .heads import HeadConfig
 from .prompts import build_prompt, prompt_to_dict, resolve_prompt_config
@@ -40,6 +40,11 @@ def take_indices(depth: int, indices: Union[None, int, Sequence[int]]) -> Tuple[
 
 
 _OWN = object()  # sentinel: "this model's own prompt"
+
+
+def _fx_tracing() -> bool:
+    """Under torch.fx symbolic tracing the loop takes the reference path, whose control flow is static."""
+    return fx_tracing()
 
 
 class AdapterMixin:
@@ -197,7 +202,7 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         an optimisation that never changes a gradient anyone asked for."""
         if not torch.is_grad_enabled():
             return NEVER
-        if x.requires_grad:
+        if _fx_tracing() or x.requires_grad:  # a traced graph has no grad switches: autograd everywhere
             return -1
         return min(self.grad_from if prompt_from is None else prompt_from, self.backbone.first_trainable_block())
 
@@ -232,7 +237,8 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         grad_from = self.autograd_from(x, grad_from)
         # a caller's attention mask (timm's forward_intermediates attn_mask) runs on the reference path, the
         # mask padded for the prompts in the sequence
-        fast = bb.supports_fast_blocks and self.fast and attn_mask is None
+        tracing = _fx_tracing()
+        fast = bb.supports_fast_blocks and self.fast and attn_mask is None and not tracing
         lean_blocks = self._lean_blocks() if (self.lean and grad and self.training) else ()
         # the block before which the batch is copied: the first prompted one (with or without autograd)
         fan_at = max(prompt.first_layer if prompt is not None else NEVER, 0) if fan_out > 1 else None
@@ -267,7 +273,7 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
                 else:
                     if t is not None:
                         h = torch.cat([h[:, :k], t.to(h.dtype), h[:, k + P:]], dim=1)  # (B, k+P+N, D)
-                        P = t.shape[1]
+                        P = t.shape[1] if not tracing else int(prompt.num_tokens)  # FX: a static count
                     if prompt is not None:
                         mask = prompt.key_mask(i, P, h.shape[1])
                     if fast:

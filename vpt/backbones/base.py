@@ -115,6 +115,13 @@ def mask_bias(key_mask: Optional[torch.Tensor], h: torch.Tensor) -> Optional[tor
     return bias.masked_fill(~key_mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, Lk)
 
 
+def fx_tracing() -> bool:
+    """True under torch.fx symbolic tracing (timm's get_graph_node_names, torchvision's
+    create_feature_extractor): shape-dependent choices then take their static, built-size branch."""
+    fx = torch.fx._symbolic_trace
+    return fx.is_fx_tracing_symbolic_tracing() if hasattr(fx, "is_fx_tracing_symbolic_tracing") else fx.is_fx_tracing()
+
+
 def pad_attn_mask(attn_mask: torch.Tensor, k: int, num_prompts: int) -> torch.Tensor:
     """A library-format attention mask over the [prefix | patches] sequence (..., Lq, L) -> the sequence with
     ``num_prompts`` prompt tokens after the k prefix tokens: prompts attend and are attended freely (True /

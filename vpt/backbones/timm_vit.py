@@ -170,7 +170,9 @@ class TimmViTAdapter(BackboneAdapter):
         m = self.model
         H, W = x.shape[-2:]
         x = m.patch_embed(x)  # (B, N, D), or (B, gh, gw, D) with dynamic_img_size
-        grid = tuple(x.shape[1:3]) if x.ndim == 4 else tuple(m.patch_embed.dynamic_feat_size((H, W)))
+        # NHWC out of patch_embed exactly when dynamic_img_size (a static check: FX traces through it)
+        grid = tuple(x.shape[1:3]) if getattr(m, "dynamic_img_size", False) else tuple(
+            m.patch_embed.dynamic_feat_size((H, W)))
         h = m._pos_embed(x)  # (B, k+N, D): prefix tokens, then patches
         h = m.patch_drop(h)
         h = m.norm_pre(h)

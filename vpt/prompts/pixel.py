@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..registry import PROMPTS
+from ..backbones.base import fx_tracing
 from .base import PromptModule
 
 
@@ -62,8 +63,11 @@ class PadPrompt(PromptModule):
         if not 0 < 2 * p < min(H, W):
             raise ValueError(f"a {p}px pixel_pad border leaves no centre in {H}x{W} images; use larger inputs "
                              f"or a smaller prompt.width")
-        up, down = _stretch(self.pad_up, (p, W)), _stretch(self.pad_down, (p, W))
-        left, right = _stretch(self.pad_left, (H - 2 * p, p)), _stretch(self.pad_right, (H - 2 * p, p))
+        if size is None or (H, W) == self.size:
+            up, down, left, right = self.pad_up, self.pad_down, self.pad_left, self.pad_right
+        else:
+            up, down = _stretch(self.pad_up, (p, W)), _stretch(self.pad_down, (p, W))
+            left, right = _stretch(self.pad_left, (H - 2 * p, p)), _stretch(self.pad_right, (H - 2 * p, p))
         centre = up.new_zeros(1, 3, H - 2 * p, W - 2 * p)
         mid = torch.cat([left, centre, right], dim=3)  # (1, C, H-2p, W)
         return torch.cat([up, mid, down], dim=2)  # (1, C, H, W)
@@ -73,7 +77,7 @@ class PadPrompt(PromptModule):
         return self.prompt(size)
 
     def pixels(self, x):
-        return x + self.prompt(x.shape[-2:]).to(x.dtype)
+        return x + self.prompt(None if fx_tracing() else x.shape[-2:]).to(x.dtype)
 
 
 @dataclass
@@ -122,7 +126,7 @@ class PatchPrompt(PromptModule):
         return nn.functional.pad(self.patch, (c, W - s - c, r, H - s - r))  # (1, C, H, W)
 
     def pixels(self, x):
-        return x + self.delta(x.shape[-2:]).to(x.dtype)
+        return x + self.delta(None if fx_tracing() else x.shape[-2:]).to(x.dtype)
 
 
 @PROMPTS.register("pixel_pad", PadPromptConfig, help="pixel prompt: learnable border of width p (any backbone)")
