@@ -179,7 +179,8 @@ def test_promptsrc_losses_zero_at_the_frozen_model_and_match_formula(bb, images)
                       "templates": templates}).train()
     assert model.prompt.depth == 2 and model.prompt.tokens(1, 1).shape == (1, 3, 64)
     with torch.no_grad():
-        model.text_prompt.vision_prompts.mul_(50)
+        for p in model.text_prompt.vision_prompts.values():
+            p.mul_(50)
     logits = model(x)
     aux = model.auxiliary_loss()
     with torch.no_grad():
@@ -196,7 +197,7 @@ def test_promptsrc_losses_zero_at_the_frozen_model_and_match_formula(bb, images)
     assert aux.item() > 1e-3
     (F.cross_entropy(logits, y) + aux).backward()
     assert {n for n, p in model.named_parameters() if p.grad is not None} == {
-        "text_prompt.ctx", "text_prompt.text_deep.0", "text_prompt.vision_prompts"}
+        "text_prompt.ctx", "text_prompt.text_deep.0", "text_prompt.vision_prompts.0", "text_prompt.vision_prompts.1"}
 
 
 def test_promptsrc_gaussian_aggregation(bb):

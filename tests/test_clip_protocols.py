@@ -143,5 +143,6 @@ def test_promptsrc_aggregate_survives_resume(env, tmp_path):
     train(task_cls(cfg(parts)), resume=True)
     a = load_file(os.path.join(whole, "best", "adapter_model.safetensors"))
     b = load_file(os.path.join(parts, "best", "adapter_model.safetensors"))
-    assert set(a) == {"text_prompt.ctx", "text_prompt.text_deep.0", "text_prompt.vision_prompts"}
+    assert set(a) == {"text_prompt.ctx", "text_prompt.text_deep.0", "text_prompt.vision_prompts.0",
+                      "text_prompt.vision_prompts.1"}
     assert all(torch.equal(a[k], b[k]) for k in a)

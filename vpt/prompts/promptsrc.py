@@ -85,10 +85,11 @@ class PromptSRC(TextContext):
         vision = None
         if config.vision_depth:
             D = side.vision_layout.embed_dim
-            self.vision_prompts = nn.Parameter(torch.empty(config.vision_depth, config.vision_tokens, D).normal_(
-                std=config.deep_init_std))  # (J_v, P, D)
+            self.vision_prompts = nn.ParameterDict({  # one (P, D) per prompted image block, as vpt_deep's
+                str(j): nn.Parameter(torch.empty(config.vision_tokens, D).normal_(std=config.deep_init_std))
+                for j in range(config.vision_depth)})
             vision = DrivenTokenPrompt("promptsrc", config.vision_depth, config.vision_tokens,
-                                       lambda j: self.vision_prompts[j])
+                                       lambda j: self.vision_prompts[str(j)])
         object.__setattr__(self, "_vision", vision)  # the CLIP model registers it as its image prompt
         self._gpa: Optional[Dict[str, torch.Tensor]] = None
 
