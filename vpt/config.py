@@ -116,6 +116,21 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
     return conv(cfg)
 
 
+def set_dotted(data: Dict[str, Any], dotted: str, value: Any, what: str = "--set") -> None:
+    """``data[a][b][c] = value`` for ``'a.b.c'``, creating missing sections; a section that is a value is a
+    ConfigError naming ``what`` (the flag or file the field came from)."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = node[key] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{what} {dotted}: '{key}' is a value in this config, not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
 def drop_none(d: Mapping[str, Any]) -> Dict[str, Any]:
     """``None`` means "the library's default": drop it before calling timm / open_clip."""
     return {k: v for k, v in d.items() if v is not None}

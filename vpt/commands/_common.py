@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar
 
-from ..config import from_dict
+from ..config import from_dict, set_dotted
 from ..errors import ConfigError, UserError
 
 C = TypeVar("C")
@@ -33,26 +33,13 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def set_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = data
-    for key in keys[:-1]:
-        nxt = node.get(key)
-        if nxt is None:
-            nxt = node[key] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {dotted}: '{key}' is a value, not a section")
-        node = nxt
-    node[keys[-1]] = value
-
-
 def apply_sets(data: Dict[str, Any], sets: Optional[Iterable[str]]) -> Dict[str, Any]:
     """Apply ``section.field=value`` strings (the ``--set`` flag) to a nested dict in place."""
     for item in sets or ():
         if "=" not in item:
             raise ConfigError(f"--set expects section.field=value, got {item!r}")
         key, value = item.split("=", 1)
-        set_path(data, key.strip(), parse_value(value))
+        set_dotted(data, key.strip(), parse_value(value))
     return data
 
 
@@ -72,6 +59,6 @@ def resolve_config(cls: Type[C], config_path: Optional[str], flags: Mapping[str,
     data = load_yaml(config_path) if config_path else {}
     for dotted, value in flags.items():
         if value is not None:
-            set_path(data, dotted, value)
+            set_dotted(data, dotted, value)
     apply_sets(data, sets)
     return from_dict(cls, data)

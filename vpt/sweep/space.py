@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from ..config import _unwrap_optional
+from ..config import _unwrap_optional, set_dotted
 from ..errors import ConfigError
 from ..registry import did_you_mean
 
@@ -261,16 +261,7 @@ def apply_params(data: Dict[str, Any], params: Mapping[str, Any]) -> Dict[str, A
     import copy
     out = copy.deepcopy(data)
     for dotted, value in params.items():
-        node = out
-        keys = dotted.split(".")
-        for key in keys[:-1]:
-            nxt = node.get(key)
-            if nxt is None:
-                nxt = node[key] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"space field {dotted}: '{key}' is a value in this config, not a section")
-            node = nxt
-        node[keys[-1]] = value
+        set_dotted(out, dotted, value, what="space field")
     return out
 
 
