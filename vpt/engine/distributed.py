@@ -61,8 +61,13 @@ def init_distributed(device: Optional[str] = None, backend: Optional[str] = None
 
 
 def teardown_distributed() -> None:
+    """Leave the process group once every rank got here (a rank that tears down while another still has
+    a collective in flight can abort at exit)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier() -> None:
