@@ -93,7 +93,7 @@ def test_assign_matches_each_artifact_alone(setup, capsys, monkeypatch):
     assert any(len(set(c)) >= 3 for c in calls), calls  # per-sample tasks mixed in one backbone pass
     assert all(len(c) <= 4 for c in calls) and sum(map(len, calls)) == len(rows) - 1  # broken.png is skipped
     assert recs[3] == {"path": recs[3]["path"], "task": "base", "features_dim": TINY_VIT["embed_dim"]}
-    assert recs[-1]["error"] == "unreadable image (skipped)"
+    assert recs[-1]["error"].startswith("not a readable image (UnidentifiedImageError")
     alone = {}
     for name in TASKS:
         for r in run_json(["predict", s["dirs"][name], imgs, "--topk", "10"], capsys):
@@ -117,7 +117,7 @@ def test_without_assign_every_image_under_every_task(setup, capsys, tmp_path):
     assert [r["task"] for r in recs[:3]] == list(TASKS)  # image-major order
     for r in recs:
         if r["path"].endswith("broken.png"):
-            assert r["error"] == "unreadable image (skipped)"
+            assert r["error"].startswith("not a readable image (UnidentifiedImageError")
         else:
             assert len(r["predictions"]) == 2 and r["predictions"][0]["label"] in TASKS[r["task"]][1]
     # the images can also come before --tasks; CSV output to a file has a task column

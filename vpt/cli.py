@@ -13,7 +13,7 @@ import os
 import sys
 from typing import List, Optional
 
-COMMANDS = ["list", "train", "eval", "predict", "zeroshot", "fewshot", "summarize", "sweep"]
+COMMANDS = ["list", "train", "eval", "predict", "zeroshot", "fewshot", "summarize", "sweep", "inspect"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_hint(e: OSError) -> Optional[str]:
+    """A one-line message for the file-system failures a user can fix (full disk, read-only or forbidden
+    folder); None for anything else (a bug: keep its traceback)."""
+    import errno
+    where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return (f"no space left on the device while writing{where} ({e.strerror}); free some space or choose "
+                f"another output folder. Files vpt writes are replaced atomically, so the previous ones are intact")
+    if e.errno == errno.EROFS:
+        return (f"cannot write{where}: the file system is read-only; choose an output folder you can write to "
+                f"(e.g. --output ~/runs/NAME)")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return (f"permission denied for{where}; choose a file or folder you may read and write (e.g. --output "
+                f"~/runs/NAME), or fix its permissions")
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from .errors import VptError
@@ -49,6 +66,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (VptError, FileNotFoundError) as e:
         print(f"vpt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        hint = os_error_hint(e)
+        if hint is None:
+            raise
+        print(f"vpt {args.command}: error: {hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"vpt {args.command}: interrupted", file=sys.stderr)
         return 130

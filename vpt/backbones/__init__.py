@@ -136,7 +136,8 @@ def create_open_clip(cfg: BackboneConfig) -> BackboneAdapter:
                                 f"weights=FILE, or pretrained=False")
     with _seeded(cfg.init_seed):
         try:
-            model = open_clip.create_model(arch, pretrained=pretrained, **kwargs)
+            # device: the current default (the meta device while vpt.artifact measures a model's size)
+            model = open_clip.create_model(arch, pretrained=pretrained, device=torch.get_default_device(), **kwargs)
         except Exception as e:
             if cfg.weights and isinstance(e, (RuntimeError, KeyError)):
                 raise BackboneError(f"weights file {cfg.weights!r} does not fit open_clip '{arch}' with "

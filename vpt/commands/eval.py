@@ -18,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="which split to evaluate (default: test)")
     p.add_argument("--weights", metavar="FILE", help="backbone weights file, if the artifact's has moved")
+    from .predict import add_max_params
+    add_max_params(p)
     p.add_argument("--json", metavar="FILE", dest="json_out", help="also write the metrics to this JSON file")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--base-to-novel", action="store_true",
@@ -70,7 +72,7 @@ def run(args) -> int:
     cfg, path = run_config_for(args, task_cls)
     task = task_cls(cfg)
     device = resolve_device(cfg.train.device)
-    model = from_pretrained(args.artifact, weights=args.weights, device=device)
+    model = from_pretrained(args.artifact, weights=args.weights, device=device, max_params=args.max_params)
     if getattr(model, "model_type", None) not in task_cls.model_types:
         raise UserError(f"{args.artifact} holds a {getattr(model, 'model_type', '?')} model, which task "
                         f"{task_cls.name!r} does not evaluate; drop --task")

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ._common import UserError
 
@@ -50,7 +50,15 @@ def register(sub) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--amp-dtype", default="float32")
     p.add_argument("--weights", metavar="FILE", help="backbone weights file, if the artifact's has moved")
+    add_max_params(p)
     p.set_defaults(func=run)
+
+
+def add_max_params(p) -> None:
+    from ..schema import DEFAULT_MAX_PARAMS
+    p.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS,
+                   help=f"refuse artifacts whose model (backbone included) has more parameters + buffers than "
+                        f"this (default {DEFAULT_MAX_PARAMS:,}); the artifact itself can't raise it")
 
 
 def run(args) -> int:
@@ -67,7 +75,7 @@ def run(args) -> int:
 
     task_cls = task_for_artifact(args.artifact, args.task)
     device = resolve_device(args.device)
-    model = from_pretrained(args.artifact, weights=args.weights, device=device)
+    model = from_pretrained(args.artifact, weights=args.weights, device=device, max_params=args.max_params)
     if getattr(model, "model_type", None) not in task_cls.model_types:
         raise UserError(f"{args.artifact} holds a {getattr(model, 'model_type', '?')} model, not one of task "
                         f"{task_cls.name!r}; drop --task")
@@ -97,8 +105,31 @@ def predict_classes(args, model, device) -> int:
         by_index[i] = [{"rank": r + 1, "label": names[ci], "index": ci, "prob": round(pi, 6)}
                        for r, (pi, ci) in enumerate(zip(p.tolist(), c.tolist()))]
     records = [{"path": path, "predictions": by_index[i]} if i in by_index else
-               {"path": path, "error": "unreadable image (skipped)"} for i, path in enumerate(paths)]
+               {"path": path, "error": image_error(path)} for i, path in enumerate(paths)]
     _emit(args, render(records, args.format), len(records))
+    return report_failures(records)
+
+
+def image_error(path: str) -> str:
+    """Why ``path`` could not be read as an image (re-read in this process: the loader only skipped it)."""
+    from ..data.dataset import BAD_IMAGE_ERRORS, load_image
+    try:
+        load_image(path)
+    except BAD_IMAGE_ERRORS as e:
+        return f"not a readable image ({type(e).__name__}: {str(e)[:200]})"
+    return "not a readable image"
+
+
+def report_failures(records: List[dict]) -> int:
+    """Per-file errors on stderr; exit status 1 when nothing at all could be predicted."""
+    failed = [r for r in records if "error" in r]
+    for r in failed[:20]:
+        print(f"vpt predict: {r['path']}: {r['error']}", file=sys.stderr)
+    if len(failed) > 20:
+        print(f"vpt predict: ... and {len(failed) - 20} more unreadable files", file=sys.stderr)
+    if failed and len(failed) == len(records):
+        print(f"vpt predict: error: none of the {len(records)} input(s) could be read as an image", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -114,7 +145,8 @@ def predict_boxes(args, model, device) -> int:
                          batch_size=args.batch_size or 4)
     n = sum(len(im["detections"]) for im in res["images"])
     print(f"{n} detections in {len(res['images'])} images -> {out}/ (PNGs with boxes, detections.json)")
-    return 0
+    return report_failures([{"path": e["file"], "error": e["error"]} for e in res["errors"]]
+                           + [{"path": im["file"]} for im in res["images"]])
 
 
 # task -> how its predictions are written; tasks whose models output class logits use predict_classes
@@ -229,7 +261,7 @@ def read_assign(path: str, known: Sequence[str]) -> List[Tuple[str, str]]:
     return jobs
 
 
-def load_tasks(tasks: Dict[str, str], weights, device):
+def load_tasks(tasks: Dict[str, str], weights, device, max_params: Optional[int] = None):
     """Load each artifact onto the first one's backbone; errors name the task and the fix."""
     from ..artifact import ArtifactError, from_pretrained
     from ..model import PromptedModel
@@ -240,7 +272,9 @@ def load_tasks(tasks: Dict[str, str], weights, device):
     for name, path in tasks.items():
         artifact_model_type(path)
         try:
-            m = from_pretrained(path, weights=weights) if first is None else from_pretrained(path, backbone=first.backbone)
+            limit = {} if max_params is None else {"max_params": max_params}
+            m = (from_pretrained(path, weights=weights, **limit) if first is None else
+                 from_pretrained(path, backbone=first.backbone, **limit))
         except ArtifactError as e:
             hint = ""
             if first is not None and str(e).startswith("artifact was made for another backbone"):
@@ -302,7 +336,7 @@ def run_multitask(args) -> int:
             raise UserError("pass IMAGE_OR_DIR... after the NAME=ARTIFACT pairs, or --assign CSV")
         jobs = [(p, t) for p in collect_images(inputs) for t in tasks]
     device = resolve_device(args.device)
-    model = load_tasks(tasks, args.weights, device)
+    model = load_tasks(tasks, args.weights, device, max_params=args.max_params)
     first = model.tasks[next(iter(tasks))]
 
     images: List[str] = []
@@ -333,7 +367,7 @@ def run_multitask(args) -> int:
         rec = {"path": path, "task": task}
         m = model.tasks[task] if task != BASE else None
         if j not in outputs:
-            rec["error"] = "unreadable image (skipped)"
+            rec["error"] = image_error(path)
         elif m is None or not m.num_classes:
             rec["features_dim"] = int(outputs[j].numel())  # 'base' (or a head-less task): pooled features
         else:
@@ -343,4 +377,4 @@ def run_multitask(args) -> int:
                                   for r, (pi, ci) in enumerate(zip(p.tolist(), c.tolist()))]
         records.append(rec)
     _emit(args, render(records, args.format), len(records))
-    return 0
+    return report_failures(records)

@@ -10,7 +10,8 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
 
 _logger = logging.getLogger(__name__)
 
@@ -21,9 +22,11 @@ from ..errors import CorruptImageError  # noqa: F401  (re-exported)
 
 
 def load_image(path: str) -> Image.Image:
-    """Any PIL-readable file (JPEG, PNG, WebP, grayscale, 16-bit, palette, RGBA) -> an RGB image."""
+    """Any PIL-readable file (JPEG, PNG, WebP, grayscale, 16-bit, palette, RGBA) -> an RGB image, turned
+    upright by its EXIF orientation (phone photos are stored sideways with a tag that says so)."""
     with Image.open(path) as img:
         img.load()  # decode now: truncated files fail here, not later in a worker
+        img = ImageOps.exif_transpose(img)
         if img.mode.startswith("I"):  # 16/32-bit grayscale: scale to 8 bits
             arr = np.asarray(img, dtype=np.float64)
             hi = arr.max() or 1.0

@@ -75,7 +75,9 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, stats: BoxStats, whe
 def _image_size(path: str) -> Tuple[int, int]:
     from PIL import Image
     with Image.open(path) as im:
-        return im.size
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)  # EXIF orientation: 5-8 are stored rotated by 90 degrees
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # the size as loaded (upright), like load_rgb
 
 
 # --- Pascal VOC ---------------------------------------------------------------------------------

@@ -40,6 +40,17 @@ def predict_images(model: PromptedDetector, paths: Sequence[str], out_dir: str, 
     model.eval()
     images: List[Dict[str, Any]] = []
     used = set()
+    from ..data.dataset import BAD_IMAGE_ERRORS
+    errors: List[Dict[str, str]] = []
+    readable: List[str] = []
+    for p in paths:  # a file that is not an image is reported, never a traceback
+        try:
+            with Image.open(p) as im:
+                im.load()
+            readable.append(p)
+        except BAD_IMAGE_ERRORS as e:
+            errors.append({"file": p, "error": f"not a readable image ({type(e).__name__}: {str(e)[:200]})"})
+    paths = readable
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
         arrays = [load_rgb(p) for p in chunk]
@@ -58,7 +69,7 @@ def predict_images(model: PromptedDetector, paths: Sequence[str], out_dir: str, 
             images.append({"file": path, "output": name, "width": arr.shape[1], "height": arr.shape[0],
                            "detections": dets})
     result = {"class_names": model.class_names, "label_map": model.label_map, "score_thresh": score_thresh,
-              "box_format": "xyxy pixels of the input image", "images": images}
+              "box_format": "xyxy pixels of the input image", "images": images, "errors": errors}
     atomic_write_json(os.path.join(out_dir, "detections.json"), result)
     _logger.info("wrote %d images with boxes and detections.json to %s", len(images), out_dir)
     return result

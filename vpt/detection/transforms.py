@@ -56,9 +56,9 @@ def apply_transforms(tf, image: np.ndarray, boxes: np.ndarray, labels: np.ndarra
 
 
 def load_rgb(path: str) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, ImageOps
     with Image.open(path) as im:
-        return np.array(im.convert("RGB"))  # (H, W, 3) uint8, writable
+        return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # (H, W, 3) uint8, writable, upright (EXIF)
 
 
 class DetectionDataset(torch.utils.data.Dataset):

@@ -39,7 +39,9 @@ def resolve_device(device: Optional[str], local_rank: int = 0) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+            from ..errors import UserError  # a RuntimeError too, as before
+            raise UserError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu "
+                            f"(or leave --device out: cuda when available, else cpu)")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)

@@ -73,7 +73,8 @@ def resolve_text_config(text: Union[None, Mapping[str, Any], TextContextConfig])
 
 def _token_count(tokenizer: Callable, text: str) -> int:
     """Tokens of ``text`` without SOS / EOS / padding (open_clip tokenizers pad with 0)."""
-    return int((tokenizer([text])[0] != 0).sum()) - 2
+    with torch.device("cpu"):  # token ids are data: on the CPU even while a model is built on the meta device
+        return int((tokenizer([text])[0] != 0).sum()) - 2
 
 
 @dataclass
@@ -125,7 +126,8 @@ class TextContext(nn.Module):
             words = " ".join(["X"] * M)
         self.num_tokens = M
         prompts = [f"{words} {name}." for name in class_names]  # CoOp's prompt text
-        tokens = tokenizer(prompts)  # (C, L)
+        with torch.device("cpu"):
+            tokens = tokenizer(prompts).to(token_embedding.weight.device)  # (C, L)
         L = tokens.shape[1]
         name_lens = [_token_count(tokenizer, name) for name in class_names]
         for name, n in zip(class_names, name_lens):

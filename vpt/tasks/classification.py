@@ -3,7 +3,6 @@ lora), cross-entropy, top-1 / top-5 / per-class metrics. The ``classification`` 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -49,6 +48,7 @@ class DataSection:
     classes: str = "all"  # all | base | novel: CoOp's halves of the sorted class names; base = the base-to-novel
     #                       protocol (train on base, results.json also gets novel and hm; CLIP text-derived heads)
     skip_corrupt: bool = True  # False: a corrupt / unreadable image stops the run instead of being skipped
+    allow_outside_root: bool = False  # CSV data: allow image paths outside the CSV's folder
     extensions: List[str] = field(default_factory=lambda: list(IMAGE_EXTENSIONS))  # files that count as images
 
 
@@ -98,14 +98,9 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 # --- model ----------------------------------------------------------------------------------------
 def ensure_model_type(name: str) -> None:
-    """Model types other than 'classifier' register when their module is imported (e.g. vpt.clip);
-    import ``vpt.<name>`` if the type isn't registered yet."""
-    if name in MODEL_TYPES:
-        return
-    try:
-        importlib.import_module(f"vpt.{name}")
-    except ImportError:
-        pass
+    """Model types other than 'classifier' register when their module is imported (e.g. vpt.clip): the
+    registry imports the module it lists for a known name, never a module named by a config or artifact."""
+    name in MODEL_TYPES  # noqa: B015  (the membership test loads a lazily registered type)
 
 
 def artifact_model_type(artifact_dir: str) -> Optional[str]:
@@ -220,7 +215,7 @@ class ClassificationTask(Task):
     def setup(self, run) -> None:
         d = self.cfg.data
         self.splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions,
-                             classes=d.classes)
+                                  classes=d.classes, allow_outside_root=d.allow_outside_root)
         _logger.info("data %s: %s", d.root, self.splits.summary())
         if not self.splits.train:
             raise DataError(f"no training images left in {d.root!r}")
@@ -310,7 +305,7 @@ class ClassificationTask(Task):
         s = self.splits
         out = {"data": {"root": self.cfg.data.root, "classes": s.class_names, "train": len(s.train),
                         "val": len(s.val), "test": len(s.test), "sources": s.source,
-                        "ignored_non_image_files": s.ignored_files},
+                        "ignored_non_image_files": s.ignored_files, "duplicate_files_dropped": s.duplicates},
                # which weights these are ('file:<sha256>', 'random:<seed>', 'hub:<tag>'), so results made
                # with different backbone weights under one name (vpt:NAME, hub tags) can be told apart
                "backbone": {k: model.backbone.identity()[k] for k in ("name", "arch", "weights_id")}}
@@ -350,7 +345,7 @@ class ClassificationTask(Task):
         if not d.root:
             raise DataError("no data given: pass --data DIR")
         splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions,
-                             classes=d.classes)
+                             classes=d.classes, allow_outside_root=d.allow_outside_root)
         if model.class_names is not None and list(model.class_names) != splits.class_names:
             raise DataError(class_mismatch_message(list(model.class_names), splits.class_names, d.root))
         samples = (splits.train + splits.val + splits.test) if split == "all" else getattr(splits, split)
