@@ -5,7 +5,6 @@ does not exist and that a clear vpt error was raised instead."""
 import errno
 import json
 import os
-import pickle
 import shutil
 import sys
 
@@ -38,9 +37,26 @@ class Payload:
 
 
 def write_payload(path, marker):
-    with open(path, "wb") as f:
-        pickle.dump(Payload(marker), f)
+    """A torch checkpoint (what torch.load / timm / open_clip read) whose unpickling creates ``marker``."""
+    torch.save({"state_dict": Payload(marker)}, str(path))
+    assert not os.path.exists(marker)  # writing it ran nothing
     return str(path)
+
+
+def outcome(fn):
+    """The exception ``fn`` raised (None if it returned), so a test can check side effects first."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001  (the caller asserts the type)
+        return e
+    return None
+
+
+def test_payload_is_live(tmp_path):
+    """The payload is a real exploit: unpickled, it creates the marker (so 'marker absent' below means inert)."""
+    marker = tmp_path / "PWNED"
+    torch.load(write_payload(tmp_path / "p.pt", marker), weights_only=False)
+    assert marker.exists()
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +98,9 @@ def test_open_clip_pretrained_image_path_payload_is_inert(clip_art, tmp_path):
     def edit(cfg):
         cfg["backbone"]["model_kwargs"].update(pretrained_image_path=payload, weights_only=False)
     d = edited(clip_art, tmp_path / "evil", edit)
-    with pytest.raises(ArtifactError, match="pretrained_image_path is not allowed in an artifact"):
-        from_pretrained(d)
-    assert not marker.exists()
+    err = outcome(lambda: from_pretrained(d))
+    assert not marker.exists(), "the artifact's payload ran"
+    assert isinstance(err, ArtifactError) and "pretrained_image_path is not allowed in an artifact" in str(err)
     # and through the CLI, with a clear message and exit status 2
     assert main(["inspect", d]) == 2
     assert not marker.exists()
@@ -94,9 +110,9 @@ def test_timm_checkpoint_path_is_refused(art, tmp_path):
     marker = tmp_path / "PWNED"
     payload = write_payload(tmp_path / "payload.pth", marker)
     d = edited(art, tmp_path / "evil", lambda c: c["backbone"]["model_kwargs"].update(checkpoint_path=payload))
-    with pytest.raises(ArtifactError, match="checkpoint_path is not allowed"):
-        from_pretrained(d)
-    assert not marker.exists()
+    err = outcome(lambda: from_pretrained(d))
+    assert not marker.exists(), "the artifact's payload ran"
+    assert isinstance(err, ArtifactError) and "checkpoint_path is not allowed" in str(err)
 
 
 @pytest.mark.parametrize("key,value,match", [
