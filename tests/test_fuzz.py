@@ -139,18 +139,24 @@ def test_fuzz_adapter_config_bytes(artifact):
 
 # --- YAML recipes -------------------------------------------------------------------------------------------
 def _resolve_yaml(text: bytes) -> None:
-    from vpt.commands._common import resolve_config
-    from vpt.engine.config import RunConfig
-    fd, path = tempfile.mkstemp(suffix=".yaml")
+    """``vpt train -c RECIPE`` on the fuzzed recipe, up to the data (which does not exist): the whole config
+    path (task choice, merge with flags, typing, validation, run folder) must end in a message and exit 2."""
+    import contextlib
+    import io
+
+    from vpt.cli import main
+    work = tempfile.mkdtemp(prefix="vpt_fuzz_")
     try:
-        with os.fdopen(fd, "wb") as f:
+        path = os.path.join(work, "recipe.yaml")
+        with open(path, "wb") as f:
             f.write(text)
-        try:
-            resolve_config(RunConfig, path, {"data.root": "/nonexistent"}, ["train.epochs=1"])
-        except VptError as e:
-            assert str(e)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(["train", "-c", path, "--data", os.path.join(work, "no_data"), "--output",
+                       os.path.join(work, "run"), "--epochs", "1"])
+        assert rc == 2 and "error: " in err.getvalue(), (rc, err.getvalue()[-500:])
     finally:
-        os.unlink(path)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 SECTIONS = ["model", "data", "train", "optim", "sched", "augment", "output", "backbone", "prompt", "head", "epochs",
@@ -158,6 +164,23 @@ SECTIONS = ["model", "data", "train", "optim", "sched", "augment", "output", "ba
 yaml_values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.sampled_from(SECTIONS), st.text(max_size=8)), inner,
                                                  max_size=4)), max_leaves=15)
+
+
+def _recipe_docs():
+    """Recipes made of the real sections and field names, with values of any type: past the key checks."""
+    import dataclasses
+    import typing
+
+    from vpt.tasks.classification import RunConfig
+    hints = typing.get_type_hints(RunConfig)
+    fields = {name: sorted(f.name for f in dataclasses.fields(tp)) for name, tp in hints.items()
+              if dataclasses.is_dataclass(tp)}
+    odd = st.one_of(scalars, st.integers(-5, 5), st.sampled_from([0, -1, 1e30, -1e30, float("inf"), float("nan"),
+                                                                     1e-30, "inf", "nan", "adamw", "cosine"]),
+                    st.lists(scalars, max_size=3))
+    section = st.sampled_from(sorted(fields)).flatmap(
+        lambda name: st.tuples(st.just(name), st.dictionaries(st.sampled_from(fields[name]), odd, max_size=3)))
+    return st.lists(section, max_size=4).map(dict)
 
 
 def test_fuzz_yaml_config():
@@ -168,6 +191,7 @@ def test_fuzz_yaml_config():
     @given(doc=st.one_of(
         st.dictionaries(st.sampled_from(SECTIONS), yaml_values, max_size=5).map(
             lambda d: yaml.safe_dump(d, allow_unicode=True).encode()),
+        _recipe_docs().map(lambda d: yaml.safe_dump(d, allow_unicode=True).encode()),
         st.binary(max_size=200),
         st.text(alphabet=string.printable + "&*!|>{}[]:-", max_size=200).map(str.encode)))
     def run(doc):

@@ -139,7 +139,7 @@ def test_model_type_never_imports_a_module(art, tmp_path, capsys):
     assert main(["predict", d, os.path.join(img, "a", "000.png")]) == 2
     assert "vpt.__main__" not in sys.modules
     assert "unknown model type '__main__'" in capsys.readouterr().err
-    from vpt.engine.build import ensure_model_type
+    from vpt.tasks.classification import ensure_model_type
     ensure_model_type("__main__")
     assert "vpt.__main__" not in sys.modules
 

@@ -30,13 +30,22 @@ def _unwrap_optional(tp):
     return tp
 
 
+def _accepts_none(tp) -> bool:
+    return tp is Any or (typing.get_origin(tp) in (Union, getattr(types, "UnionType", Union))
+                         and type(None) in typing.get_args(tp))
+
+
 def _coerce(value: Any, tp: Any, where: str, strict: bool) -> Any:
     if value is None:
         return None
     tp = _unwrap_optional(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
-        return from_dict(tp, value, strict=strict, where=where)
     origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) or origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a section of 'key: value' fields, got {type(value).__name__} "
+                              f"{str(value)[:60]!r}")
+        if dataclasses.is_dataclass(tp):
+            return from_dict(tp, value, strict=strict, where=where)
     try:
         if tp is bool:
             if isinstance(value, bool):
@@ -96,6 +105,11 @@ def from_dict(cls: Type[C], data: Optional[Mapping[str, Any]], strict: bool = Tr
                 raise ConfigError(msg)
             _logger.warning("ignoring %s (saved by another vpt version)", msg)
             continue
+        if value is None and not _accepts_none(hints[key]):
+            if dataclasses.is_dataclass(hints[key]):  # an empty section (`optim:` in YAML): its defaults
+                continue
+            raise ConfigError(f"{name} is empty (null) but needs a value; give one, or remove the key to use "
+                              f"the default")
         kwargs[key] = _coerce(value, hints[key], name, strict)
     try:
         return cls(**kwargs)

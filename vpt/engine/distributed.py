@@ -36,7 +36,12 @@ def resolve_device(device: Optional[str], local_rank: int = 0) -> torch.device:
     """None -> cuda:LOCAL_RANK when CUDA is available, else cpu; 'cuda' -> cuda:LOCAL_RANK."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        from ..errors import UserError
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N (or leave it out: cuda when "
+                        f"available, else cpu)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             from ..errors import UserError  # a RuntimeError too, as before

@@ -3,7 +3,6 @@ lora), cross-entropy, top-1 / top-5 / per-class metrics. The ``classification`` 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from ..engine.config import OptimSection, OutputSection, SchedSection, TrainSect
 from ..engine.distributed import DistInfo
 from ..engine.inference import run_sharded
 from ..engine.task import StepOutput, Task
-from ..errors import ConfigError, DataError
+from ..errors import ArtifactError, ConfigError, DataError
 from ..metrics import classification_metrics, draw_confusion_matrix
 from ..registry import MODEL_TYPES, TASKS
 
@@ -106,14 +105,11 @@ def ensure_model_type(name: str) -> None:
 def artifact_model_type(artifact_dir: str) -> Optional[str]:
     """The ``model_type`` an artifact folder names (None when it has no readable config), and make sure
     that type is registered before ``vpt.from_pretrained``."""
-    path = os.path.join(artifact_dir, "adapter_config.json")
+    from ..artifact import read_config  # bounded, regular files only, schema-checked: never a hang or a traceback
     try:
-        with open(path, encoding="utf-8") as f:
-            name = str(json.load(f).get("model_type", "classifier"))
-    except (OSError, ValueError, AttributeError):
+        return str(read_config(artifact_dir).get("model_type", "classifier"))  # a registered type (schema)
+    except ArtifactError:
         return None  # from_pretrained reports a missing / broken config with its own message
-    ensure_model_type(name)
-    return name
 
 
 def build_model(section: Any, class_names: Sequence[str]) -> torch.nn.Module:
