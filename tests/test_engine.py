@@ -137,14 +137,14 @@ def test_metrics_writer_drops_rows_of_unfinished_epochs(tmp_path):
 
 def test_run_dir_guard(tmp_path):
     d = str(tmp_path / "run")
-    prepare_run_dir(d)
+    prepare_run_dir(d).release()
     open(os.path.join(d, "config.yaml"), "w").write("x: 1\n")
     open(os.path.join(d, "mine.txt"), "w").write("keep me")
     with pytest.raises(RunDirError, match="--resume.*--overwrite"):
         prepare_run_dir(d)
-    assert prepare_run_dir(d, resume=True) == d
-    prepare_run_dir(d, overwrite=True)
-    assert os.listdir(d) == ["mine.txt"]
+    prepare_run_dir(d, resume=True).release()
+    prepare_run_dir(d, overwrite=True).release()
+    assert sorted(os.listdir(d)) == [".vpt_run", ".vpt_run.lock", "mine.txt"]  # marker, lock, the user's file
     with pytest.raises(RunDirError, match="no run to resume"):
         prepare_run_dir(str(tmp_path / "fresh"), resume=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
@@ -64,7 +65,10 @@ def _coerce(value: Any, tp: Any, where: str, strict: bool) -> Any:
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            out = float(value)
+            if not math.isfinite(out):  # inf / nan never make sense as a setting (an lr of inf trains to NaN)
+                raise ConfigError(f"{where} must be a finite number, got {value!r}; fix the value")
+            return out
         if tp is str:
             if not isinstance(value, (str, int, float)):
                 raise ValueError

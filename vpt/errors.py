@@ -46,3 +46,8 @@ class ResumeError(VptError, RuntimeError):
 
 class UserError(VptError, RuntimeError):
     """Any other problem with the user's input (paths, flags, files) that a message can explain."""
+
+
+class DivergenceError(VptError, FloatingPointError):
+    """Training produced a non-finite loss, gradient or weight; the message names the step, the value and
+    the likely fix. Nothing non-finite was saved."""

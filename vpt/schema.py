@@ -139,7 +139,8 @@ _CLIP_TEXT = {
 OPEN_CLIP_KWARGS: Dict[str, Callable[[Any, str], None]] = {
     "embed_dim": _irange(1, 8192), "quick_gelu": _flag, "init_logit_scale": _rng(-100.0, 100.0),
     "init_logit_bias": _rng(-100.0, 100.0, optional=True), "vision_cfg": _section(_CLIP_VISION),
-    "text_cfg": _section(_CLIP_TEXT),
+    "text_cfg": _section(_CLIP_TEXT), "force_custom_text": _flag, "force_quick_gelu": _flag,
+    "force_patch_dropout": _DROP, "force_image_size": _size_or_pair(1, 4096),
 }
 MODEL_KWARGS = {"timm": TIMM_KWARGS, "vpt": TIMM_KWARGS, "open_clip": OPEN_CLIP_KWARGS}
 

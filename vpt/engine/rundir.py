@@ -1,46 +1,179 @@
-"""The run folder guard: never write into a folder that holds another run by accident."""
+"""The run folder guard: one run per folder at a time, and only vpt's own files are ever touched.
+
+- A folder is a vpt run when it holds the marker ``.vpt_run`` that `vpt train` writes first (runs written
+  before the marker existed are recognised by ``config.yaml`` + ``run_state.pt``).
+- A folder that exists, holds files and is not a run is refused, unless ``--overwrite``; even then a file or
+  folder there with a name vpt writes (``best/``, ``metrics.csv``...) is refused: vpt never deletes or replaces
+  a file it did not write. ``--overwrite`` on a run removes only the files vpt writes.
+- An OS-level lock (``fcntl.flock`` on ``.vpt_run.lock``; ``filelock`` where fcntl is missing) is held for
+  the run's life by rank 0: a second run on the folder is refused at once, naming the holder. The kernel
+  drops the lock when its process dies, so a run killed with SIGKILL never blocks ``--resume``.
+- Leftover temporary files of an interrupted write (``.NAME.*.tmp``, ``best.old``) are cleaned on start.
+"""
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
-
-_logger = logging.getLogger(__name__)
-
-# files and folders `vpt train` writes; their presence means "this folder holds a run"
-RUN_FILES = ("config.yaml", "run_state.pt", "results.json", "metrics.csv", "train.log", "best", "last",
-             "confusion_matrix.png", "tb")
-
+import socket
+import time
+from typing import List, Optional
 
 from ..errors import RunDirError  # noqa: F401  (re-exported)
 
+_logger = logging.getLogger(__name__)
+
+MARKER = ".vpt_run"
+LOCK = ".vpt_run.lock"
+# files and folders `vpt train` writes; only these (and the marker, lock and temporary files) are ever removed
+RUN_FILES = ("config.yaml", "run_state.pt", "results.json", "metrics.csv", "train.log", "best", "last",
+             "confusion_matrix.png", "tb")
+_TMP = re.compile(r"^\.(%s)\..+\.tmp$" % "|".join(re.escape(n) for n in RUN_FILES + (MARKER,)))
+
 
 def holds_run(path: str) -> bool:
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES[:4])
+    """True for a folder vpt wrote a run into (the marker, or an older run's config.yaml + run_state.pt)."""
+    if not os.path.isdir(path):
+        return False
+    if os.path.isfile(os.path.join(path, MARKER)):
+        return True
+    return all(os.path.exists(os.path.join(path, f)) for f in ("config.yaml", "run_state.pt"))
 
 
-def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False) -> str:
-    """Create ``path`` for a new run, or check it for a resume.
+def _foreign(path: str) -> List[str]:
+    """Entries of a non-run folder, hidden lock / marker / our temporary files aside."""
+    return sorted(e for e in os.listdir(path) if e not in (MARKER, LOCK) and not _TMP.match(e))
 
-    A folder that already holds a run is refused unless ``resume`` (continue it) or ``overwrite``
-    (delete the files an earlier `vpt train` wrote there; other files are left alone).
+
+def clean_stale_tmp(path: str) -> int:
+    """Remove what an interrupted atomic write leaves behind: ``.NAME.*.tmp`` files and folders of vpt's own
+    names; a ``best.old`` / ``last.old`` is put back when its folder is missing (killed mid-swap), else removed."""
+    n = 0
+    for e in os.listdir(path):
+        p = os.path.join(path, e)
+        if _TMP.match(e):
+            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+            n += 1
+        elif e in ("best.old", "last.old") and os.path.isdir(p):
+            final = os.path.join(path, e[:-4])
+            if os.path.exists(final):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.replace(p, final)
+            n += 1
+    if n:
+        _logger.info("%s: cleaned %d leftovers of an interrupted write", path, n)
+    return n
+
+
+class RunLock:
+    """An exclusive OS lock on ``<run>/.vpt_run.lock`` for the life of a run; who holds it is written inside."""
+
+    def __init__(self, path: str):
+        self.path = os.path.join(path, LOCK)
+        self._fd: Optional[int] = None
+        self._filelock = None
+
+    def acquire(self, command: str = "") -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: the filelock package (a torch dependency) holds an OS lock too
+            fcntl = None
+        if fcntl is None:
+            from filelock import FileLock, Timeout
+            self._filelock = FileLock(self.path + ".os")
+            try:
+                self._filelock.acquire(timeout=0)
+            except Timeout:
+                raise RunDirError(self._busy_message()) from None
+        else:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise RunDirError(self._busy_message()) from None
+            self._fd = fd
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": command}
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, (json.dumps(info) + "\n").encode(), 0)
+        else:
+            with open(self.path, "w", encoding="utf-8") as f:
+                f.write(json.dumps(info) + "\n")
+        return self
+
+    def _busy_message(self) -> str:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                h = json.loads(f.read() or "{}")
+            holder = f"process {h.get('pid')} on {h.get('host')}, started {h.get('started')}" + (
+                f" ({h['command']})" if h.get("command") else "")
+        except (OSError, ValueError):
+            holder = "another process"
+        folder = os.path.dirname(self.path)
+        return (f"output folder {folder!r} is in use by a running vpt train: {holder}. Wait for it to finish "
+                f"(or stop it), or choose another --output")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        if self._filelock is not None:
+            self._filelock.release()
+            self._filelock = None
+
+
+def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False, command: str = "") -> RunLock:
+    """Create ``path`` for a new run, or check it for a resume; returns the held lock (release it at the end).
+
+    A folder that already holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (delete
+    the files an earlier `vpt train` wrote there; other files are left alone). A folder with other files is
+    refused unless ``overwrite``, and never written over where its names collide with vpt's.
     """
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunDirError(f"output path {path!r} is a file, not a folder; choose another --output")
-    if resume:
-        if not holds_run(path):
-            raise RunDirError(f"--resume: {path!r} holds no run to resume; drop --resume to start a new run")
-        return path
-    if holds_run(path):
-        if not overwrite:
-            raise RunDirError(f"output folder {path!r} already holds a run; pass --resume to continue it, "
-                              f"--overwrite to replace it, or choose another --output")
-        for name in RUN_FILES:
-            p = os.path.join(path, name)
-            if os.path.isdir(p):
-                shutil.rmtree(p)
-            elif os.path.exists(p):
-                os.unlink(p)
-        _logger.warning("--overwrite: removed the previous run's files from %s", path)
+    is_run = holds_run(path)
+    if resume and not is_run:
+        raise RunDirError(f"--resume: {path!r} holds no run to resume; drop --resume to start a new run")
+    if os.path.isdir(path) and not is_run:
+        others = _foreign(path)
+        clash = [e for e in others if e in RUN_FILES]
+        if clash:
+            raise RunDirError(f"output folder {path!r} is not a vpt run but holds {', '.join(clash)}, which a run "
+                              f"would write; vpt never replaces files it did not write: move them or choose "
+                              f"another --output")
+        if others and not overwrite:
+            listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+            raise RunDirError(f"output folder {path!r} is not a vpt run and holds other files ({listed}); choose "
+                              f"a new or empty folder, or pass --overwrite to add the run beside them (they are "
+                              f"kept)")
     os.makedirs(path, exist_ok=True)
-    return path
+    lock = RunLock(path).acquire(command)
+    try:
+        clean_stale_tmp(path)
+        if is_run and not resume:
+            if not overwrite:
+                raise RunDirError(f"output folder {path!r} already holds a run; pass --resume to continue it, "
+                                  f"--overwrite to replace it, or choose another --output")
+            for name in RUN_FILES:
+                p = os.path.join(path, name)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p)
+                elif os.path.lexists(p):
+                    os.unlink(p)
+            _logger.warning("--overwrite: removed the previous run's files from %s (other files kept)", path)
+        from ..io import atomic_write_json
+        from ..version import __version__
+        if not os.path.isfile(os.path.join(path, MARKER)):
+            atomic_write_json(os.path.join(path, MARKER), {"vpt_run": 1, "vpt_version": __version__,
+                                                          "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -68,6 +68,11 @@ class Task:
     def collate(self, batch: List[Any]) -> Any:
         return torch.utils.data.default_collate(batch)
 
+    def data_fingerprint(self) -> Optional[Dict[str, Any]]:
+        """What identifies the training data (counts and a digest of the sample list), saved with the run
+        state so that ``--resume`` on other data is refused, naming what differs; None: not checked."""
+        return None
+
     def has_split(self, split: str) -> bool:
         """Whether ``val`` / ``test`` data exist (no val: the last epoch is kept; no test: no final test)."""
         return False

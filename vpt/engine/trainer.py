@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ..config import to_dict
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError, DivergenceError, ResumeError, RunDirError
 from ..io import atomic_write_json, atomic_write_text
 from .build import autocast, count_parameters
 from .checkpoint import (STATE_NAME, load_run_state, load_trainable_tensors, save_artifact_atomic, save_run_state,
@@ -70,6 +70,16 @@ def config_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def _diff(old: Any, new: Any, where: str) -> List[str]:
+    """'where.key: old -> new' for every leaf that differs between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: List[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(k), new.get(k), f"{where}.{k}")
+        return out
+    return [] if old == new else [f"{where}: {old!r} in the run, {new!r} now"]
+
+
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1009 + rank) % (2 ** 63)
 
@@ -110,7 +120,8 @@ class Trainer:
             if self.resume and not holds_run(self.run_dir):
                 raise RunDirError(f"--resume: {self.run_dir!r} holds no run to resume")
         else:
-            prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite)
+            self.run_lock = prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite,
+                                            command=self.command or "")
         barrier()
         self.log_handler = attach_file_log(os.path.join(self.run_dir, "train.log")) if info.is_main else None
         seed_everything(t.seed, t.deterministic)
@@ -138,6 +149,8 @@ class Trainer:
         self.best_tensors: Optional[Dict[str, torch.Tensor]] = None
         if self.resume:
             self._load_state()
+        elif info.is_main:
+            self._save_state(0)  # a run killed in its first epoch resumes from its start
         self.net = self.model
         if info.distributed:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -154,6 +167,7 @@ class Trainer:
 
     def _load_state(self) -> None:
         state = load_run_state(os.path.join(self.run_dir, STATE_NAME))
+        self._check_fingerprint(state.get("fingerprint"))
         load_trainable_tensors(self.model, state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -173,7 +187,30 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None, "best": self.best,
             "best_tensors": self.best_tensors, "rng": rng_state(), "callbacks": self.callbacks.state_dict(),
             "task_state": self.task.state_dict(self),
+            "fingerprint": self._fingerprint(),
         })
+
+    def _fingerprint(self) -> Dict[str, Any]:
+        """What a resume must not change: the model config and the training data (the task's digest)."""
+        model = getattr(self.cfg, "model", None)
+        return {"model": to_dict(model) if model is not None else None, "data": self.task.data_fingerprint()}
+
+    def _check_fingerprint(self, saved: Optional[Dict[str, Any]]) -> None:
+        if not saved:
+            return  # a state written before fingerprints existed
+        now = self._fingerprint()
+        diffs = _diff(saved.get("model"), now["model"], "model")
+        if diffs:
+            raise ResumeError(f"--resume: the model config differs from the run's: {'; '.join(diffs[:5])}; resume "
+                              f"with the run's own config (drop the flags / --set that change it) or start a new "
+                              f"run with --overwrite or another --output")
+        old, new = saved.get("data"), now["data"]
+        if old and new and old.get("sha256") != new.get("sha256"):
+            counts = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in ("classes", "train", "val", "test")
+                               if old.get(k) != new.get(k)) or "same counts, other files or labels"
+            raise ResumeError(f"--resume: the data differs from the run's ({counts}; run: {old.get('root')}, "
+                              f"now: {new.get('root')}); resume with the run's data (--data {old.get('root')}) or "
+                              f"start a new run with --overwrite or another --output")
 
     # --- one epoch --------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> Dict[str, Any]:
@@ -193,6 +230,10 @@ class Trainer:
         sums: Dict[str, torch.Tensor] = {}
         totals: Dict[str, torch.Tensor] = {}
         count = 0.0
+        # divergence guard, on the device: the first non-finite step and its value, read at log steps only
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._bad_value = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._bad_what = torch.zeros((), dtype=torch.long, device=self.device)  # 1: loss, 2: gradient norm
         start = time.perf_counter()
         steps = progress(range(self.steps_per_epoch), t.progress, info.is_main, desc=f"epoch {epoch + 1}")
         for step in steps:
@@ -211,21 +252,22 @@ class Trainer:
                     for k, v in values.items():
                         store[k] = store.get(k, zero) + v.detach().double()
                 count += out.count
-            self._optimizer_step()
-            loss_t += step_loss
             gstep = epoch * self.steps_per_epoch + step + 1
-            if info.is_main and t.log_interval and (step + 1) % t.log_interval == 0:
-                _logger.info("epoch %d step %d/%d loss %.4f lr %.4g", epoch + 1, step + 1, self.steps_per_epoch,
-                             loss_t.item() / max(count, 1), self.optimizer.param_groups[0]["lr"])
+            grad_norm = self._optimizer_step()
+            self._flag_non_finite(gstep, step_loss, grad_norm)
+            loss_t += step_loss
+            if t.log_interval and (step + 1) % t.log_interval == 0:
+                self._check_divergence(epoch)
+                if info.is_main:
+                    _logger.info("epoch %d step %d/%d loss %.4f lr %.4g", epoch + 1, step + 1, self.steps_per_epoch,
+                                 loss_t.item() / max(count, 1), self.optimizer.param_groups[0]["lr"])
             self.callbacks.on_step_end(self, gstep, step_loss)
+        self._check_divergence(epoch, weights=True)
         mean_keys, total_keys = sorted(sums), sorted(totals)
         local = [loss_t.item(), count, *(sums[k].item() for k in mean_keys), *(totals[k].item() for k in total_keys)]
         reduced = all_reduce_sum(local, self.device)
         loss_sum, count = reduced[0], reduced[1]
         elapsed = time.perf_counter() - start
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}; lower optim.lr (or set "
-                                     f"optim.clip_grad) and start again; run_state.pt holds the last finished epoch")
         row: Dict[str, Any] = {"train_loss": loss_sum / max(count, 1)}
         row.update({f"train_{k}": v / max(count, 1) for k, v in zip(mean_keys, reduced[2:])})
         row["train_images_per_second"] = count / elapsed if elapsed > 0 else float("nan")
@@ -234,9 +276,12 @@ class Trainer:
         self.task.train_epoch_end(self, epoch + 1, row)
         return row
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> Optional[torch.Tensor]:
+        """One optimizer step; returns the gradient norm (a device tensor) to check, or None under the fp16
+        GradScaler, whose skipped steps (inf gradients from a too-large scale) are expected, not divergence."""
         clip = self.cfg.optim.clip_grad
         params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = None
         if self.scaler is not None:
             if clip:
                 self.scaler.unscale_(self.optimizer)
@@ -244,11 +289,54 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
+            grads = [p.grad for p in params if p.grad is not None]
             if clip:
-                torch.nn.utils.clip_grad_norm_(params, clip)
+                norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            elif grads:
+                norm = torch.nn.utils.get_total_norm(grads)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        return norm
+
+    # --- divergence guard ---------------------------------------------------------------------------
+    def _flag_non_finite(self, gstep: int, loss: torch.Tensor, grad_norm: Optional[torch.Tensor]) -> None:
+        """Remember the first step whose loss or gradient norm is not finite; device ops only, no sync."""
+        bad_loss = ~torch.isfinite(loss)
+        bad = bad_loss if grad_norm is None else bad_loss | ~torch.isfinite(grad_norm)
+        first = bad & (self._bad_step < 0)
+        value = loss if grad_norm is None else torch.where(bad_loss, loss, grad_norm.double())
+        self._bad_step.copy_(torch.where(first, torch.full_like(self._bad_step, gstep), self._bad_step))
+        self._bad_value.copy_(torch.where(first, value.double(), self._bad_value))
+        self._bad_what.copy_(torch.where(first, torch.where(bad_loss, 1, 2), self._bad_what))
+
+    def _check_divergence(self, epoch: int, weights: bool = False) -> None:
+        """Read the flags (at log steps and at the end of the epoch: the only host syncs) on every rank; with
+        ``weights``, also check the trainable tensors. On divergence: stop with a DivergenceError. Nothing
+        of this epoch is saved: run_state.pt keeps the last finished epoch and best/ only finite models."""
+        bad_weights = 0.0
+        if weights:
+            finite = [torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad]
+            bad_weights = float(not bool(torch.stack(finite).all())) if finite else 0.0
+        step = int(self._bad_step.item())
+        found = all_reduce_sum([float(step >= 0), bad_weights], self.device)
+        if not found[0] and not found[1]:
+            return
+        o = self.cfg.optim
+        lr = self.optimizer.param_groups[0]["lr"]
+        if step >= 0:
+            what = "training loss" if int(self._bad_what.item()) == 1 else "gradient norm"
+            where = f"at step {step} (epoch {epoch + 1}): {what} = {self._bad_value.item()}"
+        elif found[0]:
+            where = f"in epoch {epoch + 1} on another rank"
+        else:
+            where = f"in epoch {epoch + 1}: a trainable weight became non-finite"
+        fix = (f"lower the learning rate (it is {lr:.3g} now; try --lr {lr / 10:.3g})"
+               + ("" if o.clip_grad else " or clip gradients (--set optim.clip_grad=1.0)")
+               + " and start again with --overwrite")
+        done = f"epoch {epoch}" if epoch else "the start (no epoch finished)"
+        raise DivergenceError(f"training diverged {where}; {fix}. Nothing non-finite was saved: "
+                              f"{os.path.join(self.run_dir, STATE_NAME)} holds {done} and best/ only finite models")
 
     # --- the run ----------------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
@@ -256,6 +344,8 @@ class Trainer:
             self._setup()
             return self._run()
         finally:
+            if getattr(self, "run_lock", None) is not None:
+                self.run_lock.release()
             detach_file_log(getattr(self, "log_handler", None))
             if getattr(self, "tb", None) is not None:
                 self.tb.close()

@@ -89,7 +89,18 @@ def validate(cfg: RunConfig) -> RunConfig:
                     (0 <= d.test_fraction < 1, f"data.test_fraction must be in [0, 1), got {d.test_fraction}"),
                     (d.shots is None or d.shots >= 1, f"data.shots must be >= 1, got {d.shots}"),
                     (d.classes in ("all", "base", "novel"),
-                     f"unknown data.classes {d.classes!r}; available: all, base, novel")):
+                     f"unknown data.classes {d.classes!r}; available: all, base, novel"),
+                    (0 <= cfg.train.label_smoothing < 1,
+                     f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}"),
+                    (0 <= cfg.train.lean <= 1, f"train.lean must be in [0, 1], got {cfg.train.lean}"),
+                    (0 <= cfg.augment.hflip <= 1, f"augment.hflip must be in [0, 1], got {cfg.augment.hflip}"),
+                    (0 <= cfg.augment.color_jitter_prob <= 1,
+                     f"augment.color_jitter_prob must be in [0, 1], got {cfg.augment.color_jitter_prob}"),
+                    (cfg.augment.color_jitter >= 0, f"augment.color_jitter must be >= 0, got {cfg.augment.color_jitter}"),
+                    (len(cfg.augment.scale) == 2 and 0 < cfg.augment.scale[0] <= cfg.augment.scale[1] <= 1,
+                     f"augment.scale must be [min, max] with 0 < min <= max <= 1, got {cfg.augment.scale}"),
+                    (len(cfg.augment.ratio) == 2 and 0 < cfg.augment.ratio[0] <= cfg.augment.ratio[1],
+                     f"augment.ratio must be [min, max] with 0 < min <= max, got {cfg.augment.ratio}")):
         if not ok:
             raise ConfigError(msg)
     return cfg
@@ -220,6 +231,19 @@ class ClassificationTask(Task):
         if d.classes == "base" and not self.splits.test:
             raise DataError(f"base-to-novel reports test accuracy on the base and the novel classes, and {d.root!r} "
                             f"has no test split; add {d.root}/test/<class>/ folders or pass --test-fraction (e.g. 0.5)")
+
+    def data_fingerprint(self) -> Dict[str, Any]:
+        """Counts per split + sha256 of (split, path relative to the data's folder, label) and the class names:
+        moving the data folder keeps it, other images or labels change it."""
+        import hashlib
+        s, root = self.splits, os.path.abspath(self.cfg.data.root)
+        base = os.path.dirname(root) if os.path.isfile(root) else root
+        h = hashlib.sha256("\n".join(s.class_names).encode())
+        for split in ("train", "val", "test"):
+            for p, y in getattr(s, split):
+                h.update(f"\n{split}\t{os.path.relpath(os.path.abspath(p), base)}\t{y}".encode())
+        return {"root": root, "classes": len(s.class_names), "train": len(s.train), "val": len(s.val),
+                "test": len(s.test), "sha256": h.hexdigest()}
 
     def build_model(self, run) -> torch.nn.Module:
         t = self.cfg.train
