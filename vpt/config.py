@@ -86,6 +86,8 @@ def _coerce(value: Any, tp: Any, where: str, strict: bool) -> Any:
             else:
                 out = list(value)
             return tuple(out) if (origin is tuple or tp is tuple) else out
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(
             f"{where}: cannot read {value!r} as {getattr(tp, '__name__', tp)}; fix the value"

@@ -323,7 +323,7 @@ class Trainer:
         if not found[0] and not found[1]:
             return
         o = self.cfg.optim
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = float(self.lr)  # the run's learning rate (after warmup), not the step's
         if step >= 0:
             what = "training loss" if int(self._bad_what.item()) == 1 else "gradient norm"
             where = f"at step {step} (epoch {epoch + 1}): {what} = {self._bad_value.item()}"
@@ -331,7 +331,7 @@ class Trainer:
             where = f"in epoch {epoch + 1} on another rank"
         else:
             where = f"in epoch {epoch + 1}: a trainable weight became non-finite"
-        fix = (f"lower the learning rate (it is {lr:.3g} now; try --lr {lr / 10:.3g})"
+        fix = (f"lower the learning rate (optim.lr is {lr:.3g}; try --lr {lr / 10:.3g})"
                + ("" if o.clip_grad else " or clip gradients (--set optim.clip_grad=1.0)")
                + " and start again with --overwrite")
         done = f"epoch {epoch}" if epoch else "the start (no epoch finished)"
