@@ -36,6 +36,10 @@ def _accepts_none(tp) -> bool:
                          and type(None) in typing.get_args(tp))
 
 
+def _needs_value(tp) -> bool:
+    return tp in (int, float, bool, list, tuple) or typing.get_origin(tp) in (list, tuple)
+
+
 def _coerce(value: Any, tp: Any, where: str, strict: bool) -> Any:
     if value is None:
         return None
@@ -114,8 +118,9 @@ def from_dict(cls: Type[C], data: Optional[Mapping[str, Any]], strict: bool = Tr
         if value is None and not _accepts_none(hints[key]):
             if dataclasses.is_dataclass(hints[key]):  # an empty section (`optim:` in YAML): its defaults
                 continue
-            raise ConfigError(f"{name} is empty (null) but needs a value; give one, or remove the key to use "
-                              f"the default")
+            if _needs_value(hints[key]):  # a number, switch or list can't be "nothing" (str / dict fields may)
+                raise ConfigError(f"{name} is empty (null) but needs a value; give one, or remove the key to use "
+                                  f"the default")
         kwargs[key] = _coerce(value, hints[key], name, strict)
     try:
         return cls(**kwargs)
