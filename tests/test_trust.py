@@ -359,13 +359,14 @@ def test_repeated_csv_rows_dropped(tmp_path):
     assert len(s.train) == 2 and s.duplicates == 1
 
 
-def test_shots_shortfall_warned_and_recorded(tmp_path, caplog):
+def test_shots_shortfall_is_never_silent(tmp_path):
+    """--shots above what a class has silently gave fewer; now refused with the counts (the few-shot protocols
+    need exactly k per class)."""
     root = make_image_folder(tmp_path / "d", classes=("a", "b"), per_class=3)
     make_image_folder(tmp_path / "d", classes=("c",), per_class=8)
-    s = vpt.data.load_splits(root, val_fraction=0, shots=5)
-    assert s.shots_shortfall == {"a": {"have": 3, "want": 5}, "b": {"have": 3, "want": 5}}
-    assert "--shots 5: 2 of 3 classes have fewer training images" in caplog.text
-    assert len(s.train) == 3 + 3 + 5
+    with pytest.raises(DataError, match=r"--shots 5 is larger than what 2 class\(es\).*a \(3\), b \(3\)"):
+        vpt.data.load_splits(root, val_fraction=0, shots=5)
+    assert len(vpt.data.load_splits(root, val_fraction=0, shots=3).train) == 9
 
 
 # --- 5. every user error a message and a non-zero exit --------------------------------------------------
