@@ -92,15 +92,26 @@ DEFAULT_TAR = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # Utilities
 # --------------------------------------------------------------------------------------------------
 class Logger:
-    def __init__(self, path: Path | None):
-        self.path = path
+    """Print and append to ``path``; with ``hold``, file lines wait for ``release()`` (a new run's folder is
+    the engine's to create: vpt never writes into a folder before it has marked it as a run)."""
+
+    def __init__(self, path: Path | None, hold: bool = False):
+        self.path, self.hold, self.pending = path, hold, []
 
     def __call__(self, msg: str, file_too: bool = True) -> None:
         line = f"[{_dt.datetime.now().strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
         print(line, flush=True)
         if file_too and self.path is not None:
+            self.pending.append(line)
+            if not self.hold:
+                self.release()
+
+    def release(self) -> None:
+        self.hold = False
+        if self.path is not None and self.pending:
             with open(self.path, "a") as f:
-                f.write(line + "\n")
+                f.write("".join(line + "\n" for line in self.pending))
+        self.pending = []
 
 
 def sha256_file(path: Path) -> str:
@@ -394,6 +405,7 @@ class CifarPretrain(Task):
         self.gen = torch.Generator()
 
     def setup(self, run) -> None:
+        self.log.release()  # the engine has prepared (and locked) the run folder
         d = self.cfg.data
         data, self.classes = load_arrays(self.args.data_tar, self.args.cache_dir, self.log)
         xtr, ytr = subset(*data["train"], d.limit_train, self.cfg.train.seed)
@@ -594,7 +606,7 @@ def train(args) -> int:
     setup_determinism(args.seed, args.threads)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    log = Logger(out / "train.log")
+    log = Logger(out / "train.log", hold=not holds_run(str(out)))  # released once the engine owns the folder
     init = init_record(args.init_from) if args.init_from is not None else None
     args.init_sha256 = init["sha256"] if init else None
     n_train = min(args.limit_train or SPLITS["train"] * 10, SPLITS["train"] * 10)
