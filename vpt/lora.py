@@ -64,9 +64,15 @@ class LoraClassifier(PromptedModel):
     def _peft_names(self) -> Dict[str, str]:
         """peft's saved name (under backbone.model.) -> this model's parameter name, matched by tensor identity."""
         from peft.utils import get_peft_model_state_dict
-        own = {p.data_ptr(): n for n, p in self.named_parameters() if p.requires_grad}
-        return {"backbone.model." + k: own[t.data_ptr()]
-                for k, t in get_peft_model_state_dict(self.backbone.model).items() if t.data_ptr() in own}
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        saved = get_peft_model_state_dict(self.backbone.model)
+        if any(p.is_meta for p in params.values()):  # no storage to match on (vpt.artifact measures on meta):
+            # peft's naming rule instead, the adapter name dropped from the module path
+            by_name = {n[len("backbone.model."):].replace(".default.", "."): n for n in params
+                       if n.startswith("backbone.model.")}
+            return {"backbone.model." + k: by_name[k] for k in saved if k in by_name}
+        own = {p.data_ptr(): n for n, p in params.items()}
+        return {"backbone.model." + k: own[t.data_ptr()] for k, t in saved.items() if t.data_ptr() in own}
 
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
         tensors = super().trainable_state_dict()
