@@ -38,6 +38,8 @@ class Task:
     selection: str = "top1"  # val metric that picks the best epoch (higher is better)
     selection_label: str = ""  # how results.json names it ("best val <label>"); default: ``selection``
     find_unused_parameters: bool = False  # DDP: True when some trainable tensors may get no gradient in a step
+    handles_divergence: bool = False  # True: the task stops non-finite parts itself (packed sweep trials); the
+    #                                   engine's divergence guard then stays out
     drop_last: bool = False  # True: every training batch is a whole train.batch_size (the epoch's rest is skipped)
     model_types: tuple = ()  # artifact model_type values this task evaluates / predicts (``vpt eval``)
     field_aliases: Dict[str, str] = {}  # a shared option's dotted field -> where this task's config keeps it

@@ -128,6 +128,8 @@ class PackedClassifier(nn.Module):
         """Each trial as its own artifact in ``<dir>/trial_<k>`` (several tasks = several subfolders)."""
         import os
         for k, m in enumerate(self.trials):
+            if not all(bool(torch.isfinite(t).all()) for t in m.trainable_state_dict().values() if t.is_floating_point()):
+                continue  # a diverged trial (the task reports it) gets no artifact, never a non-finite one
             m.save_pretrained(os.path.join(save_directory, f"trial_{k}"))
 
     def trial_tensors(self, k: int) -> Dict[str, torch.Tensor]:

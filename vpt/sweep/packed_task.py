@@ -39,6 +39,7 @@ class PackedClassificationTask(ClassificationTask):
     """``cfg``: the shared run config; ``trial_cfgs``: each trial's run config (equal but for packable fields)."""
 
     name = "classification"
+    handles_divergence = True  # a diverged trial is stopped and reported alone; the others go on
 
     def __init__(self, cfg: Any, trial_cfgs: Sequence[Any]):
         super().__init__(cfg)
