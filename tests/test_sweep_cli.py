@@ -71,9 +71,10 @@ def test_sweep_end_to_end(sweep_setup, lone_sweep, capsys):
         assert json.loads(open(path).read())["test"] is None
     final = res["final"]
     assert final["seeds"] == [0, 1] and final["test_n"] == 2
-    tests = [json.loads((out / "final" / f"seed_{s}" / "results.json").read_text())["test"]["top1"] for s in (0, 1)]
+    assert final["folder"] == f"final/trial_{res['best']['trial']:04d}"
+    tests = [json.loads((out / final["folder"] / f"seed_{s}" / "results.json").read_text())["test"]["top1"] for s in (0, 1)]
     assert final["test_mean"] == pytest.approx(sum(tests) / 2)
-    seed0 = json.loads((out / "final" / "seed_0" / "results.json").read_text())
+    seed0 = json.loads((out / final["folder"] / "seed_0" / "results.json").read_text())
     assert seed0["config"]["optim"]["lr"] == res["best"]["params"]["optim.lr"]
     # the edge warning: the best lr is an end of the listed values (1e30 diverged, so 0.3 or 0.03)
     assert res["edge_warning"] and "optim.lr" in res["edge_warning"]
@@ -105,6 +106,28 @@ def test_packed_trials_give_the_lone_trials_curves(sweep_setup, lone_sweep):
             assert t["val_curve"] == other["val_curve"] and t["value"] == other["value"]
     assert packed["best"]["params"] == lone["best"]["params"]
     assert packed["final"]["test_mean"] == lone["final"]["test_mean"]
+
+
+def test_a_larger_budget_that_changes_the_best_trains_its_own_final_runs(sweep_setup, tmp_path, capsys):
+    """--trials raised on a finished study: the new trial is better, so the final runs of ITS setting are
+    trained (final/trial_<N>, study <study>/final/trial_<N>) beside the earlier ones, with a note."""
+    root, data = sweep_setup
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [0.3, 1.0e-05, 1.0e-06]\n")  # the grid's shuffle (seed 0) runs 1e-6, 1e-5, 0.3
+    args = _args(root, data, tmp_path / "out", space, "--seeds", "1", "--epochs", "1")
+    assert main(args + ["--trials", "2"]) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(t["params"]["optim.lr"] for t in first["trials"]) == [1e-6, 1e-5]
+    assert first["final"]["folder"] == f"final/trial_{first['best']['trial']:04d}" and not first["final"]["note"]
+    capsys.readouterr()
+    assert main(args + ["--trials", "3"]) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["best"]["params"] == {"optim.lr": 0.3} and res["best"]["trial"] == 2
+    assert res["final"]["study"] == "sweep/final/trial_2" and res["final"]["folder"] == "final/trial_0002"
+    run = json.loads((tmp_path / "out" / "final" / "trial_0002" / "seed_0" / "results.json").read_text())
+    assert run["config"]["optim"]["lr"] == 0.3 and res["final"]["test_n"] == 1
+    assert "best setting has changed since earlier final runs (sweep/final/trial_" in capsys.readouterr().out
+    assert (tmp_path / "out" / first["final"]["folder"] / "seed_0" / "results.json").is_file()  # kept
 
 
 def test_killed_sweep_continues_with_the_same_command(sweep_setup):
@@ -157,6 +180,62 @@ def test_bad_input_gets_a_message(sweep_setup, capsys):
     assert "searches another space" in capsys.readouterr().err
     assert main(_args(root, data, root / "x", space, "--storage", f"sqlite:///{root}/no/dir/x.db")) == 2
     assert "cannot reach the storage" in capsys.readouterr().err
+
+
+def test_sweep_folder_uses_the_run_folder_marker_and_lock(sweep_setup, tmp_path, capsys):
+    """The sweep folder carries `vpt train`'s marker and lock (held shared by the study's workers): another
+    study's sweep, or a `vpt train`, there is refused (while it runs: by the lock; after: by the marker)."""
+    from vpt.engine.rundir import prepare_run_dir, prepare_sweep_dir
+    from vpt.errors import RunDirError
+    root, data = sweep_setup
+    out = str(tmp_path / "sweep")
+    mine = {"study": "a", "storage": "sqlite:///x.db", "space": {"optim.lr": {"values": [0.1]}}}
+    first = prepare_sweep_dir(out, mine)
+    second = prepare_sweep_dir(out, dict(mine))  # a second worker of the same study shares the folder
+    try:
+        assert json.loads((tmp_path / "sweep" / ".vpt_run").read_text())["sweep"] == mine
+        with pytest.raises(RunDirError, match="in use by a running vpt sweep"):
+            prepare_run_dir(out, overwrite=True)
+        with pytest.raises(RunDirError, match="in use by another sweep \\(study 'a'"):
+            prepare_sweep_dir(out, {**mine, "study": "b"})
+    finally:
+        first.release()
+        second.release()
+    (tmp_path / "sweep" / "results.json").write_text("{}")
+    with pytest.raises(RunDirError, match="holds a vpt sweep \\(study 'a'\\)"):
+        prepare_run_dir(out, overwrite=True)
+    assert (tmp_path / "sweep" / "results.json").read_text() == "{}"  # --overwrite deleted nothing of the sweep's
+    recipe = str(root / "recipe.yaml")
+    assert main(["train", "-c", recipe, "--data", data, "--output", out, "--overwrite"]) == 2
+    assert "holds a vpt sweep" in capsys.readouterr().err
+    run = str(tmp_path / "run")
+    prepare_run_dir(run).release()
+    with pytest.raises(RunDirError, match="holds a vpt train run"):
+        prepare_sweep_dir(run, mine)
+    os.makedirs(tmp_path / "mine")
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(RunDirError, match="not a vpt sweep and holds other files \\(notes.txt\\)"):
+        prepare_sweep_dir(str(tmp_path / "mine"), mine)
+
+
+def test_two_sweep_processes_share_one_study(sweep_setup, tmp_path):
+    """Two real `vpt sweep` workers, one SQLite study, one folder: every grid point runs once, both exit 0."""
+    root, data = sweep_setup
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [0.3, 0.1, 0.03, 0.01]\n")
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "vpt", *_args(root, data, out, space, "--seeds", "1", "--epochs", "1")]
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    res = json.loads((out / "results.json").read_text())
+    done = sorted(t["params"]["optim.lr"] for t in res["trials"] if t["state"] == "COMPLETE")
+    assert done == [0.01, 0.03, 0.1, 0.3]  # every grid point exactly once
+    assert all(t["state"] == "COMPLETE" for t in res["trials"])
+    assert sorted(os.listdir(out / "trials")) == [f"{i:04d}" for i in range(4)]
+    assert res["final"]["test_n"] == 1 and len(res["final_trials"]) == 1
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "spaces", "*.yaml"))))

@@ -80,6 +80,8 @@ def run(args) -> int:
     print(f"sweep folder: {out}")
     print(f"best setting: " + ", ".join(f"{k}={v}" for k, v in best["params"].items())
           + f" (trial {best['trial']}, val {best['val']:.4g})")
+    if final.get("note"):
+        print(f"note: {final['note']}")
     if results["edge_warning"]:
         print(f"warning: {results['edge_warning']}")
     if final["test_mean"] is not None:

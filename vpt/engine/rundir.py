@@ -9,6 +9,9 @@
   the run's life by rank 0: a second run on the folder is refused at once, naming the holder. The kernel
   drops the lock when its process dies, so a run killed with SIGKILL never blocks ``--resume``.
 - Leftover temporary files of an interrupted write (``.NAME.*.tmp``, ``best.old``) are cleaned on start.
+- A `vpt sweep` folder carries the same marker (``"kind": "sweep"`` and the study it belongs to) and the same
+  lock, held SHARED by each of the study's workers (they share the folder legitimately): a `vpt train` there,
+  or a sweep of another study, is refused; trials and final runs are `vpt train` runs in its subfolders.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ LOCK = ".vpt_run.lock"
 RUN_FILES = ("config.yaml", "run_state.pt", "results.json", "metrics.csv", "train.log", "best", "last",
              "confusion_matrix.png", "tb")
 _TMP = re.compile(r"^\.(%s)\..+\.tmp$" % "|".join(re.escape(n) for n in RUN_FILES + (MARKER,)))
+LEGACY_SWEEP = "sweep.json"  # what a sweep folder held before it carried the marker (study, storage, space)
 
 
 def holds_run(path: str) -> bool:
@@ -40,6 +44,22 @@ def holds_run(path: str) -> bool:
     if os.path.isfile(os.path.join(path, MARKER)):
         return True
     return all(os.path.exists(os.path.join(path, f)) for f in ("config.yaml", "run_state.pt"))
+
+
+def read_marker(path: str) -> dict:
+    """The marker's content ({} for a folder without one, or an unreadable one); ``kind`` is "train" unless
+    the folder is a sweep's."""
+    try:
+        with open(os.path.join(path, MARKER), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        if os.path.isfile(os.path.join(path, LEGACY_SWEEP)):
+            return {"kind": "sweep"}
+        return {"kind": "train"} if holds_run(path) else {}
+    data.setdefault("kind", "train")
+    return data
 
 
 def _foreign(path: str) -> List[str]:
@@ -76,11 +96,16 @@ class RunLock:
         self._fd: Optional[int] = None
         self._filelock = None
 
-    def acquire(self, command: str = "") -> "RunLock":
+    def acquire(self, command: str = "", shared: bool = False, kind: str = "train") -> "RunLock":
+        """Take the lock, exclusive (a run) or shared (the workers of one sweep); refused at once when held
+        in the other mode (or exclusively), naming the holder."""
         try:
             import fcntl
         except ImportError:  # not POSIX: the filelock package (a torch dependency) holds an OS lock too
             fcntl = None
+        if fcntl is None and shared:  # filelock has no shared mode: the marker alone keeps other runs out
+            _logger.info("no OS lock on %s: shared locks need fcntl (POSIX)", self.path)
+            return self
         if fcntl is None:
             from filelock import FileLock, Timeout
             self._filelock = FileLock(self.path + ".os")
@@ -91,13 +116,13 @@ class RunLock:
         else:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
                 raise RunDirError(self._busy_message()) from None
             self._fd = fd
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": command}
+                "command": command, "kind": kind}
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, (json.dumps(info) + "\n").encode(), 0)
@@ -112,10 +137,11 @@ class RunLock:
                 h = json.loads(f.read() or "{}")
             holder = f"process {h.get('pid')} on {h.get('host')}, started {h.get('started')}" + (
                 f" ({h['command']})" if h.get("command") else "")
-        except (OSError, ValueError):
-            holder = "another process"
+            kind = h.get("kind") or "train"
+        except (OSError, ValueError, AttributeError):
+            holder, kind = "another process", "train"
         folder = os.path.dirname(self.path)
-        return (f"output folder {folder!r} is in use by a running vpt train: {holder}. Wait for it to finish "
+        return (f"output folder {folder!r} is in use by a running vpt {kind}: {holder}. Wait for it to finish "
                 f"(or stop it), or choose another --output")
 
     def release(self) -> None:
@@ -156,6 +182,10 @@ def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False, co
     os.makedirs(path, exist_ok=True)
     lock = RunLock(path).acquire(command)
     try:
+        if read_marker(path).get("kind") == "sweep":  # checked under the lock: a sweep holds it while it runs
+            study = (read_marker(path).get("sweep") or {}).get("study")
+            raise RunDirError(f"output folder {path!r} holds a vpt sweep" + (f" (study {study!r})" if study else "")
+                              + "; a run can't share its folder (--overwrite neither): choose another --output")
         clean_stale_tmp(path)
         if is_run and not resume:
             if not overwrite:
@@ -171,8 +201,90 @@ def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False, co
         from ..io import atomic_write_json
         from ..version import __version__
         if not os.path.isfile(os.path.join(path, MARKER)):
-            atomic_write_json(os.path.join(path, MARKER), {"vpt_run": 1, "vpt_version": __version__,
+            atomic_write_json(os.path.join(path, MARKER), {"vpt_run": 1, "kind": "train", "vpt_version": __version__,
                                                           "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+# files and folders `vpt sweep` writes in its folder (a non-vpt folder holding any of them is refused)
+SWEEP_FILES = ("results.json", "summary.md", "summary.csv", "trials", "final", "packs", "study.db")
+
+
+def _claim_marker(path: str, content: dict) -> dict:
+    """Write the marker unless one exists (atomically: the first of racing processes wins); return the marker
+    the folder holds now."""
+    marker = os.path.join(path, MARKER)
+    if not os.path.exists(marker):
+        tmp = os.path.join(path, f"{MARKER}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(content, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, marker)  # fails if another process claimed the folder first
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: exclusive create (a reader may briefly see it empty)
+            try:
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(content, indent=2) + "\n")
+        finally:
+            os.unlink(tmp)
+    return read_marker(path)
+
+
+def prepare_sweep_dir(path: str, identity: dict, command: str = "") -> RunLock:
+    """Claim ``path`` for the sweep ``identity`` (study, storage, space) and return the lock, held SHARED:
+    every worker of that study may hold it at once; a `vpt train` (exclusive) can't, and a folder that holds
+    a run, another study's sweep or other files is refused. Release the lock when the worker ends."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunDirError(f"--output {path!r} is a file; choose a folder for the sweep")
+    if os.path.isdir(path):
+        kind = read_marker(path).get("kind")
+        if kind == "train":
+            raise RunDirError(f"output folder {path!r} holds a vpt train run; a sweep can't share its folder: "
+                              f"choose another --output")
+        if kind is None:
+            others = _foreign(path)
+            if others:
+                listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+                raise RunDirError(f"output folder {path!r} is not a vpt sweep and holds other files ({listed}); "
+                                  f"choose a new or empty folder for the sweep")
+    os.makedirs(path, exist_ok=True)
+    lock = RunLock(path).acquire(command, shared=True, kind="sweep")
+    try:
+        from ..version import __version__
+        legacy = os.path.join(path, LEGACY_SWEEP)
+        if not os.path.exists(os.path.join(path, MARKER)) and os.path.isfile(legacy):
+            try:  # a sweep folder made before the marker: its sweep.json says whose it is
+                with open(legacy, encoding="utf-8") as f:
+                    theirs = {"kind": "sweep", "sweep": json.load(f)}
+            except (OSError, ValueError):
+                theirs = {"kind": "sweep", "sweep": None}
+            if theirs["sweep"] == identity:
+                theirs = _claim_marker(path, {"vpt_run": 1, "kind": "sweep", "sweep": identity,
+                                              "vpt_version": __version__,
+                                              "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+        else:
+            theirs = _claim_marker(path, {"vpt_run": 1, "kind": "sweep", "sweep": identity, "vpt_version": __version__,
+                                          "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+        if theirs.get("kind") != "sweep":
+            raise RunDirError(f"output folder {path!r} holds a vpt train run; a sweep can't share its folder: "
+                              f"choose another --output")
+        if theirs.get("sweep") != identity:
+            other = theirs.get("sweep") or {}
+            raise RunDirError(f"output folder {path!r} is in use by another sweep (study {other.get('study')!r}, "
+                              f"storage {other.get('storage')!r}"
+                              + ("" if other.get("space") == identity.get("space") else ", another space")
+                              + "): the workers of one study share a folder, other sweeps need their own. Run that "
+                              "sweep's command to continue it, or choose another --output")
     except BaseException:
         lock.release()
         raise

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..config import from_dict, to_dict
 from ..engine import Callback, holds_run, train
+from ..engine.rundir import prepare_sweep_dir
 from ..engine.checkpoint import STATE_NAME
 from ..engine.distributed import DistInfo, resolve_device
 from ..engine.trainer import device_name, versions
@@ -34,8 +35,6 @@ from .study import (SweepError, fail_stale_trials, make_pruner, make_sampler, op
 from .worker import Outcome, TrialReporter, run_worker
 
 _logger = logging.getLogger(__name__)
-
-SWEEP_FILE = "sweep.json"  # what sweep this folder holds (study, storage, space): a different one is refused
 
 
 @dataclass
@@ -158,28 +157,14 @@ class Sweep:
             self.budget = min(self.budget, space.grid_size())
         self.storage_url = opts.storage or f"sqlite:///{os.path.join(self.out, 'study.db')}"
         self.epochs = int(self.base["train"]["epochs"])
+        self.final_info: Dict[str, Any] = {}  # the final study of the best setting (see _final_target)
 
     # --- the output folder ------------------------------------------------------------------------------
-    def _claim_folder(self) -> None:
-        if os.path.exists(self.out) and not os.path.isdir(self.out):
-            raise RunDirError(f"--output {self.out!r} is a file; choose a folder")
-        mine = {"study": self.opts.study, "storage": redact(self.storage_url), "space": self.space.to_dict()}
-        path = os.path.join(self.out, SWEEP_FILE)
-        if not os.path.exists(path) and holds_run(self.out):
-            raise RunDirError(f"--output {self.out!r} holds a `vpt train` run; choose another folder for the sweep")
-        os.makedirs(self.out, exist_ok=True)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                try:
-                    theirs = json.load(f)
-                except ValueError:
-                    theirs = None
-            if theirs != mine:
-                raise RunDirError(f"--output {self.out!r} is in use by another sweep ({SWEEP_FILE}: study "
-                                  f"{(theirs or {}).get('study')!r}, storage {(theirs or {}).get('storage')!r}); run that "
-                                  f"sweep's command to continue it, or choose another --output")
-        else:
-            atomic_write_json(path, mine)
+    def _claim_folder(self):
+        """The run-folder marker and lock of `vpt train` (vpt.engine.rundir), the lock held shared by the
+        workers of this study: a `vpt train` or another study's sweep in this folder is refused."""
+        identity = {"study": self.opts.study, "storage": redact(self.storage_url), "space": self.space.to_dict()}
+        return prepare_sweep_dir(self.out, identity, command=self.opts.command or "vpt sweep")
 
     # --- trials --------------------------------------------------------------------------------------------
     def _trial_config(self, params: Mapping[str, Any], run_dir: str, seed: Optional[int] = None):
@@ -219,6 +204,9 @@ class Sweep:
                 except FloatingPointError as e:  # the engine's divergence guard: this trial fails, not the study
                     out.append(Outcome(error=f"diverged: {e}"))
                     continue
+                except RunDirError as e:  # its folder is still held (a worker whose heartbeat went stale runs on)
+                    out.append(Outcome(error=str(e)))
+                    continue
                 if reporter.pruned:
                     out.append(Outcome(pruned=True, extra={"run_dir": os.path.relpath(run_dir, self.out)}))
                     continue
@@ -256,12 +244,12 @@ class Sweep:
             return out
         return train_trials
 
-    def _train_final(self, params: Mapping[str, Any]):
+    def _train_final(self, params: Mapping[str, Any], folder: str):
         def train_trials(trials, seeds, reporters) -> List[Outcome]:
             out = []
             for trial, s, reporter in zip(trials, seeds, reporters):
                 seed = int(s["train.seed"])
-                run_dir = os.path.join(self.out, "final", f"seed_{seed}")
+                run_dir = os.path.join(self.out, folder, f"seed_{seed}")
                 task = self.task_cls(self._trial_config(params, run_dir, seed=seed))
                 try:
                     res = self._run(task, run_dir, [_ReportEpochs(reporter, f"val_{task.selection}")])
@@ -290,11 +278,17 @@ class Sweep:
                 continue  # a killed trial was queued again
             if S.RUNNING not in states:
                 return
-            time.sleep(min(self.opts.heartbeat, 5))  # another worker's trial: wait for it (or its heartbeat to stop)
+            time.sleep(min(self.opts.heartbeat / 2, 2.0))  # another worker's trial: wait for it (or its heartbeat)
 
     def run(self) -> Dict[str, Any]:
+        lock = self._claim_folder()
+        try:
+            return self._run_claimed()
+        finally:
+            lock.release()
+
+    def _run_claimed(self) -> Dict[str, Any]:
         optuna = require_optuna()
-        self._claim_folder()
         storage = open_storage(self.storage_url, self.opts.heartbeat, self.opts.grace, self.opts.max_retry)
         sampler = make_sampler(self.opts.sampler, self.space, self.opts.sampler_seed)
         study = open_study(storage, self.opts.study, self.space, self.base, sampler,
@@ -321,10 +315,39 @@ class Sweep:
         from .space import parse_space
         seeds = parse_space({"train.seed": [seed0 + i for i in range(self.opts.seeds)]})
         final_config = apply_params(self.base, best["params"])
-        final = open_study(storage, f"{self.opts.study}/final", seeds, final_config,
-                           make_sampler("grid", seeds, 0), optuna.pruners.NopPruner())
-        self._work(final, seeds, self.opts.seeds, self._train_final(best["params"]), True)
+        name, folder, note = self._final_target(storage, best, seeds, final_config)
+        if note:
+            _logger.warning("%s", note)
+        final = open_study(storage, name, seeds, final_config, make_sampler("grid", seeds, 0),
+                           optuna.pruners.NopPruner())
+        self._work(final, seeds, self.opts.seeds, self._train_final(best["params"], folder), True)
+        self.final_info = {"study": name, "folder": folder, "trial": best["number"], "note": note}
         return self._write(study, records, best, report.trial_records(final), final, warning)
+
+    def _final_target(self, storage, best, seeds: SearchSpace, config) -> tuple:
+        """The final study and run folder of the best setting: ``<study>/final/trial_<N>`` and
+        ``final/trial_<NNNN>``, named by the best trial, so a larger budget that finds another best trains
+        that one's final runs next to the earlier ones (never resuming a run of another setting). A sweep
+        made before this naming keeps its ``<study>/final`` (folder ``final``) while its best is unchanged.
+        Returns (study name, folder, a note when earlier final runs were of another setting)."""
+        optuna = require_optuna()
+        names = set(optuna.study.get_all_study_names(storage))
+        legacy = f"{self.opts.study}/final"
+        mine = f"{legacy}/trial_{best['number']}"
+        if legacy in names and mine not in names:
+            try:
+                open_study(storage, legacy, seeds, config, make_sampler("grid", seeds, 0), optuna.pruners.NopPruner())
+                return legacy, "final", None
+            except SweepError:
+                pass  # made for another setting: the best has changed since
+        others = sorted(n for n in names if n != mine and (n == legacy or n.startswith(legacy + "/trial_")))
+        note = None
+        if others:
+            note = (f"the best setting has changed since earlier final runs ({', '.join(others)}): the final runs "
+                    f"now train trial {best['number']}'s setting ({describe(best['params'])}) in "
+                    f"{os.path.join(self.out, 'final', 'trial_%04d' % best['number'])}; the earlier ones are kept "
+                    f"and not reported")
+        return mine, os.path.join("final", f"trial_{best['number']:04d}"), note
 
     def _write(self, study, records, best, final_records, final=None, warning=None) -> Dict[str, Any]:
         files = report.write_tables(self.out, records, self.space)
@@ -349,7 +372,7 @@ class Sweep:
                                                "best_epoch": best.get("best_epoch")},
             "edge_warning": warning,
             "edges": self.space.edges(best["params"]) if best else {},
-            "final": {"metric": sel, "seeds": [r["seed"] for r in runs], "runs": runs,
+            "final": {**self.final_info, "metric": sel, "seeds": [r["seed"] for r in runs], "runs": runs,
                       "val_mean": _mean(vals), "val_std": _std(vals),
                       "test_mean": _mean(tests), "test_std": _std(tests), "test_n": len(tests)},
             "trials": records,
