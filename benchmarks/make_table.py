@@ -1,12 +1,17 @@
 """Markdown tables from the transfer benchmark's JSON results (benchmarks/results/transfer/**.json).
 
     python benchmarks/make_table.py                 # print
-    python benchmarks/make_table.py --write         # replace the block between the markers in benchmarks/README.md
+    python benchmarks/make_table.py --write         # replace the blocks between the markers in the READMEs
     python benchmarks/make_table.py --scale full
 
 One table per (scale, tag): tasks x arms, test top-1 mean ± std over seeds at the lr chosen on val (the
 grid seed's best val top-1, ties to the smaller lr: the same rule transfer.py runs with), then the
 trainable-parameter share and the mean training time per run (seconds in training epochs, not evaluation).
+
+The sweep records (benchmarks/transfer_sweep.py: one ``vpt sweep`` per (task, arm), results/transfer/sweep/)
+get their own block: the after-tuning table, before -> after against the transfer.py table of the same
+scale and tag, each prompt arm's gap to the linear probe, LoRA and full fine-tuning, and plain sentences
+on where prompts lose. A setup whose sweeps have not all finished is marked partial.
 """
 from __future__ import annotations
 
@@ -24,7 +29,10 @@ from transfer import ARMS, RESULTS, TASKS, select_lr  # a sibling script (light:
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 README = os.path.join(HERE, "README.md")
+ROOT_README = os.path.join(os.path.dirname(HERE), "README.md")
 START, END = "<!-- transfer-table:start -->", "<!-- transfer-table:end -->"
+SWEEP_START, SWEEP_END = "<!-- transfer-sweep-table:start -->", "<!-- transfer-sweep-table:end -->"
+SUMMARY_START, SUMMARY_END = "<!-- transfer-summary:start -->", "<!-- transfer-summary:end -->"
 
 
 def load(root: str) -> List[dict]:
@@ -33,6 +41,17 @@ def load(root: str) -> List[dict]:
         with open(path, encoding="utf-8") as f:
             rec = json.load(f)
         if rec.get("benchmark") == "transfer":
+            out.append(rec)
+    return out
+
+
+def load_sweeps(root: str) -> List[dict]:
+    """The transfer_sweep.py records (one per (scale, tag, task, arm)) under ``root``."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.json"), recursive=True)):
+        with open(path, encoding="utf-8") as f:
+            rec = json.load(f)
+        if rec.get("benchmark") == "transfer_sweep":
             out.append(rec)
     return out
 
@@ -178,33 +197,227 @@ def render(records: List[dict], scale: str = None) -> str:
     return note + "\n\n" + "\n\n".join(parts) if parts else "(no transfer results yet)"
 
 
+# --- the sweep records (transfer_sweep.py) ---------------------------------------------------------------
+ARM_NAMES = {"linear": "linear probe", "full": "full fine-tuning", "lora": "LoRA", "vpt_shallow": "VPT-shallow",
+             "vpt_deep": "VPT-deep", "vpt_prefix": "prefix", "pixel_pad": "pixel pad"}
+BASELINES = ("linear", "lora", "full")
+
+
+def _lr(params: dict) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in params.values())
+
+
+def _setup_arms(rec: dict) -> List[str]:
+    from transfer import SETUPS
+    setup = SETUPS.get(rec.get("setup"), {})
+    return list(setup.get("control_arms" if rec.get("control") else "arms", ARMS))
+
+
+def _order(cells: Dict[tuple, dict]) -> tuple:
+    tasks = [t for t in TASKS if any(k[0] == t for k in cells)]
+    arms = [a for a in ARMS if any(k[1] == a for k in cells)]
+    return tasks, arms
+
+
+def sweep_table(cells: Dict[tuple, dict]) -> str:
+    """(task, arm) -> record: test top-1 mean ± std over the final seeds, the lr the sweep chose (marked
+    'edge' when it is the space's edge), the mean over tasks where an arm has every task of the table."""
+    tasks, arms = _order(cells)
+    lines = ["| task | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for t in tasks:
+        row = []
+        for a in arms:
+            r = cells.get((t, a))
+            if r is None:
+                row.append("–")
+                continue
+            std = f" ± {r['test_top1_std']:.1f}" if r["test_n"] > 1 else ""
+            edge = ", **edge**" if r.get("edges") else ""
+            row.append(f"{r['test_top1_mean']:.1f}{std} <sub>lr {_lr(r['best']['params'])}{edge}</sub>")
+        lines.append(f"| {t} | " + " | ".join(row) + " |")
+    if len(tasks) > 1:
+        lines.append("| **mean** | " + " | ".join(
+            f"{statistics.fmean(cells[(t, a)]['test_top1_mean'] for t in tasks):.1f}"
+            if all((t, a) in cells for t in tasks) else "–" for a in arms) + " |")
+    share = [statistics.fmean(r["trainable_percent"] for k, r in cells.items() if k[1] == a) for a in arms]
+    secs = [statistics.fmean(f["train_seconds"] for k, r in cells.items() if k[1] == a for f in r["final_runs"])
+            for a in arms]
+    lines.append("| trainable % | " + " | ".join(f"{x:.3g}" for x in share) + " |")
+    lines.append("| train s / final run | " + " | ".join(f"{x:.0f}" for x in secs) + " |")
+    return "\n".join(lines)
+
+
+def before_after_table(old: List[dict], cells: Dict[tuple, dict]) -> str:
+    """transfer.py's table (3-lr grid, lr chosen on seed 0's val) -> the sweep's, for the (task, arm) pairs
+    both have: test top-1 means, the difference and the lrs chosen."""
+    before = {k: v for k, v in final_runs(old).items() if v}
+    pairs = {k: r for k, r in cells.items() if k in before}
+    if not pairs:
+        return ""
+    tasks, arms = _order(pairs)
+    lines = ["| task | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    deltas: Dict[str, List[float]] = defaultdict(list)
+    for t in tasks:
+        row = []
+        for a in arms:
+            if (t, a) not in pairs:
+                row.append("–")
+                continue
+            b = statistics.fmean(r["test_top1"] for r in before[(t, a)])
+            r = pairs[(t, a)]
+            deltas[a].append(r["test_top1_mean"] - b)
+            row.append(f"{b:.1f} → {r['test_top1_mean']:.1f} ({r['test_top1_mean'] - b:+.1f}) "
+                       f"<sub>lr {before[(t, a)][0]['lr']:g} → {_lr(r['best']['params'])}</sub>")
+        lines.append(f"| {t} | " + " | ".join(row) + " |")
+    if len(tasks) > 1:
+        lines.append("| **mean change** | " + " | ".join(
+            f"{statistics.fmean(deltas[a]):+.1f} (n={len(deltas[a])})" for a in arms) + " |")
+    return "\n".join(lines)
+
+
+def gap_table(cells: Dict[tuple, dict]) -> str:
+    """Each prompt arm minus the linear probe / LoRA / full fine-tuning, per task (test top-1 points)."""
+    tasks, _ = _order(cells)
+    arms = [a for a in PROMPT_ARMS if any((t, a) in cells for t in tasks)]
+    base = [b for b in BASELINES if any((t, b) in cells for t in tasks)]
+    if not arms or not base:
+        return ""
+    lines = ["| task | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for t in tasks:
+        row = []
+        for a in arms:
+            if (t, a) not in cells:
+                row.append("–")
+                continue
+            m = cells[(t, a)]["test_top1_mean"]
+            row.append(" / ".join(f"{m - cells[(t, b)]['test_top1_mean']:+.1f}" if (t, b) in cells else "?"
+                                  for b in base))
+        lines.append(f"| {t} | " + " | ".join(row) + " |")
+    return ("cells: prompt arm minus " + " / ".join(ARM_NAMES[b] for b in base) + " (test top-1 points; "
+            "negative: the prompt loses)\n\n" + "\n".join(lines))
+
+
+def lose_sentences(cells: Dict[tuple, dict]) -> List[str]:
+    """Plain words per task: which baselines every prompt arm loses to, and by how much."""
+    tasks, _ = _order(cells)
+    out = []
+    for t in tasks:
+        arms = [a for a in PROMPT_ARMS if (t, a) in cells]
+        if not arms:
+            continue
+        parts = []
+        for b in BASELINES:
+            if (t, b) not in cells:
+                continue
+            ref = cells[(t, b)]["test_top1_mean"]
+            gaps = {a: cells[(t, a)]["test_top1_mean"] - ref for a in arms}
+            losers = {a: g for a, g in gaps.items() if g < 0}
+            if len(losers) == len(arms):
+                lo, hi = min(-g for g in gaps.values()), max(-g for g in gaps.values())
+                parts.append(f"every prompt arm loses to {ARM_NAMES[b]} ({ref:.1f}), by {lo:.1f}-{hi:.1f} points")
+            elif losers:
+                parts.append(f"{', '.join(f'{ARM_NAMES[a]} ({g:+.1f})' for a, g in losers.items())} lose to "
+                             f"{ARM_NAMES[b]} ({ref:.1f}); {', '.join(ARM_NAMES[a] for a in arms if a not in losers)} "
+                             f"do not")
+            else:
+                parts.append(f"no prompt arm loses to {ARM_NAMES[b]} ({ref:.1f}; "
+                             f"{min(gaps.values()):+.1f} to {max(gaps.values()):+.1f})")
+        if parts:
+            missing = [a for a in PROMPT_ARMS if (t, a) not in cells]
+            note = f" (prompt arms not finished: {', '.join(missing)})" if missing else ""
+            out.append(f"- **{t}**{note}: " + "; ".join(parts) + ".")
+    return out
+
+
+def render_sweeps(sweeps: List[dict], old: List[dict]) -> str:
+    groups: Dict[tuple, Dict[tuple, dict]] = defaultdict(dict)
+    for r in sweeps:
+        groups[(r["scale"], r["tag"])][(r["task"], r["arm"])] = r
+    parts = []
+    for (sc, tag), cells in sorted(groups.items()):
+        r0 = next(iter(cells.values()))
+        expected = len(TASKS) * len(_setup_arms(r0))
+        done = len(cells)
+        spaces = sorted({f"{r['arm']}: {r['space_file'].rsplit('/', 1)[-1]}" for r in cells.values()})
+        budgets = sorted({r["budget"] for r in cells.values()})
+        shas = {r.get("backbone_weights_sha256") for r in cells.values()}
+        head = (f"**{tag}, tuned with `vpt sweep`** (scale: {sc}; {r0['epochs']} epochs; grid of "
+                f"{'/'.join(map(str, budgets))} lrs per arm, {r0['sampler']} sampler, {r0['pruner']} pruner; final "
+                f"seeds: {r0['test_n']}; device: {r0['device']}; backbone: {r0['config']['model']['backbone']['name']}"
+                f"{f', weights sha256 {next(iter(shas))[:12]}' if len(shas) == 1 and None not in shas else ''})")
+        if done < expected:
+            head += (f"\n\n> **partial**: {done} of {expected} (task, arm) sweeps finished; `–` = not run yet. "
+                     f"Means over tasks only where an arm has every task of the table.")
+        block = head + "\n\n" + sweep_table(cells)
+        edges = [f"{t} {a} (lr {_lr(r['best']['params'])}, {'/'.join(r['edges'].values())} edge)"
+                 for (t, a), r in sorted(cells.items(), key=lambda kv: (TASKS.index(kv[0][0]), list(ARMS).index(kv[0][1])))
+                 if r.get("edges")]
+        block += ("\n\nOptimum on the edge of the space (the best lr may lie beyond it): " + "; ".join(edges) + "."
+                  if edges else "\n\nNo optimum lies on the edge of its space.")
+        same = [r for r in old if r["scale"] == sc and r["tag"] == tag]
+        ba = before_after_table(same, cells)
+        if ba:
+            block += (f"\n\n**{tag}: before → after tuning** (test top-1 mean over 3 seeds; before: transfer.py, "
+                      f"3-lr grid, lr chosen on seed 0's val; after: the sweep above)\n\n" + ba)
+        gaps = gap_table(cells)
+        if gaps:
+            block += f"\n\n**{tag}, after tuning: prompts against the baselines**; " + gaps
+        sentences = lose_sentences(cells)
+        if sentences:
+            block += f"\n\n**{tag}, after tuning: where prompts lose**\n\n" + "\n".join(sentences)
+        parts.append(block)
+    note = ("Generated by benchmarks/make_table.py from benchmarks/results/transfer/sweep/ (benchmarks/transfer_sweep.py). "
+            "Test top-1 (%) mean ± std over the final seeds of the lr each sweep chose on val; `edge`: that lr is the "
+            "edge of the arm's space; train s = seconds in training epochs per final run, on a CPU shared with other "
+            "jobs at the lowest priority (1 thread): not comparable with the seconds of the transfer.py table.")
+    return note + "\n\n" + "\n\n".join(parts) if parts else "(no transfer sweep results yet)"
+
+
+def replace_block(path: str, start: str, end: str, text: str) -> bool:
+    """Write ``text`` between the markers of ``path``; False (with a note) when the file or markers are missing."""
+    if not os.path.isfile(path):
+        print(f"note: {path} does not exist; add the lines {start} and {end}, then rerun --write", file=sys.stderr)
+        return False
+    with open(path, encoding="utf-8") as f:
+        doc = f.read()
+    if start not in doc or end not in doc:
+        print(f"note: {path} has no {start} ... {end} block; add one, then rerun --write", file=sys.stderr)
+        return False
+    head, rest = doc.split(start, 1)
+    doc = head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(doc)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {start.split(':')[0][5:]} into {path}")
+    return True
+
+
+def summary(sweeps: List[dict], old: List[dict], tag: str = "vit_tiny_cifar10") -> str:
+    """The root README's short form: the main setup's after-tuning table, before -> after and the sentences."""
+    mine = [r for r in sweeps if r["tag"] == tag]
+    if not mine:
+        return "(no transfer sweep results yet)"
+    text = render_sweeps(mine, old)
+    return text.split("\n\n", 1)[1]  # without the generic note (the README's paragraph introduces it)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=RESULTS)
     ap.add_argument("--scale", help="only this scale (smoke | full)")
     ap.add_argument("--write", action="store_true", help=f"write between the markers in {README}")
     args = ap.parse_args(argv)
-    text = render(load(args.root), args.scale)
+    old = load(args.root)
+    sweeps = [r for r in load_sweeps(args.root) if args.scale is None or r["scale"] == args.scale]
+    text = render(old, args.scale)
+    sweep_text = render_sweeps(sweeps, old)
     if not args.write:
-        print(text)
+        print(text + "\n\n" + sweep_text)
         return 0
-    if not os.path.isfile(README):
-        print(text)
-        print(f"\nnote: {README} does not exist; add it with the lines {START} and {END}, then rerun --write",
-              file=sys.stderr)
-        return 1
-    with open(README, encoding="utf-8") as f:
-        doc = f.read()
-    if START not in doc or END not in doc:
-        print(text)
-        print(f"\nnote: {README} has no {START} ... {END} block; add one, then rerun --write", file=sys.stderr)
-        return 1
-    head, rest = doc.split(START, 1)
-    doc = head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1]
-    with open(README, "w", encoding="utf-8") as f:
-        f.write(doc)
-    print(f"wrote the transfer table into {README}")
-    return 0
+    ok = replace_block(README, START, END, text)
+    ok = replace_block(README, SWEEP_START, SWEEP_END, sweep_text) and ok
+    ok = replace_block(ROOT_README, SUMMARY_START, SUMMARY_END, summary(sweeps, old)) and ok
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

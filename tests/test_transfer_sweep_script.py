@@ -1,0 +1,66 @@
+"""benchmarks/transfer_sweep.py: cells in the order given, one vpt sweep command per cell with the arm's space
+and packing for frozen arms only, and finished cells skipped unless made with other epochs / weights / space."""
+import argparse
+import json
+
+import pytest
+
+import transfer_sweep as ts  # benchmarks/ is on the test path (pyproject: tool.pytest.ini_options.pythonpath)
+from vpt.weights import SHIPPED
+
+
+def args(**kw):
+    base = {"control": False, "epochs": 10, "seeds": 3, "pack": 6, "pruner": "median", "set": [],
+            "data_root": "/data", "effnet_weights": "/missing.safetensors"}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_cells_in_order_and_bad_names():
+    cells = ts.parse_cells(["vit_tiny_cifar10:mnist,elpv:linear,vpt_deep", "effnet_lite0:all:pixel_pad",
+                            "vit_tiny_cifar10:mnist:linear"])  # a repeat is dropped
+    assert cells[:4] == [("vit_tiny_cifar10", "mnist", "linear"), ("vit_tiny_cifar10", "mnist", "vpt_deep"),
+                         ("vit_tiny_cifar10", "elpv", "linear"), ("vit_tiny_cifar10", "elpv", "vpt_deep")]
+    assert len(cells) == 4 + 5
+    assert len(ts.parse_cells(["vit_tiny_cifar10:all:all"])) == 35
+    with pytest.raises(SystemExit, match="unknown task or arm 'vpt_deep' for effnet_lite0"):
+        ts.parse_cells(["effnet_lite0:mnist:vpt_deep"])
+    with pytest.raises(SystemExit, match="expected SETUP:TASKS:ARMS"):
+        ts.parse_cells(["vit_tiny_cifar10:mnist"])
+
+
+def test_sweep_args():
+    a = args()
+    deep = ts.sweep_args(a, "vit_tiny_cifar10", "mnist", "vpt_deep", "/out", "st")
+    assert deep[deep.index("--space") + 1].endswith("spaces/head.yaml") and deep[deep.index("--pack") + 1] == "6"
+    assert deep[deep.index("--model") + 1] == "vpt:vit_tiny_cifar10" and "--seeds" in deep
+    assert 'model.prompt={"kind": "vpt_deep", "num_tokens": 10}' in deep
+    full = ts.sweep_args(a, "vit_tiny_cifar10", "mnist", "full", "/out", "st")
+    assert full[full.index("--space") + 1].endswith("spaces/full.yaml") and "--pack" not in full
+    pad = ts.sweep_args(a, "vit_tiny_cifar10", "mnist", "pixel_pad", "/out", "st")
+    assert 'model.prompt={"kind": "pixel_pad", "width": 4}' in pad  # 30/224 of 32 px
+    with pytest.raises(SystemExit, match="effnet-weights"):  # no weights file: say how to make it
+        ts.sweep_args(a, "effnet_lite0", "mnist", "linear", "/out", "st")
+    control = ts.sweep_args(args(control=True), "effnet_lite0", "mnist", "pixel_pad", "/out", "st")
+    assert "model.backbone.pretrained=false" in control and "--pack" not in control  # CNN pixel prompts: alone
+
+
+def test_every_arm_has_the_same_budget():
+    from vpt.sweep.space import load_space
+    sizes = {arm: load_space(f"{ts.SPACES_DIR}/{name}").grid_size() for arm, name in ts.SPACES.items()}
+    assert set(sizes) == set(ts.ARMS) and set(sizes.values()) == {6}
+
+
+def test_finished_cells_are_skipped_only_when_they_match(tmp_path):
+    from vpt.sweep.space import load_space
+    space = load_space(f"{ts.SPACES_DIR}/head.yaml").to_dict()
+    sha = SHIPPED["vit_tiny_cifar10"]["sha256"]
+    path = tmp_path / "linear.json"
+    assert ts.load_record(str(path), args(), sha, "linear") is None
+    path.write_text(json.dumps({"epochs": 10, "backbone_weights_sha256": sha, "space": space}))
+    assert ts.load_record(str(path), args(), sha, "linear")
+    for rec in ({"epochs": 30, "backbone_weights_sha256": sha, "space": space},
+                {"epochs": 10, "backbone_weights_sha256": "0" * 64, "space": space},
+                {"epochs": 10, "backbone_weights_sha256": sha, "space": {"optim.lr": {"values": [0.1]}}}):
+        path.write_text(json.dumps(rec))
+        with pytest.raises(SystemExit, match="other epochs, backbone weights or space"):
+            ts.load_record(str(path), args(), sha, "linear")
