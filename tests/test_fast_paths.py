@@ -194,9 +194,9 @@ def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
 
 def test_lean_without_fast_blocks_checkpoints_whole_blocks(monkeypatch):
     """Eva (RoPE) has no fast blocks: lean mode checkpoints whole blocks and still trains identically."""
-    import vpt.model
-    calls, checkpoint = [], vpt.model.checkpoint
-    monkeypatch.setattr(vpt.model, "checkpoint", lambda *a, **k: calls.append(a[1]) or checkpoint(*a, **k))
+    import vpt.encode
+    calls, checkpoint = [], vpt.encode.checkpoint
+    monkeypatch.setattr(vpt.encode, "checkpoint", lambda *a, **k: calls.append(a[1]) or checkpoint(*a, **k))
     bb = create_backbone("timm:eva02_tiny_patch14_224", pretrained=False, init_seed=3,
                          model_kwargs=dict(K, ref_feat_shape=(4, 4)))
     assert not bb.supports_fast_blocks

@@ -13,7 +13,7 @@ LAYERS = [
     {"errors", "version", "io", "registry", "config"},
     {"data", "backbones", "heads", "metrics"},
     {"prompts"},
-    {"model", "timm_api", "artifact", "schema", "multitask", "clip", "lora", "zeroshot", "weights", "detection"},
+    {"model", "encode", "timm_api", "artifact", "schema", "multitask", "clip", "lora", "zeroshot", "weights", "detection"},
     {"engine"},
     {"tasks"},
     {"sweep"},

@@ -13,11 +13,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .backbones import BackboneAdapter, BackboneConfig, BackboneError, create_backbone
-from .backbones.base import NEVER, fx_tracing, pad_attn_mask
+from .backbones.base import NEVER, fx_tracing
 from .config import ConfigError, from_dict, to_dict
+from .encode import FanOut, choose_blocks, strip_prompts
 from .heads import HeadConfig
 from .prompts import build_prompt, prompt_to_dict, resolve_prompt_config
 from .registry import HEADS, MODEL_TYPES
@@ -40,11 +40,6 @@ def take_indices(depth: int, indices: Union[None, int, Sequence[int]]) -> Tuple[
 
 
 _OWN = object()  # sentinel: "this model's own prompt"
-
-
-def _fx_tracing() -> bool:
-    """Under torch.fx symbolic tracing the loop takes the reference path, whose control flow is static."""
-    return fx_tracing()
 
 
 class AdapterMixin:
@@ -202,32 +197,23 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         an optimisation that never changes a gradient anyone asked for."""
         if not torch.is_grad_enabled():
             return NEVER
-        if _fx_tracing() or x.requires_grad:  # a traced graph has no grad switches: autograd everywhere
+        if fx_tracing() or x.requires_grad:  # a traced graph has no grad switches: autograd everywhere
             return -1
         return min(self.grad_from if prompt_from is None else prompt_from, self.backbone.first_trainable_block())
 
     # --- forward --------------------------------------------------------------------------------
-    def _strip(self, h: torch.Tensor, num_prompts: int) -> torch.Tensor:
-        if num_prompts == 0:
-            return h
-        k = self.backbone.layout.num_prefix
-        return torch.cat([h[:, :k], h[:, k + num_prompts:]], dim=1)  # (B, k+N, D)
-
     def _encode(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None,
                 prompt: Any = _OWN, grad_from: Optional[int] = None, last_queries: Optional[int] = None,
                 fan_out: int = 1, attn_mask: Optional[torch.Tensor] = None):
-        """Pixels -> block outputs with prompts stripped; the single loop over blocks.
+        """Pixels -> block outputs with prompts stripped (and the blocks in ``take``, and the embed context);
+        the single loop over blocks. How each block runs with its prompts is a strategy of vpt.encode, chosen
+        once here by ``choose_blocks``; the loop itself keeps the autograd window and the fan-out.
 
         ``prompt`` defaults to this model's prompt; vpt.multitask passes a per-sample mix of task
-        prompts (or None for the plain backbone). ``last_queries=n``: the last block computes only the
-        first n tokens (the caller pools nothing else). ``fan_out=K``: the batch runs once through the
-        embedding and the blocks before the first prompted one, then continues as K copies (K-major,
-        (K*B, ...)), one per prompt of a blocked mix (vpt.sweep.packed: K trials in one pass).
-
-        Where the adapter has fast blocks, token prompts whose outputs are discarded (the next block
-        replaces them, or the loop ends) never enter the sequence: they take part in that block's
-        attention as keys/values projected by the block's own weights, which is exactly their whole
-        effect. So VPT-deep runs the MLPs on the image tokens only and copies no sequence per block.
+        prompts (or None for the plain backbone). ``stop``: the last block to run. ``last_queries=n``: the last
+        block computes only the first n tokens (the caller pools nothing else). ``fan_out=K``: the batch runs
+        once through the embedding and the blocks before the first prompted one, then continues as K copies
+        (vpt.sweep.packed: K trials in one pass). ``attn_mask``: a caller's mask over [prefix | patches].
         """
         bb = self.backbone
         prompt = self.prompt if prompt is _OWN else prompt
@@ -235,83 +221,25 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
             raise BackboneError(f"this backbone has no token sequence: {bb.token_refusal}")
         grad = torch.is_grad_enabled()
         grad_from = self.autograd_from(x, grad_from)
-        # a caller's attention mask (timm's forward_intermediates attn_mask) runs on the reference path, the
-        # mask padded for the prompts in the sequence
-        tracing = _fx_tracing()
-        fast = bb.supports_fast_blocks and self.fast and attn_mask is None and not tracing
-        lean_blocks = self._lean_blocks() if (self.lean and grad and self.training) else ()
-        # the block before which the batch is copied: the first prompted one (with or without autograd)
-        fan_at = max(prompt.first_layer if prompt is not None else NEVER, 0) if fan_out > 1 else None
+        lean_blocks = self._lean_blocks() if (self.lean and grad and self.training) else frozenset()
+        blocks = choose_blocks(bb, prompt, fast=self.fast, attn_mask=attn_mask, lean_blocks=lean_blocks,
+                               last_queries=last_queries, take=take)
+        fan = FanOut(fan_out, prompt)
         if prompt is not None and prompt.uses_pixels:
-            if fan_at is not None:
-                x, fan_at = x.repeat(fan_out, 1, 1, 1), None  # (K*B, C, H, W)
-            x = prompt.pixels(x)
+            x = prompt.pixels(fan.image(x))
         with torch.set_grad_enabled(grad and grad_from < 0):
             h, ctx = bb.embed(x)  # (B, k+N, D)
-        B, k = h.shape[0], bb.layout.num_prefix
-        P, inter = 0, []
+        k, P, inter = bb.layout.num_prefix, 0, []
         depth = bb.layout.depth if stop is None else stop + 1
-        # the last block computes only the pooled queries where prompts already change the sequence; with no
-        # token / key-value prompt the blocks run as the library's own, so zero prompts stay library-exact
-        in_sequence = (prompt is not None and (prompt.uses_tokens or prompt.uses_kv)
-                       and prompt.first_layer < bb.layout.depth)
         for i in range(depth):
-            if i == fan_at:
-                h, fan_at = h.repeat(fan_out, 1, 1), None  # (K*B, k+N, D): from here each copy has its prompt
-                B = h.shape[0]
-            last, lean = i == depth - 1, i in lean_blocks
-            nq = last_queries if (last and fast and in_sequence and last_queries is not None and not take) else None
+            h = fan.before_block(i, h)
             with torch.set_grad_enabled(grad and i >= grad_from):
-                t = kv = mask = None
-                if prompt is not None:
-                    t = prompt.tokens(i, B) if prompt.uses_tokens else None
-                    kv = prompt.kv(i, B) if prompt.uses_kv else None
-                if t is not None and fast and (last or prompt.has_tokens(i + 1)):
-                    if P:  # prompts carried from an earlier block leave the sequence here
-                        h, P = self._strip(h, P), 0
-                    h = self._block_with_token_kv(i, h, ctx, t, kv, prompt, nq, lean)
-                else:
-                    if t is not None:
-                        h = torch.cat([h[:, :k], t.to(h.dtype), h[:, k + P:]], dim=1)  # (B, k+P+N, D)
-                        P = t.shape[1] if not tracing else int(prompt.num_tokens)  # FX: a static count
-                    if prompt is not None:
-                        mask = prompt.key_mask(i, P, h.shape[1])
-                    if fast:
-                        h = bb.block(i, h, ctx, kv, key_mask=mask, num_queries=nq, lean=lean)
-                    elif attn_mask is not None:
-                        h = bb.block(i, h, ctx, kv, key_mask=mask, attn_mask=pad_attn_mask(attn_mask, k, P))
-                    elif lean and h.requires_grad:
-                        h = checkpoint(bb.block, i, h, ctx, kv, mask, use_reentrant=False)
-                    else:
-                        h = bb.block(i, h, ctx, kv, key_mask=mask)
-                if nq is not None:
-                    P = 0  # only the first nq (prefix) tokens remain
+                t = prompt.tokens(i, h.shape[0]) if prompt is not None and prompt.uses_tokens else None
+                kv = prompt.kv(i, h.shape[0]) if prompt is not None and prompt.uses_kv else None
+                h, P = blocks.step(i, h, P, ctx, t, kv, last=i == depth - 1)
             if i in take:
-                inter.append(self._strip(h, P))
-        if fan_at is not None:  # no block was prompted
-            h = h.repeat(fan_out, 1, 1)  # (K*B, k+N, D)
-        return self._strip(h, P), inter, ctx
-
-    def _block_with_token_kv(self, i, h, ctx, t, kv, prompt, nq, lean):
-        """Block ``i`` with prompt tokens t (B, P, D) as keys/values only (see _encode)."""
-        bb, k = self.backbone, self.backbone.layout.num_prefix
-        run = t.shape[0] if t.stride(0) == 0 else prompt.token_runs(i)
-        if run:  # runs of `run` samples share their prompt (one for the whole batch): project each once
-            pairs = [bb.token_kv(i, t[j:j + 1]) for j in range(0, t.shape[0], run)]
-            tk = torch.cat([k_.expand(run, -1, -1) for k_, _ in pairs])  # (B, P, A)
-            tv = torch.cat([v_.expand(run, -1, -1) for _, v_ in pairs])
-        else:
-            tk, tv = bb.token_kv(i, t)
-        Pkv = 0
-        if kv is not None:
-            Pkv = kv[0].shape[1]
-            tk, tv = torch.cat([kv[0].to(tk.dtype), tk], dim=1), torch.cat([kv[1].to(tv.dtype), tv], dim=1)
-        Pt = t.shape[1]
-        mask = prompt.key_mask(i, Pt, h.shape[1] + Pt)  # keys [prefix kv | seq prefix | tokens | patches]
-        if mask is not None:  # -> the order keys have here: [prefix kv | tokens | seq prefix | patches]
-            mask = torch.cat([mask[:, :Pkv], mask[:, Pkv + k:Pkv + k + Pt], mask[:, Pkv:Pkv + k],
-                              mask[:, Pkv + k + Pt:]], dim=1)
-        return bb.block(i, h, ctx, (tk, tv), key_mask=mask, num_queries=nq, lean=lean)
+                inter.append(strip_prompts(h, k, P))
+        return strip_prompts(fan.end(h), k, P), inter, ctx
 
     def set_lean(self, mode: Union[bool, float] = True) -> "PromptedModel":
         """Lean mode: recompute the widest activations (the MLPs' hidden layer; whole blocks where the
