@@ -97,17 +97,23 @@ FX_PROMPTS = {"none": None, "vpt_shallow": {"kind": "vpt_shallow", "num_tokens":
 
 
 @pytest.mark.parametrize("prompt", list(FX_PROMPTS))
-@pytest.mark.parametrize("key", ["vit", "deit_distilled"])
+@pytest.mark.parametrize("key", list(BACKBONES))
 def test_fx_feature_extraction(key, prompt):
-    """timm's test_model_forward_fx: timm's get_graph_node_names + torchvision's create_feature_extractor trace
-    the prompted model (the reference path: static control flow) and give its outputs."""
+    """timm's test_model_forward_fx / test_model_backward_fx: timm's get_graph_node_names + torchvision's
+    create_feature_extractor (train and eval graphs, as timm's _create_fx_model) trace the prompted model (the
+    reference path: static control flow) and give its outputs; prompts train through the traced graph."""
     from timm.models._features_fx import get_graph_node_names
     from torchvision.models.feature_extraction import create_feature_extractor
+    if key == "eva02_rope" and prompt == "vpt_prefix":  # refused when built, not when traced
+        with pytest.raises(vpt.backbones.BackboneError, match="key/value prefixes.*Token prompts"):
+            vpt.create_model(adapter(key), prompt=FX_PROMPTS[prompt])
+        return
     torch.manual_seed(0)
     model = vpt.create_model(adapter(key), prompt=FX_PROMPTS[prompt], num_classes=3).eval()
     train_nodes, eval_nodes = get_graph_node_names(model)
     assert any("blocks.1" in n for n in eval_nodes)  # the library's blocks are nodes of the graph
-    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
+    fx_model = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]],
+                                        eval_return_nodes=[eval_nodes[-1]]).eval()
     x = images()
     with torch.no_grad():
         fx_out = list(fx_model(x).values())[0]
@@ -117,3 +123,24 @@ def test_fx_feature_extraction(key, prompt):
         fast = model(x)
     torch.testing.assert_close(fx_out, reference, rtol=0, atol=0)
     torch.testing.assert_close(fx_out, fast, rtol=1e-5, atol=1e-5)
+    if model.prompt is None:
+        return
+    fx_model.train()  # the train graph (it shares the model's modules: keep the frozen backbone in eval)
+    model.train()
+    params = dict(model.prompt.named_parameters())
+    list(fx_model(x).values())[0].square().sum().backward()
+    fx_grads = {n: p.grad.clone() for n, p in params.items()}
+    model.zero_grad()
+    model(x).square().sum().backward()
+    for n, p in params.items():
+        assert p.grad.abs().sum() > 0
+        torch.testing.assert_close(fx_grads[n], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fx_graph_checks_the_open_clip_input_size():
+    """The traced open_clip tower keeps its fixed-size check as a graph node: a wrong size is refused."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+    model = vpt.create_model(adapter("open_clip"), prompt=FX_PROMPTS["vpt_deep"], num_classes=3).eval()
+    fx_model = create_feature_extractor(model, return_nodes=["head"])
+    with pytest.raises(vpt.backbones.BackboneError, match=r"expects \(32, 32\) px input, got \(48, 48\)"):
+        fx_model(torch.randn(1, 3, 48, 48))

@@ -56,6 +56,19 @@ def mha_with_prefix(attn: nn.MultiheadAttention, x: torch.Tensor, pk: Optional[t
     return attn.out_proj(out)
 
 
+def checked_size(x: torch.Tensor, size: tuple) -> torch.Tensor:
+    """``x`` (B, C, H, W) itself, after checking that it has the tower's fixed input size (H, W)."""
+    if tuple(x.shape[-2:]) != tuple(size):
+        raise BackboneError(f"open_clip tower expects {tuple(size)} px input, got {tuple(x.shape[-2:])}; "
+                            f"resize images with the model's own preprocessing")
+    return x
+
+
+# one node of an FX graph (timm's get_graph_node_names, torchvision's create_feature_extractor): the traced
+# graph checks the input size when it runs
+torch.fx.wrap("checked_size")
+
+
 def _mlp_branch(blk: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return blk.ls_2(blk.mlp(blk.ln_2(h)))
 
@@ -243,11 +256,7 @@ class OpenClipViTAdapter(BackboneAdapter):
         )
 
     def embed(self, x):
-        if x.shape[-2:] != tuple(self.visual.image_size if not isinstance(self.visual.image_size, int)
-                                 else (self.visual.image_size,) * 2):
-            raise BackboneError(
-                f"open_clip tower expects {self.visual.image_size} px input, got {tuple(x.shape[-2:])}; "
-                f"resize images with the model's own preprocessing")
+        x = checked_size(x, _to_2tuple(self.visual.image_size))
         h = self.visual._embeds(x)  # (B, 1+N, D): class token, then patches; ln_pre applied
         return h, EmbedContext(grid=self.layout.grid, num_tokens=h.shape[1])
 

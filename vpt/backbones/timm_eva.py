@@ -24,6 +24,11 @@ def pad_rope(rope: torch.Tensor, num_prompts: int) -> torch.Tensor:
     return torch.cat([torch.cat([sin, cos], dim=-1), rope], dim=-2)  # (..., P+N, 2d)
 
 
+# one node of an FX graph (timm's get_graph_node_names, torchvision's create_feature_extractor): the prompt count
+# it reads from shapes is known only when the traced graph runs
+torch.fx.wrap("pad_rope")
+
+
 class TimmEvaAdapter(BackboneAdapter):
     library = "timm"
     prefix_refusal = "key/value prefixes are not implemented for Eva's RoPE attention"
@@ -42,7 +47,9 @@ class TimmEvaAdapter(BackboneAdapter):
         m = self.model
         H, W = x.shape[-2:]
         x = m.patch_embed(x)
-        grid = tuple(x.shape[1:3]) if x.ndim == 4 else tuple(m.patch_embed.dynamic_feat_size((H, W)))
+        # NHWC out of patch_embed exactly when dynamic_img_size (a static check: FX traces through it)
+        grid = tuple(x.shape[1:3]) if getattr(m, "dynamic_img_size", False) else tuple(
+            m.patch_embed.dynamic_feat_size((H, W)))
         h, rope = m._pos_embed(x)  # (B, k+N, D), RoPE table for the N patches
         h = m.norm_pre(h)
         return h, EmbedContext(grid=grid, num_tokens=h.shape[1], extra={"rope": rope})
