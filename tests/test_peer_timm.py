@@ -2,6 +2,7 @@
 grad checkpointing, forward_intermediates with feature_info) and its data / optimiser helpers
 (``timm.data.resolve_model_data_config``, ``timm.optim`` weight decay and layer decay), run on prompted
 models over the backbone family x prompt kind matrix."""
+import copy
 import math
 
 import pytest
@@ -121,6 +122,60 @@ def test_model_default_cfgs(bb, prompt):
     transform = timm.data.create_transform(**data)
     from PIL import Image
     assert transform(Image.new("RGB", (48, 40))).shape == (3, *data["input_size"][1:])
+
+
+@pytest.mark.parametrize("bb,prompt", CASES)
+def test_model_reset_classifier_no_pool(bb, prompt):
+    """test_model_default_cfgs' "forward after removing pooling and classifier": reset_classifier(0, '') (and
+    num_classes=0, global_pool='' at build) -> model(x) is the unpooled output with prompts stripped: every image
+    token (B, k+N, D) through the library's head path (timm: fc_norm) on token backbones, the (B, C, H, W) map on
+    a CNN; a new head then acts per token, as timm's ViT."""
+    model = build(bb, prompt).eval()
+    lib, layout = model.backbone.model, model.backbone.layout
+    x = inputs(model, 1)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        model.reset_classifier(0, "")
+        assert model.num_classes == 0 and model.head_config.pool == "none"
+        unpooled = model(x)
+        built = vpt.create_model(model.backbone, prompt=PROMPTS[prompt], num_classes=0, head={"pool": "none"})
+        built.load_state_dict(model.state_dict())
+        assert torch.equal(built(x), unpooled)
+        if layout is not None:  # no prompt token in the output
+            assert unpooled.shape == (1, layout.num_prefix + layout.grid[0] * layout.grid[1], model.num_features)
+            assert torch.equal(unpooled, model.backbone.unpooled(feats))
+        else:
+            assert unpooled.dim() == 4 and torch.equal(unpooled, feats)
+        if prompt == "none" and bb not in ("open_clip", "deit_distilled"):  # timm's own model, no pooling
+            # (open_clip has no reset_classifier; timm's distilled head pools its two class tokens whatever
+            # global_pool says)
+            ref = copy.deepcopy(lib)
+            ref.reset_classifier(0, "")
+            torch.testing.assert_close(unpooled, ref.eval()(x), rtol=0, atol=0)
+        if layout is None:
+            with pytest.raises(vpt.ConfigError, match="feature map.*num_classes=0"):
+                model.reset_classifier(3, "")
+            return
+        model.reset_classifier(3, "")  # a head per token
+        assert model(x).shape == (1, unpooled.shape[1], 3)
+        model.reset_classifier(3, "token" if layout.has_class_token else "avg")
+        assert model(x).shape == (1, 3)
+
+
+def test_no_pool_refusals():
+    """An open_clip tower that pools inside its forward (a timm / ResNet tower) has no unpooled output, and a
+    classification task needs pooled features: each refused with the fix."""
+    from vpt.tasks.classification import ModelSection, build_model
+    pytest.importorskip("open_clip")
+    kw = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=(1, 1, 1, 1), width=8, head_width=8),
+              text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    resnet_tower = create_backbone("open_clip:RN50", pretrained=False, init_seed=0, model_kwargs=kw)
+    with pytest.raises(vpt.backbones.BackboneError, match="ModifiedResNet pools inside its forward.*Use a pooling"):
+        vpt.create_model(resnet_tower, num_classes=0, head={"pool": "none"})
+    with pytest.raises(vpt.backbones.BackboneError, match="pools inside"):
+        vpt.create_model(resnet_tower).reset_classifier(0, "")
+    with pytest.raises(vpt.ConfigError, match="pool 'none'.*use pool backbone, cls or avg"):
+        build_model(ModelSection(backbone="timm:vit_tiny_patch16_224", head={"kind": "linear", "pool": "none"}), ["a", "b"])
 
 
 @pytest.mark.parametrize("bb,prompt", [c for c in CASES if c[0] != "cnn"])

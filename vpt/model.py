@@ -6,6 +6,9 @@ Data through the model (token prompts)::
           -> before block i: insert / replace P prompt tokens after the k prefix tokens  (B, k+P+N, D)
           -> adapter.block(i) [with key/value prefixes]
           -> strip prompts (B, k+N, D) -> adapter.finish (library norm) -> pooling -> head
+
+How a block runs with its prompts (reference, fast, checkpointed, masked, FX-traced) is a strategy in
+vpt.encode, chosen once per call by ``choose_blocks``.
 """
 from __future__ import annotations
 
@@ -148,12 +151,12 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         if isinstance(head, str):
             head = {"kind": head}
         self.head_config = from_dict(HeadConfig, head or {}, where="head")
-        self._check_pool(self.head_config)
         if class_names is not None:
             class_names = [str(c) for c in class_names]
             if num_classes and len(class_names) != num_classes:
                 raise ConfigError(f"{len(class_names)} class names for num_classes={num_classes}")
             num_classes = num_classes or len(class_names)
+        self._check_pool(self.head_config, num_classes)
         self.num_classes = int(num_classes)
         self.class_names = class_names
         self.num_features = self._pooled_width(self.head_config)
@@ -166,17 +169,24 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         self.lean = 0.0  # share of blocks in lean mode (set_lean)
         self.train(False)
 
-    def _check_pool(self, cfg: HeadConfig) -> None:
+    def _check_pool(self, cfg: HeadConfig, num_classes: int) -> None:
         bb = self.backbone
-        if cfg.pool not in ("backbone", "cls", "avg"):
-            raise ConfigError(f"unknown head.pool '{cfg.pool}'; available: avg, backbone, cls")
+        if cfg.pool not in ("backbone", "cls", "avg", "none"):
+            raise ConfigError(f"unknown head.pool '{cfg.pool}'; available: avg, backbone, cls, none")
+        if cfg.pool == "none":
+            bb.require("unpooled_features", who="head.pool 'none' (timm's global_pool '')")
+            if num_classes and not bb.supports_tokens:
+                raise ConfigError("head.pool 'none' keeps this backbone's (B, C, H, W) feature map, which a head "
+                                  "cannot classify; use num_classes=0 for the map, or a pooling (backbone)")
+            return
         if cfg.pool != "backbone" and not bb.supports_tokens:
             raise ConfigError(f"head.pool '{cfg.pool}' needs a token backbone; use pool: backbone")
         if cfg.pool == "cls" and not bb.layout.has_class_token:
             raise ConfigError("head.pool 'cls' needs a class token, and this backbone has none; use avg or backbone")
 
     def _pooled_width(self, cfg: HeadConfig) -> int:
-        return self.backbone.layout.embed_dim if cfg.pool != "backbone" else self.backbone.num_features
+        bb = self.backbone
+        return bb.layout.embed_dim if cfg.pool != "backbone" and bb.supports_tokens else bb.num_features
 
     # --- modes ----------------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -272,6 +282,8 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         pool = self.head_config.pool
         if pool == "backbone":
             return self.backbone.pool(feats)
+        if pool == "none":  # timm's global_pool '': every token (prompts already stripped) or the feature map
+            return self.backbone.unpooled(feats)
         if pool == "cls":
             return feats[:, 0]
         return feats[:, self.backbone.layout.num_prefix:].mean(dim=1)  # avg over image tokens only

@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import ConfigError
 
-_POOLS = {"token": "cls", "cls": "cls", "avg": "avg", "backbone": "backbone"}
+_POOLS = {"token": "cls", "cls": "cls", "avg": "avg", "backbone": "backbone", "": "none", "none": "none"}
 
 
 def _prefixed(pattern: str, prefix: str) -> str:
@@ -65,15 +65,17 @@ class TimmModelApi:
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new head for ``num_classes`` (0: none, pooled features out). ``global_pool``: 'token' (class
-        token), 'avg' (image tokens, never prompts), 'backbone' (the library's own pooling), None: keep."""
+        token), 'avg' (image tokens, never prompts), 'backbone' (the library's own pooling), '' (none, as timm:
+        ``model(x)`` gives the unpooled image tokens (B, k+N, D) without prompts, or a CNN's map; a head then
+        acts per token), None: keep."""
         cfg = self.head_config
         if global_pool is not None:
             pool = _POOLS.get(global_pool)
             if pool is None:
                 raise ConfigError(f"global_pool {global_pool!r} is not available on a prompted model; use 'token', "
-                                  f"'avg', 'backbone', or None to keep {cfg.pool!r}")
+                                  f"'avg', 'backbone', '' (no pooling), or None to keep {cfg.pool!r}")
             cfg = dataclasses.replace(cfg, pool=pool)
-            self._check_pool(cfg)
+        self._check_pool(cfg, num_classes)
         from .registry import HEADS
         self.head_config = cfg
         self.num_features = self._pooled_width(cfg)

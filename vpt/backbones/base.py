@@ -22,7 +22,8 @@ class Capabilities:
     key_values: Optional[str] = None  # key/value prefixes inside attention (vpt_prefix)
     per_sample_masks: Optional[str] = None  # a key mask per sample (multitask batches mixing prompt lengths)
     any_input_size: Optional[str] = None  # inputs of any size (detection resizes images freely)
-    fast_blocks: bool = False  # prompts as keys/values only, query subsets and lean MLPs (vpt.model fast paths)
+    unpooled_features: Optional[str] = None  # forward_features keeps its token / spatial axes (global_pool '')
+    fast_blocks: bool = False  # prompts as keys/values only, query subsets and lean MLPs (vpt.encode fast paths)
 
 
 # a prompt config's ``needs`` -> the capabilities it requires
@@ -34,6 +35,7 @@ CAPABILITY_FIX = {
     "key_values": "Token prompts (vpt_shallow, vpt_deep) and pixel prompts work with this backbone.",
     "per_sample_masks": "Run tasks whose prompts differ in length in separate batches.",
     "any_input_size": "Resize inputs to the backbone's input size, or use a backbone built for any size.",
+    "unpooled_features": "Use a pooling ('token', 'avg', 'backbone'), or a timm backbone for unpooled features.",
 }
 
 
@@ -313,6 +315,15 @@ class BackboneAdapter(nn.Module):
         """None when any input size works, else why not and the fix (adapters override)."""
         return None
 
+    def unpooled_refusal(self) -> Optional[str]:
+        """None when forward_features keeps the token / spatial axes (token adapters do; others override)."""
+        return self.token_refusal
+
+    def unpooled(self, feats: torch.Tensor) -> torch.Tensor:
+        """forward_features output -> the library's head path with no pooling (timm's global_pool=''): what
+        its forward_head(pre_logits=True) applies after pooling, on every token (timm: fc_norm)."""
+        return feats
+
     def mask_refusal(self) -> Optional[str]:
         """None when blocks take a per-sample key mask, else why not (adapters override)."""
         return self.token_refusal
@@ -322,7 +333,7 @@ class BackboneAdapter(nn.Module):
         tokens = self.token_refusal
         return Capabilities(tokens=tokens, key_values=tokens or self.prefix_refusal,
                             per_sample_masks=tokens or self.mask_refusal(), any_input_size=self.size_refusal(),
-                            fast_blocks=bool(self.supports_fast_blocks))
+                            unpooled_features=self.unpooled_refusal(), fast_blocks=bool(self.supports_fast_blocks))
 
     def require(self, *needs: str, who: str) -> None:
         """Raise BackboneError naming ``who``, the missing capability's reason and what to do instead."""

@@ -342,6 +342,11 @@ class OpenClipViTAdapter(BackboneAdapter):
         # normalised tokens. Attention pooling (or final_ln_after_pool) keeps ln_post inside _pool.
         return h if self._pool_owns_norm else self.visual.ln_post(h)
 
+    def unpooled_refusal(self):
+        if self.token_refusal is not None:
+            return f"its image tower {type(self.visual).__name__} pools inside its forward"
+        return None
+
     def pool(self, feats):
         if self.token_refusal is not None:  # non-ViT tower: forward_features already pooled
             return feats

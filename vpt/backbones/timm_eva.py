@@ -82,3 +82,7 @@ class TimmEvaAdapter(BackboneAdapter):
 
     def pool(self, feats):
         return self.model.forward_head(feats, pre_logits=True)
+
+    def unpooled(self, feats):
+        norm = getattr(self.model, "fc_norm", None)  # timm's forward_head with global_pool '': fc_norm per token
+        return feats if norm is None else norm(feats)

@@ -43,3 +43,6 @@ class TimmGenericAdapter(BackboneAdapter):
 
     def pool(self, feats):
         return self.model.forward_head(feats, pre_logits=True)
+
+    def unpooled_refusal(self):
+        return None  # timm's forward_features: the unpooled (B, C, H, W) map

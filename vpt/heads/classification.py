@@ -13,7 +13,9 @@ from ..registry import HEADS
 @dataclass
 class HeadConfig:
     kind: str = "linear"  # linear | mlp (or another registered head)
-    pool: str = "backbone"  # backbone (the library's own pooling) | cls | avg (mean of image tokens)
+    # backbone (the library's own pooling) | cls | avg (mean of image tokens) | none (no pooling: every image
+    # token, or a CNN's feature map, as timm's global_pool=''; the head, if any, acts per token)
+    pool: str = "backbone"
     hidden_dim: Optional[int] = None  # mlp: hidden width (default: the feature width)
     num_layers: int = 2  # mlp: number of Linear layers
     dropout: float = 0.0  # dropout before each Linear

@@ -131,6 +131,10 @@ def build_model(section: Any, class_names: Sequence[str]) -> torch.nn.Module:
             raise ConfigError("model.text is only used by model.type 'clip'; remove it or set model.type: clip")
         if section.lora is not None:
             raise ConfigError("model.lora is only used by model.type 'lora'; remove it or set model.type: lora")
+        head = section.head if isinstance(section.head, dict) else vars(section.head or {})
+        if head.get("pool") == "none":
+            raise ConfigError("model.head.pool 'none' keeps every token (one output per token); a classification "
+                              "task needs pooled features: use pool backbone, cls or avg")
         backbone = section.backbone
         if dataclasses.is_dataclass(backbone):
             backbone = dataclasses.replace(backbone)
