@@ -10,7 +10,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (the suite's default, one worker per core) each worker gets one thread, so workers
+# don't oversubscribe the cores; a plain single-process run keeps up to two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 # A ViT small enough for CPU tests: 32 px, patch 8 -> 16 patches, width 32, 2 blocks.
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)

@@ -141,13 +141,15 @@ def test_mixed_batch_fast_equals_reference():
 @pytest.mark.parametrize("kind", ["vpt_deep", "vpt_prefix"])
 def test_compile_one_graph_per_mode(kind):
     """torch.compile(fullgraph=True): no graph break; training steps reuse one graph, eval adds one,
-    and switching back to training compiles nothing new."""
+    and switching back to training compiles nothing new. Graph capture is dynamo's, whatever the backend:
+    lean VPT-deep (activation checkpointing) also goes through AOT autograd; prefix uses the plain eager
+    backend, which keeps the test fast on CPU."""
     import torch._dynamo as dynamo
     dynamo.reset()
     dynamo.utils.counters.clear()
     model = vpt.create_model(backbone("vit_cls"), prompt={"kind": kind, "num_tokens": 2}, num_classes=3)
     model.set_lean(kind == "vpt_deep")
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(model, backend="aot_eager" if kind == "vpt_deep" else "eager", fullgraph=True)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     graphs = []
     for _ in range(2):

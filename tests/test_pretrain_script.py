@@ -16,6 +16,8 @@ CLASSES = [f"c{i}" for i in range(10)]
 def script(monkeypatch):
     import pretrain_vit_cifar10 as mod  # benchmarks/ is on the test path (pyproject: tool.pytest.ini_options)
     monkeypatch.setattr(mod, "SPLITS", {"train": 4, "test": 2})  # images per class in the fake tarball
+    # the shipped architecture shrunk (width 32, 2 blocks): the script's logic is what is under test here
+    monkeypatch.setattr(mod, "MODEL_KWARGS", {**mod.MODEL_KWARGS, "embed_dim": 32, "depth": 2, "num_heads": 2})
     n = torch.get_num_threads()
     yield mod
     torch.set_num_threads(n)

@@ -1,10 +1,7 @@
 """A task registered from outside the package (tests/toy_task.py) trains through the engine with nothing
 task-specific in it: one process, exact resume after an interruption, AMP with a GradScaler, gradient
-accumulation, callbacks that stop the run, and DDP over two CPU processes under torchrun."""
-import json
+accumulation and callbacks that stop the run; DDP over two CPU processes under torchrun is in test_torchrun.py."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -90,18 +87,3 @@ def test_callback_can_stop_the_run(tmp_path):
     res = train(toy_task.ToyRegression(_cfg(tmp_path / "stop")), callbacks=[StopAfterFirst()])
     assert res["stopped"] == "enough" and res["best_epoch"] == 1
     assert len(open(tmp_path / "stop" / "metrics.csv").read().splitlines()) == 2
-
-
-def test_toy_task_under_torchrun_two_gloo_processes(straight, tmp_path):
-    out, res = straight
-    two = str(tmp_path / "two")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, HERE]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           os.path.join(HERE, "toy_task.py"), two], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res2 = json.load(open(os.path.join(two, "results.json")))
-    assert res2["world_size"] == 2 and res2["best_epoch"] == res["best_epoch"]
-    a, b = _weights(out), _weights(two)
-    for k in a:  # the same global batches, summed over two ranks: equal up to float summation order
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)

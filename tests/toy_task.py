@@ -91,4 +91,4 @@ if __name__ == "__main__":  # torchrun entry: OUT [--set section.field=value ...
     try:
         train(ToyRegression(cfg), info)
     finally:
-        teardown_distributed()
+        teardown_distributed(info)

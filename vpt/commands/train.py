@@ -218,7 +218,7 @@ def run(args) -> int:
         results = train(task, info, resume=args.resume, overwrite=args.overwrite, callbacks=callbacks,
                         command=command_line(args))
     finally:
-        teardown_distributed()
+        teardown_distributed(info)
     if info.is_main:
         print(f"run folder: {cfg.output.dir}")
         for line in task.summary(results):

@@ -22,6 +22,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this init_distributed call created the process group (teardown leaves it)
 
     @property
     def is_main(self) -> bool:
@@ -55,26 +56,32 @@ def resolve_device(device: Optional[str], local_rank: int = 0) -> torch.device:
 
 def init_distributed(device: Optional[str] = None, backend: Optional[str] = None,
                      env: Optional[Mapping[str, str]] = None) -> DistInfo:
-    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); single process otherwise."""
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); single process otherwise.
+
+    A group that already exists (a program that set up DDP itself and calls vpt inside it) is used as it is,
+    and ``teardown_distributed(info)`` leaves it to its owner."""
     env = os.environ if env is None else env
     world = int(env.get("WORLD_SIZE", "1"))
     rank, local_rank = int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
+    owns = False
     if world > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        owns = True
         _logger.info("joined process group: rank %d of %d (%s, %s)", rank, world, backend, dev)
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, owns_group=owns)
 
 
-def teardown_distributed() -> None:
-    """Leave the process group once every rank got here (a rank that tears down while another still has
-    a collective in flight can abort at exit)."""
+def teardown_distributed(info: Optional[DistInfo] = None) -> None:
+    """Wait for every rank (a rank that tears down while another still has a collective in flight can abort
+    at exit), then destroy the process group, unless ``info`` says another caller created it."""
     if dist.is_available() and dist.is_initialized():
         try:
             dist.barrier()
         finally:
-            dist.destroy_process_group()
+            if info is None or info.owns_group:
+                dist.destroy_process_group()
 
 
 def barrier() -> None:
