@@ -130,19 +130,23 @@ def test_a_larger_budget_that_changes_the_best_trains_its_own_final_runs(sweep_s
     assert (tmp_path / "out" / first["final"]["folder"] / "seed_0" / "results.json").is_file()  # kept
 
 
+def _kill_then_rerun(root, data, out, space, *extra):
+    """SIGKILL a `vpt sweep` process in its 4th optimizer step (epoch 2 of 2), then run the same command again
+    (in this process: the import is the slow part of a new one)."""
+    args = _args(root, data, out, space, "--seeds", "1", "--heartbeat", "1", *extra)
+    env = {**os.environ, "PYTHONPATH": REPO, "VPT_TEST_KILL_AT_STEP": "4", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-m", "vpt", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert main(args) == 0
+    return json.loads((out / "results.json").read_text())
+
+
 def test_killed_sweep_continues_with_the_same_command(sweep_setup):
     root, data = sweep_setup
     space = root / "space2.yaml"
     space.write_text("optim.lr: [0.3, 0.03]\n")
     out = root / "killed"
-    cmd = [sys.executable, "-m", "vpt", *_args(root, data, out, space, "--seeds", "1", "--heartbeat", "1")]
-    env = {**os.environ, "PYTHONPATH": REPO, "VPT_TEST_KILL_AT_STEP": "4"}  # 3 steps per epoch: killed in epoch 2
-    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    env.pop("VPT_TEST_KILL_AT_STEP")
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    res = json.loads((out / "results.json").read_text())
+    res = _kill_then_rerun(root, data, out, space)
     trials = res["trials"]
     killed_trial = next(t for t in trials if t["state"] == "FAIL")
     retry = next(t for t in trials if t["retry_of"] == killed_trial["number"])
@@ -151,6 +155,27 @@ def test_killed_sweep_continues_with_the_same_command(sweep_setup):
     log = (out / "trials" / f"{killed_trial['number']:04d}" / "train.log").read_text()
     assert "resumed" in log  # the retry continued the killed trial's run folder from its finished epoch
     assert sum(t["state"] == "COMPLETE" for t in trials) == 2 and res["final"]["test_n"] == 1
+
+
+def test_killed_pack_resumes_from_its_last_finished_epoch(sweep_setup, lone_sweep):
+    """--pack 2 killed in epoch 2: the same command regroups the retried trials into the same pack, which
+    resumes after epoch 1; the val curves are those of the lone, unkilled trials."""
+    root, data = sweep_setup
+    lone = {t["params"]["optim.lr"]: t for t in json.loads((lone_sweep[0] / "results.json").read_text())["trials"]}
+    space = root / "space3.yaml"
+    space.write_text("optim.lr: [0.3, 0.03]\n")
+    out = root / "killed_pack"
+    res = _kill_then_rerun(root, data, out, space, "--pack", "2")
+    killed = [t for t in res["trials"] if t["state"] == "FAIL"]
+    retries = [t for t in res["trials"] if t["retry_of"] is not None]
+    assert len(killed) == 2 and sorted(t["retry_of"] for t in retries) == sorted(t["number"] for t in killed)
+    assert os.listdir(out / "packs") == ["0000-0001"]  # one pack folder: the retries continued it
+    log = (out / "packs" / "0000-0001" / "train.log").read_text()
+    assert "resumed" in log and "starts over" not in log
+    for t in retries:
+        assert t["state"] == "COMPLETE" and [e for e, _ in t["val_curve"]] == [1, 2]
+        assert t["val_curve"] == lone[t["params"]["optim.lr"]]["val_curve"] and t["value"] == max(
+            v for _, v in t["val_curve"])
 
 
 def test_bad_input_gets_a_message(sweep_setup, capsys):

@@ -55,6 +55,17 @@ class PackedClassificationTask(ClassificationTask):
         self.diverged = [False] * K
         self._bad: Optional[torch.Tensor] = None  # (K,) bool on the device: a non-finite loss this epoch
 
+    def state_dict(self, run) -> Dict[str, Any]:
+        """Which trials still train (pruned / diverged ones stopped for good): a resumed pack keeps them stopped."""
+        return {**super().state_dict(run), "active": list(self.active), "diverged": list(self.diverged)}
+
+    def load_state_dict(self, run, state: Dict[str, Any]) -> None:
+        super().load_state_dict(run, state)
+        K = len(self.trial_cfgs)
+        if len(state.get("active") or []) == K:
+            self.active = [bool(a) for a in state["active"]]
+            self.diverged = [bool(d) for d in state.get("diverged") or [False] * K]
+
     def has_split(self, split: str) -> bool:
         return split != "test" and super().has_split(split)  # search trials select on val and never read test
 

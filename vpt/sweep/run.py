@@ -36,6 +36,8 @@ from .worker import Outcome, TrialReporter, run_worker
 
 _logger = logging.getLogger(__name__)
 
+PACK_ATTR = "vpt:pack"  # a packed trial's pack (folder name under packs/): its retry resumes only in that pack
+
 
 @dataclass
 class SweepOptions:
@@ -217,26 +219,35 @@ class Sweep:
         return train_trials
 
     def _train_packed(self, study):
-        """Up to ``pack`` asked trials in one engine run; each reports its own val curve and may be pruned."""
+        """Up to ``pack`` asked trials in one engine run; each reports its own val curve and may be pruned.
+
+        A pack killed mid-run resumes from its last finished epoch when its trials run again together: the
+        retries come out of the queue in trial order, so the same command regroups them into the same pack
+        (folder ``packs/<trial numbers>``). Retries that end up in another grouping (another worker took some
+        of them, or --pack changed) start over: a pack's state holds all its trials' tensors and optimizer
+        state at once, and a part of it is no lone run's state; the log says so."""
         single = self._train_search(study)
         from .packed_task import PackedClassificationTask
 
         def train_trials(trials, params, reporters) -> List[Outcome]:
             if len(trials) == 1:
                 return single(trials, params, reporters)
-            names = "-".join(f"{self._root(study, t):04d}" for t in trials)
-            run_dir = os.path.join(self.out, "packs", names)
+            name = "-".join(f"{self._root(study, t):04d}" for t in trials)
+            run_dir = os.path.join(self.out, "packs", name)
+            for t in trials:
+                was = study._storage.get_trial(t._trial_id).user_attrs.get(PACK_ATTR)
+                if was is not None and was != name:
+                    _logger.warning("trial %d was in pack %s when it stopped and now runs in pack %s: it starts "
+                                    "over (only a whole pack resumes)", t.number, was, name)
+                t.set_user_attr(PACK_ATTR, name)
             cfgs = [self._trial_config(p, run_dir) for p in params]
             task = PackedClassificationTask(cfgs[0], cfgs)
-            cb = _ReportPack(task, reporters)
-            info = DistInfo(device=resolve_device(task.cfg.train.device))
-            # a pack starts over when its trials run again (each retried trial may join another pack)
-            train(task, info, overwrite=True, callbacks=[cb, *self.opts.callbacks], command=self.opts.command)
+            self._run(task, run_dir, [_ReportPack(task, reporters)])
             out = []
             for k, r in enumerate(reporters):
                 if task.diverged[k]:
                     out.append(Outcome(error="diverged: non-finite training loss (packed trial)"))
-                elif r.pruned:
+                elif r.pruned or not task.active[k]:  # stopped by the pruner (maybe before a resume)
                     out.append(Outcome(pruned=True))
                 else:
                     out.append(Outcome(value=r.best, best_epoch=r.best_epoch,

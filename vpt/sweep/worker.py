@@ -39,6 +39,12 @@ class TrialReporter:
         self.pruned = False
         self.best = -math.inf
         self.best_epoch: Optional[int] = None
+        # a retried trial inherits the killed one's epochs (its run resumes after them): they count for its best
+        storage = getattr(getattr(trial, "study", None), "_storage", None)
+        inherited = storage.get_trial(trial._trial_id).intermediate_values if storage is not None else {}
+        for epoch, value in sorted(inherited.items()):
+            if math.isfinite(value) and value > self.best:
+                self.best, self.best_epoch = float(value), int(epoch)
 
     def report(self, epoch: int, value: float) -> bool:
         """Record epoch ``epoch``'s (1-based) val value; return whether the trial should stop here."""
