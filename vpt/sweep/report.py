@@ -116,6 +116,21 @@ def _save_png(fig, path: str) -> None:
     os.replace(tmp, path)
 
 
+def _finish_plot(plt, fig, ax, path: str, xlabel: str, ylabel: Optional[str], legend: bool = True,
+                 grid: bool = True) -> str:
+    """Label the axes, save the figure as ``path`` (atomically) and close it; returns ``path``."""
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(fontsize=8)
+    if grid:
+        ax.grid(alpha=0.3)
+    _save_png(fig, path)
+    plt.close(fig)
+    return path
+
+
 def write_plots(out_dir: str, records: Sequence[Mapping[str, Any]], space: SearchSpace, study=None) -> List[str]:
     """PNG plots (matplotlib): val metric vs learning rate, one line per weight decay; optimisation history;
     parameter importance (Optuna's fANOVA, given the study and 2+ completed trials). Optuna's plotly HTML
@@ -140,15 +155,8 @@ def write_plots(out_dir: str, records: Sequence[Mapping[str, Any]], space: Searc
             pts = sorted(groups[key])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{wd}={key:g}" if wd else None)
         ax.set_xscale("log" if all(p > 0 for g in groups.values() for p, _ in g) else "linear")
-        ax.set_xlabel(lr)
-        ax.set_ylabel("best val metric")
-        if wd:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        path = os.path.join(out_dir, "val_vs_lr.png")
-        _save_png(fig, path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_finish_plot(plt, fig, ax, os.path.join(out_dir, "val_vs_lr.png"), lr, "best val metric",
+                                    legend=bool(wd)))
     finished = sorted((r for r in records if r["value"] is not None), key=lambda r: r["number"])
     if finished:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -160,24 +168,14 @@ def write_plots(out_dir: str, records: Sequence[Mapping[str, Any]], space: Searc
             best.append(run)
         ax.scatter(xs, ys, s=14, label="trial")
         ax.step(xs, best, where="post", color="C1", label="best so far")
-        ax.set_xlabel("trial")
-        ax.set_ylabel("val metric")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        path = os.path.join(out_dir, "history.png")
-        _save_png(fig, path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_finish_plot(plt, fig, ax, os.path.join(out_dir, "history.png"), "trial", "val metric"))
     importances = param_importances(study) if study is not None else {}
     if importances:
         fig, ax = plt.subplots(figsize=(6, 0.6 + 0.4 * len(importances)))
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names])
-        ax.set_xlabel("importance (fANOVA)")
-        path = os.path.join(out_dir, "param_importance.png")
-        _save_png(fig, path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_finish_plot(plt, fig, ax, os.path.join(out_dir, "param_importance.png"),
+                                    "importance (fANOVA)", None, legend=False, grid=False))
     if study is not None:
         written += _plotly_html(out_dir, study, len(done))
     return written
