@@ -67,6 +67,27 @@ def test_method_trains_base_to_novel_end_to_end(env, tmp_path, capsys, kind):
     assert (e["base"], e["novel"], e["hm"]) == (r["base"], r["novel"], r["hm"])
 
 
+def test_base_to_novel_through_vpt_sweep(env, tmp_path, capsys):
+    """Search trials select on the base classes' val split and never read test (no base / novel / hm); the
+    final run reports base, novel and hm, and the sweep their mean +/- std."""
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [0.05]\n")
+    out = tmp_path / "sweep"
+    assert main(["sweep", "-c", recipe("maple"), "--data", env["data"], "--weights", env["weights"], "--output",
+                 str(out), "--device", "cpu", "--epochs", "1", "--test-fraction", "0.5", "--val-fraction", "0.5",
+                 "--base-to-novel",
+                 "--space", str(space), "--seeds", "1", "--pruner", "none"]) == 0
+    assert "base-to-novel test top1: base" in capsys.readouterr().out
+    r = json.load(open(out / "trials" / "0000" / "results.json"))
+    assert r["test"] is None and not {"base", "novel", "hm"} & set(r)
+    assert r["data"]["classes"] == ["cat", "dog", "frog"]  # trained and selected on the base half
+    res = json.load(open(out / "results.json"))
+    final = res["final"]
+    run = json.load(open(out / final["folder"] / "seed_0" / "results.json"))
+    assert (final["base_mean"], final["novel_mean"], final["hm_mean"]) == (run["base"], run["novel"], run["hm"])
+    assert run["base_to_novel"]["novel"]["classes"] == ["golden_retriever", "red_car"]
+
+
 def test_cross_dataset_transfer_and_summary_table(env, tmp_path, capsys):
     out = str(tmp_path / "kg")
     assert train(env, "kgcoop", out) == 0

@@ -190,6 +190,9 @@ def test_bad_input_gets_a_message(sweep_setup, capsys):
     bad.write_text("optim.opt: [sgd, adamm]\n")
     assert main(_args(root, data, root / "bad", bad)) == 2
     assert "adamm" in capsys.readouterr().err
+    bad.write_text("optim.lr: [0.3]\n")
+    assert main(_args(root, data, root / "noval", bad, "--val-fraction", "0", "--epochs", "1")) == 2
+    assert "trials select on the validation split, and the data has none" in capsys.readouterr().err
     # a folder that holds another sweep, and a study whose space differs
     space = root / "one.yaml"
     space.write_text("optim.lr: [0.3]\n")

@@ -87,5 +87,8 @@ def run(args) -> int:
     if final["test_mean"] is not None:
         print(f"test {final['metric']}: {final['test_mean']:.2f} +/- {final['test_std']:.2f} over {final['test_n']} "
               f"seed(s) {final['seeds']}")
+    if final.get("hm_mean") is not None:
+        print("base-to-novel test top1: " + "  ".join(f"{k} {final[k + '_mean']:.2f} +/- {final[k + '_std']:.2f}"
+                                                       for k in ("base", "novel", "hm")))
     print(f"results: {os.path.join(out, 'results.json')}; table: {os.path.join(out, 'summary.md')}")
     return 0

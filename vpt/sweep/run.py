@@ -36,6 +36,7 @@ from .worker import Outcome, TrialReporter, run_worker
 
 _logger = logging.getLogger(__name__)
 
+PROTOCOL_KEYS = ("base", "novel", "hm")  # a base-to-novel final run's test accuracies (CLIP recipes)
 PACK_ATTR = "vpt:pack"  # a packed trial's pack (folder name under packs/): its retry resumes only in that pack
 
 
@@ -212,6 +213,10 @@ class Sweep:
                 if reporter.pruned:
                     out.append(Outcome(pruned=True, extra={"run_dir": os.path.relpath(run_dir, self.out)}))
                     continue
+                if not res.get("val"):  # the same for every trial of this recipe and data: stop the sweep
+                    raise SweepError(f"trials select on the validation split, and the data has none (trial "
+                                     f"{trial.number}: {run_dir}/train.log); pass --val-fraction F (e.g. 0.2) "
+                                     f"or add {task.cfg.data.root}/val/<class>/ folders")
                 val = (res.get("val") or {}).get(task.selection)
                 out.append(Outcome(value=val, best_epoch=res.get("best_epoch"),
                                    extra={"run_dir": os.path.relpath(run_dir, self.out)}))
@@ -271,6 +276,7 @@ class Sweep:
                 val, test = res.get("val") or {}, res.get("test") or {}
                 out.append(Outcome(value=val.get(sel), best_epoch=res.get("best_epoch"), extra={
                     "run_dir": os.path.relpath(run_dir, self.out), "seed": seed,
+                    **{k: res[k] for k in PROTOCOL_KEYS if res.get(k) is not None},  # base-to-novel
                     "val": {k: v for k, v in val.items() if not isinstance(v, (list, dict))},
                     "test": {k: v for k, v in test.items() if not isinstance(v, (list, dict))} or None}))
             return out
@@ -369,10 +375,16 @@ class Sweep:
                 if t.state.name == "COMPLETE":
                     runs.append({"seed": t.user_attrs.get("seed"), "val": t.user_attrs.get("val"),
                                  "test": t.user_attrs.get("test"), "best_epoch": t.user_attrs.get("best_epoch"),
-                                 "run_dir": t.user_attrs.get("run_dir")})
+                                 "run_dir": t.user_attrs.get("run_dir"),
+                                 **{k: t.user_attrs[k] for k in PROTOCOL_KEYS if k in t.user_attrs}})
         sel = self.task_cls.selection
         tests = [r["test"][sel] for r in runs if r.get("test") and sel in r["test"]]
         vals = [r["val"][sel] for r in runs if r.get("val") and sel in r["val"]]
+        protocol = {}  # base-to-novel: base / novel / hm mean and std over the final runs
+        for k in PROTOCOL_KEYS:
+            xs = [r[k] for r in runs if k in r]
+            if xs:
+                protocol.update({f"{k}_mean": _mean(xs), f"{k}_std": _std(xs)})
         results = {
             "command": self.opts.command,
             "study": self.opts.study, "storage": redact(self.storage_url),
@@ -385,7 +397,7 @@ class Sweep:
             "edges": self.space.edges(best["params"]) if best else {},
             "final": {**self.final_info, "metric": sel, "seeds": [r["seed"] for r in runs], "runs": runs,
                       "val_mean": _mean(vals), "val_std": _std(vals),
-                      "test_mean": _mean(tests), "test_std": _std(tests), "test_n": len(tests)},
+                      "test_mean": _mean(tests), "test_std": _std(tests), "test_n": len(tests), **protocol},
             "trials": records,
             "trial_counts": {s: sum(r["state"] == s for r in records) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
             "final_trials": final_records,

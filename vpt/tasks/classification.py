@@ -333,7 +333,9 @@ class ClassificationTask(Task):
                # which weights these are ('file:<sha256>', 'random:<seed>', 'hub:<tag>'), so results made
                # with different backbone weights under one name (vpt:NAME, hub tags) can be told apart
                "backbone": {k: model.backbone.identity()[k] for k in ("name", "arch", "weights_id")}}
-        if self.cfg.data.classes == "base":  # base-to-novel: the best prompts on the novel half's test images
+        if self.cfg.data.classes == "base" and self.has_split("test"):
+            # base-to-novel: the best prompts on the novel half's test images (never for a run blind to test,
+            # such as a sweep's search trial)
             from .protocols import base_to_novel
             t = self.cfg.train
             out.update(base_to_novel(model, self.cfg.data, t, run.device, base_metrics=self.test_metrics,
