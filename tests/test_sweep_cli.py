@@ -302,3 +302,50 @@ def test_a_pruned_trial_stops_its_engine_run_after_the_epoch(sweep_setup, tmp_pa
     assert len((run / "metrics.csv").read_text().splitlines()) == 2  # the header and epoch 1: epoch 2 never ran
     assert "pruned" in json.loads((run / "results.json").read_text())["stopped"]
     assert list(study.trials[0].intermediate_values) == [1]
+
+
+def test_nproc_per_trial_launches_torchrun_and_the_job_reports_each_epoch(sweep_setup, tmp_path, monkeypatch, capsys):
+    """--nproc-per-trial: each trial / final run is `python -m torch.distributed.run --standalone
+    --nproc_per_node=N -m vpt.commands.sweep_trial ...`; the job's rank 0 reports every epoch's val to the
+    trial in the storage. Here the job runs in this process as one rank (the 2-process run is the slow test)."""
+    from vpt.sweep import torchrun
+    root, data = sweep_setup
+    cmd = torchrun.launch_command(2, "t.yaml", "s/final", 7, "median", "val_top1", True, False)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[5:8] == ["-m", "vpt.commands.sweep_trial", "t.yaml"] and "--blind-to-test" in cmd and "--resume" not in cmd
+    jobs = []
+
+    def in_process(cmd, storage_url, hint):
+        monkeypatch.setenv(torchrun.STORAGE_ENV, storage_url)
+        jobs.append(cmd)
+        return torchrun.trial_main(cmd[cmd.index(torchrun.TRIAL_MODULE) + 1:])
+    monkeypatch.setattr(torchrun, "run_job", in_process)
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [1.0e+30, 0.3]\n")
+    out = tmp_path / "out"
+    assert main(_args(root, data, out, space, "--seeds", "1", "--nproc-per-trial", "2")) == 0
+    assert len(jobs) == 3 and all("--nproc_per_node=2" in j for j in jobs)
+    assert sum("--blind-to-test" in j for j in jobs) == 2  # the search trials; the final run reads test
+    res = json.loads((out / "results.json").read_text())
+    states = {t["params"]["optim.lr"]: t for t in res["trials"]}
+    assert states[1e30]["state"] == "FAIL" and "non-finite" in states[1e30]["error"]  # diverged: the trial fails
+    assert states[0.3]["state"] == "COMPLETE" and [e for e, _ in states[0.3]["val_curve"]] == [1, 2]
+    assert json.loads((out / "trials" / f"{states[0.3]['number']:04d}" / "results.json").read_text())["test"] is None
+    assert res["final"]["test_n"] == 1
+
+
+@pytest.mark.skipif(not os.environ.get("VPT_SLOW_TESTS"),
+                    reason="SLOW: a real 2-process torchrun job per trial takes 30-60 s on 2 busy CPU cores; "
+                           "set VPT_SLOW_TESTS=1")
+def test_nproc_per_trial_two_gloo_processes(sweep_setup, tmp_path):
+    root, data = sweep_setup
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [0.3]\n")
+    out = tmp_path / "out"
+    assert main(_args(root, data, out, space, "--seeds", "1", "--device", "cpu", "--nproc-per-trial", "2")) == 0
+    res = json.loads((out / "results.json").read_text())
+    [trial] = res["trials"]
+    assert trial["state"] == "COMPLETE" and [e for e, _ in trial["val_curve"]] == [1, 2]  # reported by rank 0
+    run = json.loads((out / "trials" / "0000" / "results.json").read_text())
+    assert run["world_size"] == 2 and run["test"] is None
+    assert json.loads((out / res["final"]["folder"] / "seed_0" / "results.json").read_text())["world_size"] == 2

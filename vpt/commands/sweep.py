@@ -37,6 +37,9 @@ def register(sub) -> None:
     g.add_argument("--seeds", type=int, default=3, metavar="K", help="final runs of the best setting (default 3)")
     g.add_argument("--pack", type=int, default=1, metavar="K",
                    help="train K trials at once in one backbone pass (trials that differ in optim.* / sched.* only)")
+    g.add_argument("--nproc-per-trial", type=int, default=1, metavar="N",
+                   help="run each trial (and final run) as a torchrun job of N data-parallel (DDP) processes "
+                        "(torch.distributed.run --standalone --nproc_per_node=N; N GPUs or N CPU processes on gloo)")
     g.add_argument("--heartbeat", type=int, default=60, metavar="S",
                    help="seconds between a trial's heartbeats; a trial silent for 2x this is failed and retried")
     add_training_flags(p)
@@ -47,7 +50,7 @@ def command_line(args) -> str:
     parts = ["vpt", "sweep"]
     if args.config:
         parts += ["-c", args.config]
-    for dest in list(FLAG_FIELDS) + ["space", "sampler", "trials", "pruner", "storage", "study", "seeds", "pack", "heartbeat"]:
+    for dest in list(FLAG_FIELDS) + ["space", "sampler", "trials", "pruner", "storage", "study", "seeds", "pack", "nproc_per_trial", "heartbeat"]:
         v = getattr(args, dest, None)
         if v is not None and v is not False and dest != "strict_data":
             parts += [f"--{dest.replace('_', '-')}"] + ([] if v is True else [str(v)])
@@ -68,11 +71,12 @@ def run(args) -> int:
     if not getattr(cfg, "data", None) or not cfg.data.root:
         raise UserError("no data given: pass --data DIR (or set data.root in the recipe)")
     if os.environ.get("WORLD_SIZE", "1") != "1":
-        raise UserError("run vpt sweep as plain processes (one per worker), not under torchrun")
+        raise UserError("run vpt sweep as plain processes (one per worker), not under torchrun; to train each trial "
+                        "data-parallel, pass --nproc-per-trial N (the sweep starts a torchrun job per trial)")
     space = load_space(args.space)
     opts = SweepOptions(sampler=args.sampler, trials=args.trials, pruner=args.pruner, storage=args.storage,
                         study=args.study, seeds=args.seeds, heartbeat=args.heartbeat, command=command_line(args),
-                        pack=args.pack,
+                        pack=args.pack, nproc_per_trial=args.nproc_per_trial,
                         callbacks=[cb for cb in (kill_callback(),) if cb is not None])
     results = run_sweep(task_cls, cfg, space, opts)
     out = cfg.output.dir

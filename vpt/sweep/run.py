@@ -56,6 +56,7 @@ class SweepOptions:
     command: Optional[str] = None  # the command line, for results.json
     callbacks: Sequence[Callback] = ()  # extra engine callbacks for every run (the CLI's test kill switch)
     pack: int = 1  # train up to this many search trials at once in one backbone pass (vpt.sweep.packed)
+    nproc_per_trial: int = 1  # >1: each trial (and final run) is a torchrun job of this many DDP processes
 
 
 def _prompt_schema(cfg_dict: Mapping[str, Any]):
@@ -148,6 +149,11 @@ class Sweep:
             raise ConfigError(f"--seeds must be >= 1, got {opts.seeds}")
         if opts.pack < 1:
             raise ConfigError(f"--pack must be >= 1, got {opts.pack}")
+        if opts.nproc_per_trial < 1:
+            raise ConfigError(f"--nproc-per-trial must be >= 1, got {opts.nproc_per_trial}")
+        if opts.nproc_per_trial > 1 and opts.pack > 1:
+            raise ConfigError("--pack and --nproc-per-trial don't combine yet (a pack trains in this process); "
+                              "drop one")
         if opts.pack > 1:
             from .packed import check_packable
             if task_cls.name != "classification" or (base.get("model") or {}).get("type", "classifier") != "classifier":
@@ -188,6 +194,32 @@ class Sweep:
             _logger.warning("%s: %s; starting this trial over", run_dir, e)
             return train(task, info, resume=False, overwrite=True, callbacks=callbacks, command=self.opts.command)
 
+    def _run_trial(self, task, run_dir: str, reporter: TrialReporter, blind_to_test: bool,
+                   pruner: str) -> Dict[str, Any]:
+        """One trial's (or final run's) engine run, reporting val per epoch to ``reporter``: in this process,
+        or as a torchrun job of ``--nproc-per-trial`` processes (vpt.sweep.torchrun)."""
+        if self.opts.nproc_per_trial <= 1:
+            return self._run(task, run_dir, [_ReportEpochs(reporter, f"val_{task.selection}")])
+        from ..engine.trainer import config_yaml
+        from ..io import atomic_write_text
+        from .torchrun import DIVERGED_EXIT, launch_command, read_results, run_job
+        config_path = run_dir + ".yaml"  # beside the run folder, which is the engine's
+        atomic_write_text(config_path, config_yaml(task.cfg))
+        resume = holds_run(run_dir) and os.path.isfile(os.path.join(run_dir, STATE_NAME))
+        trial = reporter.trial
+        cmd = launch_command(self.opts.nproc_per_trial, config_path, trial.study.study_name, trial._trial_id, pruner,
+                             f"val_{task.selection}", blind_to_test, resume)
+        code = run_job(cmd, self.storage_url, run_dir)
+        if code == DIVERGED_EXIT:
+            raise FloatingPointError(f"non-finite training loss (see {run_dir}/train.log)")
+        if code != 0:
+            raise SweepError(f"the torchrun job of {run_dir} failed (exit code {code}); see its output above and "
+                             f"{os.path.join(run_dir, 'train.log')}; fix the cause and run the same command again")
+        res = read_results(run_dir)
+        if str(res.get("stopped") or "").startswith("pruned"):
+            reporter.pruned = True
+        return res
+
     def _root(self, study, trial) -> int:
         """The number of the trial this one retries (its run folder continues), else its own."""
         attrs = study._storage.get_trial(trial._trial_id).system_attrs
@@ -201,9 +233,8 @@ class Sweep:
             for trial, p, reporter in zip(trials, params, reporters):
                 run_dir = os.path.join(self.out, "trials", f"{self._root(study, trial):04d}")
                 task = trial_cls(self._trial_config(p, run_dir))
-                cb = _ReportEpochs(reporter, f"val_{task.selection}")
                 try:
-                    res = self._run(task, run_dir, [cb])
+                    res = self._run_trial(task, run_dir, reporter, True, self.opts.pruner)
                 except FloatingPointError as e:  # the engine's divergence guard: this trial fails, not the study
                     out.append(Outcome(error=f"diverged: {e}"))
                     continue
@@ -268,7 +299,7 @@ class Sweep:
                 run_dir = os.path.join(self.out, folder, f"seed_{seed}")
                 task = self.task_cls(self._trial_config(params, run_dir, seed=seed))
                 try:
-                    res = self._run(task, run_dir, [_ReportEpochs(reporter, f"val_{task.selection}")])
+                    res = self._run_trial(task, run_dir, reporter, False, "none")
                 except FloatingPointError as e:
                     out.append(Outcome(error=f"diverged: {e}"))
                     continue
