@@ -1,10 +1,14 @@
 """The sweep: a search on the validation split, then the best setting trained with K seeds and tested once.
 
 Every trial is one run of the engine (``vpt.engine.train``) in ``<output>/trials/<number>``, with its val
-metric reported to Optuna after each epoch (the pruner may stop it there) and its test split never read.
-The final runs (``<output>/final/seed_<s>``) are the trials of a second study, ``<study>/final``, over the
-seeds: many workers share them as they share the search, and a killed final run is retried the same way.
-Whichever worker finishes last writes ``results.json``, the summary tables and the plots.
+metric reported to Optuna after each epoch (the pruner may stop it there) and its test split never read;
+with ``--nproc-per-trial N`` that run is a torchrun job (``vpt.sweep.torchrun``). The final runs
+(``<output>/final/trial_<best>/seed_<s>``) are the trials of a second study, ``<study>/final/trial_<best>``,
+over the seeds: many workers share them as they share the search, and a killed final run is retried the same
+way. Whichever worker finishes last writes ``results.json``, the summary tables and the plots.
+
+The output folder carries `vpt train`'s run-folder marker and OS lock (``vpt.engine.rundir``), the lock held
+shared by the workers of one study: a `vpt train` there, or a sweep of another study, is refused.
 
 Running the same command again continues a killed sweep: finished trials stay, a trial killed mid-run is
 failed once its heartbeat is stale and runs again, resuming its run folder from its last finished epoch.
