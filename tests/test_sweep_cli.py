@@ -66,6 +66,11 @@ def test_sweep_end_to_end(sweep_setup, lone_sweep, capsys):
             assert [e for e, _ in t["val_curve"]] == [1, 2] and t["value"] == max(v for _, v in t["val_curve"])
     best = max((t for t in res["trials"] if t["state"] == "COMPLETE"), key=lambda t: (t["value"], -t["params"]["optim.lr"]))
     assert res["best"]["params"] == best["params"] and res["best"]["val"] == best["value"]
+    # every trial / final run folder is a `vpt train` run (its marker and lock), the sweep folder a sweep
+    for marker in glob.glob(str(out / "trials" / "*" / ".vpt_run")) + glob.glob(str(out / "final" / "*" / "*" / ".vpt_run")):
+        assert json.loads(open(marker).read())["kind"] == "train"
+    assert len(glob.glob(str(out / "trials" / "*" / ".vpt_run"))) == 3
+    assert json.loads((out / ".vpt_run").read_text())["kind"] == "sweep"
     # trials never read test; the final runs (2 seeds) read it once each
     for path in glob.glob(str(out / "trials" / "*" / "results.json")):
         assert json.loads(open(path).read())["test"] is None
@@ -240,6 +245,11 @@ def test_sweep_folder_uses_the_run_folder_marker_and_lock(sweep_setup, tmp_path,
     prepare_run_dir(run).release()
     with pytest.raises(RunDirError, match="holds a vpt train run"):
         prepare_sweep_dir(run, mine)
+    legacy = tmp_path / "legacy"  # a sweep folder made before the marker: its sweep.json says whose it is
+    os.makedirs(legacy)
+    (legacy / "sweep.json").write_text(json.dumps(mine))
+    prepare_sweep_dir(str(legacy), mine).release()
+    assert json.loads((legacy / ".vpt_run").read_text())["sweep"] == mine
     os.makedirs(tmp_path / "mine")
     (tmp_path / "mine" / "notes.txt").write_text("x")
     with pytest.raises(RunDirError, match="not a vpt sweep and holds other files \\(notes.txt\\)"):
