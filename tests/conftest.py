@@ -35,6 +35,63 @@ def make_image_folder(root, classes=("cat", "dog", "frog"), per_class=6, size=32
     return str(root)
 
 
+class TinyBackbones:
+    """The backbone families of the contract matrix (timm ViT, DeiT distilled, Eva-02 with RoPE, the open_clip
+    image tower, a timm CNN) as tiny random models: patch 8 (a (size/8)^2 grid), 2 heads, ``depth`` blocks.
+    Iterates over the family keys; ``adapter(key)`` builds each once per instance (one per test module: tests
+    may change a wrapped model in place, as prune_intermediate_layers does; ``forget(key)`` then)."""
+
+    def __init__(self, size=32, width=32, depth=2, cnn=True):
+        grid = size // 8
+        vit = dict(img_size=size, patch_size=8, embed_dim=width, depth=depth, num_heads=2)
+        clip = dict(embed_dim=width // 2, vision_cfg=dict(image_size=size, layers=depth, width=width, patch_size=8,
+                                                           head_width=width // 2),
+                    text_cfg=dict(context_length=77, vocab_size=49408, width=width, heads=2, layers=1))
+        self.specs = {"vit": ("timm:vit_tiny_patch16_224", vit),
+                      "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", vit),
+                      "eva02_rope": ("timm:eva02_tiny_patch14_224", dict(vit, ref_feat_shape=(grid, grid))),
+                      "open_clip": ("open_clip:ViT-B-32", clip)}
+        if cnn:
+            self.specs["cnn"] = ("timm:resnet10t", dict(pretrained_cfg_overlay=dict(input_size=(3, size, size))))
+        self._built = {}
+
+    def __iter__(self):
+        return iter(self.specs)
+
+    def fresh(self, key):
+        """A new adapter for family ``key`` (random init, seed 0)."""
+        from vpt.backbones import create_backbone
+        if key == "open_clip":
+            pytest.importorskip("open_clip")
+        name, kw = self.specs[key]
+        return create_backbone(name, pretrained=False, init_seed=0, model_kwargs=dict(kw))
+
+    def adapter(self, key):
+        if key not in self._built:
+            self._built[key] = self.fresh(key)
+        return self._built[key]
+
+    def forget(self, key):
+        self._built.pop(key, None)
+
+
+# the prompt kinds of the contract matrix, small
+PROMPT_KINDS = {
+    "none": None,
+    "vpt_shallow": {"kind": "vpt_shallow", "num_tokens": 2},
+    "vpt_deep": {"kind": "vpt_deep", "num_tokens": 2},
+    "vpt_prefix": {"kind": "vpt_prefix", "num_tokens": 2},
+    "pixel_pad": {"kind": "pixel_pad", "width": 4},
+}
+
+
+def prompt_supported(bb, prompt):
+    """Whether backbone family ``bb`` takes prompt config ``prompt``: a CNN has no token sequence, Eva's RoPE
+    attention no key/value prefixes (both refused when the model is built)."""
+    kind = (prompt or {}).get("kind", "")
+    return not ((bb == "cnn" and kind.startswith("vpt")) or (bb == "eva02_rope" and kind == "vpt_prefix"))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread, and far faster on a shared, busy CPU; restored after.

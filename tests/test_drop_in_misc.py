@@ -4,25 +4,11 @@ import pytest
 import torch
 
 import vpt
-from vpt.backbones import create_backbone
+from conftest import PROMPT_KINDS, TinyBackbones, prompt_supported
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-K = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
-CLIP_KW = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, patch_size=8, head_width=16),
-               text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
-BACKBONES = {"vit": ("timm:vit_tiny_patch16_224", K), "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", K),
-             "eva02_rope": ("timm:eva02_tiny_patch14_224", dict(K, ref_feat_shape=(4, 4))),
-             "open_clip": ("open_clip:ViT-B-32", CLIP_KW)}
-_AD = {}
-
-
-def adapter(key):
-    if key not in _AD:
-        if key == "open_clip":
-            pytest.importorskip("open_clip")
-        name, kw = BACKBONES[key]
-        _AD[key] = create_backbone(name, pretrained=False, init_seed=0, model_kwargs=kw)
-    return _AD[key]
+BACKBONES = TinyBackbones(cnn=False)
+adapter = BACKBONES.adapter
 
 
 def images(n=2):
@@ -91,9 +77,7 @@ def test_torchscript_is_refused_with_a_pointer_to_torch_export():
         torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-FX_PROMPTS = {"none": None, "vpt_shallow": {"kind": "vpt_shallow", "num_tokens": 2},
-              "vpt_deep": {"kind": "vpt_deep", "num_tokens": 2}, "vpt_prefix": {"kind": "vpt_prefix", "num_tokens": 2},
-              "pixel_pad": {"kind": "pixel_pad", "width": 4}}
+FX_PROMPTS = PROMPT_KINDS
 
 
 @pytest.mark.parametrize("prompt", list(FX_PROMPTS))
@@ -104,7 +88,7 @@ def test_fx_feature_extraction(key, prompt):
     reference path: static control flow) and give its outputs; prompts train through the traced graph."""
     from timm.models._features_fx import get_graph_node_names
     from torchvision.models.feature_extraction import create_feature_extractor
-    if key == "eva02_rope" and prompt == "vpt_prefix":  # refused when built, not when traced
+    if not prompt_supported(key, FX_PROMPTS[prompt]):  # Eva + vpt_prefix: refused when built, not when traced
         with pytest.raises(vpt.backbones.BackboneError, match="key/value prefixes.*Token prompts"):
             vpt.create_model(adapter(key), prompt=FX_PROMPTS[prompt])
         return

@@ -5,20 +5,11 @@ import pytest
 import torch
 
 import vpt
-from vpt.backbones import create_backbone
+from conftest import TinyBackbones, prompt_supported
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-K = dict(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2)
-CLIP_KW = dict(embed_dim=8, vision_cfg=dict(image_size=16, layers=2, width=16, patch_size=8, head_width=8),
-               text_cfg=dict(context_length=77, vocab_size=49408, width=16, heads=2, layers=1))
-BACKBONES = {
-    "vit": ("timm:vit_tiny_patch16_224", K),
-    "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", K),
-    "eva02_rope": ("timm:eva02_tiny_patch14_224", dict(K, ref_feat_shape=(2, 2))),
-    "open_clip": ("open_clip:ViT-B-32", CLIP_KW),
-    "cnn": ("timm:resnet10t", dict(pretrained_cfg_overlay=dict(input_size=(3, 16, 16)))),
-}
+BACKBONES = TinyBackbones(size=16, width=16)
 PROMPTS = {
     "none": None,
     "vpt_shallow": {"kind": "vpt_shallow", "num_tokens": 2},
@@ -29,8 +20,7 @@ PROMPTS = {
 
 
 def works(bb, prompt):
-    kind = (PROMPTS[prompt] or {}).get("kind", "")
-    return not ((bb == "cnn" and kind.startswith("vpt")) or (bb == "eva02_rope" and kind == "vpt_prefix"))
+    return prompt_supported(bb, PROMPTS[prompt])
 
 
 _CACHE = {}
@@ -38,10 +28,8 @@ _CACHE = {}
 
 def model64(bb, prompt):
     if (bb, prompt) not in _CACHE:
-        name, kw = BACKBONES[bb]
         torch.manual_seed(0)
-        m = vpt.create_model(create_backbone(name, pretrained=False, init_seed=0, model_kwargs=kw),
-                             prompt=PROMPTS[prompt], num_classes=2)
+        m = vpt.create_model(BACKBONES.fresh(bb), prompt=PROMPTS[prompt], num_classes=2)
         _CACHE[bb, prompt] = m.double().eval()
     return _CACHE[bb, prompt]
 
@@ -73,9 +61,7 @@ def test_gradcheck_input_full_jacobian():
 @pytest.mark.parametrize("bb", ["vit", "open_clip"])
 def test_unfrozen_block_before_prompt_gets_gradients(bb):
     """A backbone block the user unfroze in front of the first prompted block is trained too."""
-    name, kw = BACKBONES[bb]
-    model = vpt.create_model(create_backbone(name, pretrained=False, init_seed=0, model_kwargs=kw),
-                             prompt=PROMPTS["vpt_deep_last1"], num_classes=2)
+    model = vpt.create_model(BACKBONES.fresh(bb), prompt=PROMPTS["vpt_deep_last1"], num_classes=2)
     block0 = model.backbone.block_modules()[0]
     block0.requires_grad_(True)
     assert model.backbone.first_trainable_block() == 0

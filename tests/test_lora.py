@@ -14,10 +14,22 @@ pytest.importorskip("peft")
 from vpt.lora import LoraClassifier  # noqa: E402
 
 
-def build(r=4, targets=("qkv",)):
+def build(**lora):
+    """A LoRA classifier (3 classes) on the tiny ViT; ``lora``: the LoRA config (default r=4 on qkv)."""
     bb = create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT))
     torch.manual_seed(0)
-    return LoraClassifier(bb, lora={"r": r, "target_modules": list(targets)}, num_classes=3)
+    return LoraClassifier(bb, lora={"r": 4, "target_modules": ["qkv"], **lora}, num_classes=3)
+
+
+def saved_as_trained(path):
+    """build(), its trainable tensors moved off their init (LoRA's B off zero), saved at ``path``."""
+    model = build()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(str(path))
+    return model
 
 
 def test_lora_starts_as_the_linear_probe_and_trains_only_lora_and_head():
@@ -41,12 +53,7 @@ def test_lora_starts_as_the_linear_probe_and_trains_only_lora_and_head():
 
 
 def test_lora_artifact_round_trip(tmp_path):
-    model = build()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(str(tmp_path / "a"))
+    model = saved_as_trained(tmp_path / "a")
     loaded = vpt.from_pretrained(str(tmp_path / "a"))
     assert type(loaded) is LoraClassifier and loaded.lora_config.r == 4
     x = torch.randn(2, 3, *model.data_config.input_size[1:])
@@ -56,10 +63,9 @@ def test_lora_artifact_round_trip(tmp_path):
 
 def test_lora_config_errors():
     with pytest.raises(ConfigError, match="match no module"):
-        build(targets=("nope",))
+        build(target_modules=["nope"])
     with pytest.raises(ConfigError, match="unknown"):
-        LoraClassifier(create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT)),
-                       lora={"rank": 4}, num_classes=3)
+        build(rank=4)
 
 
 def test_vpt_train_lora(tmp_path, one_thread):
@@ -80,9 +86,7 @@ def test_vpt_train_lora(tmp_path, one_thread):
 
 
 def test_lora_dropout_is_active_in_training_only():
-    bb = create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT))
-    torch.manual_seed(0)
-    model = LoraClassifier(bb, lora={"r": 4, "dropout": 0.5}, num_classes=3)
+    model = build(dropout=0.5)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -107,30 +111,22 @@ def test_lora_dropout_is_active_in_training_only():
     (r"blocks\.0\.(attn\.qkv|mlp\.fc1)", {"blocks.0.attn.qkv", "blocks.0.mlp.fc1"}),  # peft's regex form
 ])
 def test_lora_target_modules_follow_peft_forms(targets, expected):
-    bb = create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT))
-    model = LoraClassifier(bb, lora={"r": 2, "target_modules": targets}, num_classes=3)
+    model = build(r=2, target_modules=targets)
     wrapped = {n.rsplit(".lora_A", 1)[0] for n, _ in model.backbone.model.named_modules() if n.endswith("lora_A")}
     assert wrapped == expected
 
 
 def test_lora_target_modules_errors():
     with pytest.raises(ConfigError, match="not a valid regular expression"):
-        LoraClassifier(create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT)),
-                       lora={"target_modules": "blocks.("}, num_classes=3)
+        build(target_modules="blocks.(")
     with pytest.raises(ConfigError, match=r"match no module.*suffixes.*regex"):
-        LoraClassifier(create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT)),
-                       lora={"target_modules": r"blocks\.9\.attn\.qkv"}, num_classes=3)
+        build(target_modules=r"blocks\.9\.attn\.qkv")
 
 
 def test_lora_artifact_keys_are_peft_saved_names(tmp_path):
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file
-    model = build()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(str(tmp_path / "a"))
+    model = saved_as_trained(tmp_path / "a")
     saved = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
     peft_names = {"backbone.model." + k for k in get_peft_model_state_dict(model.backbone.model)}
     assert set(saved) == peft_names | {"head.fc.weight", "head.fc.bias"}

@@ -9,41 +9,21 @@ import pytest
 import torch
 
 import vpt
+from conftest import PROMPT_KINDS, TinyBackbones, prompt_supported
 from vpt.backbones import create_backbone
 
 timm = pytest.importorskip("timm")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-K = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
-CLIP_KW = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=3, width=32, patch_size=8, head_width=16),
-               text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
-BACKBONES = {
-    "vit": ("timm:vit_tiny_patch16_224", K),
-    "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", K),
-    "eva02_rope": ("timm:eva02_tiny_patch14_224", dict(K, ref_feat_shape=(4, 4))),
-    "open_clip": ("open_clip:ViT-B-32", CLIP_KW),
-    "cnn": ("timm:resnet10t", dict(pretrained_cfg_overlay=dict(input_size=(3, 32, 32)))),
-}
-PROMPTS = {
-    "none": None,
-    "vpt_shallow": {"kind": "vpt_shallow", "num_tokens": 2},
-    "vpt_deep": {"kind": "vpt_deep", "num_tokens": 2},
-    "vpt_prefix": {"kind": "vpt_prefix", "num_tokens": 2},
-    "pixel_pad": {"kind": "pixel_pad", "width": 4},
-}
-CASES = [(b, p) for b in BACKBONES for p in PROMPTS
-         if not ((b == "cnn" and p.startswith("vpt")) or (b == "eva02_rope" and p == "vpt_prefix"))]
-_ADAPTERS = {}
+BACKBONES = TinyBackbones(depth=3)
+PROMPTS = PROMPT_KINDS
+CASES = [(b, p) for b in BACKBONES for p in PROMPTS if prompt_supported(b, PROMPTS[p])]
 
 
 def build(bb, prompt, num_classes=5):
-    if bb not in _ADAPTERS:
-        name, kw = BACKBONES[bb]
-        if bb == "open_clip":
-            pytest.importorskip("open_clip")
-        _ADAPTERS[bb] = create_backbone(name, pretrained=False, init_seed=0, model_kwargs=kw)
+    adapter = BACKBONES.adapter(bb)
     torch.manual_seed(0)
-    return vpt.create_model(_ADAPTERS[bb], prompt=PROMPTS[prompt], num_classes=num_classes)
+    return vpt.create_model(adapter, prompt=PROMPTS[prompt], num_classes=num_classes)
 
 
 def inputs(model, batch_size=2):
@@ -238,4 +218,4 @@ def test_prune_intermediate_layers_keeps_prompts_of_kept_blocks():
         _, pruned = model.forward_intermediates(x, indices=[0, 1])
     for a, b in zip(full, pruned):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    _ADAPTERS.pop("vit")  # the wrapped model was pruned in place (as timm does)
+    BACKBONES.forget("vit")  # the wrapped model was pruned in place (as timm does)
