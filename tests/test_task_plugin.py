@@ -67,6 +67,7 @@ def test_toy_task_interrupted_run_resumes_to_the_same_tensors(straight, tmp_path
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.filterwarnings("error:Detected call of `lr_scheduler.step")  # the engine's documented choice
 def test_toy_task_amp_float16_uses_a_grad_scaler_and_accumulates(tmp_path):
     out = tmp_path / "amp"
     res = train(toy_task.ToyRegression(_cfg(out, amp_dtype="float16", grad_accum_steps=2)))

@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -295,7 +296,15 @@ class Trainer:
                 norm = torch.nn.utils.clip_grad_norm_(params, clip)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        if self.scaler is None:
+            self.scheduler.step()
+        else:
+            # The schedule counts attempted steps, skipped ones included: knowing whether the scaler skipped
+            # would cost a host sync per step, and a few skipped steps early in a run shift the schedule by as
+            # many steps. torch warns about exactly this case ("lr_scheduler.step() before optimizer.step()").
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self.scheduler.step()
         return norm
 
     # --- divergence guard ---------------------------------------------------------------------------
