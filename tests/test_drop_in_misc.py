@@ -128,3 +128,18 @@ def test_fx_graph_checks_the_open_clip_input_size():
     fx_model = create_feature_extractor(model, return_nodes=["head"])
     with pytest.raises(vpt.backbones.BackboneError, match=r"expects \(32, 32\) px input, got \(48, 48\)"):
         fx_model(torch.randn(1, 3, 48, 48))
+
+
+def test_plain_forward_does_not_ask_is_fx_tracing(monkeypatch):
+    """torch's ``is_fx_tracing()`` is also true under torch.export and logs a warning into every run that
+    calls it; the FX check asks ``is_fx_symbolic_tracing()`` where torch has it."""
+    import torch.fx._symbolic_trace as st
+    if not hasattr(st, "is_fx_symbolic_tracing"):
+        pytest.skip("this torch has only is_fx_tracing()")
+
+    def refuse():
+        raise AssertionError("is_fx_tracing() called")
+
+    monkeypatch.setattr(st, "is_fx_tracing", refuse)
+    model = vpt.create_model(adapter("vit"), prompt={"kind": "vpt_deep", "num_tokens": 2}, num_classes=3)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()

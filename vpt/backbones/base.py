@@ -121,7 +121,12 @@ def fx_tracing() -> bool:
     """True under torch.fx symbolic tracing (timm's get_graph_node_names, torchvision's
     create_feature_extractor): shape-dependent choices then take their static, built-size branch."""
     fx = torch.fx._symbolic_trace
-    return fx.is_fx_tracing_symbolic_tracing() if hasattr(fx, "is_fx_tracing_symbolic_tracing") else fx.is_fx_tracing()
+    # is_fx_tracing() is also true under torch.export and warns so on every call in torch >= 2.14;
+    # is_fx_symbolic_tracing() asks about symbolic tracing alone (older torch has only is_fx_tracing()).
+    for name in ("is_fx_symbolic_tracing", "is_fx_tracing_symbolic_tracing"):
+        if hasattr(fx, name):
+            return getattr(fx, name)()
+    return fx.is_fx_tracing()
 
 
 def pad_attn_mask(attn_mask: torch.Tensor, k: int, num_prompts: int) -> torch.Tensor:
