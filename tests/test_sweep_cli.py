@@ -344,6 +344,21 @@ def test_nproc_per_trial_launches_torchrun_and_the_job_reports_each_epoch(sweep_
     assert res["final"]["test_n"] == 1
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_a_trial_job_dies_with_the_worker_that_started_it():
+    """A sweep worker killed outright leaves no torchrun job behind: the job gets SIGTERM when the thread that
+    started it dies (here a thread, so the test process itself survives)."""
+    import signal
+    import threading
+    from vpt.sweep.torchrun import _parent_death_signal
+    box = {}
+    starter = threading.Thread(target=lambda: box.setdefault("job", subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=_parent_death_signal())))
+    starter.start()
+    starter.join()
+    assert box["job"].wait(timeout=30) == -signal.SIGTERM
+
+
 @pytest.mark.skipif(not os.environ.get("VPT_SLOW_TESTS"),
                     reason="SLOW: a real 2-process torchrun job per trial takes 30-60 s on 2 busy CPU cores; "
                            "set VPT_SLOW_TESTS=1")

@@ -11,7 +11,8 @@ as ``torchrun -m vpt train`` would; the sweep worker waits for it and keeps the 
   rank stops after the same epoch.
 - The worker then reads the engine's results.json of the run folder: the val metric, best epoch,
   ``stopped`` (pruned); exit code 3 means the loss diverged (the trial fails, not the study); any other
-  failure stops the worker with the job's exit code and log. Ctrl-C / SIGTERM stop the job too.
+  failure stops the worker with the job's exit code and log. Ctrl-C / SIGTERM stop the job too, and so does
+  the worker's death by SIGKILL on Linux (the job gets SIGTERM from the kernel).
 """
 from __future__ import annotations
 
@@ -47,12 +48,31 @@ def launch_command(nproc: int, config_path: str, study: str, trial_id: int, prun
     return cmd
 
 
+def _parent_death_signal():
+    """A ``preexec_fn`` that has the kernel send SIGTERM to the launched job when the thread that started it
+    dies, even by SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``); torchrun then stops its workers, so a killed
+    sweep worker leaves no job behind holding the trial's folder. None where there is no prctl."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, before the fork: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+    return preexec
+
+
 def run_job(cmd: Sequence[str], storage_url: str, log_hint: str) -> int:
     """Run the trial's torchrun job to its end and return its exit code; an interrupt (Ctrl-C, SIGTERM)
-    stops the job first (SIGTERM: torchrun passes it to its workers), then goes on up."""
+    stops the job first (SIGTERM: torchrun passes it to its workers), then goes on up. A worker killed
+    outright stops the job too (:func:`_parent_death_signal`)."""
     env = {**os.environ, STORAGE_ENV: storage_url}
     _logger.info("torchrun job: %s", " ".join(cmd))
-    proc = subprocess.Popen(list(cmd), env=env)
+    proc = subprocess.Popen(list(cmd), env=env, preexec_fn=_parent_death_signal())
     try:
         return proc.wait()
     except BaseException:
