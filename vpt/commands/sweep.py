@@ -9,7 +9,16 @@ sit next to it. The ``vpt train`` flags (``--epochs``, ``--batch-size``, ``--set
 Many workers, one study: run the same command in N processes or on N machines with one ``--storage``
 (``sqlite:///PATH``, an RDB URL such as ``postgresql://user@host/db``, or ``journal:PATH`` on a shared
 filesystem) and one ``--study``. Grid points never run twice; a killed worker's trial is failed and runs
-again. Run the same command again to continue a killed sweep.
+again. Run the same command again to continue a killed sweep (a killed pack resumes too). The output folder
+carries `vpt train`'s marker and lock, shared by the workers of one study: another study's sweep or a
+`vpt train` there is refused.
+
+Each trial as a torchrun job: ``--nproc-per-trial N`` trains every trial and final run data-parallel over N
+processes (``python -m torch.distributed.run --standalone --nproc_per_node=N``; N GPUs, or N CPU processes on
+gloo); its per-epoch val still reaches the pruner and the study.
+
+``--base-to-novel`` (CLIP recipes): trials train and select on the base classes' val split and never read
+test; the final runs report base, novel and their harmonic mean (results.json: final.{base,novel,hm}_mean).
 """
 from __future__ import annotations
 
