@@ -374,3 +374,29 @@ def test_nproc_per_trial_two_gloo_processes(sweep_setup, tmp_path):
     run = json.loads((out / "trials" / "0000" / "results.json").read_text())
     assert run["world_size"] == 2 and run["test"] is None
     assert json.loads((out / res["final"]["folder"] / "seed_0" / "results.json").read_text())["world_size"] == 2
+
+
+def test_sigterm_fails_the_running_trial_and_queues_it_again(sweep_setup, tmp_path, monkeypatch):
+    """SIGTERM ends `vpt sweep` as Ctrl-C does: exit 130, the running trial FAILED and queued again (WAITING)
+    at once, not left RUNNING until its heartbeat goes stale; the previous SIGTERM handler is restored."""
+    import signal
+    from vpt.engine import trainer
+    root, data = sweep_setup
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [0.3, 0.03]\n")
+    step = trainer.Trainer._optimizer_step
+
+    def terminated_step(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread at the next bytecode
+        return step(self)
+
+    monkeypatch.setattr(trainer.Trainer, "_optimizer_step", terminated_step)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    assert main(_args(root, data, out, space, "--seeds", "1")) == 130
+    assert signal.getsignal(signal.SIGTERM) is before
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'study.db'}")
+    states = sorted(t.state.name for t in study.get_trials())
+    assert states == ["FAIL", "WAITING"], states
+    failed = [t for t in study.get_trials() if t.state.name == "FAIL"][0]
+    assert "SIGTERM" in failed.user_attrs["error"]

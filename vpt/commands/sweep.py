@@ -23,8 +23,11 @@ test; the final runs report base, novel and their harmonic mean (results.json: f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
+import threading
 
 from ._common import UserError
 from .train import FLAG_FIELDS, add_input_flags, add_training_flags, kill_callback, recipe_task, resolve_run_config
@@ -68,6 +71,24 @@ def command_line(args) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler's or `kill`'s stop) ends the sweep as Ctrl-C does: the running trials are marked
+    failed and queued again at once, instead of staying RUNNING until their heartbeat goes stale."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args) -> int:
     from ..sweep.run import SweepOptions, run_sweep
     from ..sweep.space import load_space
@@ -87,7 +108,8 @@ def run(args) -> int:
                         study=args.study, seeds=args.seeds, heartbeat=args.heartbeat, command=command_line(args),
                         pack=args.pack, nproc_per_trial=args.nproc_per_trial,
                         callbacks=[cb for cb in (kill_callback(),) if cb is not None])
-    results = run_sweep(task_cls, cfg, space, opts)
+    with sigterm_as_interrupt():
+        results = run_sweep(task_cls, cfg, space, opts)
     out = cfg.output.dir
     best, final = results["best"], results["final"]
     print(f"sweep folder: {out}")
