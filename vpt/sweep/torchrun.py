@@ -152,7 +152,7 @@ def trial_main(argv: Optional[Sequence[str]] = None, callbacks: Sequence[Callbac
         print(f"diverged: {e}", file=sys.stderr)
         return DIVERGED_EXIT
     finally:
-        teardown_distributed()
+        teardown_distributed(info)
     return 0
 
 
