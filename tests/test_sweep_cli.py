@@ -13,7 +13,8 @@ import yaml
 
 from vpt.cli import main
 from vpt.errors import ConfigError
-from vpt.sweep.run import check_space
+from vpt.sweep import report
+from vpt.sweep.run import check_space, choose_candidate
 from vpt.sweep.space import load_space
 from vpt.tasks import task_class
 
@@ -133,6 +134,47 @@ def test_a_larger_budget_that_changes_the_best_trains_its_own_final_runs(sweep_s
     assert run["config"]["optim"]["lr"] == 0.3 and res["final"]["test_n"] == 1
     assert "best setting has changed since earlier final runs (sweep/final/trial_" in capsys.readouterr().out
     assert (tmp_path / "out" / first["final"]["folder"] / "seed_0" / "results.json").is_file()  # kept
+
+
+def test_top_k_trains_each_candidate_and_chooses_by_mean_final_val(sweep_setup, tmp_path, capsys):
+    """--top-k 2: the two best trials each get the final runs (their own folders and studies), the setting with
+    the best mean final val is the result, summary.md lists both, and the same command again trains nothing."""
+    root, data = sweep_setup
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [0.3, 0.03, 1.0e-05]\n")
+    out = tmp_path / "out"
+    args = _args(root, data, out, space, "--seeds", "2", "--epochs", "1", "--top-k", "2")
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    ranked = report.ranked_records(res["trials"])
+    cands = res["candidates"]
+    assert res["top_k"] == 2 and [c["trial"] for c in cands] == [r["number"] for r in ranked[:2]]
+    for c in cands:
+        runs = [json.loads((out / c["folder"] / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
+        assert c["folder"] == f"final/trial_{c['trial']:04d}" and c["study"] == f"sweep/final/trial_{c['trial']}"
+        assert all(r["config"]["optim"]["lr"] == c["params"]["optim.lr"] for r in runs) and c["runs"] == 2
+        assert c["val_mean"] == pytest.approx(sum(r["val"]["top1"] for r in runs) / 2)
+        assert c["test_mean"] == pytest.approx(sum(r["test"]["top1"] for r in runs) / 2)
+        assert not c["note"]  # the other candidate's final runs are not "earlier final runs of another setting"
+    chosen = cands[choose_candidate(cands)]
+    assert [c["chosen"] for c in cands] == [c is chosen for c in cands]
+    assert res["best"]["trial"] == chosen["trial"] and res["best"]["params"] == chosen["params"]
+    assert res["final"]["folder"] == chosen["folder"] and res["final"]["test_mean"] == chosen["test_mean"]
+    assert "Final runs" in (out / "summary.md").read_text()
+    assert f"* trial {chosen['trial']} (optim.lr=" in printed and printed.count("mean final val") == 2
+    assert main(args) == 0  # finished: only the report is written again
+    again = json.loads((out / "results.json").read_text())
+    assert again["candidates"] == cands and again["best"] == res["best"]
+    assert main(_args(root, data, tmp_path / "bad", space, "--top-k", "0")) == 2
+    assert "--top-k must be >= 1" in capsys.readouterr().err
+
+
+def test_choose_candidate_prefers_mean_final_val_then_the_better_trial():
+    assert choose_candidate([{"val_mean": 50.0}, {"val_mean": 60.0}]) == 1
+    assert choose_candidate([{"val_mean": 60.0}, {"val_mean": 60.0}]) == 0  # tie: the better trial
+    assert choose_candidate([{"val_mean": None}, {"val_mean": 10.0}]) == 1  # every final run of #0 failed
+    assert choose_candidate([{"val_mean": None}, {"val_mean": None}]) == 0
 
 
 def _kill_then_rerun(root, data, out, space, *extra):

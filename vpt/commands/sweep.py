@@ -2,7 +2,8 @@
 
 Hyper-parameter search on Optuna: trials select on the validation split only (the pruner may stop a trial
 after any epoch), the best setting is trained again with ``--seeds`` seeds, and test is read once, by those
-final runs. ``<output>/results.json`` holds the best setting, every trial with its val curve, test mean +/-
+final runs (``--top-k K``: the K best trials are each trained again, and the one with the best mean final val
+is chosen). ``<output>/results.json`` holds the best setting, every trial with its val curve, test mean +/-
 std and a warning when the best value lies on the edge of the space; summary.md / summary.csv and plots
 sit next to it. The ``vpt train`` flags (``--epochs``, ``--batch-size``, ``--set ...``) fix settings.
 
@@ -47,6 +48,9 @@ def register(sub) -> None:
     g.add_argument("--storage", metavar="URL", help="SQLAlchemy URL or journal:PATH (default: sqlite in --output)")
     g.add_argument("--study", default="sweep", metavar="NAME", help="study name in the storage (default: sweep)")
     g.add_argument("--seeds", type=int, default=3, metavar="K", help="final runs of the best setting (default 3)")
+    g.add_argument("--top-k", type=int, default=1, metavar="K",
+                   help="final runs for the K best trials, and the setting with the best mean final val is chosen "
+                        "(guards against a lucky trial on a small val split; default 1: the best trial)")
     g.add_argument("--pack", type=int, default=1, metavar="K",
                    help="train K trials at once in one backbone pass (trials that differ in optim.* / sched.* only)")
     g.add_argument("--nproc-per-trial", type=int, default=1, metavar="N",
@@ -62,7 +66,7 @@ def command_line(args) -> str:
     parts = ["vpt", "sweep"]
     if args.config:
         parts += ["-c", args.config]
-    for dest in list(FLAG_FIELDS) + ["space", "sampler", "trials", "pruner", "storage", "study", "seeds", "pack", "nproc_per_trial", "heartbeat"]:
+    for dest in list(FLAG_FIELDS) + ["space", "sampler", "trials", "pruner", "storage", "study", "seeds", "top_k", "pack", "nproc_per_trial", "heartbeat"]:
         v = getattr(args, dest, None)
         if v is not None and v is not False and dest != "strict_data":
             parts += [f"--{dest.replace('_', '-')}"] + ([] if v is True else [str(v)])
@@ -105,7 +109,7 @@ def run(args) -> int:
                         "data-parallel, pass --nproc-per-trial N (the sweep starts a torchrun job per trial)")
     space = load_space(args.space)
     opts = SweepOptions(sampler=args.sampler, trials=args.trials, pruner=args.pruner, storage=args.storage,
-                        study=args.study, seeds=args.seeds, heartbeat=args.heartbeat, command=command_line(args),
+                        study=args.study, seeds=args.seeds, top_k=args.top_k, heartbeat=args.heartbeat, command=command_line(args),
                         pack=args.pack, nproc_per_trial=args.nproc_per_trial,
                         callbacks=[cb for cb in (kill_callback(),) if cb is not None])
     with sigterm_as_interrupt():
@@ -115,6 +119,12 @@ def run(args) -> int:
     print(f"sweep folder: {out}")
     print(f"best setting: " + ", ".join(f"{k}={v}" for k, v in best["params"].items())
           + f" (trial {best['trial']}, val {best['val']:.4g})")
+    if len(results["candidates"]) > 1:
+        for c in results["candidates"]:
+            mean = "n/a" if c["val_mean"] is None else f"{c['val_mean']:.4g}"
+            print(f"  {'*' if c['chosen'] else ' '} trial {c['trial']} ("
+                  + ", ".join(f"{k}={v}" for k, v in c["params"].items())
+                  + f"): trial val {c['val']:.4g}, mean final val {mean} over {c['runs']} seed(s)")
     if final.get("note"):
         print(f"note: {final['note']}")
     if results["edge_warning"]:

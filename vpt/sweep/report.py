@@ -52,13 +52,17 @@ def _rank(r: Mapping[str, Any], lr_field: Optional[str]) -> tuple:
     return (value is None, -(value or 0.0), lr if isinstance(lr, (int, float)) else 0.0, r["number"])
 
 
+def ranked_records(records: Sequence[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+    """The completed trials, the best first (see :func:`_rank`)."""
+    done = [r for r in records if r["state"] == "COMPLETE" and r["value"] is not None]
+    lr_field = _lr_field(done)
+    return sorted(done, key=lambda r: _rank(r, lr_field))
+
+
 def best_record(records: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
     """The best completed trial (see :func:`_rank`), or None."""
-    done = [r for r in records if r["state"] == "COMPLETE" and r["value"] is not None]
-    if not done:
-        return None
-    lr_field = _lr_field(done)
-    return min(done, key=lambda r: _rank(r, lr_field))
+    ranked = ranked_records(records)
+    return ranked[0] if ranked else None
 
 
 def _fmt(v: Any) -> str:
@@ -80,15 +84,34 @@ def summary_rows(records: Sequence[Mapping[str, Any]], space: SearchSpace) -> Li
     return rows
 
 
-def summary_markdown(records: Sequence[Mapping[str, Any]], space: SearchSpace, metric: str = "val top-1") -> str:
-    rows = summary_rows(records, space)
-    if not rows:
-        return "No trials yet.\n"
+def _md_table(rows: Sequence[Mapping[str, Any]], head: Sequence[str]) -> List[str]:
     cols = list(rows[0])
-    head = [metric if c == "val" else c for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row[c]).replace("|", "/") for c in cols) + " |")
+    return lines
+
+
+def _pm(mean: Optional[float], std: Optional[float]) -> str:
+    return "" if mean is None else f"{mean:.4g} +/- {std or 0.0:.2g}"
+
+
+def summary_markdown(records: Sequence[Mapping[str, Any]], space: SearchSpace, metric: str = "val top-1",
+                     candidates: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The trials, the best first; then the final runs of each candidate setting (``--top-k``), with the
+    one the sweep chose marked."""
+    rows = summary_rows(records, space)
+    if not rows:
+        return "No trials yet.\n"
+    lines = _md_table(rows, [metric if c == "val" else c for c in rows[0]])
+    if candidates:
+        final = [{"chosen": "yes" if c.get("chosen") else "", "trial": c["trial"], "setting": describe(c["params"]),
+                  "trial val": c["val"], "final runs": c.get("runs", 0),
+                  "final val": _pm(c.get("val_mean"), c.get("val_std")),
+                  "final test": _pm(c.get("test_mean"), c.get("test_std"))} for c in candidates]
+        lines += ["", "Final runs (each candidate setting trained again with every seed; the chosen one has the "
+                      "best mean final val; test is read only by these runs):", ""]
+        lines += _md_table(final, list(final[0]))
     return "\n".join(lines) + "\n"
 
 
@@ -102,9 +125,10 @@ def summary_csv(records: Sequence[Mapping[str, Any]], space: SearchSpace) -> str
     return buf.getvalue()
 
 
-def write_tables(out_dir: str, records: Sequence[Mapping[str, Any]], space: SearchSpace) -> List[str]:
+def write_tables(out_dir: str, records: Sequence[Mapping[str, Any]], space: SearchSpace,
+                 candidates: Sequence[Mapping[str, Any]] = ()) -> List[str]:
     md, cs = os.path.join(out_dir, "summary.md"), os.path.join(out_dir, "summary.csv")
-    atomic_write_text(md, summary_markdown(records, space))
+    atomic_write_text(md, summary_markdown(records, space, candidates=candidates))
     atomic_write_text(cs, summary_csv(records, space))
     return [md, cs]
 

@@ -5,7 +5,10 @@ metric reported to Optuna after each epoch (the pruner may stop it there) and it
 with ``--nproc-per-trial N`` that run is a torchrun job (``vpt.sweep.torchrun``). The final runs
 (``<output>/final/trial_<best>/seed_<s>``) are the trials of a second study, ``<study>/final/trial_<best>``,
 over the seeds: many workers share them as they share the search, and a killed final run is retried the same
-way. Whichever worker finishes last writes ``results.json``, the summary tables and the plots.
+way. With ``--top-k K`` the K best trials each get their final runs (``final/trial_<N>``) and the setting
+with the best mean final val is the result: on a small val split one trial's val is noisy, and the mean over
+seeds picks more reliably; test still takes no part in the choice. Whichever worker finishes last writes
+``results.json``, the summary tables and the plots.
 
 The output folder carries `vpt train`'s run-folder marker and OS lock (``vpt.engine.rundir``), the lock held
 shared by the workers of one study: a `vpt train` there, or a sweep of another study, is refused.
@@ -52,6 +55,7 @@ class SweepOptions:
     storage: Optional[str] = None  # SQLAlchemy URL or journal:PATH; None: sqlite:///<output>/study.db
     study: str = "sweep"  # study name in the storage
     seeds: int = 3  # final runs of the best setting (seeds train.seed, train.seed+1, ...)
+    top_k: int = 1  # final runs for the k best trials; the one with the best mean final val is chosen
     heartbeat: int = 60  # seconds between a running trial's heartbeats
     grace: Optional[int] = None  # a trial whose heartbeat is older than this is failed (default 2 x heartbeat)
     max_retry: int = 2  # how often a killed trial runs again
@@ -153,6 +157,8 @@ class Sweep:
             raise ConfigError(f"--seeds must be >= 1, got {opts.seeds}")
         if opts.pack < 1:
             raise ConfigError(f"--pack must be >= 1, got {opts.pack}")
+        if opts.top_k < 1:
+            raise ConfigError(f"--top-k must be >= 1, got {opts.top_k}")
         if opts.nproc_per_trial < 1:
             raise ConfigError(f"--nproc-per-trial must be >= 1, got {opts.nproc_per_trial}")
         if opts.nproc_per_trial > 1 and opts.pack > 1:
@@ -170,7 +176,6 @@ class Sweep:
             self.budget = min(self.budget, space.grid_size())
         self.storage_url = opts.storage or f"sqlite:///{os.path.join(self.out, 'study.db')}"
         self.epochs = int(self.base["train"]["epochs"])
-        self.final_info: Dict[str, Any] = {}  # the final study of the best setting (see _final_target)
 
     # --- the output folder ------------------------------------------------------------------------------
     def _claim_folder(self):
@@ -353,65 +358,45 @@ class Sweep:
         finally:
             bar.close()
         records = report.trial_records(study)
-        best = report.best_record(records)
-        if best is None:
-            self._write(study, records, None, [])
+        ranked = report.ranked_records(records)
+        if not ranked:
+            self._write(study, records, [])
             raise SweepError(f"no trial of study {self.opts.study!r} completed (see {self.out}/summary.md and the "
                              f"trials' train.log); fix the cause and run the same command again")
-        warning = report.edge_warning(self.space, best["params"])
+        top = ranked[:self.opts.top_k]
+        if len(top) < self.opts.top_k:
+            _logger.warning("--top-k %d but only %d trial(s) completed: final runs for those", self.opts.top_k, len(top))
+        warning = report.edge_warning(self.space, top[0]["params"])
         if warning:
             _logger.warning("%s", warning)
-        _logger.info("best setting: %s (trial %d, val %.4g); final runs with %d seed(s)", describe(best["params"]),
-                     best["number"], best["value"], self.opts.seeds)
         seed0 = int(self.base["train"]["seed"])
         from .space import parse_space
         seeds = parse_space({"train.seed": [seed0 + i for i in range(self.opts.seeds)]})
-        final_config = apply_params(self.base, best["params"])
-        name, folder, note = self._final_target(storage, best, seeds, final_config)
-        if note:
-            _logger.warning("%s", note)
-        final = open_study(storage, name, seeds, final_config, make_sampler("grid", seeds, 0),
-                           optuna.pruners.NopPruner())
-        self._work(final, seeds, self.opts.seeds, self._train_final(best["params"], folder), True)
-        self.final_info = {"study": name, "folder": folder, "trial": best["number"], "note": note}
-        return self._write(study, records, best, report.trial_records(final), final, warning)
+        keep = {self._final_name(r) for r in top}
+        candidates = []
+        for rank, rec in enumerate(top):
+            _logger.info("%s: %s (trial %d, val %.4g); final runs with %d seed(s)",
+                         "best setting" if rank == 0 else f"candidate {rank + 1} of {len(top)}",
+                         describe(rec["params"]), rec["number"], rec["value"], self.opts.seeds)
+            final_config = apply_params(self.base, rec["params"])
+            name, folder, note = self._final_target(storage, rec, seeds, final_config, keep)
+            if note:
+                _logger.warning("%s", note)
+            final = open_study(storage, name, seeds, final_config, make_sampler("grid", seeds, 0),
+                               optuna.pruners.NopPruner())
+            self._work(final, seeds, self.opts.seeds, self._train_final(rec["params"], folder), True)
+            candidates.append(self._candidate(rec, final, name, folder, note))
+        return self._write(study, records, candidates)
 
-    def _final_target(self, storage, best, seeds: SearchSpace, config) -> tuple:
-        """The final study and run folder of the best setting: ``<study>/final/trial_<N>`` and
-        ``final/trial_<NNNN>``, named by the best trial, so a larger budget that finds another best trains
-        that one's final runs next to the earlier ones (never resuming a run of another setting). A sweep
-        made before this naming keeps its ``<study>/final`` (folder ``final``) while its best is unchanged.
-        Returns (study name, folder, a note when earlier final runs were of another setting)."""
-        optuna = require_optuna()
-        names = set(optuna.study.get_all_study_names(storage))
-        legacy = f"{self.opts.study}/final"
-        mine = f"{legacy}/trial_{best['number']}"
-        if legacy in names and mine not in names:
-            try:
-                open_study(storage, legacy, seeds, config, make_sampler("grid", seeds, 0), optuna.pruners.NopPruner())
-                return legacy, "final", None
-            except SweepError:
-                pass  # made for another setting: the best has changed since
-        others = sorted(n for n in names if n != mine and (n == legacy or n.startswith(legacy + "/trial_")))
-        note = None
-        if others:
-            note = (f"the best setting has changed since earlier final runs ({', '.join(others)}): the final runs "
-                    f"now train trial {best['number']}'s setting ({describe(best['params'])}) in "
-                    f"{os.path.join(self.out, 'final', 'trial_%04d' % best['number'])}; the earlier ones are kept "
-                    f"and not reported")
-        return mine, os.path.join("final", f"trial_{best['number']:04d}"), note
-
-    def _write(self, study, records, best, final_records, final=None, warning=None) -> Dict[str, Any]:
-        files = report.write_tables(self.out, records, self.space)
-        files += report.write_plots(self.out, records, self.space, study)
+    def _candidate(self, rec, final, name: str, folder: str, note: Optional[str]) -> Dict[str, Any]:
+        """One candidate setting with its final runs (seed order) and their val / test means."""
         runs = []
-        if final is not None:
-            for t in sorted(final.get_trials(deepcopy=False), key=lambda t: t.user_attrs.get("seed", 0)):
-                if t.state.name == "COMPLETE":
-                    runs.append({"seed": t.user_attrs.get("seed"), "val": t.user_attrs.get("val"),
-                                 "test": t.user_attrs.get("test"), "best_epoch": t.user_attrs.get("best_epoch"),
-                                 "run_dir": t.user_attrs.get("run_dir"),
-                                 **{k: t.user_attrs[k] for k in PROTOCOL_KEYS if k in t.user_attrs}})
+        for t in sorted(final.get_trials(deepcopy=False), key=lambda t: t.user_attrs.get("seed", 0)):
+            if t.state.name == "COMPLETE":
+                runs.append({"seed": t.user_attrs.get("seed"), "val": t.user_attrs.get("val"),
+                             "test": t.user_attrs.get("test"), "best_epoch": t.user_attrs.get("best_epoch"),
+                             "run_dir": t.user_attrs.get("run_dir"),
+                             **{k: t.user_attrs[k] for k in PROTOCOL_KEYS if k in t.user_attrs}})
         sel = self.task_cls.selection
         tests = [r["test"][sel] for r in runs if r.get("test") and sel in r["test"]]
         vals = [r["val"][sel] for r in runs if r.get("val") and sel in r["val"]]
@@ -420,22 +405,76 @@ class Sweep:
             xs = [r[k] for r in runs if k in r]
             if xs:
                 protocol.update({f"{k}_mean": _mean(xs), f"{k}_std": _std(xs)})
+        return {"trial": rec["number"], "params": rec["params"], "val": rec["value"],
+                "best_epoch": rec.get("best_epoch"), "study": name, "folder": folder, "note": note,
+                "seeds": [r["seed"] for r in runs], "runs": runs, "val_mean": _mean(vals), "val_std": _std(vals),
+                "test_mean": _mean(tests), "test_std": _std(tests), "test_n": len(tests), **protocol,
+                "final_trials": report.trial_records(final)}
+
+    def _final_name(self, rec) -> str:
+        return f"{self.opts.study}/final/trial_{rec['number']}"
+
+    def _final_target(self, storage, best, seeds: SearchSpace, config, keep=frozenset()) -> tuple:
+        """The final study and run folder of the best setting: ``<study>/final/trial_<N>`` and
+        ``final/trial_<NNNN>``, named by the best trial, so a larger budget that finds another best trains
+        that one's final runs next to the earlier ones (never resuming a run of another setting). A sweep
+        made before this naming keeps its ``<study>/final`` (folder ``final``) while its best is unchanged.
+        ``keep``: the final studies of this sweep's other candidates (``--top-k``), not named in the note.
+        Returns (study name, folder, a note when earlier final runs were of another setting)."""
+        optuna = require_optuna()
+        names = set(optuna.study.get_all_study_names(storage))
+        legacy = f"{self.opts.study}/final"
+        mine = self._final_name(best)
+        if legacy in names and mine not in names:
+            try:
+                open_study(storage, legacy, seeds, config, make_sampler("grid", seeds, 0), optuna.pruners.NopPruner())
+                return legacy, "final", None
+            except SweepError:
+                pass  # made for another setting: the best has changed since
+        others = sorted(n for n in names if n != mine and n not in keep
+                        and (n == legacy or n.startswith(legacy + "/trial_")))
+        note = None
+        if others:
+            note = (f"the best setting has changed since earlier final runs ({', '.join(others)}): the final runs "
+                    f"now train trial {best['number']}'s setting ({describe(best['params'])}) in "
+                    f"{os.path.join(self.out, 'final', 'trial_%04d' % best['number'])}; the earlier ones are kept "
+                    f"and not reported")
+        return mine, os.path.join("final", f"trial_{best['number']:04d}"), note
+
+    def _write(self, study, records, candidates: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+        """results.json, the tables and the plots. The chosen setting is the best trial's, or with --top-k the
+        candidate with the best mean final val (ties: the better trial); test never takes part."""
+        chosen = candidates[choose_candidate(candidates)] if candidates else None
+        cands = [{**{k: v for k, v in c.items() if k not in ("runs", "final_trials")}, "chosen": c is chosen,
+                  "runs": len(c["runs"])} for c in candidates]
+        files = report.write_tables(self.out, records, self.space, cands if len(cands) > 1 else ())
+        files += report.write_plots(self.out, records, self.space, study)
+        warning = report.edge_warning(self.space, chosen["params"]) if chosen else None
+        sel = self.task_cls.selection
+        final = {}
+        if chosen is not None:
+            final = {k: v for k, v in chosen.items() if k not in ("params", "val", "best_epoch", "final_trials")}
+            final = {"study": final.pop("study"), "folder": final.pop("folder"), "trial": final.pop("trial"),
+                     "note": final.pop("note"), "metric": sel, **final}
+        selection = f"best val {self.task_cls.selection_label or sel} over epochs and trials; ties: smaller lr"
+        if self.opts.top_k > 1:
+            selection += (f"; then the {self.opts.top_k} best trials trained again with {self.opts.seeds} seed(s) "
+                          f"each, and the best mean final val chosen")
         results = {
             "command": self.opts.command,
             "study": self.opts.study, "storage": redact(self.storage_url),
             "sampler": self.opts.sampler, "pruner": self.opts.pruner, "budget": self.budget,
-            "selection": f"best val {self.task_cls.selection_label or sel} over epochs and trials; ties: smaller lr",
+            "top_k": self.opts.top_k, "selection": selection,
             "space": self.space.to_dict(),
-            "best": None if best is None else {"trial": best["number"], "params": best["params"], "val": best["value"],
-                                               "best_epoch": best.get("best_epoch")},
+            "best": None if chosen is None else {"trial": chosen["trial"], "params": chosen["params"],
+                                                 "val": chosen["val"], "best_epoch": chosen.get("best_epoch")},
             "edge_warning": warning,
-            "edges": self.space.edges(best["params"]) if best else {},
-            "final": {**self.final_info, "metric": sel, "seeds": [r["seed"] for r in runs], "runs": runs,
-                      "val_mean": _mean(vals), "val_std": _std(vals),
-                      "test_mean": _mean(tests), "test_std": _std(tests), "test_n": len(tests), **protocol},
+            "edges": self.space.edges(chosen["params"]) if chosen else {},
+            "final": final,
+            "candidates": cands,
             "trials": records,
             "trial_counts": {s: sum(r["state"] == s for r in records) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
-            "final_trials": final_records,
+            "final_trials": chosen["final_trials"] if chosen else [],
             "files": sorted(os.path.relpath(f, self.out) for f in files),
             "device": device_name(resolve_device(self.base["train"].get("device"))),
             "versions": {**versions(), "optuna": require_optuna().__version__},
@@ -443,6 +482,13 @@ class Sweep:
         }
         atomic_write_json(os.path.join(self.out, "results.json"), results)
         return results
+
+
+def choose_candidate(candidates: Sequence[Mapping[str, Any]]) -> int:
+    """The index of the chosen setting among the ``--top-k`` candidates (best trial first): the highest mean
+    val of its final runs; ties, and candidates whose final runs all failed, go to the better trial."""
+    scored = [i for i, c in enumerate(candidates) if c.get("val_mean") is not None]
+    return max(scored, key=lambda i: (candidates[i]["val_mean"], -i)) if scored else 0
 
 
 def _mean(xs: Sequence[float]) -> Optional[float]:
@@ -483,4 +529,4 @@ def run_sweep(task_cls: type, config: Any, space: SearchSpace, opts: SweepOption
     return Sweep(task_cls, base, space, opts).run()
 
 
-__all__ = ["Sweep", "SweepOptions", "check_space", "run_sweep", "redact"]
+__all__ = ["Sweep", "SweepOptions", "check_space", "choose_candidate", "run_sweep", "redact"]
