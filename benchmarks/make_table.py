@@ -219,6 +219,14 @@ def _order(cells: Dict[tuple, dict]) -> tuple:
     return tasks, arms
 
 
+def _edges(r: dict) -> Dict[str, str]:
+    """The record's edges, less an edge the best value ties with from inside the space (a plateau, e.g. a
+    saturated val split; vpt.sweep.report.real_edges): recomputed, so records written before that rule agree."""
+    from vpt.sweep.report import real_edges
+    from vpt.sweep.space import SearchSpace
+    return real_edges(SearchSpace.from_dict(r["space"]), r["best"]["params"], r["best"]["val"], r["trials"])
+
+
 def sweep_table(cells: Dict[tuple, dict]) -> str:
     """(task, arm) -> record: test top-1 mean ± std over the final seeds, the lr the sweep chose (marked
     'edge' when it is the space's edge), the mean over tasks where an arm has every task of the table."""
@@ -232,7 +240,7 @@ def sweep_table(cells: Dict[tuple, dict]) -> str:
                 row.append("–")
                 continue
             std = f" ± {r['test_top1_std']:.1f}" if r["test_n"] > 1 else ""
-            edge = ", **edge**" if r.get("edges") else ""
+            edge = ", **edge**" if _edges(r) else ""
             row.append(f"{r['test_top1_mean']:.1f}{std} <sub>lr {_lr(r['best']['params'])}{edge}</sub>")
         lines.append(f"| {t} | " + " | ".join(row) + " |")
     if len(tasks) > 1:
@@ -349,9 +357,9 @@ def render_sweeps(sweeps: List[dict], old: List[dict]) -> str:
             head += (f"\n\n> **partial**: {done} of {expected} (task, arm) sweeps finished; `–` = not run yet. "
                      f"Means over tasks only where an arm has every task of the table.")
         block = head + "\n\n" + sweep_table(cells)
-        edges = [f"{t} {a} (lr {_lr(r['best']['params'])}, {'/'.join(r['edges'].values())} edge)"
+        edges = [f"{t} {a} (lr {_lr(r['best']['params'])}, {'/'.join(_edges(r).values())} edge)"
                  for (t, a), r in sorted(cells.items(), key=lambda kv: (TASKS.index(kv[0][0]), list(ARMS).index(kv[0][1])))
-                 if r.get("edges")]
+                 if _edges(r)]
         block += ("\n\nOptimum on the edge of the space (the best lr may lie beyond it): " + "; ".join(edges) + "."
                   if edges else "\n\nNo optimum lies on the edge of its space.")
         same = [r for r in old if r["scale"] == sc and r["tag"] == tag]

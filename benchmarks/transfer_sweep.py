@@ -166,6 +166,7 @@ def make_record(args, setup: str, task: str, arm: str, out_dir: str, cmd: List[s
         "sampler": res["sampler"], "pruner": res["pruner"], "budget": res["budget"],
         "pack": pack_of(args, setup, arm),
         "best": res["best"], "edge_warning": res["edge_warning"], "edges": res["edges"],
+        "edge_ties": res.get("edge_ties", {}),
         "test_top1_mean": final["test_mean"], "test_top1_std": final["test_std"], "test_n": final["test_n"],
         "val_top1_mean": final["val_mean"], "final_runs": [{k: v for k, v in r.items() if k != "data"} for r in runs],
         "trainable_params": r0["trainable_params"], "total_params": r0["total_params"],

@@ -51,11 +51,18 @@ def test_results_of_earlier_shipped_weights_are_marked(tmp_path, monkeypatch):
     assert "made with earlier weights of vpt:vit_tiny_cifar10" in make_table.render(recs)
 
 
-def sweep_rec(task, arm, lr, test, std=1.0, edges=None, tag="m"):
-    return {"benchmark": "transfer_sweep", "scale": "e10", "tag": tag, "setup": "vit_tiny_cifar10", "control": False,
+def sweep_rec(task, arm, lr, test, std=1.0, edge=None, tag="m"):
+    """A record whose lr lies inside its space, or on its high edge (edge='high'), or on its low edge tied
+    with the value inside it (edge='tie': a plateau, not reported as an edge)."""
+    values = {None: [lr / 10, lr, lr * 10], "high": [lr / 100, lr / 10, lr], "tie": [lr, lr * 10, lr * 100]}[edge]
+    vals = [50.0 if v == lr or (edge == "tie" and v == lr * 10) else 40.0 for v in values]
+    return {"space": {"optim.lr": {"values": values}},
+            "trials": [{"number": i, "state": "COMPLETE", "params": {"optim.lr": v}, "value": x}
+                       for i, (v, x) in enumerate(zip(values, vals))],
+            "benchmark": "transfer_sweep", "scale": "e10", "tag": tag, "setup": "vit_tiny_cifar10", "control": False,
             "task": task, "arm": arm, "epochs": 10, "space_file": "benchmarks/transfer_configs/spaces/head.yaml",
             "sampler": "grid", "pruner": "median", "budget": 6, "best": {"params": {"optim.lr": lr}, "val": 50.0},
-            "edges": edges or {}, "test_top1_mean": test, "test_top1_std": std, "test_n": 3,
+            "edges": {"high": {"optim.lr": "high"}, "tie": {"optim.lr": "low"}}.get(edge, {}), "test_top1_mean": test, "test_top1_std": std, "test_n": 3,
             "trainable_percent": 0.5, "final_runs": [{"train_seconds": 10.0}] * 3, "device": "cpu",
             "backbone_weights_sha256": "x", "config": {"model": {"backbone": {"name": "vpt:vit_tiny_cifar10"}}}}
 
@@ -64,8 +71,8 @@ def test_sweep_tables(tmp_path):
     old = [rec("m", "mnist", "linear", 0.1, s, 50.0, 60.0 + s) for s in (0, 1, 2)]  # before: 61.0 at lr 0.1
     old.append(rec("m", "mnist", "linear", 0.01, 0, 40.0, 99.0))  # lost on val: not the "before"
     sweeps = [sweep_rec("mnist", "linear", 0.3, 62.5), sweep_rec("mnist", "full", 3e-4, 80.0),
-              sweep_rec("mnist", "vpt_deep", 1.0, 70.0, edges={"optim.lr": "high"}),
-              sweep_rec("mnist", "pixel_pad", 0.1, 60.0), sweep_rec("elpv", "linear", 0.01, 70.0)]
+              sweep_rec("mnist", "vpt_deep", 1.0, 70.0, edge="high"),
+              sweep_rec("mnist", "pixel_pad", 0.1, 60.0, edge="tie"), sweep_rec("elpv", "linear", 0.01, 70.0)]
     write(tmp_path, old)
     for r in sweeps:  # the layout transfer_sweep.py writes: sweep/<scale>/<tag>/<task>/<arm>.json
         d = tmp_path / "sweep" / r["scale"] / r["tag"] / r["task"]
@@ -79,6 +86,9 @@ def test_sweep_tables(tmp_path):
     assert "| mnist | 62.5 ± 1.0 <sub>lr 0.3</sub> | 80.0 ± 1.0 <sub>lr 0.0003</sub> | 70.0 ± 1.0 <sub>lr 1, **edge**</sub> |" in text
     assert "| elpv | 70.0 ± 1.0 <sub>lr 0.01</sub> | – | – | – |" in text
     assert "| **mean** | 66.2 | – | – | – |" in text  # only linear has both tasks
+    # pixel pad's lr 0.1 is its space's low edge, tied with 1.0 inside: a plateau, not an edge (the record's
+    # own "edges", written by older code, is recomputed)
+    assert "60.0 ± 1.0 <sub>lr 0.1</sub>" in text
     assert "Optimum on the edge of the space (the best lr may lie beyond it): mnist vpt_deep (lr 1, high edge)." in text
     assert "| mnist | 61.0 → 62.5 (+1.5) <sub>lr 0.1 → 0.3</sub> |" in text  # before/after: linear only
     assert "| mnist | +7.5 / -10.0 | -2.5 / -20.0 |" in text  # vpt_deep, pixel_pad minus linear / full

@@ -82,15 +82,24 @@ def test_sweep_end_to_end(sweep_setup, lone_sweep, capsys):
     assert final["test_mean"] == pytest.approx(sum(tests) / 2)
     seed0 = json.loads((out / final["folder"] / "seed_0" / "results.json").read_text())
     assert seed0["config"]["optim"]["lr"] == res["best"]["params"]["optim.lr"]
-    # the edge warning: the best lr is an end of the listed values (1e30 diverged, so 0.3 or 0.03)
-    assert res["edge_warning"] and "optim.lr" in res["edge_warning"]
+    # the edge check (1e30 diverged): 0.03 is the low edge; 0.3 lies inside. If 0.03 wins alone, that is an
+    # edge; if it ties 0.3 (the tie rule picks the smaller lr), the plateau reaches inside: no warning.
+    # (test_a_larger_budget... checks a warning that must fire.)
+    done = {t["params"]["optim.lr"]: t["value"] for t in res["trials"] if t["state"] == "COMPLETE"}
+    if done[0.03] == done[0.3]:
+        assert res["best"]["params"] == {"optim.lr": 0.03}
+        assert res["edge_warning"] is None and res["edges"] == {} and res["edge_ties"] == {"optim.lr": [0.3]}
+    elif done[0.03] > done[0.3]:
+        assert res["edges"] == {"optim.lr": "low"} and "lowest value searched" in res["edge_warning"]
+    else:
+        assert res["edge_warning"] is None and res["edges"] == {}
     for name in ("summary.md", "summary.csv", "val_vs_lr.png", "history.png"):
         assert (out / name).stat().st_size > 0
     # running the finished sweep again only rewrites its report
     capsys.readouterr()
     assert main(_args(root, data, out, space, "--seeds", "2")) == 0
     printed = capsys.readouterr().out
-    assert "warning: the best setting" in printed and "test top1:" in printed
+    assert ("warning: the best setting" in printed) == bool(res["edge_warning"]) and "test top1:" in printed
     again = json.loads((out / "results.json").read_text())
     assert again["best"] == res["best"] and again["final"]["test_mean"] == final["test_mean"]
 
@@ -132,7 +141,11 @@ def test_a_larger_budget_that_changes_the_best_trains_its_own_final_runs(sweep_s
     assert res["final"]["study"] == "sweep/final/trial_2" and res["final"]["folder"] == "final/trial_0002"
     run = json.loads((tmp_path / "out" / "final" / "trial_0002" / "seed_0" / "results.json").read_text())
     assert run["config"]["optim"]["lr"] == 0.3 and res["final"]["test_n"] == 1
-    assert "best setting has changed since earlier final runs (sweep/final/trial_" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "best setting has changed since earlier final runs (sweep/final/trial_" in printed
+    # 0.3 beat both other values (a tie would have gone to the smaller lr): an edge, and the warning says so
+    assert res["edges"] == {"optim.lr": "high"} and res["edge_ties"] == {}
+    assert "warning: the best setting (optim.lr=0.3) lies on the edge of the space: optim.lr=0.3 is the highest" in printed
     assert (tmp_path / "out" / first["final"]["folder"] / "seed_0" / "results.json").is_file()  # kept
 
 

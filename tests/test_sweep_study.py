@@ -13,7 +13,7 @@ import optuna  # the vpt[sweep] extra; the test extra installs it
 from vpt.errors import ConfigError  # noqa: E402
 from vpt.prompts.tokens import DeepPromptConfig  # noqa: E402
 from vpt.sweep import report  # noqa: E402
-from vpt.sweep.space import check_fields, parse_space  # noqa: E402
+from vpt.sweep.space import SearchSpace, check_fields, parse_space  # noqa: E402
 from vpt.sweep.study import SweepError, make_pruner, make_sampler, open_storage, open_study  # noqa: E402
 from vpt.sweep.worker import Outcome, run_worker  # noqa: E402
 from vpt.tasks.classification import RunConfig  # noqa: E402
@@ -79,8 +79,20 @@ def test_edges():
     assert space.edges({"optim.weight_decay": 0.01}) == {"optim.weight_decay": "high"}
     assert space.edges({"sched.warmup_epochs": 9.5}) == {"sched.warmup_epochs": "high"}
     assert space.edges({"sched.warmup_epochs": 2.0}) == {}
+    assert SearchSpace.from_dict(space.to_dict()).fingerprint() == space.fingerprint()  # a results.json's space
     msg = report.edge_warning(space, {"optim.lr": 0.1, "optim.weight_decay": 0.0})
     assert "optim.lr=0.1 is the highest value searched" in msg and "weight_decay" not in msg.split(":")[1]
+    # a plateau: the lowest lr ties with values inside the space (a saturated val split), so the tie rule
+    # picked the edge; no warning, and results name the tie. A lone edge value, or a near tie, still warns.
+    def rec(n, lr, value, state="COMPLETE"):
+        return {"number": n, "state": state, "value": value, "params": {"optim.lr": lr}}
+    records = [rec(0, 0.001, 100.0), rec(1, 0.01, 100.0), rec(2, 0.1, 99.5), rec(3, 0.1, 100.0, "FAIL")]
+    assert report.edge_ties(space, {"optim.lr": 0.001}, 100.0, records) == {"optim.lr": [0.01]}
+    assert report.real_edges(space, {"optim.lr": 0.001}, 100.0, records) == {}
+    assert report.edge_warning(space, {"optim.lr": 0.001}, 100.0, records) is None
+    records[1]["value"] = 99.5
+    assert report.edge_ties(space, {"optim.lr": 0.001}, 100.0, records) == {}
+    assert "optim.lr=0.001 is the lowest value searched" in report.edge_warning(space, {"optim.lr": 0.001}, 100.0, records)
 
 
 # --- studies --------------------------------------------------------------------------------------------------

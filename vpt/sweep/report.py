@@ -240,9 +240,41 @@ def _plotly_html(out_dir: str, study, n_done: int) -> List[str]:
     return out
 
 
-def edge_warning(space: SearchSpace, best_params: Mapping[str, Any]) -> Optional[str]:
-    """A sentence when the best setting lies on an edge of the space (the optimum may lie beyond it)."""
-    edges = space.edges(best_params)
+def edge_ties(space: SearchSpace, best_params: Mapping[str, Any], best_value: Optional[float],
+              records: Sequence[Mapping[str, Any]]) -> Dict[str, List[Any]]:
+    """{name: values}: for each of the best setting's values that lies on an edge of the space, the values of
+    that field away from the edge held by other completed trials with the same best value. A tie like this
+    is a plateau that reaches into the space (the tie rule, smaller lr first, picked the edge), not a sign
+    that the optimum lies beyond it: a saturated val split (every lr at 100%) does this."""
+    out: Dict[str, List[Any]] = {}
+    if best_value is None:
+        return out
+    tied = [r for r in records if r["state"] == "COMPLETE" and r["value"] is not None
+            and math.isclose(r["value"], best_value, rel_tol=1e-9, abs_tol=1e-12)]
+    for name, side in space.edges(best_params).items():
+        param = next(p for p in space.params if p.name == name)
+        inside = list(dict.fromkeys(r["params"][name] for r in tied if name in r["params"]
+                                    and param.edge(r["params"][name]) != side))
+        if all(isinstance(v, (int, float)) for v in inside):
+            inside.sort()
+        if inside:
+            out[name] = inside
+    return out
+
+
+def real_edges(space: SearchSpace, best_params: Mapping[str, Any], best_value: Optional[float] = None,
+               records: Sequence[Mapping[str, Any]] = ()) -> Dict[str, str]:
+    """{name: 'low' | 'high'}: the best setting's values on an edge of the space, less those tied with values
+    inside it (see :func:`edge_ties`)."""
+    ties = edge_ties(space, best_params, best_value, records)
+    return {name: side for name, side in space.edges(best_params).items() if name not in ties}
+
+
+def edge_warning(space: SearchSpace, best_params: Mapping[str, Any], best_value: Optional[float] = None,
+                 records: Sequence[Mapping[str, Any]] = ()) -> Optional[str]:
+    """A sentence when the best setting lies on an edge of the space (the optimum may lie beyond it); an
+    edge that other trials tie with from inside the space is left out (see :func:`edge_ties`)."""
+    edges = real_edges(space, best_params, best_value, records)
     if not edges:
         return None
     parts = [f"{name}={_fmt(best_params[name])} is the {side}est value searched" for name, side in edges.items()]

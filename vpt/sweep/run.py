@@ -366,7 +366,7 @@ class Sweep:
         top = ranked[:self.opts.top_k]
         if len(top) < self.opts.top_k:
             _logger.warning("--top-k %d but only %d trial(s) completed: final runs for those", self.opts.top_k, len(top))
-        warning = report.edge_warning(self.space, top[0]["params"])
+        warning = report.edge_warning(self.space, top[0]["params"], top[0]["value"], records)
         if warning:
             _logger.warning("%s", warning)
         seed0 = int(self.base["train"]["seed"])
@@ -449,7 +449,7 @@ class Sweep:
                   "runs": len(c["runs"])} for c in candidates]
         files = report.write_tables(self.out, records, self.space, cands if len(cands) > 1 else ())
         files += report.write_plots(self.out, records, self.space, study)
-        warning = report.edge_warning(self.space, chosen["params"]) if chosen else None
+        warning = report.edge_warning(self.space, chosen["params"], chosen["val"], records) if chosen else None
         sel = self.task_cls.selection
         final = {}
         if chosen is not None:
@@ -469,7 +469,8 @@ class Sweep:
             "best": None if chosen is None else {"trial": chosen["trial"], "params": chosen["params"],
                                                  "val": chosen["val"], "best_epoch": chosen.get("best_epoch")},
             "edge_warning": warning,
-            "edges": self.space.edges(chosen["params"]) if chosen else {},
+            "edges": report.real_edges(self.space, chosen["params"], chosen["val"], records) if chosen else {},
+            "edge_ties": report.edge_ties(self.space, chosen["params"], chosen["val"], records) if chosen else {},
             "final": final,
             "candidates": cands,
             "trials": records,

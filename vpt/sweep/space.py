@@ -116,6 +116,14 @@ class SearchSpace:
     def to_dict(self) -> Dict[str, Any]:
         return {p.name: p.to_dict() for p in self.params}
 
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "space") -> "SearchSpace":
+        """The inverse of :meth:`to_dict` (the ``space`` of a results.json), checked as a SPACE.yaml is."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a mapping of dotted fields, got {type(data).__name__}")
+        return parse_space({name: spec["values"] if isinstance(spec, Mapping) and list(spec) == ["values"] else spec
+                            for name, spec in data.items()}, where)
+
     def fingerprint(self) -> str:
         """Canonical JSON: two spaces are the same search exactly when their fingerprints are equal."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
