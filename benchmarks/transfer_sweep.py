@@ -8,8 +8,8 @@ seeds, test read once per final run.
 
 Same data, recipes (``transfer_configs/*.yaml``), arms and epochs (10) as the ``transfer.py`` table it is
 compared with; only the search differs: one ``vpt sweep`` per (task, arm) over the arm's space in
-``transfer_configs/spaces/`` (6 lrs a half-decade apart, the same 6-trial budget for every method), grid
-sampler, median pruner, ``--seeds 3`` (seeds 0, 1, 2, like the old table), ``--pack 6`` for the frozen arms
+``transfer_configs/spaces/`` (7 lrs a half-decade apart, the same 7-trial budget for every method), grid
+sampler, median pruner, ``--seeds 3`` (seeds 0, 1, 2, like the old table), ``--pack 7`` for the frozen arms
 (the whole grid trained in one backbone pass; exact, see tests/test_sweep_packed.py).
 
 Each sweep runs in its own process (``vpt sweep`` via ``vpt.cli.main``) in a folder under
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
                    help="repeatable, run in order; e.g. vit_tiny_cifar10:mnist,elpv:all or effnet_lite0:all:linear")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, default=3, help="final runs of the best lr (seeds 0..K-1)")
-    p.add_argument("--pack", type=int, default=6, help="trials per backbone pass for the frozen arms (1: off)")
+    p.add_argument("--pack", type=int, default=7, help="trials per backbone pass for the frozen arms (1: off)")
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
     p.add_argument("--control", action="store_true", help="random-init backbones (the control setups)")
     p.add_argument("--scale", default="e10", help="results sub-folder and label")

@@ -10,7 +10,7 @@ from vpt.weights import SHIPPED
 
 
 def args(**kw):
-    base = {"control": False, "epochs": 10, "seeds": 3, "pack": 6, "pruner": "median", "set": [],
+    base = {"control": False, "epochs": 10, "seeds": 3, "pack": 7, "pruner": "median", "set": [],
             "data_root": "/data", "effnet_weights": "/missing.safetensors"}
     return argparse.Namespace(**{**base, **kw})
 
@@ -31,7 +31,7 @@ def test_cells_in_order_and_bad_names():
 def test_sweep_args():
     a = args()
     deep = ts.sweep_args(a, "vit_tiny_cifar10", "mnist", "vpt_deep", "/out", "st")
-    assert deep[deep.index("--space") + 1].endswith("spaces/head.yaml") and deep[deep.index("--pack") + 1] == "6"
+    assert deep[deep.index("--space") + 1].endswith("spaces/head.yaml") and deep[deep.index("--pack") + 1] == "7"
     assert deep[deep.index("--model") + 1] == "vpt:vit_tiny_cifar10" and "--seeds" in deep
     assert 'model.prompt={"kind": "vpt_deep", "num_tokens": 10}' in deep
     full = ts.sweep_args(a, "vit_tiny_cifar10", "mnist", "full", "/out", "st")
@@ -47,7 +47,7 @@ def test_sweep_args():
 def test_every_arm_has_the_same_budget():
     from vpt.sweep.space import load_space
     sizes = {arm: load_space(f"{ts.SPACES_DIR}/{name}").grid_size() for arm, name in ts.SPACES.items()}
-    assert set(sizes) == set(ts.ARMS) and set(sizes.values()) == {6}
+    assert set(sizes) == set(ts.ARMS) and set(sizes.values()) == {7}
 
 
 def test_finished_cells_are_skipped_only_when_they_match(tmp_path):
