@@ -305,8 +305,13 @@ def gap_table(cells: Dict[tuple, dict]) -> str:
             "negative: the prompt loses)\n\n" + "\n".join(lines))
 
 
-def lose_sentences(cells: Dict[tuple, dict]) -> List[str]:
-    """Plain words per task: which baselines every prompt arm loses to, and by how much."""
+def _span(lo: float, hi: float) -> str:
+    return f"{lo:+.1f}" if f"{lo:+.1f}" == f"{hi:+.1f}" else f"{lo:+.1f} to {hi:+.1f}"
+
+
+def lose_sentences(cells: Dict[tuple, dict], planned=PROMPT_ARMS) -> List[str]:
+    """Plain words per task: which baselines every prompt arm loses to, and by how much. ``planned``: the
+    setup's prompt arms (a CNN has pixel prompts only), for the note on the ones not finished yet."""
     tasks, _ = _order(cells)
     out = []
     for t in tasks:
@@ -322,16 +327,19 @@ def lose_sentences(cells: Dict[tuple, dict]) -> List[str]:
             losers = {a: g for a, g in gaps.items() if g < 0}
             if len(losers) == len(arms):
                 lo, hi = min(-g for g in gaps.values()), max(-g for g in gaps.values())
-                parts.append(f"every prompt arm loses to {ARM_NAMES[b]} ({ref:.1f}), by {lo:.1f}-{hi:.1f} points")
+                by = f"{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}-{hi:.1f}"
+                who = "every prompt arm loses" if len(arms) > 1 else f"{ARM_NAMES[arms[0]]} loses"
+                parts.append(f"{who} to {ARM_NAMES[b]} ({ref:.1f}), by {by} points")
             elif losers:
-                parts.append(f"{', '.join(f'{ARM_NAMES[a]} ({g:+.1f})' for a, g in losers.items())} lose to "
-                             f"{ARM_NAMES[b]} ({ref:.1f}); {', '.join(ARM_NAMES[a] for a in arms if a not in losers)} "
-                             f"do not")
+                winners = [ARM_NAMES[a] for a in arms if a not in losers]
+                parts.append(f"{', '.join(f'{ARM_NAMES[a]} ({g:+.1f})' for a, g in losers.items())} "
+                             f"{'lose' if len(losers) > 1 else 'loses'} to {ARM_NAMES[b]} ({ref:.1f}); "
+                             f"{', '.join(winners)} {'do' if len(winners) > 1 else 'does'} not")
             else:
-                parts.append(f"no prompt arm loses to {ARM_NAMES[b]} ({ref:.1f}; "
-                             f"{min(gaps.values()):+.1f} to {max(gaps.values()):+.1f})")
+                who = "no prompt arm loses" if len(arms) > 1 else f"{ARM_NAMES[arms[0]]} does not lose"
+                parts.append(f"{who} to {ARM_NAMES[b]} ({ref:.1f}; {_span(min(gaps.values()), max(gaps.values()))})")
         if parts:
-            missing = [a for a in PROMPT_ARMS if (t, a) not in cells]
+            missing = [a for a in PROMPT_ARMS if a in planned and (t, a) not in cells]
             note = f" (prompt arms not finished: {', '.join(missing)})" if missing else ""
             out.append(f"- **{t}**{note}: " + "; ".join(parts) + ".")
     return out
@@ -370,7 +378,7 @@ def render_sweeps(sweeps: List[dict], old: List[dict]) -> str:
         gaps = gap_table(cells)
         if gaps:
             block += f"\n\n**{tag}, after tuning: prompts against the baselines**; " + gaps
-        sentences = lose_sentences(cells)
+        sentences = lose_sentences(cells, [a for a in PROMPT_ARMS if a in _setup_arms(r0)])
         if sentences:
             block += f"\n\n**{tag}, after tuning: where prompts lose**\n\n" + "\n".join(sentences)
         parts.append(block)

@@ -92,8 +92,12 @@ def test_sweep_tables(tmp_path):
     assert "Optimum on the edge of the space (the best lr may lie beyond it): mnist vpt_deep (lr 1, high edge)." in text
     assert "| mnist | 61.0 → 62.5 (+1.5) <sub>lr 0.1 → 0.3</sub> |" in text  # before/after: linear only
     assert "| mnist | +7.5 / -10.0 | -2.5 / -20.0 |" in text  # vpt_deep, pixel_pad minus linear / full
-    assert ("- **mnist** (prompt arms not finished: vpt_shallow, vpt_prefix): pixel pad (-2.5) lose to linear probe "
-            "(62.5); VPT-deep do not; every prompt arm loses to full fine-tuning (80.0), by 10.0-20.0 points.") in text
+    assert ("- **mnist** (prompt arms not finished: vpt_shallow, vpt_prefix): pixel pad (-2.5) loses to linear probe "
+            "(62.5); VPT-deep does not; every prompt arm loses to full fine-tuning (80.0), by 10.0-20.0 points.") in text
+    # a CNN setup plans pixel prompts only: no note on token-prompt arms, and one arm reads as one
+    cnn = {("mnist", "linear"): sweep_rec("mnist", "linear", 1.0, 88.9), ("mnist", "pixel_pad"): sweep_rec("mnist", "pixel_pad", 0.003, 90.5)}
+    assert make_table.lose_sentences(cnn, ["pixel_pad"]) == [
+        "- **mnist**: pixel pad does not lose to linear probe (88.9; +1.6)."]
     assert "**elpv**" not in text.split("where prompts lose")[1]  # no prompt arm finished there
 
 
