@@ -186,20 +186,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("scheme", ["sqlite"])  # the journal file shares this logic (and is killed below)
-def test_two_workers_share_a_grid_without_duplicates(tmp_path, scheme):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(repo=REPO, grid=GRID))
-    url = f"sqlite:///{tmp_path / 'study.db'}" if scheme == "sqlite" else f"journal:{tmp_path / 'study.log'}"
-    procs = [subprocess.Popen([sys.executable, str(script), url]) for _ in range(2)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    study = optuna.load_study(study_name="two", storage=open_storage(url))
-    ran = [json.dumps(t.params, sort_keys=True) for t in study.get_trials() if t.state == S.COMPLETE]
-    assert len(ran) == 6 and len(set(ran)) == 6  # every grid point once
-    assert all(t.state in (S.COMPLETE, S.FAIL) for t in study.get_trials())
-    assert not [t for t in study.get_trials() if t.state == S.FAIL and not t.user_attrs.get("vpt:surplus")]
-
-
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(tmp_path, scheme):
     script = tmp_path / "worker.py"
