@@ -376,8 +376,8 @@ def test_nproc_per_trial_launches_torchrun_and_the_job_reports_each_epoch(sweep_
     from vpt.sweep import torchrun
     root, data = sweep_setup
     cmd = torchrun.launch_command(2, "t.yaml", "s/final", 7, "median", "val_top1", True, False)
-    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert cmd[5:8] == ["-m", "vpt.commands.sweep_trial", "t.yaml"] and "--blind-to-test" in cmd and "--resume" not in cmd
+    assert cmd[1:6] == ["-m", "vpt.sweep.launch", str(os.getpid()), "--standalone", "--nproc_per_node=2"]
+    assert cmd[6:9] == ["-m", "vpt.commands.sweep_trial", "t.yaml"] and "--blind-to-test" in cmd and "--resume" not in cmd
     jobs = []
 
     def in_process(cmd, storage_url, hint):
@@ -401,17 +401,29 @@ def test_nproc_per_trial_launches_torchrun_and_the_job_reports_each_epoch(sweep_
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
 def test_a_trial_job_dies_with_the_worker_that_started_it():
-    """A sweep worker killed outright leaves no torchrun job behind: the job gets SIGTERM when the thread that
-    started it dies (here a thread, so the test process itself survives)."""
+    """A sweep worker killed outright leaves no torchrun job behind: the job (vpt.sweep.launch) gets SIGTERM
+    when the thread that started it dies (here a thread, so the test process itself survives); a job whose
+    worker is already gone exits; and the launcher runs torch's own launcher with the arguments it is given."""
     import signal
     import threading
-    from vpt.sweep.torchrun import _parent_death_signal
+    env = {**os.environ, "PYTHONPATH": REPO}
+    guard = ("import sys, time; from vpt.sweep.launch import die_with_parent; die_with_parent(int(sys.argv[1])); "
+             "print('armed', flush=True); time.sleep(60)")
     box = {}
-    starter = threading.Thread(target=lambda: box.setdefault("job", subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=_parent_death_signal())))
+
+    def start():  # the thread lives until the job has armed its signal, as a worker waits for its job
+        box["job"] = subprocess.Popen([sys.executable, "-c", guard, str(os.getpid())], env=env, stdout=subprocess.PIPE,
+                                      text=True)
+        box["line"] = box["job"].stdout.readline()
+    starter = threading.Thread(target=start)
     starter.start()
     starter.join()
-    assert box["job"].wait(timeout=30) == -signal.SIGTERM
+    assert box["line"] == "armed\n" and box["job"].wait(timeout=60) == -signal.SIGTERM
+    gone = subprocess.run([sys.executable, "-c", guard, "1"], env=env, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and "(pid 1) that started this trial job is gone" in gone.stderr
+    usage = subprocess.run([sys.executable, "-m", "vpt.sweep.launch", str(os.getpid()), "--help"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0 and "--nproc_per_node" in usage.stdout, usage.stderr[-2000:]
 
 
 @pytest.mark.skipif(not os.environ.get("VPT_SLOW_TESTS"),

@@ -1,6 +1,7 @@
 """Each sweep trial as a torchrun job (``vpt sweep --nproc-per-trial N``): the trial trains data-parallel (DDP)
-over N processes started by torch's own launcher (``python -m torch.distributed.run --standalone``), exactly
-as ``torchrun -m vpt train`` would; the sweep worker waits for it and keeps the trial's heartbeat.
+over N processes started by torch's own launcher (``python -m torch.distributed.run --standalone``, run by
+``vpt.sweep.launch`` so that it dies with the worker), exactly as ``torchrun -m vpt train`` would; the sweep
+worker waits for it and keeps the trial's heartbeat.
 
 - The worker writes the trial's run config to ``<run folder>.yaml`` (beside the run folder: the folder
   itself is the engine's) and launches ``-m vpt.commands.sweep_trial CONFIG --study NAME --trial-id ID``.
@@ -37,8 +38,9 @@ TRIAL_MODULE = "vpt.commands.sweep_trial"
 
 def launch_command(nproc: int, config_path: str, study: str, trial_id: int, pruner: str, column: str,
                    blind_to_test: bool, resume: bool) -> List[str]:
-    """The torchrun command line of one trial (torch's launcher, one node, a free rendezvous port)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
+    """The torchrun command line of one trial: torch's launcher (one node, a free rendezvous port) in a process
+    that dies with this worker (``vpt.sweep.launch``)."""
+    cmd = [sys.executable, "-m", "vpt.sweep.launch", str(os.getpid()), "--standalone", f"--nproc_per_node={int(nproc)}",
            "-m", TRIAL_MODULE, config_path, "--study", study, "--trial-id", str(int(trial_id)),
            "--pruner", pruner, "--column", column]
     if blind_to_test:
@@ -48,31 +50,13 @@ def launch_command(nproc: int, config_path: str, study: str, trial_id: int, prun
     return cmd
 
 
-def _parent_death_signal():
-    """A ``preexec_fn`` that has the kernel send SIGTERM to the launched job when the thread that started it
-    dies, even by SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``); torchrun then stops its workers, so a killed
-    sweep worker leaves no job behind holding the trial's folder. None where there is no prctl."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, before the fork: the child only calls it
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, sigterm)
-    return preexec
-
-
 def run_job(cmd: Sequence[str], storage_url: str, log_hint: str) -> int:
     """Run the trial's torchrun job to its end and return its exit code; an interrupt (Ctrl-C, SIGTERM)
     stops the job first (SIGTERM: torchrun passes it to its workers), then goes on up. A worker killed
-    outright stops the job too (:func:`_parent_death_signal`)."""
+    outright stops the job too (``vpt.sweep.launch``)."""
     env = {**os.environ, STORAGE_ENV: storage_url}
     _logger.info("torchrun job: %s", " ".join(cmd))
-    proc = subprocess.Popen(list(cmd), env=env, preexec_fn=_parent_death_signal())
+    proc = subprocess.Popen(list(cmd), env=env)
     try:
         return proc.wait()
     except BaseException:
