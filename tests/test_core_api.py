@@ -220,3 +220,31 @@ def test_dynamic_img_size_other_resolution():
         inter = m.forward_intermediates(x, intermediates_only=True)
         ref = bb.model.forward_intermediates(x, intermediates_only=True)
     assert [t.shape for t in inter] == [t.shape for t in ref] == [(2, 32, 6, 8)] * 2
+
+
+def test_import_vpt_is_light_and_every_registry_entry_resolves_on_its_own():
+    """`import vpt` and `vpt --help` load no torch (the public names load on first use); in a fresh process
+    each registry name imports its own module and is registered by it, so no lookup depends on import order;
+    `vpt.X` and `from vpt import X` give the defining module's object."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo}
+    probe = ("import sys, vpt; assert 'torch' not in sys.modules, 'import vpt loaded torch'; "
+             "from vpt.registry import PROMPTS, HEADS, BACKBONES, MODEL_TYPES, TASKS\n"
+             "for reg in (PROMPTS, HEADS, BACKBONES, MODEL_TYPES, TASKS):\n"
+             "    for name in reg.names():\n"
+             "        assert reg.get(name).name == name, (reg.what, name)\n"
+             "print('ok')")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    helped = subprocess.run([sys.executable, "-c", "import sys; from vpt.cli import main\ntry:\n    main(['--help'])\n"
+                             "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, sorted(sys.modules)"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "sweep" in helped.stdout, helped.stderr[-2000:]
+    from vpt.model import create_model
+    from vpt.prompts import DeepPromptConfig
+    assert vpt.create_model is create_model and vpt.DeepPromptConfig is DeepPromptConfig
+    assert set(vpt.__all__) <= set(dir(vpt))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vpt.nope  # noqa: B018

@@ -1,7 +1,9 @@
 """Name -> factory registries for prompt kinds, backbone families, heads, model types and tasks.
 
-A new prompt kind is one file with its config dataclass and a ``@PROMPTS.register`` decorator;
-nothing else needs editing (timm's ``@register_model``, peft's one-folder-per-method layout).
+A new prompt kind is one file with its config dataclass and a ``@PROMPTS.register`` decorator, plus
+its name -> module line in the registry's lazy map below (timm's ``@register_model``, peft's
+one-folder-per-method layout). The lazy map lets a lookup import just the module it needs: ``import vpt``
+imports no model code, so nothing can rely on an import having registered an entry as a side effect.
 """
 from __future__ import annotations
 
@@ -78,14 +80,20 @@ class Registry(Generic[T]):
         return sorted(set(self._entries) | set(self._lazy))
 
 
+# Every built-in entry names the module that registers it: a lookup imports just that module, so it works
+# whatever was imported before (``import vpt`` itself imports none of them). A new kind adds itself here.
 PROMPTS: Registry[Any] = Registry("prompt kind", lazy={
+    "vpt_shallow": "vpt.prompts.tokens", "vpt_deep": "vpt.prompts.tokens", "vpt_prefix": "vpt.prompts.prefix",
+    "pixel_pad": "vpt.prompts.pixel", "pixel_patch": "vpt.prompts.pixel",
     "coop": "vpt.prompts.text", "cocoop": "vpt.prompts.cocoop", "kgcoop": "vpt.prompts.kgcoop",
     "maple": "vpt.prompts.maple", "promptsrc": "vpt.prompts.promptsrc"})  # CLIP text prompts: model.text
-HEADS: Registry[Any] = Registry("head kind")
-BACKBONES: Registry[Any] = Registry("backbone library", lazy={"vpt": "vpt.weights"})
-# artifact model_type -> class with from_config; CLIP and detection register on first use
-MODEL_TYPES: Registry[Any] = Registry("model type", lazy={"clip": "vpt.clip", "detection": "vpt.detection.model",
-                                                                 "lora": "vpt.lora"})
+HEADS: Registry[Any] = Registry("head kind", lazy={"linear": "vpt.heads.classification",
+                                                   "mlp": "vpt.heads.classification"})
+BACKBONES: Registry[Any] = Registry("backbone library", lazy={"timm": "vpt.backbones", "open_clip": "vpt.backbones",
+                                                              "vpt": "vpt.weights"})
+# artifact model_type -> class with from_config
+MODEL_TYPES: Registry[Any] = Registry("model type", lazy={"classifier": "vpt.model", "clip": "vpt.clip",
+                                                          "detection": "vpt.detection.model", "lora": "vpt.lora"})
 # task name -> vpt.engine.task.Task subclass; each task file registers itself when imported
 TASKS: Registry[Any] = Registry("task", lazy={"classification": "vpt.tasks.classification", "clip": "vpt.tasks.clip",
                                               "detection": "vpt.tasks.detection"})
