@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 import vpt  # noqa: E402
 from vpt.backbones import BackboneError, create_backbone  # noqa: E402
+from vpt.version import source_commit  # noqa: E402
 
 TIMM_PATTERNS = ["vit_*", "deit*", "eva*", "*dinov2*", "*siglip*"]
 TINY = [dict(embed_dim=64, depth=2, num_heads=2), dict(depth=2)]  # tried in order; never full size (memory)
@@ -155,7 +156,8 @@ def main(argv=None):
     prefix_refused = sum(1 for r in rows if r.get("checks", {}).get("vpt_prefix", "").startswith("refused"))
     result = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "versions": {"vpt": vpt.__version__, "torch": torch.__version__, "timm": timm.__version__,
+        "versions": {"vpt": vpt.__version__, "vpt_commit": source_commit(),
+                     "torch": torch.__version__, "timm": timm.__version__,
                      "open_clip": open_clip.__version__, "python": platform.python_version()},
         "device": "cpu", "seconds": round(time.time() - t0, 1),
         "counts": counts, "token_ok_but_prefix_refused": prefix_refused, "models": rows,

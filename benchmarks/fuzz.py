@@ -42,7 +42,9 @@ def main(argv=None) -> int:
         import hypothesis
         import torch
         import vpt
-        result["versions"] = {"vpt": vpt.__version__, "torch": torch.__version__, "hypothesis": hypothesis.__version__}
+        from vpt.version import source_commit
+        result["versions"] = {"vpt": vpt.__version__, "vpt_commit": source_commit(),
+                              "torch": torch.__version__, "hypothesis": hypothesis.__version__}
     except ImportError:
         pass
     print(json.dumps(result, indent=2))

@@ -93,10 +93,12 @@ def main(argv=None) -> int:
     import torch
 
     import vpt
+    from vpt.version import source_commit
     summary = {"task": args.task, "data": manifest.get("totals"), "epochs": args.epochs, "lr": args.lr,
                "seed": args.seed, "runs": rows, "table": text,
                "command": " ".join(["python"] + [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
-               "versions": {"vpt": vpt.__version__, "torch": torch.__version__, "python": platform.python_version()},
+               "versions": {"vpt": vpt.__version__, "vpt_commit": source_commit(),
+                            "torch": torch.__version__, "python": platform.python_version()},
                "device": f"cpu ({torch.get_num_threads()} threads)" if not torch.cuda.is_available()
                else torch.cuda.get_device_name(0)}
     from vpt.io import atomic_write_text

@@ -43,6 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import vpt  # noqa: E402
+from vpt.version import source_commit  # noqa: E402
 
 ALL_ARMS = ["full", "linear", "lora", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad", "vpt_deep_lean",
             "vpt_deep_lean50"]
@@ -328,7 +329,8 @@ def main(argv=None) -> int:
     result = {
         "command": " ".join(["python"] + sys.argv),
         "config": vars(args),
-        "versions": {"vpt": vpt.__version__, "torch": torch.__version__, "timm": __import__("timm").__version__,
+        "versions": {"vpt": vpt.__version__, "vpt_commit": source_commit(),
+                     "torch": torch.__version__, "timm": __import__("timm").__version__,
                      "python": platform.python_version()},
         "device": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                    else f"cpu {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"),

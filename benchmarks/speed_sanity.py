@@ -26,6 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import vpt  # noqa: E402
+from vpt.version import source_commit  # noqa: E402
 
 
 class PlainVPTDeep(nn.Module):
@@ -108,7 +109,8 @@ def main(argv=None):
     result = {
         "command": " ".join(["python"] + sys.argv),
         "config": vars(args),
-        "versions": {"vpt": vpt.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"vpt": vpt.__version__, "vpt_commit": source_commit(),
+                     "torch": torch.__version__, "python": platform.python_version()},
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],  # other work on the machine meanwhile
         "median_step_ms": {n: round(1000 * v, 1) for n, v in med.items()},

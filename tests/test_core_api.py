@@ -1,6 +1,7 @@
 """Core API: timm-compatible forward_intermediates, peft-style parameter report, error paths, `vpt list`."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -248,3 +249,29 @@ def test_import_vpt_is_light_and_every_registry_entry_resolves_on_its_own():
     assert set(vpt.__all__) <= set(dir(vpt))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         vpt.nope  # noqa: B018
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_source_commit_names_this_checkout_only(tmp_path):
+    """Results record the commit of the vpt source they ran (``versions.vpt_commit``): HEAD of this checkout
+    (with -dirty for changed tracked files); None for a copy outside git and for a package that merely sits
+    inside some other repository."""
+    import subprocess
+    from vpt.engine.trainer import versions
+    from vpt.version import source_commit
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    git = lambda *a, cwd=repo: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True)  # noqa: E731
+    head, top = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel")
+    if head.returncode == 0 and os.path.realpath(top.stdout.strip()) == os.path.realpath(repo):  # a git checkout
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+        assert source_commit() == head.stdout.strip() + ("-dirty" if dirty else "")
+        assert versions()["vpt_commit"] == source_commit()
+    copy = tmp_path / "copy" / "vpt"
+    shutil.copytree(os.path.join(repo, "vpt"), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_commit(str(copy)) is None  # not in a git work tree
+    other = tmp_path / "other"
+    nested = other / "site-packages" / "vpt"
+    shutil.copytree(copy, nested)
+    assert git("init", "-q", str(other), cwd=tmp_path).returncode == 0
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x", cwd=other)
+    assert source_commit(str(nested)) is None  # inside another repository: not vpt's commit

@@ -54,8 +54,9 @@ def package_version(pkg: str) -> Optional[str]:
 
 
 def versions() -> Dict[str, Optional[str]]:
-    from ..version import __version__
-    out: Dict[str, Optional[str]] = {"vpt": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    from ..version import __version__, source_commit
+    out: Dict[str, Optional[str]] = {"vpt": __version__, "vpt_commit": source_commit(),
+                                     "python": platform.python_version(), "torch": torch.__version__}
     out.update({pkg: package_version(pkg) for pkg in ("timm", "open_clip_torch", "torchvision", "albumentations")})
     return out
 
