@@ -14,7 +14,8 @@ from vpt.errors import ConfigError  # noqa: E402
 from vpt.prompts.tokens import DeepPromptConfig  # noqa: E402
 from vpt.sweep import report  # noqa: E402
 from vpt.sweep.space import SearchSpace, check_fields, parse_space  # noqa: E402
-from vpt.sweep.study import SweepError, make_pruner, make_sampler, open_storage, open_study  # noqa: E402
+from vpt.sweep.study import (PACK_ATTR, SweepError, fail_stale_trials, heartbeat, make_pruner, make_sampler,  # noqa: E402
+                             open_storage, open_study)
 from vpt.sweep.worker import Outcome, run_worker  # noqa: E402
 from vpt.tasks.classification import RunConfig  # noqa: E402
 
@@ -202,6 +203,30 @@ def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(t
     assert len(failed) == 1 and failed[0].params["optim.lr"] == 0.01  # the killed one, failed by the restart
     done = {json.dumps(t.params, sort_keys=True) for t in trials if t.state == S.COMPLETE}
     assert len(done) == 6  # and its point ran again: the study completed
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "journal"])
+def test_a_stale_trial_fails_its_whole_pack_and_its_packmates_are_queued_again(tmp_path, scheme):
+    """One process beats for a whole pack, one trial after another: when the first trial's beat has aged past
+    the grace period, its packmate (beaten later, not yet stale) is failed and queued again in the same pass,
+    so the retries can regroup into that pack; a running trial outside the pack is left alone."""
+    import time
+    url = f"sqlite:///{tmp_path / 'study.db'}" if scheme == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    study, sp = _study(url)
+    t0, t1, t2 = (study.ask(fixed_distributions=sp.distributions()) for _ in range(3))
+    for t in (t0, t1):
+        t.set_user_attr(PACK_ATTR, "0000-0001")
+    with heartbeat(study, [t0._trial_id]):
+        pass
+    time.sleep(2.5)  # past the 2 s grace period for t0 only
+    with heartbeat(study, [t1._trial_id, t2._trial_id]):
+        pass
+    assert fail_stale_trials(study) == [0, 1]
+    trials = study.get_trials()
+    assert [t.state for t in trials[:3]] == [S.FAIL, S.FAIL, S.RUNNING]
+    retried = sorted(t.system_attrs["failed_trial"] for t in trials if t.state == S.WAITING)
+    assert retried == [0, 1]
+    assert fail_stale_trials(study) == []  # nothing stale is left: t2 is fresh and outside the pack
 
 
 # --- reports ---------------------------------------------------------------------------------------------------

@@ -37,14 +37,13 @@ from ..errors import ConfigError, ResumeError, RunDirError
 from ..io import atomic_write_json
 from . import report
 from .space import SearchSpace, apply_params, check_fields, describe
-from .study import (SweepError, fail_stale_trials, make_pruner, make_sampler, open_storage, open_study,
+from .study import (PACK_ATTR, SweepError, fail_stale_trials, make_pruner, make_sampler, open_storage, open_study,
                     require_optuna)
 from .worker import Outcome, TrialReporter, run_worker
 
 _logger = logging.getLogger(__name__)
 
 PROTOCOL_KEYS = ("base", "novel", "hm")  # a base-to-novel final run's test accuracies (CLIP recipes)
-PACK_ATTR = "vpt:pack"  # a packed trial's pack (folder name under packs/): its retry resumes only in that pack
 
 
 @dataclass
@@ -266,9 +265,10 @@ class Sweep:
     def _train_packed(self, study):
         """Up to ``pack`` asked trials in one engine run; each reports its own val curve and may be pruned.
 
-        A pack killed mid-run resumes from its last finished epoch when its trials run again together: the
-        retries come out of the queue in trial order, so the same command regroups them into the same pack
-        (folder ``packs/<trial numbers>``). Retries that end up in another grouping (another worker took some
+        A pack killed mid-run resumes from its last finished epoch when its trials run again together: its
+        trials are failed and queued again together (``fail_stale_trials``) and a pack orders its trials by the
+        ones they continue, so the same command regroups them into the same pack (folder
+        ``packs/<trial numbers>``). Retries that end up in another grouping (another worker took some
         of them, or --pack changed) start over: a pack's state holds all its trials' tensors and optimizer
         state at once, and a part of it is no lone run's state; the log says so."""
         single = self._train_search(study)
@@ -277,6 +277,12 @@ class Sweep:
         def train_trials(trials, params, reporters) -> List[Outcome]:
             if len(trials) == 1:
                 return single(trials, params, reporters)
+            # in the order of the trials they continue: a pack's folder and slots don't depend on queue order
+            order = sorted(range(len(trials)), key=lambda i: self._root(study, trials[i]))
+            outcomes = packed([trials[i] for i in order], [params[i] for i in order], [reporters[i] for i in order])
+            return [outcomes[order.index(i)] for i in range(len(trials))]
+
+        def packed(trials, params, reporters) -> List[Outcome]:
             name = "-".join(f"{self._root(study, t):04d}" for t in trials)
             run_dir = os.path.join(self.out, "packs", name)
             for t in trials:

@@ -33,6 +33,7 @@ _logger = logging.getLogger(__name__)
 SPACE_ATTR, CONFIG_ATTR, VERSION_ATTR = "vpt:space", "vpt:config", "vpt:version"
 HEARTBEAT_ATTR, SURPLUS_ATTR = "vpt:heartbeat", "vpt:surplus"
 JOURNAL_PREFIX = "journal:"
+PACK_ATTR = "vpt:pack"  # a packed trial's pack (folder name under packs/): its retry resumes only in that pack
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 # config fields that may differ between the workers of one study (where they run, not what they compute)
@@ -241,7 +242,12 @@ def heartbeat(study, trial_ids: Sequence[int]) -> Iterator[None]:
 
 
 def fail_stale_trials(study) -> List[int]:
-    """Fail the running trials whose worker stopped beating, and queue each once more; returns their numbers."""
+    """Fail the running trials whose worker stopped beating, and queue each once more; returns their numbers.
+
+    The trials of one pack go together: one process trains and beats for all of them, writing their beats
+    one after another, so when one has aged past the grace period the others are as dead even if their last
+    beat has not aged yet. Failing them in the same pass lets their retries regroup into the same pack and
+    resume it (``vpt.sweep.run``), instead of the first retry running alone and starting over."""
     optuna = require_optuna()
     storage = study._storage
     if native_heartbeat(storage):
@@ -250,7 +256,7 @@ def fail_stale_trials(study) -> List[int]:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
         after = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
-        return sorted(before & after)
+        return _fail_packmates(study, sorted(before & after))
     if not hasattr(storage, "vpt_heartbeat"):
         return []
     _, grace, retry = storage.vpt_heartbeat
@@ -259,13 +265,33 @@ def fail_stale_trials(study) -> List[int]:
         last = t.system_attrs.get(HEARTBEAT_ATTR, t.datetime_start.timestamp() if t.datetime_start else now)
         if now - float(last) <= grace:
             continue
-        try:
-            if storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
-                failed.append(t.number)
-                retry(study, storage.get_trial(t._trial_id))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another worker failed it first
-    return failed
+        if _fail(study, t):
+            failed.append(t.number)
+    return _fail_packmates(study, failed)
+
+
+def _fail(study, trial) -> bool:
+    """Fail a RUNNING trial and queue it once more; False when another worker finished or failed it first."""
+    optuna = require_optuna()
+    try:
+        if not study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    requeue(study, trial)
+    return True
+
+
+def _fail_packmates(study, failed: List[int]) -> List[int]:
+    """``failed`` plus the RUNNING trials that share a pack with one of them, failed and queued now."""
+    if not failed:
+        return failed
+    optuna = require_optuna()
+    trials = study.get_trials(deepcopy=False)
+    packs = {t.user_attrs.get(PACK_ATTR) for t in trials if t.number in set(failed)} - {None}
+    more = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING
+            and t.user_attrs.get(PACK_ATTR) in packs and _fail(study, t)]
+    return sorted(failed + more)
 
 
 def requeue(study, trial) -> None:
