@@ -278,6 +278,10 @@ def test_sweep_folder_uses_the_run_folder_marker_and_lock(sweep_setup, tmp_path,
     root, data = sweep_setup
     out = str(tmp_path / "sweep")
     mine = {"study": "a", "storage": "sqlite:///x.db", "space": {"optim.lr": {"values": [0.1]}}}
+    # a worker starting beside one that is claiming the folder sees its lock and temporary marker only
+    os.makedirs(out)
+    for name in (".vpt_run.lock", "..vpt_run.123.tmp", ".vpt_run.456.tmp"):  # now's and older versions' names
+        (tmp_path / "sweep" / name).write_text("")
     first = prepare_sweep_dir(out, mine)
     second = prepare_sweep_dir(out, dict(mine))  # a second worker of the same study shares the folder
     try:

@@ -33,7 +33,8 @@ LOCK = ".vpt_run.lock"
 # files and folders `vpt train` writes; only these (and the marker, lock and temporary files) are ever removed
 RUN_FILES = ("config.yaml", "run_state.pt", "results.json", "metrics.csv", "train.log", "best", "last",
              "confusion_matrix.png", "tb")
-_TMP = re.compile(r"^\.(%s)\..+\.tmp$" % "|".join(re.escape(n) for n in RUN_FILES + (MARKER,)))
+# ".NAME.*.tmp" (vpt.io.atomic_write); ".vpt_run.<pid>.tmp" is what _claim_marker wrote before 2026-12-03
+_TMP = re.compile(r"^\.(%s)\..+\.tmp$" % "|".join(re.escape(n) for n in RUN_FILES + (MARKER, MARKER[1:])))
 LEGACY_SWEEP = "sweep.json"  # what a sweep folder held before it carried the marker (study, storage, space)
 
 
@@ -218,7 +219,7 @@ def _claim_marker(path: str, content: dict) -> dict:
     the folder holds now."""
     marker = os.path.join(path, MARKER)
     if not os.path.exists(marker):
-        tmp = os.path.join(path, f"{MARKER}.{os.getpid()}.tmp")
+        tmp = os.path.join(path, f".{MARKER}.{os.getpid()}.tmp")  # a temporary name _foreign() passes over
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(content, indent=2) + "\n")
             f.flush()
