@@ -205,6 +205,7 @@ def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(t
     assert len(done) == 6  # and its point ran again: the study completed
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # trials asked by hand here
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_a_stale_trial_fails_its_whole_pack_and_its_packmates_are_queued_again(tmp_path, scheme):
     """One process beats for a whole pack, one trial after another: when the first trial's beat has aged past
