@@ -195,7 +195,7 @@ def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(t
     killed = subprocess.run([sys.executable, str(script), url], env={**os.environ, "KILL_AT": "0.01"}, timeout=120)
     assert killed.returncode == -9
     import time
-    time.sleep(2.5)  # past the grace period: the killed trial is stale
+    time.sleep(3.2)  # past the 2 s grace period (SQLite stores beats to the whole second: +1 s): stale
     assert subprocess.run([sys.executable, str(script), url], timeout=120).returncode == 0
     study = optuna.load_study(study_name="two", storage=open_storage(url))
     trials = study.get_trials()
@@ -219,7 +219,7 @@ def test_a_stale_trial_fails_its_whole_pack_and_its_packmates_are_queued_again(t
         t.set_user_attr(PACK_ATTR, "0000-0001")
     with heartbeat(study, [t0._trial_id]):
         pass
-    time.sleep(2.5)  # past the 2 s grace period for t0 only
+    time.sleep(3.2)  # past the 2 s grace period for t0 only (SQLite stores beats to the whole second: +1 s)
     with heartbeat(study, [t1._trial_id, t2._trial_id]):
         pass
     assert fail_stale_trials(study) == [0, 1]
