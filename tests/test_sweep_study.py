@@ -114,6 +114,25 @@ def test_join_checks_space_and_config(tmp_path):
         _study(url, config={"optim": {"opt": "adamw"}})
 
 
+def test_a_study_left_unrecorded_is_taken_up_and_a_foreign_one_is_refused(tmp_path):
+    """A creator stopped between creating the study and recording its space leaves an empty, unrecorded study:
+    the same command records it and runs (a killed sweep continues at any point). One with trials that vpt
+    did not record is someone else's."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=2)
+    optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    sp = parse_space(GRID)
+    config = {"optim": {"opt": "sgd"}}
+    study = open_study(storage, "s", sp, config, make_sampler("grid", sp), make_pruner("none", 3), wait_s=0.3)
+    assert study.user_attrs["vpt:space"] == sp.to_dict()
+    with pytest.raises(SweepError, match="another config"):  # and it is checked like any other from now on
+        open_study(storage, "s", sp, {"optim": {"opt": "adamw"}}, make_sampler("grid", sp), make_pruner("none", 3))
+    theirs = optuna.create_study(storage=storage, study_name="theirs", direction="maximize")
+    theirs.enqueue_trial({"x": 1})
+    with pytest.raises(SweepError, match="'theirs' exists but was not made by vpt sweep"):
+        open_study(storage, "theirs", sp, config, make_sampler("grid", sp), make_pruner("none", 3), wait_s=0.3)
+
+
 def test_unreachable_storage_is_named(tmp_path):
     with pytest.raises(SweepError, match="cannot reach the storage"):
         open_storage(f"sqlite:///{tmp_path}/no/such/dir/study.db")

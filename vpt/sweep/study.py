@@ -171,22 +171,33 @@ def open_study(storage, name: str, space: SearchSpace, config: Mapping[str, Any]
     optuna = require_optuna()
     from ..version import __version__
     shared = study_config(config)
+    def record() -> None:
+        study.set_user_attr(CONFIG_ATTR, shared)
+        study.set_user_attr(VERSION_ATTR, __version__)
+        study.set_user_attr(SPACE_ATTR, space.to_dict())  # last: its presence says the study is ready
+
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                     pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     else:
-        study.set_user_attr(CONFIG_ATTR, shared)
-        study.set_user_attr(VERSION_ATTR, __version__)
-        study.set_user_attr(SPACE_ATTR, space.to_dict())  # last: its presence says the study is ready
+        record()
         _logger.info("created study %r", name)
         return study
     deadline = time.monotonic() + wait_s
     while SPACE_ATTR not in study.user_attrs:  # the creator writes the attributes just after creating it
         if time.monotonic() > deadline:
-            raise SweepError(f"study {name!r} exists but was not made by vpt sweep (it records no space); "
-                             f"choose another --study")
+            if study.trials:
+                raise SweepError(f"study {name!r} exists but was not made by vpt sweep (it records no space); "
+                                 f"choose another --study")
+            # no trials and no record: its creator was stopped between creating and recording it (or someone
+            # made an empty study of this name). Record it as this command's; the checks below then hold a
+            # worker that raced to record another space or config to the usual errors.
+            _logger.warning("study %r exists with no trials and no vpt record (its creator was stopped while "
+                            "setting it up?); recording this command's space and config in it", name)
+            record()
+            break
         time.sleep(0.2)
     theirs = study.user_attrs[SPACE_ATTR]
     if json.dumps(theirs, sort_keys=True) != json.dumps(space.to_dict(), sort_keys=True):
