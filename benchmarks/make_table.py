@@ -219,6 +219,19 @@ def _order(cells: Dict[tuple, dict]) -> tuple:
     return tasks, arms
 
 
+def _runner_up(r: dict) -> str:
+    """'; val 75.5 vs 73.0 at lr 0.01, its neighbour': an edge lr's val against the nearest lr searched inside
+    the space, so a reader sees by how much the edge won (one val image is 100 / val size points)."""
+    import math
+    lr = r["best"]["params"].get("optim.lr")
+    others = [t for t in r["trials"] if t["state"] == "COMPLETE" and t.get("value") is not None
+              and t["params"].get("optim.lr") not in (None, lr)]
+    if lr is None or not others:
+        return ""
+    nxt = min(others, key=lambda t: abs(math.log(t["params"]["optim.lr"] / lr)))
+    return f"; val {r['best']['val']:g} vs {nxt['value']:g} at lr {_lr(nxt['params'])}, its neighbour"
+
+
 def _edges(r: dict) -> Dict[str, str]:
     """The record's edges, less an edge the best value ties with from inside the space (a plateau, e.g. a
     saturated val split; vpt.sweep.report.real_edges): recomputed, so records written before that rule agree."""
@@ -365,7 +378,7 @@ def render_sweeps(sweeps: List[dict], old: List[dict]) -> str:
             head += (f"\n\n> **partial**: {done} of {expected} (task, arm) sweeps finished; `–` = not run yet. "
                      f"Means over tasks only where an arm has every task of the table.")
         block = head + "\n\n" + sweep_table(cells)
-        edges = [f"{t} {a} (lr {_lr(r['best']['params'])}, {'/'.join(_edges(r).values())} edge)"
+        edges = [f"{t} {a} (lr {_lr(r['best']['params'])}, {'/'.join(_edges(r).values())} edge{_runner_up(r)})"
                  for (t, a), r in sorted(cells.items(), key=lambda kv: (TASKS.index(kv[0][0]), list(ARMS).index(kv[0][1])))
                  if _edges(r)]
         block += ("\n\nOptimum on the edge of the space (the best lr may lie beyond it): " + "; ".join(edges) + "."
