@@ -89,7 +89,8 @@ def test_sweep_tables(tmp_path):
     # pixel pad's lr 0.1 is its space's low edge, tied with 1.0 inside: a plateau, not an edge (the record's
     # own "edges", written by older code, is recomputed)
     assert "60.0 ± 1.0 <sub>lr 0.1</sub>" in text
-    assert "Optimum on the edge of the space (the best lr may lie beyond it): mnist vpt_deep (lr 1, high edge)." in text
+    assert ("Optimum on the edge of the space (the best lr may lie beyond it): mnist vpt_deep (lr 1, high edge; "
+            "val 50 vs 40 at lr 0.1, its neighbour).") in text
     assert "| mnist | 61.0 → 62.5 (+1.5) <sub>lr 0.1 → 0.3</sub> |" in text  # before/after: linear only
     assert "| mnist | +7.5 / -10.0 | -2.5 / -20.0 |" in text  # vpt_deep, pixel_pad minus linear / full
     assert ("- **mnist** (prompt arms not finished: vpt_shallow, vpt_prefix): pixel pad (-2.5) loses to linear probe "
