@@ -311,7 +311,7 @@ def gap_table(cells: Dict[tuple, dict]) -> str:
                 row.append("–")
                 continue
             m = cells[(t, a)]["test_top1_mean"]
-            row.append(" / ".join(f"{m - cells[(t, b)]['test_top1_mean']:+.1f}" if (t, b) in cells else "?"
+            row.append(" / ".join(f"{m - cells[(t, b)]['test_top1_mean']:+.1f}" if (t, b) in cells else "–"
                                   for b in base))
         lines.append(f"| {t} | " + " | ".join(row) + " |")
     return ("cells: prompt arm minus " + " / ".join(ARM_NAMES[b] for b in base) + " (test top-1 points; "
