@@ -233,20 +233,21 @@ def test_a_stale_trial_fails_its_whole_pack_and_its_packmates_are_queued_again(t
     import time
     url = f"sqlite:///{tmp_path / 'study.db'}" if scheme == "sqlite" else f"journal:{tmp_path / 'study.log'}"
     study, sp = _study(url)
-    t0, t1, t2 = (study.ask(fixed_distributions=sp.distributions()) for _ in range(3))
-    for t in (t0, t1):
+    t0, t1, t2, t3 = (study.ask(fixed_distributions=sp.distributions()) for _ in range(4))
+    for t in (t0, t1, t3):
         t.set_user_attr(PACK_ATTR, "0000-0001")
+    t3.set_user_attr(PACK_ATTR, None)  # a retry of that pack running alone (vpt.sweep.run clears its pack)
     with heartbeat(study, [t0._trial_id]):
         pass
     time.sleep(3.2)  # past the 2 s grace period for t0 only (SQLite stores beats to the whole second: +1 s)
-    with heartbeat(study, [t1._trial_id, t2._trial_id]):
+    with heartbeat(study, [t1._trial_id, t2._trial_id, t3._trial_id]):
         pass
     assert fail_stale_trials(study) == [0, 1]
     trials = study.get_trials()
-    assert [t.state for t in trials[:3]] == [S.FAIL, S.FAIL, S.RUNNING]
+    assert [t.state for t in trials[:4]] == [S.FAIL, S.FAIL, S.RUNNING, S.RUNNING]
     retried = sorted(t.system_attrs["failed_trial"] for t in trials if t.state == S.WAITING)
     assert retried == [0, 1]
-    assert fail_stale_trials(study) == []  # nothing stale is left: t2 is fresh and outside the pack
+    assert fail_stale_trials(study) == []  # nothing stale is left: t2 and t3 are fresh and outside the pack
 
 
 # --- reports ---------------------------------------------------------------------------------------------------

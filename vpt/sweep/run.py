@@ -240,6 +240,10 @@ class Sweep:
             out = []
             for trial, p, reporter in zip(trials, params, reporters):
                 run_dir = os.path.join(self.out, "trials", f"{self._root(study, trial):04d}")
+                if study._storage.get_trial(trial._trial_id).user_attrs.get(PACK_ATTR) is not None:
+                    # a retry of a packed trial, running alone: it is in no pack now (its pack name, inherited
+                    # from the killed trial, would make a stale packmate fail this live trial too)
+                    trial.set_user_attr(PACK_ATTR, None)
                 task = trial_cls(self._trial_config(p, run_dir))
                 try:
                     res = self._run_trial(task, run_dir, reporter, True, self.opts.pruner)
