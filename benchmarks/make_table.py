@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import statistics
 import sys
@@ -222,7 +223,6 @@ def _order(cells: Dict[tuple, dict]) -> tuple:
 def _runner_up(r: dict) -> str:
     """'; val 75.5 vs 73.0 at lr 0.01, its neighbour': an edge lr's val against the nearest lr searched inside
     the space, so a reader sees by how much the edge won (one val image is 100 / val size points)."""
-    import math
     lr = r["best"]["params"].get("optim.lr")
     others = [t for t in r["trials"] if t["state"] == "COMPLETE" and t.get("value") is not None
               and t["params"].get("optim.lr") not in (None, lr)]
@@ -318,8 +318,10 @@ def gap_table(cells: Dict[tuple, dict]) -> str:
             "negative: the prompt loses)\n\n" + "\n".join(lines))
 
 
-def _span(lo: float, hi: float) -> str:
-    return f"{lo:+.1f}" if f"{lo:+.1f}" == f"{hi:+.1f}" else f"{lo:+.1f} to {hi:+.1f}"
+def _span(lo: float, hi: float, fmt: str = "+.1f", sep: str = " to ") -> str:
+    """'lo to hi', or one number when both print the same."""
+    a, b = format(lo, fmt), format(hi, fmt)
+    return a if a == b else f"{a}{sep}{b}"
 
 
 def lose_sentences(cells: Dict[tuple, dict], planned=PROMPT_ARMS) -> List[str]:
@@ -340,7 +342,7 @@ def lose_sentences(cells: Dict[tuple, dict], planned=PROMPT_ARMS) -> List[str]:
             losers = {a: g for a, g in gaps.items() if g < 0}
             if len(losers) == len(arms):
                 lo, hi = min(-g for g in gaps.values()), max(-g for g in gaps.values())
-                by = f"{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}-{hi:.1f}"
+                by = _span(lo, hi, ".1f", "-")
                 who = "every prompt arm loses" if len(arms) > 1 else f"{ARM_NAMES[arms[0]]} loses"
                 parts.append(f"{who} to {ARM_NAMES[b]} ({ref:.1f}), by {by} points")
             elif losers:
