@@ -25,7 +25,8 @@ import sys
 from collections import defaultdict
 from typing import Dict, List
 
-from transfer import ARMS, RESULTS, TASKS, select_lr  # a sibling script (light: no torch at module level)
+from transfer import ARMS, RESULTS, TASKS, select_lr  # sibling scripts (light: no torch at module level)
+from transfer_sweep import record_edges
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -232,14 +233,6 @@ def _runner_up(r: dict) -> str:
     return f"; val {r['best']['val']:g} vs {nxt['value']:g} at lr {_lr(nxt['params'])}, its neighbour"
 
 
-def _edges(r: dict) -> Dict[str, str]:
-    """The record's edges, less an edge the best value ties with from inside the space (a plateau, e.g. a
-    saturated val split; vpt.sweep.report.real_edges): recomputed, so records written before that rule agree."""
-    from vpt.sweep.report import real_edges
-    from vpt.sweep.space import SearchSpace
-    return real_edges(SearchSpace.from_dict(r["space"]), r["best"]["params"], r["best"]["val"], r["trials"])
-
-
 def sweep_table(cells: Dict[tuple, dict]) -> str:
     """(task, arm) -> record: test top-1 mean ± std over the final seeds, the lr the sweep chose (marked
     'edge' when it is the space's edge), the mean over tasks where an arm has every task of the table."""
@@ -253,7 +246,7 @@ def sweep_table(cells: Dict[tuple, dict]) -> str:
                 row.append("–")
                 continue
             std = f" ± {r['test_top1_std']:.1f}" if r["test_n"] > 1 else ""
-            edge = ", **edge**" if _edges(r) else ""
+            edge = ", **edge**" if record_edges(r) else ""
             row.append(f"{r['test_top1_mean']:.1f}{std} <sub>lr {_lr(r['best']['params'])}{edge}</sub>")
         lines.append(f"| {t} | " + " | ".join(row) + " |")
     if len(tasks) > 1:
@@ -380,11 +373,18 @@ def render_sweeps(sweeps: List[dict], old: List[dict]) -> str:
             head += (f"\n\n> **partial**: {done} of {expected} (task, arm) sweeps finished; `–` = not run yet. "
                      f"Means over tasks only where an arm has every task of the table.")
         block = head + "\n\n" + sweep_table(cells)
-        edges = [f"{t} {a} (lr {_lr(r['best']['params'])}, {'/'.join(_edges(r).values())} edge{_runner_up(r)})"
+        edges = [f"{t} {a} (lr {_lr(r['best']['params'])}, {'/'.join(record_edges(r).values())} edge{_runner_up(r)})"
                  for (t, a), r in sorted(cells.items(), key=lambda kv: (TASKS.index(kv[0][0]), list(ARMS).index(kv[0][1])))
-                 if _edges(r)]
+                 if record_edges(r)]
         block += ("\n\nOptimum on the edge of the space (the best lr may lie beyond it): " + "; ".join(edges) + "."
                   if edges else "\n\nNo optimum lies on the edge of its space.")
+        widened = [f"{t} {a} (lr + {', '.join(_lr({'optim.lr': v}) for w in r['widened'] for v in w['added'].get('optim.lr', []))}: "
+                   f"{len(r['trials'])} trials, best lr {_lr(r['best']['params'])})"
+                   for (t, a), r in sorted(cells.items(), key=lambda kv: (TASKS.index(kv[0][0]), list(ARMS).index(kv[0][1])))
+                   if r.get("widened")]
+        if widened:
+            block += ("\n\nWidened past an edge (`--extend-edges`: the next lr at the grid's spacing, searched "
+                      "while the best lies on the edge): " + "; ".join(widened) + ".")
         same = [r for r in old if r["scale"] == sc and r["tag"] == tag]
         ba = before_after_table(same, cells)
         if ba:

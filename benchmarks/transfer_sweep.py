@@ -10,7 +10,9 @@ Same data, recipes (``transfer_configs/*.yaml``), arms and epochs (10) as the ``
 compared with; only the search differs: one ``vpt sweep`` per (task, arm) over the arm's space in
 ``transfer_configs/spaces/`` (7 lrs a half-decade apart, the same 7-trial budget for every method), grid
 sampler, median pruner, ``--seeds 3`` (seeds 0, 1, 2, like the old table), ``--pack 7`` for the frozen arms
-(the whole grid trained in one backbone pass; exact, see tests/test_sweep_packed.py).
+(the whole grid trained in one backbone pass; exact, see tests/test_sweep_packed.py), ``--extend-edges 2`` (a
+best lr on the grid's edge gets the next half-decade lr past it searched too, at most twice; the same rule for
+every method).
 
 Each sweep runs in its own process (``vpt sweep`` via ``vpt.cli.main``) in a folder under
 ``~/.cache/vpt/transfer_sweeps`` (trial run folders, study.db, plots); when it finishes, a compact record
@@ -116,6 +118,8 @@ def sweep_args(args, setup: str, task: str, arm: str, out_dir: str, study: str) 
             "--seeds", str(args.seeds), "--seed", "0", "--epochs", str(args.epochs)]
     if pack_of(args, setup, arm) > 1:
         argv += ["--pack", str(pack_of(args, setup, arm))]
+    if args.extend_edges:
+        argv += ["--extend-edges", str(args.extend_edges)]
     argv += weights_for(args, setup)[0]
     pad = max(1, round(conf["side"] * 30 / 224))
     for key, value in ARMS[arm].items():
@@ -162,7 +166,9 @@ def make_record(args, setup: str, task: str, arm: str, out_dir: str, cmd: List[s
     return {
         "benchmark": "transfer_sweep", "scale": args.scale, "tag": tag_of(setup, args.control), "setup": setup,
         "control": args.control, "task": task, "arm": arm, "epochs": args.epochs,
-        "space_file": os.path.relpath(os.path.join(SPACES_DIR, SPACES[arm]), REPO), "space": res["space"],
+        "space_file": os.path.relpath(os.path.join(SPACES_DIR, SPACES[arm]), REPO),
+        "space": res.get("space_given", res["space"]), "space_searched": res["space"],
+        "extend_edges": args.extend_edges, "widened": res.get("widened", []),
         "sampler": res["sampler"], "pruner": res["pruner"], "budget": res["budget"],
         "pack": pack_of(args, setup, arm),
         "best": res["best"], "edge_warning": res["edge_warning"], "edges": res["edges"],
@@ -195,7 +201,21 @@ def load_record(path: str, args, weights_sha: Optional[str], arm: str) -> Option
     if rec["epochs"] != args.epochs or rec.get("backbone_weights_sha256") != weights_sha or rec["space"] != space:
         raise SystemExit(f"error: {path} was made with other epochs, backbone weights or space; use another "
                          f"--scale for this sweep, or move the old record away")
+    if record_edges(rec) and rec.get("extend_edges", 0) < args.extend_edges:
+        return None  # its best lies on an edge, and it was made with fewer widening steps: its sweep goes on
     return rec
+
+
+def record_edges(rec: dict) -> Dict[str, str]:
+    """A record's edges ({field: 'low' | 'high'}) in the space it searched (widened past an edge, if it was),
+    less an edge the best value ties with from inside the space (a plateau, e.g. a saturated val split;
+    vpt.sweep.report.real_edges): recomputed, so records written before that rule agree."""
+    if not rec.get("best"):
+        return {}
+    from vpt.sweep.report import real_edges
+    from vpt.sweep.space import SearchSpace
+    space = SearchSpace.from_dict(rec.get("space_searched") or rec["space"])
+    return real_edges(space, rec["best"]["params"], rec["best"]["val"], rec["trials"])
 
 
 def write_json(path: str, data: dict) -> None:
@@ -275,6 +295,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="final runs of the best lr (seeds 0..K-1)")
     p.add_argument("--pack", type=int, default=7, help="trials per backbone pass for the frozen arms (1: off)")
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    p.add_argument("--extend-edges", type=int, default=2, metavar="N",
+                   help="vpt sweep --extend-edges: widen an arm's grid past an edge holding its best lr, up to N "
+                        "times (a record made with fewer steps whose best lies on an edge runs on)")
     p.add_argument("--control", action="store_true", help="random-init backbones (the control setups)")
     p.add_argument("--scale", default="e10", help="results sub-folder and label")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",

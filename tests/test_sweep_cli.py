@@ -149,6 +149,48 @@ def test_a_larger_budget_that_changes_the_best_trains_its_own_final_runs(sweep_s
     assert (tmp_path / "out" / first["final"]["folder"] / "seed_0" / "results.json").is_file()  # kept
 
 
+def test_extend_edges_widens_the_grid_past_the_edge_and_trains_only_the_new_point(sweep_setup, tmp_path, capsys):
+    """The best lr on the high edge of [1e-5, 0.3]: --extend-edges 1 adds the next value at the list's ratio
+    (1e4) in study sweep/widened_1, trains only that trial, keeps the final runs of the best
+    setting, and the same command (with or without the flag) then trains nothing more."""
+    root, data = sweep_setup
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [1.0e-05, 0.3]\n")
+    out = tmp_path / "out"
+    args = _args(root, data, out, space, "--seeds", "1", "--epochs", "1")
+    assert main(args) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["best"]["params"] == {"optim.lr": 0.3} and first["edges"] == {"optim.lr": "high"}
+    assert first["widened"] == [] and first["space"] == first["space_given"]
+    capsys.readouterr()
+    assert main(args + ["--extend-edges", "1"]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert res["widened"] == [{"study": "sweep/widened_1", "edges": {"optim.lr": "high"}, "added": {"optim.lr": [10000.0]}}]
+    assert res["space"] == {"optim.lr": {"values": [1e-05, 0.3, 10000.0]}} and res["space_given"] == first["space"]
+    assert [t["number"] for t in res["trials"]] == [0, 1, 2]
+    old = {t["number"]: t for t in first["trials"]}
+    for t in res["trials"]:  # the earlier trials are the same records, not trained again
+        if t["number"] in old:
+            assert t == old[t["number"]]
+    new = next(t for t in res["trials"] if t["number"] not in old)
+    assert new["params"] == {"optim.lr": 10000.0} and new["val_curve"] and new["state"] in ("COMPLETE", "FAIL")
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["0000", "0001", "0002"]
+    # the new value did not beat 0.3 (val saturates on this tiny split; a tie goes to the smaller lr)
+    assert new["state"] == "FAIL" or new["value"] <= first["best"]["val"]
+    assert res["best"] == first["best"] and res["final"]["study"] == first["final"]["study"]  # final runs kept
+    assert res["final"]["test_mean"] == first["final"]["test_mean"] and len(list((out / "final").iterdir())) == 1
+    assert res["edge_warning"] is None and res["edges"] == {}  # 0.3 now lies inside the space
+    assert "widened the space past its edge (sweep/widened_1): optim.lr + 10000.0" in printed
+    assert "warning: the best setting" not in printed
+    mtime = (out / "trials" / "0002" / "results.json").stat().st_mtime_ns
+    assert main(args) == 0  # without the flag, the same command reports the widened study; nothing trains
+    assert json.loads((out / "results.json").read_text())["trials"] == res["trials"]
+    assert (out / "trials" / "0002" / "results.json").stat().st_mtime_ns == mtime
+    assert main(_args(root, data, tmp_path / "bad", space, "--extend-edges", "1", "--sampler", "tpe", "--trials", "2")) == 2
+    assert "--extend-edges adds grid points: it needs --sampler grid" in capsys.readouterr().err
+
+
 def test_top_k_trains_each_candidate_and_chooses_by_mean_final_val(sweep_setup, tmp_path, capsys):
     """--top-k 2: the two best trials each get the final runs (their own folders and studies), the setting with
     the best mean final val is the result, summary.md lists both, and the same command again trains nothing."""

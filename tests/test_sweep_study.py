@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+import warnings
 
 import pytest
 
@@ -14,8 +16,8 @@ from vpt.errors import ConfigError  # noqa: E402
 from vpt.prompts.tokens import DeepPromptConfig  # noqa: E402
 from vpt.sweep import report  # noqa: E402
 from vpt.sweep.space import SearchSpace, check_fields, parse_space  # noqa: E402
-from vpt.sweep.study import (PACK_ATTR, SweepError, fail_stale_trials, heartbeat, make_pruner, make_sampler,  # noqa: E402
-                             open_storage, open_study)
+from vpt.sweep.study import (FILLING_ATTR, PACK_ATTR, SweepError, fail_stale_trials, heartbeat, make_pruner,  # noqa: E402
+                             make_sampler, open_storage, open_study, open_widened)
 from vpt.sweep.worker import Outcome, run_worker  # noqa: E402
 from vpt.tasks.classification import RunConfig  # noqa: E402
 
@@ -96,6 +98,38 @@ def test_edges():
     assert "optim.lr=0.001 is the lowest value searched" in report.edge_warning(space, {"optim.lr": 0.001}, 100.0, records)
 
 
+@pytest.mark.parametrize("spec, side, values", [
+    ([0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "low", [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]),  # half-decades
+    ([0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "high", [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]),
+    ([1e-5, 3e-5, 1e-4], "low", [3e-6, 1e-5, 3e-5, 1e-4]),
+    ([0.1, 0.01, 0.001], "low", [0.0001, 0.1, 0.01, 0.001]),  # decades, in the list's own order
+    ([5, 10, 20, 40], "high", [5, 10, 20, 40, 80]),  # doubling ints keep doubling (no round-number snap)
+    ([1, 2, 3], "high", [1, 2, 3, 4]),  # even steps: one step more
+    ([0.1, 0.5, 0.9], "low", [0.0, 0.1, 0.5, 0.9]),  # a positive field stops at 0
+    ({"low": 5, "high": 50, "step": 5}, "high", (5, 55)),
+    ({"low": 5, "high": 50, "step": 5}, "low", (0, 50)),
+    (["a", "b"], "high", None), ([0.3], "high", None), ({"low": 0.1, "high": 1.0, "log": True}, "high", None),
+])
+def test_a_param_extends_past_its_edge_at_its_spacing(spec, side, values):
+    wider = parse_space({"x": spec}).params[0].extended(side)
+    if values is None:
+        assert wider is None
+    elif isinstance(values, tuple):
+        assert (wider.low, wider.high, wider.step) == (*values, 5) and isinstance(wider.low, int)
+    else:
+        assert list(wider.values) == pytest.approx(values, rel=1e-12)
+        assert all(type(v) is type(spec[0]) for v in wider.values)
+
+
+def test_a_widened_space_adds_a_row_of_grid_points():
+    space = parse_space(GRID)
+    wider = space.widened({"optim.lr": "high", "optim.weight_decay": "high"})
+    assert wider.grid() == {"optim.lr": [0.1, 0.01, 0.001, 1.0], "optim.weight_decay": [0.0, 0.01, 0.02]}
+    new = [p for p in wider.points() if p not in space.points()]
+    assert len(space.points()) == 6 and len(new) == 12 - 6 and {"optim.lr": 1.0, "optim.weight_decay": 0.0} in new
+    assert space.widened({}) is None and parse_space({"optim.opt": ["sgd", "adamw"]}).widened({"optim.opt": "high"}) is None
+
+
 # --- studies --------------------------------------------------------------------------------------------------
 def _study(url, space=GRID, config=None, sampler="grid"):
     sp = parse_space(space)
@@ -168,6 +202,60 @@ def test_diverging_trial_fails_alone_and_the_study_completes(tmp_path):
     assert sum(t.state == S.COMPLETE for t in trials) == 5
     recs = report.trial_records(study)
     assert report.best_record(recs)["params"] == {"optim.lr": 0.001, "optim.weight_decay": 0.0}
+
+
+def test_a_widened_study_keeps_every_trial_and_runs_only_the_new_points(tmp_path):
+    """The best value on the high edge: the widened study copies the finished trials (numbers, values, curves,
+    attributes) and runs only the new grid points; a second worker joins it; one left half filled is made
+    again; the parent must be finished first."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study, sp = _study(url, space={"optim.lr": [0.01, 0.1]})
+    values = lambda p: {0.01: 50.0, 0.1: 70.0, 1.0: 80.0}[p["optim.lr"]]  # noqa: E731
+    trained = []
+
+    def train(trials, params, reporters):
+        trained.extend(p["optim.lr"] for p in params)
+        return _fake_train(values)(trials, params, reporters)
+    run_worker(study, sp, sp.grid_size(), train, grid=True)
+    best = report.best_record(report.trial_records(study))
+    edges = report.real_edges(sp, best["params"], best["value"], report.trial_records(study))
+    assert edges == {"optim.lr": "high"}
+    wider = sp.widened(edges)
+    assert wider.grid() == {"optim.lr": [0.01, 0.1, 1.0]}
+    config = {"optim": {"opt": "sgd"}, "output": {"dir": "x"}}
+    storage = study._storage
+    widened, budget = open_widened(storage, study, "s/widened_1", wider, config, make_sampler("grid", wider),
+                                   make_pruner("none", 3))
+    assert budget == 3
+    copies = {t.number: t for t in widened.get_trials() if t.state != S.WAITING}
+    for t in study.get_trials():
+        c = copies[t.number]
+        assert (c.params, c.value, c.state, c.intermediate_values) == (t.params, t.value, t.state, t.intermediate_values)
+    assert [t.system_attrs["fixed_params"] for t in widened.get_trials(states=(S.WAITING,))] == [{"optim.lr": 1.0}]
+    trained.clear()
+    run_worker(widened, wider, budget, train, grid=True)
+    assert trained == [1.0]  # nothing trained twice
+    recs = report.trial_records(widened)
+    assert [r["number"] for r in recs] == [0, 1, 2] and report.best_record(recs)["params"] == {"optim.lr": 1.0}
+    # another worker (or a rerun) joins the same study: nothing copied or queued twice
+    again, _ = open_widened(storage, study, "s/widened_1", wider, config, make_sampler("grid", wider),
+                            make_pruner("none", 3))
+    assert len(again.get_trials()) == 3
+    # a creator stopped while filling: the study is marked and has no space record; it is made again
+    half = optuna.create_study(storage=storage, study_name="s/widened_2", direction="maximize")
+    half.set_user_attr(FILLING_ATTR, time.time() - 60)  # not renewed for a minute
+    half.enqueue_trial({"optim.lr": 1.0})
+    remade = open_study(storage, "s/widened_2", wider, config, make_sampler("grid", wider), make_pruner("none", 3),
+                        wait_s=0.3, populate=lambda st: None)
+    assert remade.user_attrs["vpt:space"] == wider.to_dict() and remade.get_trials() == []
+    # the parent must have finished
+    running, _ = _study(f"sqlite:///{tmp_path / 'other.db'}", space={"optim.lr": [0.01, 0.1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Optuna: heartbeats are meant for optimize()
+        running.ask()
+    with pytest.raises(SweepError, match="still has running or queued trials"):
+        open_widened(running._storage, running, "s/widened_1", wider, config, make_sampler("grid", wider),
+                     make_pruner("none", 3))
 
 
 def test_median_pruner_stops_bad_trials(tmp_path):

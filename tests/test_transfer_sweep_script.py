@@ -10,7 +10,7 @@ from vpt.weights import SHIPPED
 
 
 def args(**kw):
-    base = {"control": False, "epochs": 10, "seeds": 3, "pack": 7, "pruner": "median", "set": [],
+    base = {"control": False, "epochs": 10, "seeds": 3, "pack": 7, "pruner": "median", "set": [], "extend_edges": 2,
             "data_root": "/data", "effnet_weights": "/missing.safetensors"}
     return argparse.Namespace(**{**base, **kw})
 
@@ -34,6 +34,8 @@ def test_sweep_args():
     assert deep[deep.index("--space") + 1].endswith("spaces/head.yaml") and deep[deep.index("--pack") + 1] == "7"
     assert deep[deep.index("--model") + 1] == "vpt:vit_tiny_cifar10" and "--seeds" in deep
     assert 'model.prompt={"kind": "vpt_deep", "num_tokens": 10}' in deep
+    assert deep[deep.index("--extend-edges") + 1] == "2" and "--extend-edges" not in ts.sweep_args(
+        args(extend_edges=0), "vit_tiny_cifar10", "mnist", "vpt_deep", "/out", "st")
     full = ts.sweep_args(a, "vit_tiny_cifar10", "mnist", "full", "/out", "st")
     assert full[full.index("--space") + 1].endswith("spaces/full.yaml") and "--pack" not in full
     pad = ts.sweep_args(a, "vit_tiny_cifar10", "mnist", "pixel_pad", "/out", "st")
@@ -64,3 +66,29 @@ def test_finished_cells_are_skipped_only_when_they_match(tmp_path):
         path.write_text(json.dumps(rec))
         with pytest.raises(SystemExit, match="other epochs, backbone weights or space"):
             ts.load_record(str(path), args(), sha, "linear")
+
+
+def test_a_record_whose_best_lies_on_an_edge_runs_on_with_more_widening_steps(tmp_path):
+    """A cell made with fewer --extend-edges steps than asked, whose best lr lies on an edge of the space it
+    searched, is not done (its sweep goes on and widens); one inside its widened space, or made with as many
+    steps, is."""
+    from vpt.sweep.space import load_space
+    space = load_space(f"{ts.SPACES_DIR}/head.yaml").to_dict()
+    sha = SHIPPED["vit_tiny_cifar10"]["sha256"]
+    lrs = space["optim.lr"]["values"]
+    trials = [{"number": i, "state": "COMPLETE", "value": 50.0 + (i == 0), "params": {"optim.lr": lr}}
+              for i, lr in enumerate(lrs)]  # the lowest lr wins alone: a low edge
+    rec = {"epochs": 10, "backbone_weights_sha256": sha, "space": space, "trials": trials,
+           "best": {"params": {"optim.lr": lrs[0]}, "val": 51.0}}
+    path = tmp_path / "linear.json"
+    path.write_text(json.dumps(rec))
+    assert ts.record_edges(rec) == {"optim.lr": "low"}
+    assert ts.load_record(str(path), args(), sha, "linear") is None  # made without widening: runs on
+    assert ts.load_record(str(path), args(extend_edges=0), sha, "linear")
+    path.write_text(json.dumps({**rec, "extend_edges": 2}))  # widened as far as asked: done, edge and all
+    assert ts.load_record(str(path), args(), sha, "linear")
+    wider = {"optim.lr": {"values": [0.001, *lrs]}}
+    trials.append({"number": 7, "state": "COMPLETE", "value": 49.0, "params": {"optim.lr": 0.001}})
+    path.write_text(json.dumps({**rec, "space_searched": wider, "extend_edges": 1}))
+    assert ts.record_edges({**rec, "space_searched": wider}) == {}  # inside the widened space
+    assert ts.load_record(str(path), args(), sha, "linear")

@@ -4,8 +4,9 @@ Hyper-parameter search on Optuna: trials select on the validation split only (th
 after any epoch), the best setting is trained again with ``--seeds`` seeds, and test is read once, by those
 final runs (``--top-k K``: the K best trials are each trained again, and the one with the best mean final val
 is chosen). ``<output>/results.json`` holds the best setting, every trial with its val curve, test mean +/-
-std and a warning when the best value lies on the edge of the space; summary.md / summary.csv and plots
-sit next to it. The ``vpt train`` flags (``--epochs``, ``--batch-size``, ``--set ...``) fix settings.
+std and a warning when the best value lies on the edge of the space (``--extend-edges N``: widen a grid past
+such an edge, with the next value at its spacing, and search the new points; up to N times); summary.md /
+summary.csv and plots sit next to it. The ``vpt train`` flags (``--epochs``, ``--batch-size``, ``--set ...``) fix settings.
 
 Many workers, one study: run the same command in N processes or on N machines with one ``--storage``
 (``sqlite:///PATH``, an RDB URL such as ``postgresql://user@host/db``, or ``journal:PATH`` on a shared
@@ -51,6 +52,9 @@ def register(sub) -> None:
     g.add_argument("--top-k", type=int, default=1, metavar="K",
                    help="final runs for the K best trials, and the setting with the best mean final val is chosen "
                         "(guards against a lucky trial on a small val split; default 1: the best trial)")
+    g.add_argument("--extend-edges", type=int, default=0, metavar="N",
+                   help="when the best setting lies on an edge of a listed (or stepped) field, add the next value past "
+                        "it at the list's spacing and run the new grid points; up to N times (grid sampler; default 0)")
     g.add_argument("--pack", type=int, default=1, metavar="K",
                    help="train K trials at once in one backbone pass (trials that differ in optim.* / sched.* only)")
     g.add_argument("--nproc-per-trial", type=int, default=1, metavar="N",
@@ -66,7 +70,7 @@ def command_line(args) -> str:
     parts = ["vpt", "sweep"]
     if args.config:
         parts += ["-c", args.config]
-    for dest in list(FLAG_FIELDS) + ["space", "sampler", "trials", "pruner", "storage", "study", "seeds", "top_k", "pack", "nproc_per_trial", "heartbeat"]:
+    for dest in list(FLAG_FIELDS) + ["space", "sampler", "trials", "pruner", "storage", "study", "seeds", "top_k", "extend_edges", "pack", "nproc_per_trial", "heartbeat"]:
         v = getattr(args, dest, None)
         if v is not None and v is not False and dest != "strict_data":
             parts += [f"--{dest.replace('_', '-')}"] + ([] if v is True else [str(v)])
@@ -110,7 +114,7 @@ def run(args) -> int:
     space = load_space(args.space)
     opts = SweepOptions(sampler=args.sampler, trials=args.trials, pruner=args.pruner, storage=args.storage,
                         study=args.study, seeds=args.seeds, top_k=args.top_k, heartbeat=args.heartbeat, command=command_line(args),
-                        pack=args.pack, nproc_per_trial=args.nproc_per_trial,
+                        pack=args.pack, nproc_per_trial=args.nproc_per_trial, extend_edges=args.extend_edges,
                         callbacks=[cb for cb in (kill_callback(),) if cb is not None])
     with sigterm_as_interrupt():
         results = run_sweep(task_cls, cfg, space, opts)
@@ -125,6 +129,9 @@ def run(args) -> int:
             print(f"  {'*' if c['chosen'] else ' '} trial {c['trial']} ("
                   + ", ".join(f"{k}={v}" for k, v in c["params"].items())
                   + f"): trial val {c['val']:.4g}, mean final val {mean} over {c['runs']} seed(s)")
+    for step in results["widened"]:
+        print(f"widened the space past its edge ({step['study']}): "
+              + "; ".join(f"{k} + {', '.join(map(str, v))}" for k, v in step["added"].items()))
     if final.get("note"):
         print(f"note: {final['note']}")
     if results["edge_warning"]:

@@ -38,7 +38,7 @@ from ..io import atomic_write_json
 from . import report
 from .space import SearchSpace, apply_params, check_fields, describe
 from .study import (PACK_ATTR, SweepError, fail_stale_trials, make_pruner, make_sampler, open_storage, open_study,
-                    require_optuna)
+                    open_widened, require_optuna)
 from .worker import Outcome, TrialReporter, run_worker
 
 _logger = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class SweepOptions:
     callbacks: Sequence[Callback] = ()  # extra engine callbacks for every run (the CLI's test kill switch)
     pack: int = 1  # train up to this many search trials at once in one backbone pass (vpt.sweep.packed)
     nproc_per_trial: int = 1  # >1: each trial (and final run) is a torchrun job of this many DDP processes
+    extend_edges: int = 0  # widen a grid past an edge that holds the best setting, up to this many times
 
 
 def _prompt_schema(cfg_dict: Mapping[str, Any]):
@@ -160,6 +161,11 @@ class Sweep:
             raise ConfigError(f"--top-k must be >= 1, got {opts.top_k}")
         if opts.nproc_per_trial < 1:
             raise ConfigError(f"--nproc-per-trial must be >= 1, got {opts.nproc_per_trial}")
+        if opts.extend_edges < 0:
+            raise ConfigError(f"--extend-edges must be >= 0, got {opts.extend_edges}")
+        if opts.extend_edges and opts.sampler != "grid":
+            raise ConfigError(f"--extend-edges adds grid points: it needs --sampler grid (a {opts.sampler} search "
+                              f"over a range: widen the range in the space file instead)")
         if opts.nproc_per_trial > 1 and opts.pack > 1:
             raise ConfigError("--pack and --nproc-per-trial don't combine yet (a pack trains in this process); "
                               "drop one")
@@ -173,6 +179,8 @@ class Sweep:
         self.budget = opts.trials or space.grid_size()
         if opts.sampler == "grid":
             self.budget = min(self.budget, space.grid_size())
+        self.searched = space  # the space searched in the end: ``space`` widened past its edges (--extend-edges)
+        self.widenings: List[Dict[str, Any]] = []
         self.storage_url = opts.storage or f"sqlite:///{os.path.join(self.out, 'study.db')}"
         self.epochs = int(self.base["train"]["epochs"])
 
@@ -367,6 +375,7 @@ class Sweep:
                        pack=self.opts.pack)
         finally:
             bar.close()
+        study = self._widen(storage, study)
         records = report.trial_records(study)
         ranked = report.ranked_records(records)
         if not ranked:
@@ -376,7 +385,7 @@ class Sweep:
         top = ranked[:self.opts.top_k]
         if len(top) < self.opts.top_k:
             _logger.warning("--top-k %d but only %d trial(s) completed: final runs for those", self.opts.top_k, len(top))
-        warning = report.edge_warning(self.space, top[0]["params"], top[0]["value"], records)
+        warning = report.edge_warning(self.searched, top[0]["params"], top[0]["value"], records)
         if warning:
             _logger.warning("%s", warning)
         seed0 = int(self.base["train"]["seed"])
@@ -397,6 +406,50 @@ class Sweep:
             self._work(final, seeds, self.opts.seeds, self._train_final(rec["params"], folder), True)
             candidates.append(self._candidate(rec, final, name, folder, note))
         return self._write(study, records, candidates)
+
+    def _widen(self, storage, study):
+        """While the best trial lies on an edge of the space, add the next value past that edge (see
+        :meth:`SearchSpace.widened`) and run the new grid points, in study ``<study>/widened_<n>``, which holds
+        the earlier trials too (:func:`open_widened`). ``--extend-edges N`` allows N such steps; a step that an
+        earlier run took is followed whatever N is, so that every worker and rerun reports the same study.
+        Returns the study searched last (``self.searched``: its space)."""
+        optuna = require_optuna()
+        names = set(optuna.study.get_all_study_names(storage))
+        space, self.searched, self.widenings = self.space, self.space, []
+        while True:
+            name = f"{self.opts.study}/widened_{len(self.widenings) + 1}"
+            if name not in names and len(self.widenings) >= self.opts.extend_edges:
+                break
+            records = report.trial_records(study)
+            best = report.best_record(records)
+            edges = report.real_edges(space, best["params"], best["value"], records) if best else {}
+            wider = space.widened(edges)
+            if wider is None:
+                if edges:
+                    _logger.warning("the best setting lies on an edge of %s that has no next value to add",
+                                    ", ".join(edges))
+                break
+            try:
+                check_space(wider, self.task_cls, self.base)
+            except (ConfigError, ValueError) as e:
+                _logger.warning("cannot widen the space past %s: %s", ", ".join(edges), e)
+                break
+            added = {p.name: [v for v in p.grid() if v not in space[p.name].grid()]
+                     for p in wider.params if p.grid() != space[p.name].grid()}
+            _logger.info("the best setting (%s) lies on the edge of the space: widening it with %s (study %r)",
+                         describe(best["params"]), describe({k: v[0] for k, v in added.items()}), name)
+            study, budget = open_widened(storage, study, name, wider, self.base,
+                                         make_sampler("grid", wider, self.opts.sampler_seed),
+                                         make_pruner(self.opts.pruner, self.epochs))
+            bar = _StudyBar(study, budget, self.opts.progress)
+            try:
+                train_fn = self._train_packed(study) if self.opts.pack > 1 else self._train_search(study)
+                self._work(study, wider, budget, train_fn, True, bar.update, pack=self.opts.pack)
+            finally:
+                bar.close()
+            space = self.searched = wider
+            self.widenings.append({"study": name, "edges": edges, "added": added})
+        return study
 
     def _candidate(self, rec, final, name: str, folder: str, note: Optional[str]) -> Dict[str, Any]:
         """One candidate setting with its final runs (seed order) and their val / test means."""
@@ -457,9 +510,10 @@ class Sweep:
         chosen = candidates[choose_candidate(candidates)] if candidates else None
         cands = [{**{k: v for k, v in c.items() if k not in ("runs", "final_trials")}, "chosen": c is chosen,
                   "runs": len(c["runs"])} for c in candidates]
-        files = report.write_tables(self.out, records, self.space, cands if len(cands) > 1 else ())
-        files += report.write_plots(self.out, records, self.space, study)
-        warning = report.edge_warning(self.space, chosen["params"], chosen["val"], records) if chosen else None
+        space = self.searched
+        files = report.write_tables(self.out, records, space, cands if len(cands) > 1 else ())
+        files += report.write_plots(self.out, records, space, study)
+        warning = report.edge_warning(space, chosen["params"], chosen["val"], records) if chosen else None
         sel = self.task_cls.selection
         final = {}
         if chosen is not None:
@@ -475,12 +529,14 @@ class Sweep:
             "study": self.opts.study, "storage": redact(self.storage_url),
             "sampler": self.opts.sampler, "pruner": self.opts.pruner, "budget": self.budget,
             "top_k": self.opts.top_k, "selection": selection,
-            "space": self.space.to_dict(),
+            "space": space.to_dict(),
+            "space_given": self.space.to_dict(),
+            "widened": self.widenings,  # each step: its study, the edges it widened and the values it added
             "best": None if chosen is None else {"trial": chosen["trial"], "params": chosen["params"],
                                                  "val": chosen["val"], "best_epoch": chosen.get("best_epoch")},
             "edge_warning": warning,
-            "edges": report.real_edges(self.space, chosen["params"], chosen["val"], records) if chosen else {},
-            "edge_ties": report.edge_ties(self.space, chosen["params"], chosen["val"], records) if chosen else {},
+            "edges": report.real_edges(space, chosen["params"], chosen["val"], records) if chosen else {},
+            "edge_ties": report.edge_ties(space, chosen["params"], chosen["val"], records) if chosen else {},
             "final": final,
             "candidates": cands,
             "trials": records,

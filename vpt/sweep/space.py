@@ -94,6 +94,72 @@ class Param:
             return "high"
         return "low" if v <= lo + width and float(self.low) != 0 else None
 
+    def extended(self, side: str) -> Optional["Param"]:
+        """This parameter with one more value past its ``side`` ('low' / 'high') edge, at the spacing of its
+        values: a stepped range one step further; a numeric list spaced by a ratio (positive values whose log
+        gaps are the more even, see :func:`_geometric`) the next value of its geometric mean ratio, as a round
+        number where one is near (a half-decade grid 0.003 ... 3 goes on with 0.001 and 10); any other numeric
+        list its mean step further. A positive field is not taken below 0, the floor of the fields searched
+        this way (0 itself is then the new value); integer lists stay integers. None when there is no next
+        value (a categorical list, a continuous range, a single value)."""
+        if self.values is None:
+            if self.step is None:
+                return None
+            if side == "high":
+                return dataclasses.replace(self, high=self.high + self.step)
+            low = self.low - self.step
+            low = max(low, 0) if self.low > 0 else low
+            return None if low == self.low else dataclasses.replace(self, low=low)
+        nums = [v for v in self.values if _is_number(v)]
+        if len(nums) < 2 or len(nums) != len(self.values):
+            return None
+        lo, hi = min(nums), max(nums)
+        integer = all(isinstance(v, int) for v in nums)
+        if _geometric(sorted(nums)):
+            ratio = (hi / lo) ** (1.0 / (len(nums) - 1))
+            edge = hi if side == "high" else lo
+            new = _round_number(edge * ratio if side == "high" else edge / ratio, edge, side, ratio)
+            new = int(round(new)) if integer else new
+        else:
+            step = (hi - lo) / (len(nums) - 1)
+            new = hi + step if side == "high" else lo - step
+            if lo > 0 and new < 0:
+                new = 0
+            new = int(round(new)) if integer else round(float(new), 12)
+        if new in nums or (side == "low" and new >= lo) or (side == "high" and new <= hi):
+            return None
+        values = list(self.values)
+        return dataclasses.replace(self, values=tuple(values + [new] if side == "high" else [new] + values))
+
+
+ROUND_MANTISSAS = (1.0, 2.0, 2.5, 3.0, 5.0, 10.0)
+
+
+def _geometric(values: List[float]) -> bool:
+    """Whether sorted numeric ``values`` are spaced by a ratio rather than a step: all positive, and their
+    log gaps more even than their gaps (two values: a decade or more apart)."""
+    if values[0] <= 0:
+        return False
+    if len(values) == 2:
+        return values[1] / values[0] >= 10
+
+    def spread(gaps: List[float]) -> float:
+        mean = sum(gaps) / len(gaps)
+        return (max(gaps) - min(gaps)) / mean if mean > 0 else math.inf
+    gaps = [b - a for a, b in zip(values, values[1:])]
+    return spread([math.log(b / a) for a, b in zip(values, values[1:])]) < spread(gaps)
+
+
+def _round_number(x: float, edge: float, side: str, ratio: float) -> float:
+    """``x`` as the nearest (on a log scale) round number (1, 2, 2.5, 3 or 5 x 10^k) past ``edge`` on
+    ``side`` and within a factor ``ratio ** 0.25`` of ``x`` (so a half-decade grid stays one, and a
+    doubling one keeps doubling); else ``x`` to 3 significant digits."""
+    exp = math.floor(math.log10(x))
+    candidates = [m * 10.0 ** e for e in (exp - 1, exp, exp + 1) for m in ROUND_MANTISSAS]
+    near = [c for c in candidates if (c > edge if side == "high" else c < edge)
+            and abs(math.log(c / x)) <= 0.25 * math.log(ratio)]
+    return float(f"{min(near, key=lambda c: abs(math.log(c / x))) if near else x:.3g}")
+
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
@@ -147,6 +213,22 @@ class SearchSpace:
         for g in self.grid().values():
             n *= len(g)
         return n
+
+    def points(self) -> List[Dict[str, Scalar]]:
+        """Every grid point as {name: value}, the first parameter varying slowest."""
+        import itertools
+        grid = self.grid()
+        return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+
+    def widened(self, edges: Mapping[str, str]) -> Optional["SearchSpace"]:
+        """This space with each ``edges`` field ({name: 'low' | 'high'}) given its next value past that edge
+        (:meth:`Param.extended`); None when none of them has a next value."""
+        params, changed = [], False
+        for p in self.params:
+            wider = p.extended(edges[p.name]) if p.name in edges else None
+            changed = changed or wider is not None
+            params.append(wider or p)
+        return SearchSpace(tuple(params)) if changed else None
 
     def edges(self, best: Mapping[str, Any]) -> Dict[str, str]:
         """{name: 'low' | 'high'} for the best setting's values that lie on an edge of the space."""

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import warnings
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from ..errors import ConfigError, VptError
 from .space import SearchSpace
@@ -34,6 +34,7 @@ SPACE_ATTR, CONFIG_ATTR, VERSION_ATTR = "vpt:space", "vpt:config", "vpt:version"
 HEARTBEAT_ATTR, SURPLUS_ATTR = "vpt:heartbeat", "vpt:surplus"
 JOURNAL_PREFIX = "journal:"
 PACK_ATTR = "vpt:pack"  # a packed trial's pack (folder name under packs/): its retry resumes only in that pack
+FILLING_ATTR = "vpt:filling"  # a widened study being filled by its creator (open_widened)
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 # config fields that may differ between the workers of one study (where they run, not what they compute)
@@ -166,8 +167,13 @@ def _flat(d: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def open_study(storage, name: str, space: SearchSpace, config: Mapping[str, Any], sampler, pruner,
-               wait_s: float = 30.0):
-    """Create study ``name`` (recording space and config) or join it (checking both)."""
+               wait_s: float = 30.0, populate: Optional[Callable[[Any], None]] = None):
+    """Create study ``name`` (recording space and config) or join it (checking both).
+
+    ``populate(study)`` fills a study this call creates (a widened study's copied trials and queued points,
+    :func:`open_widened`) before the space is recorded, so that joining workers, which wait for the record,
+    see it whole. The creator marks the study ``vpt:filling`` with a time it renews while filling; a study
+    whose mark has not been renewed for ``wait_s`` (its creator was stopped) is deleted and made again."""
     optuna = require_optuna()
     from ..version import __version__
     shared = study_config(config)
@@ -182,12 +188,25 @@ def open_study(storage, name: str, space: SearchSpace, config: Mapping[str, Any]
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     else:
+        if populate is not None:
+            study.set_user_attr(FILLING_ATTR, time.time())
+            populate(study)
         record()
         _logger.info("created study %r", name)
         return study
     deadline = time.monotonic() + wait_s
     while SPACE_ATTR not in study.user_attrs:  # the creator writes the attributes just after creating it
         if time.monotonic() > deadline:
+            filling = study.user_attrs.get(FILLING_ATTR)
+            if populate is not None and filling is not None:
+                if time.time() - float(filling) < wait_s:  # its creator is still filling it
+                    time.sleep(0.2)
+                    continue
+                _logger.warning("study %r was left half made (its creator was stopped while filling it); "
+                                "making it again", name)
+                with contextlib.suppress(KeyError):  # another worker deleted it first
+                    optuna.delete_study(study_name=name, storage=storage)
+                return open_study(storage, name, space, config, sampler, pruner, wait_s, populate)
             if study.trials:
                 raise SweepError(f"study {name!r} exists but was not made by vpt sweep (it records no space); "
                                  f"choose another --study")
@@ -212,6 +231,39 @@ def open_study(storage, name: str, space: SearchSpace, config: Mapping[str, Any]
                          f"choose another --study")
     _logger.info("joined study %r (%d trials so far)", name, len(study.trials))
     return study
+
+
+def open_widened(storage, parent, name: str, space: SearchSpace, config: Mapping[str, Any], sampler, pruner):
+    """Create (or join) study ``name``: the finished study ``parent`` over the wider ``space``. Optuna keeps
+    a listed parameter's choices fixed within one study, so a wider list needs a study of its own: it gets
+    every trial of ``parent`` (same numbers, values, val curves and attributes; nothing is trained again)
+    and the grid points of ``space`` outside ``parent``'s grid, queued to run. Returns (study, the
+    trial budget that covers them)."""
+    optuna = require_optuna()
+    old = [t for t in sorted(parent.get_trials(deepcopy=False), key=lambda t: t.number)]
+    if any(not t.state.is_finished() for t in old):
+        raise SweepError(f"study {parent.study_name!r} still has running or queued trials; it is widened once it "
+                         f"has finished")
+    # the points outside the parent's grid (a partial grid, --trials < its size, stays as partial as it was)
+    known = {json.dumps(p, sort_keys=True) for p in SearchSpace.from_dict(parent.user_attrs[SPACE_ATTR]).points()}
+    new = [p for p in space.points() if json.dumps(p, sort_keys=True) not in known]
+    dists = space.distributions()
+
+    def fill(study) -> None:
+        for i, t in enumerate(old):  # in number order: each copy gets its trial's number
+            if i % 20 == 19:
+                study.set_user_attr(FILLING_ATTR, time.time())  # still filling (see open_study)
+            study.add_trial(optuna.trial.FrozenTrial(
+                number=t.number, state=t.state, value=t.value, datetime_start=t.datetime_start,
+                datetime_complete=t.datetime_complete, params=dict(t.params),
+                distributions={k: dists[k] for k in t.params}, user_attrs=dict(t.user_attrs),
+                system_attrs={k: v for k, v in t.system_attrs.items() if k not in ("grid_id", "search_space")},
+                intermediate_values=dict(t.intermediate_values), trial_id=-1))
+        for p in new:
+            study.enqueue_trial(p, skip_if_exists=False)
+    study = open_study(storage, name, space, config, sampler, pruner, populate=fill)
+    begun = sum(not is_surplus(t) and not is_retry(t) for t in old)
+    return study, begun + len(new)
 
 
 # --- heartbeats ----------------------------------------------------------------------------------------
