@@ -410,7 +410,7 @@ class Sweep:
     def _widen(self, storage, study):
         """While the best trial lies on an edge of the space, add the next value past that edge (see
         :meth:`SearchSpace.widened`) and run the new grid points, in study ``<study>/widened_<n>``, which holds
-        the earlier trials too (:func:`open_widened`). ``--extend-edges N`` allows N such steps; a step that an
+        the earlier trials too (:func:`open_widened`), unpruned. ``--extend-edges N`` allows N such steps; a step that an
         earlier run took is followed whatever N is, so that every worker and rerun reports the same study.
         Returns the study searched last (``self.searched``: its space)."""
         optuna = require_optuna()
@@ -438,9 +438,12 @@ class Sweep:
                      for p in wider.params if p.grid() != space[p.name].grid()}
             _logger.info("the best setting (%s) lies on the edge of the space: widening it with %s (study %r)",
                          describe(best["params"]), describe({k: v[0] for k, v in added.items()}), name)
+            # no pruner here: the new points exist to settle whether the optimum lies past the edge, which
+            # takes their whole curve (the median pruner would judge a small new lr by its slow first epochs
+            # against the finished trials, a harder rule than the grid's own trials met, e.g. in one pack)
             study, budget = open_widened(storage, study, name, wider, self.base,
                                          make_sampler("grid", wider, self.opts.sampler_seed),
-                                         make_pruner(self.opts.pruner, self.epochs))
+                                         optuna.pruners.NopPruner())
             bar = _StudyBar(study, budget, self.opts.progress)
             try:
                 train_fn = self._train_packed(study) if self.opts.pack > 1 else self._train_search(study)
