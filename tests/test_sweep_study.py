@@ -357,3 +357,50 @@ def test_report_tables_plots_and_tie_break(tmp_path):
         assert os.path.getsize(tmp_path / name) > 0 and str(tmp_path / name) in files
     with open(tmp_path / "val_vs_lr.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_sweep_widens_step_by_step_up_to_its_limit_and_a_rerun_follows(tmp_path, monkeypatch):
+    """Sweep._widen with training stubbed: val rises as the lr falls, so each new low lr wins and lies on the
+    new edge. --extend-edges 2 takes two steps (1e-3 -> 3e-4 -> 1e-4 below a half-decade grid), unpruned, and
+    keeps the warning; a rerun without the flag follows both studies and trains nothing; each step's trials
+    keep their numbers."""
+    from vpt.config import to_dict
+    from vpt.sweep.run import Sweep, SweepOptions
+    from vpt.tasks import task_class
+    cls = task_class("classification")
+    base = to_dict(cls.config_cls())
+    base["output"]["dir"], base["data"]["root"] = str(tmp_path), str(tmp_path)  # never read: training is stubbed
+    space = parse_space({"optim.lr": [0.001, 0.003, 0.01, 0.03, 0.1]})
+    trained = []
+
+    def fake(self, study):
+        def train(trials, params, reporters):
+            out = []
+            for p, r in zip(params, reporters):
+                trained.append(p["optim.lr"])
+                final = 100 - 1000 * p["optim.lr"]
+                for epoch in (1, 2, 3):  # an lr below the grid starts slowly: 0 until its last epoch
+                    if r.report(epoch, final if epoch == 3 else (0.0 if p["optim.lr"] < 0.001 else final / 2)):
+                        break
+                out.append(Outcome(pruned=r.pruned))
+            return out
+        return train
+    monkeypatch.setattr(Sweep, "_train_search", fake)
+    sweep = Sweep(cls, base, space, SweepOptions(sampler="grid", pruner="median", extend_edges=2))
+    storage = open_storage(sweep.storage_url, heartbeat_interval=1, grace_period=2)
+    study = open_study(storage, "sweep", space, base, make_sampler("grid", space), make_pruner("median", 3))
+    run_worker(study, space, 5, fake(sweep, study), grid=True)
+    last = sweep._widen(storage, study)
+    # the new points ran their whole curves: the median pruner (active after 5 finished trials) would have
+    # stopped them at epoch 2, below every finished curve
+    assert last.study_name == "sweep/widened_2" and trained[5:] == [0.0003, 0.0001]
+    assert [t.state for t in last.get_trials()] == [S.COMPLETE] * 7
+    assert [w["added"] for w in sweep.widenings] == [{"optim.lr": [0.0003]}, {"optim.lr": [0.0001]}]
+    assert sweep.searched.grid() == {"optim.lr": [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]}
+    recs = report.trial_records(last)
+    assert [r["number"] for r in recs] == list(range(7)) and report.best_record(recs)["params"] == {"optim.lr": 0.0001}
+    assert report.edge_warning(sweep.searched, {"optim.lr": 0.0001}, recs[-1]["value"], recs)  # still an edge: warned
+    trained.clear()
+    again = Sweep(cls, base, space, SweepOptions(sampler="grid", pruner="median"))
+    assert again._widen(storage, study).study_name == "sweep/widened_2" and trained == []
+    assert again.searched == sweep.searched and [w["study"] for w in again.widenings] == ["sweep/widened_1", "sweep/widened_2"]
