@@ -233,6 +233,16 @@ def _runner_up(r: dict) -> str:
     return f"; val {r['best']['val']:g} vs {nxt['value']:g} at lr {_lr(nxt['params'])}, its neighbour"
 
 
+def _in_order(cells: Dict[tuple, dict]) -> List[tuple]:
+    """((task, arm), record) pairs in the tables' task and arm order."""
+    return sorted(cells.items(), key=lambda kv: (TASKS.index(kv[0][0]), list(ARMS).index(kv[0][1])))
+
+
+def _added_lrs(r: dict) -> List[float]:
+    """The lrs that --extend-edges added to a record's grid, in the order added."""
+    return [v for step in r["widened"] for v in step["added"].get("optim.lr", [])]
+
+
 def sweep_table(cells: Dict[tuple, dict]) -> str:
     """(task, arm) -> record: test top-1 mean ± std over the final seeds, the lr the sweep chose (marked
     'edge' when it is the space's edge), the mean over tasks where an arm has every task of the table."""
@@ -374,14 +384,11 @@ def render_sweeps(sweeps: List[dict], old: List[dict]) -> str:
                      f"Means over tasks only where an arm has every task of the table.")
         block = head + "\n\n" + sweep_table(cells)
         edges = [f"{t} {a} (lr {_lr(r['best']['params'])}, {'/'.join(record_edges(r).values())} edge{_runner_up(r)})"
-                 for (t, a), r in sorted(cells.items(), key=lambda kv: (TASKS.index(kv[0][0]), list(ARMS).index(kv[0][1])))
-                 if record_edges(r)]
+                 for (t, a), r in _in_order(cells) if record_edges(r)]
         block += ("\n\nOptimum on the edge of the space (the best lr may lie beyond it): " + "; ".join(edges) + "."
                   if edges else "\n\nNo optimum lies on the edge of its space.")
-        widened = [f"{t} {a} (lr + {', '.join(_lr({'optim.lr': v}) for w in r['widened'] for v in w['added'].get('optim.lr', []))}: "
-                   f"{len(r['trials'])} trials, best lr {_lr(r['best']['params'])})"
-                   for (t, a), r in sorted(cells.items(), key=lambda kv: (TASKS.index(kv[0][0]), list(ARMS).index(kv[0][1])))
-                   if r.get("widened")]
+        widened = [f"{t} {a} (lr + {', '.join(_lr({'optim.lr': v}) for v in _added_lrs(r))}: {len(r['trials'])} "
+                   f"trials, best lr {_lr(r['best']['params'])})" for (t, a), r in _in_order(cells) if r.get("widened")]
         if widened:
             block += ("\n\nWidened past an edge (`--extend-edges`: the next lr at the grid's spacing, searched "
                       "while the best lies on the edge): " + "; ".join(widened) + ".")

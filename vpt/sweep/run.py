@@ -409,10 +409,10 @@ class Sweep:
 
     def _widen(self, storage, study):
         """While the best trial lies on an edge of the space, add the next value past that edge (see
-        :meth:`SearchSpace.widened`) and run the new grid points, in study ``<study>/widened_<n>``, which holds
-        the earlier trials too (:func:`open_widened`), unpruned. ``--extend-edges N`` allows N such steps; a step that an
-        earlier run took is followed whatever N is, so that every worker and rerun reports the same study.
-        Returns the study searched last (``self.searched``: its space)."""
+        :meth:`SearchSpace.widened`) and run the new grid points, unpruned, in study ``<study>/widened_<n>``,
+        which holds the earlier trials too (:func:`open_widened`). ``--extend-edges N`` allows N such steps; a
+        step that an earlier run took is followed whatever N is, so that every worker and rerun reports the
+        same study. Returns the study searched last (``self.searched``: its space)."""
         optuna = require_optuna()
         names = set(optuna.study.get_all_study_names(storage))
         space, self.searched, self.widenings = self.space, self.space, []

@@ -240,7 +240,7 @@ def open_widened(storage, parent, name: str, space: SearchSpace, config: Mapping
     and the grid points of ``space`` outside ``parent``'s grid, queued to run. Returns (study, the
     trial budget that covers them)."""
     optuna = require_optuna()
-    old = [t for t in sorted(parent.get_trials(deepcopy=False), key=lambda t: t.number)]
+    old = sorted(parent.get_trials(deepcopy=False), key=lambda t: t.number)
     if any(not t.state.is_finished() for t in old):
         raise SweepError(f"study {parent.study_name!r} still has running or queued trials; it is widened once it "
                          f"has finished")
