@@ -204,11 +204,12 @@ def test_diverging_trial_fails_alone_and_the_study_completes(tmp_path):
     assert report.best_record(recs)["params"] == {"optim.lr": 0.001, "optim.weight_decay": 0.0}
 
 
-def test_a_widened_study_keeps_every_trial_and_runs_only_the_new_points(tmp_path):
+@pytest.mark.parametrize("scheme", ["sqlite", "journal"])
+def test_a_widened_study_keeps_every_trial_and_runs_only_the_new_points(tmp_path, scheme):
     """The best value on the high edge: the widened study copies the finished trials (numbers, values, curves,
     attributes) and runs only the new grid points; a second worker joins it; one left half filled is made
     again; the parent must be finished first."""
-    url = f"sqlite:///{tmp_path / 'study.db'}"
+    url = f"sqlite:///{tmp_path / 'study.db'}" if scheme == "sqlite" else f"journal:{tmp_path / 'study.log'}"
     study, sp = _study(url, space={"optim.lr": [0.01, 0.1]})
     values = lambda p: {0.01: 50.0, 0.1: 70.0, 1.0: 80.0}[p["optim.lr"]]  # noqa: E731
     trained = []
