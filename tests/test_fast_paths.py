@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import vpt
+import vpt.config
+import vpt.encode
 from vpt.backbones import create_backbone
 from vpt.multitask import MultiTaskModel
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import vpt
+import vpt.data  # used as vpt.data.X: without it a test run alone fails (vpt imports submodules lazily)
 from vpt.artifact import from_pretrained, inspect_artifact
 from vpt.cli import main
 from vpt.errors import ArtifactError, ConfigError, DataError, VptError

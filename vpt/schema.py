@@ -303,7 +303,6 @@ def _check_prompt(prompt: Any, where: str, needs_text: bool = False) -> None:
 def _head_classifier(v, where):
     from .heads.classification import HeadConfig
     from .registry import HEADS
-    import vpt.heads  # noqa: F401  (registers the built-in heads)
     check_dataclass(v, HeadConfig, where)
     _registered(HEADS, v.get("kind", "linear"), f"{where}.kind")
 
