@@ -226,12 +226,15 @@ def test_dynamic_img_size_other_resolution():
 def test_import_vpt_is_light_and_every_registry_entry_resolves_on_its_own():
     """`import vpt` and `vpt --help` load no torch (the public names load on first use); in a fresh process
     each registry name imports its own module and is registered by it, so no lookup depends on import order;
-    `vpt.X` and `from vpt import X` give the defining module's object."""
+    `vpt.X` and `from vpt import X` give the defining module's object; a submodule (`vpt.data`) loads on first
+    access as well, so `import vpt; vpt.data.load_splits` does not depend on what was imported before."""
     import subprocess
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo}
     probe = ("import sys, vpt; assert 'torch' not in sys.modules, 'import vpt loaded torch'; "
+             "assert 'vpt.data' not in sys.modules; load = vpt.data.load_splits; import vpt.data as d; "
+             "assert load is d.load_splits, 'vpt.<submodule> after a plain import vpt'\n"
              "from vpt.registry import PROMPTS, HEADS, BACKBONES, MODEL_TYPES, TASKS\n"
              "for reg in (PROMPTS, HEADS, BACKBONES, MODEL_TYPES, TASKS):\n"
              "    for name in reg.names():\n"

@@ -6,6 +6,7 @@ create_model`` and ``vpt.create_model`` work as before. The registries (``vpt.re
 of every built-in entry, so no lookup depends on what happened to be imported first.
 """
 import importlib as _importlib
+import importlib.util as _importlib_util
 import os as _os
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,8 @@ __all__ = ["__version__", "create_model", "from_pretrained", "create_backbone", 
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
+        if not name.startswith("_") and _importlib_util.find_spec(f"{__name__}.{name}") is not None:
+            return _importlib.import_module(f"{__name__}.{name}")  # `import vpt; vpt.data.X`, as after `import vpt.data`
         raise AttributeError(f"module 'vpt' has no attribute {name!r}")
     value = getattr(_importlib.import_module(module, __name__), name)
     globals()[name] = value  # later reads are plain attribute lookups
