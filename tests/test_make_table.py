@@ -102,6 +102,23 @@ def test_sweep_tables(tmp_path):
     assert "**elpv**" not in text.split("where prompts lose")[1]  # no prompt arm finished there
 
 
+def test_sweep_table_marks_cells_of_another_device():
+    """A setup whose sweeps ran on two devices names both, marks the minority's cells with †, and keeps their
+    training seconds in a row of their own (a GPU's seconds averaged with a CPU's would mean nothing)."""
+    gpu = dict(sweep_rec("elpv", "linear", 0.01, 70.0), device="cuda:0 (NVIDIA H200)",
+               final_runs=[{"train_seconds": 2.0}] * 3)
+    cells = {("mnist", "linear"): sweep_rec("mnist", "linear", 0.3, 62.5),
+             ("mnist", "full"): sweep_rec("mnist", "full", 3e-4, 80.0), ("elpv", "linear"): gpu}
+    text = make_table.render_sweeps(list(cells.values()), [])
+    assert "device: cpu for 2 sweeps; cuda:0 (NVIDIA H200) for elpv linear (marked †);" in text
+    assert "| elpv | 70.0 ± 1.0 <sub>lr 0.01 †</sub> | – |" in text
+    assert "| mnist | 62.5 ± 1.0 <sub>lr 0.3</sub> |" in text
+    assert "| train s / final run | 10 | 10 |" in text  # mnist linear alone on the CPU row
+    assert "| train s / final run (cuda:0 (NVIDIA H200), †) | 2 | – |" in text
+    one = make_table.render_sweeps([sweep_rec("mnist", "linear", 0.3, 62.5)], [])
+    assert "device: cpu;" in one and "†" not in one.split("\n\n", 1)[1]  # one device: no marks, one row
+
+
 def test_write_fills_every_block(tmp_path, monkeypatch):
     (tmp_path / "bench.md").write_text("a\n<!-- transfer-table:start -->\nold\n<!-- transfer-table:end -->\nb\n"
                                        "<!-- transfer-sweep-table:start -->\nold\n<!-- transfer-sweep-table:end -->\nc\n")
