@@ -1,8 +1,10 @@
 """Packed sweep trials vs the same trials one after another: a 16-setting lr x weight-decay grid, in ONE run.
 
     python benchmarks/sweep_packed.py --out benchmarks/results/sweep_packed_cpu.json               # CPU
-    python benchmarks/sweep_packed.py --model timm:vit_base_patch16_224 --img 224 --batch 64 \
+    python benchmarks/sweep_packed.py --model timm:vit_base_patch16_224 --img 224 --depth 0 --batch 16 \
         --dtype bfloat16 --device cuda --out benchmarks/results/sweep_packed_cuda.json             # GPU
+
+(``--depth 0`` keeps the model's own depth and width; the default shrinks it to 6 blocks of width 192.)
 
 Per arm (head-only = linear probe, VPT-deep, VPT-deep on the last half of the blocks): the 16 settings
 (SGD, 4 learning rates x 4 weight decays) train ``--steps`` optimizer steps on the same in-memory batches
