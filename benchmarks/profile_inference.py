@@ -1,0 +1,99 @@
+"""Where inference time goes: one ``torch.profiler`` step per arm, the top kernels by device time.
+
+    python benchmarks/profile_inference.py --device cuda --out benchmarks/results/profile_inference_cuda.json
+    python benchmarks/profile_inference.py --model timm:vit_tiny_patch16_224 --img 96 --batch 2 --device cpu
+
+The plain timm model (``full``: the model with its own head) against vpt's prompted arms, built as
+``speed.py`` builds them (random weights), in ``inference_mode`` under autocast. Per arm: the mean step
+time of ``--steps`` steps after 3 warm-up steps, then one profiled step and its operator table sorted by
+self device time (CUDA) or self CPU time. ``speed.py`` measures the ratios; this script says which
+operators make them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from speed import DTYPES, build_arm, sync  # noqa: E402
+
+ARMS = ["full", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad"]
+
+
+def profile_arm(model: torch.nn.Module, x: torch.Tensor, amp, steps: int, rows: int) -> dict:
+    dev = x.device
+
+    def step():
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            model(x)
+
+    for _ in range(3):
+        step()
+    sync(dev)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(dev)
+    ms = (time.perf_counter() - t) * 1000 / steps
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(dev)
+    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    averages = prof.key_averages()
+    top = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:rows]
+    return {"mean_step_ms": ms,
+            "top": [{"name": e.key, "calls": e.count, f"{key}_us": getattr(e, key)} for e in top],
+            "table": averages.table(sort_by=key, row_limit=rows, max_name_column_width=70)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="timm:vit_base_patch16_224")
+    ap.add_argument("--img", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--dtype", choices=list(DTYPES), default="bfloat16", help="autocast dtype (float32: none)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tokens", type=int, default=10, help="prompt tokens (shallow, deep, prefix)")
+    ap.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per arm (after 3 warm-up)")
+    ap.add_argument("--rows", type=int, default=14, help="operators per table")
+    ap.add_argument("--out", default=None, help="JSON results file")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    amp = None if args.dtype == "float32" else DTYPES[args.dtype]
+    kw = {} if args.img == 224 else {"img_size": args.img}
+    x = torch.randn(args.batch, 3, args.img, args.img, device=dev)
+    arms = {}
+    for arm in args.arms:
+        model = build_arm(arm, args.model, 10, args.tokens, kw).to(dev).eval()
+        arms[arm] = profile_arm(model, x, amp, args.steps, args.rows)
+        print(f"===== {arm}: {arms[arm]['mean_step_ms']:.2f} ms per step\n{arms[arm]['table']}", flush=True)
+        del model
+    from vpt.version import source_commit
+    import vpt
+    result = {
+        "command": " ".join(["python"] + sys.argv), "config": vars(args),
+        "versions": {"vpt": vpt.__version__, "vpt_commit": source_commit(), "torch": torch.__version__,
+                     "timm": __import__("timm").__version__, "python": platform.python_version()},
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "arms": arms,
+    }
+    if args.out:
+        from vpt.io import atomic_write_text
+        atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
