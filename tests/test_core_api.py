@@ -232,7 +232,10 @@ def test_import_vpt_is_light_and_every_registry_entry_resolves_on_its_own():
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo}
-    probe = ("import sys, vpt; assert 'torch' not in sys.modules, 'import vpt loaded torch'; "
+    probe = ("import sys, vpt; assert 'torch' not in sys.modules, 'import vpt loaded torch'\n"
+             "try:\n    getattr(vpt, 'sweep.study')\nexcept AttributeError:\n    pass\n"
+             "else:\n    raise AssertionError('a dotted name reached a nested module')\n"
+             "assert 'vpt.sweep' not in sys.modules, 'a dotted name imported vpt.sweep'; "
              "assert 'vpt.data' not in sys.modules; load = vpt.data.load_splits; import vpt.data as d; "
              "assert load is d.load_splits, 'vpt.<submodule> after a plain import vpt'\n"
              "from vpt.registry import PROMPTS, HEADS, BACKBONES, MODEL_TYPES, TASKS\n"

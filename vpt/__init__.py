@@ -35,8 +35,11 @@ __all__ = ["__version__", "create_model", "from_pretrained", "create_backbone", 
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
-        if not name.startswith("_") and _importlib_util.find_spec(f"{__name__}.{name}") is not None:
-            return _importlib.import_module(f"{__name__}.{name}")  # `import vpt; vpt.data.X`, as after `import vpt.data`
+        # a direct submodule of this package only (`import vpt; vpt.data.X`, as after `import vpt.data`): an
+        # identifier, so getattr(vpt, "a.b") cannot reach deeper modules
+        if (name.isidentifier() and not name.startswith("_")
+                and _importlib_util.find_spec(f"{__name__}.{name}") is not None):
+            return _importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'vpt' has no attribute {name!r}")
     value = getattr(_importlib.import_module(module, __name__), name)
     globals()[name] = value  # later reads are plain attribute lookups
