@@ -196,6 +196,7 @@ def test_predict_counts_an_unreadable_image_as_failed(art, imgs, tmp_path, capsy
     ("only_broken", "none of the 1 input(s) could be read as an image"),
     ("bad_topk", "--topk must be >= 1"),
     ("bad_max_params", "--max-params must be a positive number"),
+    ("bad_amp", "amp_dtype"),
     ("wrong_task", "drop --task"),
     ("not_an_artifact", "has no adapter_config.json"),
 ])
@@ -210,7 +211,8 @@ def test_predict_user_errors_exit_2_before_loading(art, tmp_path, capsys, monkey
         monkeypatch.undo()
     argv = {"missing_path": [art, str(tmp_path / "gone.png")], "no_images": [art, str(empty)],
             "only_broken": [art, str(broken), "--output", str(tmp_path / "p.json")],
-            "bad_topk": [art, str(broken), "--topk", "0"], "bad_max_params": [art, str(broken), "--max-params", "0"],
+            "bad_topk": [art, str(broken), "--topk", "0"],
+            "bad_amp": [art, str(broken), "--amp-dtype", "fp8"], "bad_max_params": [art, str(broken), "--max-params", "0"],
             "wrong_task": [art, str(broken), "--task", "detection"], "not_an_artifact": [str(empty), str(broken)]}[case]
     capsys.readouterr()
     assert main(["predict", *argv]) == 2

@@ -56,7 +56,7 @@ def run(args) -> int:
         ] + [f"  {t['name']}  {t['dtype']}  {tuple(t['shape'])}" for t in report["tensors"]]
         print("\n".join(lines))
     if missing:
-        print(f"vpt inspect: the artifact is valid but can't be loaded as it is: its backbone weights file is "
-              f"missing or another file; pass --weights FILE (to vpt predict / eval too)", file=sys.stderr)
+        print("vpt inspect: the artifact is valid but can't be loaded as it is: its backbone weights file is "
+              "missing or another file; pass --weights FILE (to vpt predict / eval too)", file=sys.stderr)
         return 1
     return 0

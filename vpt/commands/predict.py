@@ -71,7 +71,11 @@ def _check_options(args) -> None:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
+        raise UserError(f"--score-thresh is a detection score in [0, 1], got {args.score_thresh}")
     check_max_params(args.max_params)
+    from ..engine.config import amp_dtype_name
+    amp_dtype_name(args.amp_dtype)  # an unknown dtype is a ConfigError naming the choices
 
 
 def run(args) -> int:
