@@ -287,3 +287,25 @@ def test_no_import_cycle_among_the_commands_and_the_tasks():
         return seen
     cycles = sorted(m for m in graph if m in reach(m))
     assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+def test_a_clip_artifact_names_its_task_and_is_refused_by_multitask(art, tmp_path, monkeypatch):
+    pytest.importorskip("open_clip")
+    from vpt.clip import create_clip_model
+    from vpt.multitask import MultiTaskModel
+    from vpt.tasks import task_class, task_for_artifact
+    tiny = dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
+                text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    bb = vpt.create_backbone("open_clip:ViT-B-32", pretrained=False, model_kwargs=tiny)
+    d = str(tmp_path / "clip")
+    create_clip_model(bb, ["cat", "dog"], prompt="vpt_shallow", head="linear").save_pretrained(d)
+    a = Artifact.open(d)
+    assert (a.model_type, a.task) == ("clip", "clip")
+    assert task_for_artifact(a) is task_class("clip")
+    assert task_for_artifact(a, "classification") is task_class("classification")  # clip derives from it
+    loads = []
+    real = Artifact.load
+    monkeypatch.setattr(Artifact, "load", lambda self, **kw: loads.append(self.directory) or real(self, **kw))
+    with pytest.raises(ArtifactError, match=r"c=.*clip: holds a clip model; a MultiTaskModel combines classifiers"):
+        MultiTaskModel.from_pretrained({"a": art, "c": d})
+    assert loads == []  # refused from the config alone, before any model was built
