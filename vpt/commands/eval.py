@@ -5,6 +5,7 @@ does); --task may name a task it derives from.
 
 exit status:
   0  evaluated (metrics printed, and written with --json)
+  1  the file system refused a write (--json on a full disk or a read-only folder)
   2  nothing evaluated: a usage error, an artifact that is refused, no or missing data folder, classes
      that differ from the artifact's, an empty split (the message says why and what to do)"""
 from __future__ import annotations

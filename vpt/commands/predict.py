@@ -13,7 +13,7 @@ label "ERROR: ..."), it is named on stderr, and the summary says N predicted, M 
 exit status:
   0  every input image was predicted
   1  some images were predicted and some could not be read: the output is written, with an error row
-     for each failed image
+     for each failed image (1 is also the status of a write the file system refuses: full disk, read-only)
   2  nothing was predicted and nothing written: a usage error, a missing path, no image found, no input
      readable as an image, or an artifact that is refused (the message says why and what to do)"""
 from __future__ import annotations
