@@ -78,6 +78,17 @@ def test_cli_train_eval_predict_voc(tmp_path, recipe, capsys):
     assert {"img000.png", "img000_1.png"} <= set(os.listdir(pred))
     for d in first["detections"]:
         assert d["class_name"] in ("blue", "red") and d["score"] >= det["score_thresh"] and len(d["box_xyxy"]) == 4
+    # an unreadable file is a counted error (exit 1, listed in detections.json), never a prediction; only
+    # unreadable files: exit 2 and nothing written
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    capsys.readouterr()
+    assert main(["predict", str(run / "best"), img, str(broken), "--output", str(tmp_path / "pred2")]) == 1
+    det2 = json.load(open(tmp_path / "pred2" / "detections.json"))
+    assert [im["file"] for im in det2["images"]] == [img] and [e["file"] for e in det2["errors"]] == [str(broken)]
+    assert "1 image(s) predicted, 1 failed" in capsys.readouterr().err
+    assert main(["predict", str(run / "best"), str(broken), "--output", str(tmp_path / "pred3")]) == 2
+    assert "none of the 1 input(s)" in capsys.readouterr().err and not (tmp_path / "pred3").exists()
 
 
 def test_train_on_coco_and_resume(tmp_path, recipe):

@@ -431,15 +431,14 @@ def test_device_cuda_without_cuda_is_a_message(art, tmp_path, capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-def test_predict_on_a_non_image_exits_non_zero(art, tmp_path, capsys):
+def test_predict_on_a_non_image_is_a_user_error(art, tmp_path, capsys):
+    # nothing readable: a user error (exit 2, like a missing path), nothing written; partial failures: tests/test_artifact.py
     p = tmp_path / "notes.txt"
     p.write_text("hello")
-    assert main(["predict", art, str(p)]) == 1
+    out = tmp_path / "p.json"
+    assert main(["predict", art, str(p), "--output", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "notes.txt: not a readable image" in err and "none of the 1 input(s)" in err
-    img = make_image_folder(tmp_path / "imgs", classes=("a",), per_class=1)
-    assert main(["predict", art, str(p), os.path.join(img, "a", "000.png")]) == 0  # some predicted: 0, errors listed
-    assert "notes.txt: not a readable image" in capsys.readouterr().err
+    assert "notes.txt: not a readable image" in err and "none of the 1 input(s)" in err and not out.exists()
 
 
 def test_all_vpt_errors_share_a_base():

@@ -17,7 +17,7 @@ from .version import __version__  # noqa: E402
 
 # public name -> the module that defines it (imported when the name is first read)
 _LAZY = {
-    "from_pretrained": ".artifact",
+    "Artifact": ".artifact", "from_pretrained": ".artifact",
     "BackboneConfig": ".backbones", "create_backbone": ".backbones",
     "HeadConfig": ".heads",
     "PromptedModel": ".model", "create_model": ".model",
@@ -26,7 +26,7 @@ _LAZY = {
     "PadPromptConfig": ".prompts", "PatchPromptConfig": ".prompts",
 }
 
-__all__ = ["__version__", "create_model", "from_pretrained", "create_backbone", "PromptedModel", "MultiTaskModel",
+__all__ = ["__version__", "Artifact", "create_model", "from_pretrained", "create_backbone", "PromptedModel", "MultiTaskModel",
            "BackboneConfig", "HeadConfig", "ShallowPromptConfig", "DeepPromptConfig", "PrefixPromptConfig",
            "PadPromptConfig", "PatchPromptConfig", "ArtifactError", "BackboneError", "ConfigError", "DataError",
            "VptError"]
@@ -51,7 +51,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .artifact import from_pretrained  # noqa: F401
+    from .artifact import Artifact, from_pretrained  # noqa: F401
     from .backbones import BackboneConfig, create_backbone  # noqa: F401
     from .heads import HeadConfig  # noqa: F401
     from .model import PromptedModel, create_model  # noqa: F401

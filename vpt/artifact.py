@@ -8,14 +8,18 @@ An artifact is data, never code (``vpt.schema``): its config is validated before
 model it describes is measured on the meta device and bounded by ``max_params`` (the caller's limit, never
 the file's), and the stored tensors are checked against that model by name, dtype and shape before any
 is read, then for finiteness.
+
+:class:`Artifact` is the one entry point: ``Artifact.open(path)`` reads and validates the config once and
+answers what it holds (model type, task, classes, backbone), ``inspect()`` and ``load()``;
+``from_pretrained`` and ``inspect_artifact`` are thin calls of it.
 """
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import os
 import stat
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -219,10 +223,197 @@ def _check_size(total: int, max_params: int, path: str) -> None:
                             f"from_pretrained(..., max_params={total}) or --max-params {total}")
 
 
+class Artifact:
+    """A saved artifact folder, read and validated ONCE: ``Artifact.open(path)``.
+
+    Opening reads ``adapter_config.json`` (bounded, a regular file only) and checks it against the schema
+    (``vpt.schema``): nothing is built and no tensor is read. The answers below come from that one read:
+
+    - ``model_type``, ``task`` (the vpt task that evaluates / predicts it, named by the model class, e.g.
+      ``"classification"``, ``"clip"``, ``"detection"``), ``config`` (the validated dict), ``class_names``,
+      ``num_classes``, ``backbone`` (the saved backbone section: name, weights_id, model_kwargs ...),
+      ``preprocessing``;
+    - ``inspect()``: what loading would build, measured on the meta device (``vpt inspect``);
+    - ``load(device=, weights=, max_params=)``: the model, after every trust check (size bounded by the
+      caller's ``max_params`` before anything is allocated, the safetensors header compared with the model
+      before any weight is read, then the weights checked for finiteness).
+
+    >>> art = Artifact.open("runs/x/best")            # doctest: +SKIP
+    >>> art.task, art.class_names[:3]                 # doctest: +SKIP
+    >>> model = art.load(device="cuda")               # doctest: +SKIP
+    """
+
+    def __init__(self, directory: str, config: Dict[str, Any]):
+        """Use :meth:`open`; ``config`` must already be validated (``read_config``)."""
+        self.directory = directory
+        self._config = config
+        self._header: Optional[Dict[str, Tuple[Tuple[int, ...], str]]] = None
+        self._measured: Optional[Tuple[int, Dict[str, Tuple[Tuple[int, ...], torch.dtype]], torch.nn.Module]] = None
+
+    @classmethod
+    def open(cls, path: Union[str, "os.PathLike[str]"]) -> "Artifact":
+        """Read and validate ``path/adapter_config.json``; ArtifactError names the problem and the fix."""
+        directory = os.fspath(path)
+        return cls(directory, read_config(directory))
+
+    def __repr__(self) -> str:
+        return (f"Artifact({self.directory!r}, model_type={self.model_type!r}, "
+                f"backbone={self._config['backbone'].get('name')!r})")
+
+    # --- what the config says (no model built) ---------------------------------------------------------
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The validated adapter_config.json (a copy: changing it changes nothing that loads)."""
+        return copy.deepcopy(self._config)
+
+    @property
+    def model_type(self) -> str:
+        return str(self._config.get("model_type", "classifier"))
+
+    @property
+    def model_class(self) -> type:
+        """The registered class of ``model_type`` (``vpt.registry.MODEL_TYPES``)."""
+        return _model_class(self._config)
+
+    @property
+    def task(self) -> str:
+        """The vpt task (``vpt.registry.TASKS`` key) that evaluates and predicts this artifact: the model
+        class names it (its ``task`` attribute)."""
+        task = getattr(self.model_class, "task", None)
+        if not isinstance(task, str) or not task:
+            raise ArtifactError(f"model type {self.model_type!r} ({self.model_class.__name__}) names no task; give "
+                                f"the class a `task = \"<task name>\"` attribute (a vpt.registry.TASKS key)")
+        return task
+
+    @property
+    def class_names(self) -> Optional[List[str]]:
+        names = self._config.get("class_names")
+        return None if names is None else list(names)
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return self._config.get("num_classes")
+
+    @property
+    def backbone(self) -> Dict[str, Any]:
+        """The backbone the artifact was trained on: ``name``, ``weights_id`` (``hub:<tag>``, ``file:<sha256>``,
+        ``random:<seed>``), ``model_kwargs`` and the rest of the saved section (a copy)."""
+        return copy.deepcopy(self._config["backbone"])
+
+    @property
+    def preprocessing(self) -> Optional[Dict[str, Any]]:
+        pre = self._config.get("preprocessing")
+        return None if pre is None else copy.deepcopy(pre)
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.directory, CONFIG_NAME)
+
+    @property
+    def weights_path(self) -> str:
+        return os.path.join(self.directory, WEIGHTS_NAME)
+
+    # --- checks shared by inspect() and load(): header and meta model, each computed once ---------------
+    def _header_checked(self) -> Dict[str, Tuple[Tuple[int, ...], str]]:
+        if self._header is None:
+            if not os.path.isfile(self.weights_path):
+                raise ArtifactError(f"{self.directory!r} has {CONFIG_NAME} but no {WEIGHTS_NAME}; the artifact is "
+                                    f"incomplete")
+            self._header = read_header(self.weights_path)
+        return self._header
+
+    def _measure(self):
+        if self._measured is None:
+            self._measured = measure(self._config)
+        return self._measured
+
+    def _check(self, max_params: int) -> Tuple[int, Dict[str, Tuple[Tuple[int, ...], torch.dtype]]]:
+        """Size within ``max_params`` and stored tensors == the model's trainable ones; no weight read."""
+        header = self._header_checked()
+        total, expected, meta = self._measure()
+        _check_size(total, max_params, self.config_path)
+        check_tensors(upgrade_header(meta, header), expected, self.weights_path)
+        return total, expected
+
+    def backbone_weights(self, weights: Optional[str] = None) -> Optional[str]:
+        """The backbone weights file a ``file:SHA256`` artifact loads (``weights`` if given, checked by hash);
+        None for hub / random / shipped backbones. ArtifactError when it is missing or another file."""
+        return find_weights_file(self._config["backbone"], self.directory, weights)
+
+    def inspect(self, weights: Optional[str] = None, max_params: int = DEFAULT_MAX_PARAMS) -> Dict[str, Any]:
+        """What :meth:`load` would build, without building it: the validated config, the model's size
+        (measured on the meta device), the stored tensors and the backbone weights it would use. Raises
+        ArtifactError for anything :meth:`load` would refuse (a missing backbone weights file is reported
+        in ``backbone_weights`` instead: the artifact itself is valid)."""
+        total, expected = self._check(max_params)
+        config, bb = self._config, self._config["backbone"]
+        try:
+            wfile = self.backbone_weights(weights)
+            wnote = wfile or {"hub": "downloaded from the hub by its tag", "random": "random init (seeded)",
+                              "file": "shipped with vpt"}.get(str(bb.get("weights_id", "")).split(":")[0], "-")
+        except ArtifactError as e:
+            wnote = f"MISSING: {e}"
+        trainable = sum(math_prod(s) for s, _ in expected.values())
+        return {
+            "artifact": os.path.abspath(self.directory), "format_version": config["format_version"],
+            "vpt_version": config.get("vpt_version"), "model_type": self.model_type, "task": self.task,
+            "backbone": {k: bb.get(k) for k in ("name", "weights_id", "model_kwargs")}, "backbone_weights": wnote,
+            "prompt": config.get("prompt"), "head": config.get("head"), "text": config.get("text"),
+            "lora": config.get("lora"), "detector": config.get("detector"),
+            "num_classes": config.get("num_classes"), "class_names": config.get("class_names"),
+            "preprocessing": config.get("preprocessing"),
+            "parameters": {"total": total, "trainable": trainable, "limit": max_params},
+            "tensors": [{"name": k, "shape": list(s), "dtype": d} for k, (s, d) in sorted(self._header.items())],
+        }
+
+    def load(self, device: Union[None, str, torch.device] = None, weights: Optional[str] = None,
+             max_params: int = DEFAULT_MAX_PARAMS, backbone: Union[None, str, BackboneAdapter] = None):
+        """The model, safe for artifacts from strangers.
+
+        Args:
+            device: where to put it (None: stays on the CPU, where it is built).
+            weights: the backbone weights file, if the artifact was made from one that has moved.
+            max_params: refuse a model (backbone included) with more parameters + buffers; the artifact
+                can't raise it.
+            backbone: an already built adapter to put the prompts on (checked against the artifact; several
+                artifacts then share one backbone); default: rebuild the backbone the artifact names.
+        """
+        from safetensors.torch import load_file
+
+        self._check(max_params)
+        saved_bb = self._config["backbone"]
+        if isinstance(backbone, BackboneAdapter):
+            _check_same_backbone(saved_bb, backbone)
+        elif isinstance(backbone, str) and backbone != saved_bb.get("name"):
+            raise ArtifactError(f"artifact was made for backbone {saved_bb.get('name')!r}, not {backbone!r}")
+        else:
+            backbone = _backbone_from_saved(saved_bb, self.backbone_weights(weights))
+        try:
+            model = self.model_class.from_config(self._config, backbone)
+        except ConfigError as e:
+            raise ArtifactError(f"{self.directory}: {e}") from None
+        wpath = self.weights_path
+        try:
+            tensors = load_file(wpath)
+        except Exception as e:  # safetensors raises its own error types
+            raise ArtifactError(f"{wpath} is corrupt ({e}); re-save the artifact or restore it from a copy") from None
+        if hasattr(model, "upgrade_tensors"):
+            tensors = model.upgrade_tensors(tensors)  # artifacts saved by an older vpt (e.g. stacked deep prompts)
+        check_tensors({k: (tuple(v.shape), _st_name(v.dtype)) for k, v in tensors.items()},
+                      {k: (tuple(v.shape), v.dtype) for k, v in model.trainable_state_dict().items()}, wpath)
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ArtifactError(f"{wpath}: tensor(s) {', '.join(bad[:5])} hold NaN or inf values; the artifact comes "
+                                f"from a run that diverged or was damaged. Use an earlier checkpoint")
+        model.load_state_dict(tensors, strict=False)
+        return model if device is None else model.to(device)
+
+
 def from_pretrained(directory: str, backbone: Union[None, str, BackboneAdapter] = None,
-                    weights: Optional[str] = None, device: Union[str, torch.device] = "cpu",
+                    weights: Optional[str] = None, device: Union[None, str, torch.device] = "cpu",
                     max_params: int = DEFAULT_MAX_PARAMS):
     """Rebuild a model saved with ``save_pretrained``; safe for artifacts from strangers.
+    ``Artifact.open(directory).load(...)``: see :class:`Artifact`.
 
     Args:
         directory: the artifact folder.
@@ -231,41 +422,7 @@ def from_pretrained(directory: str, backbone: Union[None, str, BackboneAdapter] 
         weights: the backbone weights file, if the artifact was made from one that has moved.
         max_params: refuse a model (backbone included) larger than this; the artifact can't raise it.
     """
-    from safetensors.torch import load_file
-
-    config = read_config(directory)
-    wpath = os.path.join(directory, WEIGHTS_NAME)
-    if not os.path.isfile(wpath):
-        raise ArtifactError(f"{directory!r} has {CONFIG_NAME} but no {WEIGHTS_NAME}; the artifact is incomplete")
-    header = read_header(wpath)
-    total, expected, meta = measure(config)
-    _check_size(total, max_params, os.path.join(directory, CONFIG_NAME))
-    check_tensors(upgrade_header(meta, header), expected, wpath)
-    saved_bb = config["backbone"]
-    if isinstance(backbone, BackboneAdapter):
-        _check_same_backbone(saved_bb, backbone)
-    elif isinstance(backbone, str) and backbone != saved_bb.get("name"):
-        raise ArtifactError(f"artifact was made for backbone {saved_bb.get('name')!r}, not {backbone!r}")
-    else:
-        backbone = _backbone_from_saved(saved_bb, find_weights_file(saved_bb, directory, weights))
-    try:
-        model = _model_class(config).from_config(config, backbone)
-    except ConfigError as e:
-        raise ArtifactError(f"{directory}: {e}") from None
-    try:
-        tensors = load_file(wpath)
-    except Exception as e:  # safetensors raises its own error types
-        raise ArtifactError(f"{wpath} is corrupt ({e}); re-save the artifact or restore it from a copy") from None
-    if hasattr(model, "upgrade_tensors"):
-        tensors = model.upgrade_tensors(tensors)  # artifacts saved by an older vpt (e.g. stacked deep prompts)
-    check_tensors({k: (tuple(v.shape), _st_name(v.dtype)) for k, v in tensors.items()},
-                  {k: (tuple(v.shape), v.dtype) for k, v in model.trainable_state_dict().items()}, wpath)
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ArtifactError(f"{wpath}: tensor(s) {', '.join(bad[:5])} hold NaN or inf values; the artifact comes "
-                            f"from a run that diverged or was damaged. Use an earlier checkpoint")
-    model.load_state_dict(tensors, strict=False)
-    return model.to(device)
+    return Artifact.open(directory).load(device=device, weights=weights, max_params=max_params, backbone=backbone)
 
 
 def _st_name(dtype: torch.dtype) -> str:
@@ -274,34 +431,8 @@ def _st_name(dtype: torch.dtype) -> str:
 
 def inspect_artifact(directory: str, weights: Optional[str] = None,
                      max_params: int = DEFAULT_MAX_PARAMS) -> Dict[str, Any]:
-    """What ``from_pretrained`` would build, without building it: the validated config, the model's size
-    (measured on the meta device), the stored tensors and the backbone weights it would use. Raises
-    ArtifactError for anything ``from_pretrained`` would refuse."""
-    config = read_config(directory)
-    wpath = os.path.join(directory, WEIGHTS_NAME)
-    header = read_header(wpath)
-    total, expected, meta = measure(config)
-    _check_size(total, max_params, os.path.join(directory, CONFIG_NAME))
-    check_tensors(upgrade_header(meta, header), expected, wpath)
-    bb = config["backbone"]
-    try:
-        wfile = find_weights_file(bb, directory, weights)
-        wnote = wfile or {"hub": "downloaded from the hub by its tag", "random": "random init (seeded)",
-                          "file": "shipped with vpt"}.get(str(bb.get("weights_id", "")).split(":")[0], "-")
-    except ArtifactError as e:
-        wnote = f"MISSING: {e}"
-    trainable = sum(math_prod(s) for s, _ in expected.values())
-    return {
-        "artifact": os.path.abspath(directory), "format_version": config["format_version"],
-        "vpt_version": config.get("vpt_version"), "model_type": config.get("model_type", "classifier"),
-        "backbone": {k: bb.get(k) for k in ("name", "weights_id", "model_kwargs")}, "backbone_weights": wnote,
-        "prompt": config.get("prompt"), "head": config.get("head"), "text": config.get("text"),
-        "lora": config.get("lora"), "detector": config.get("detector"),
-        "num_classes": config.get("num_classes"), "class_names": config.get("class_names"),
-        "preprocessing": config.get("preprocessing"),
-        "parameters": {"total": total, "trainable": trainable, "limit": max_params},
-        "tensors": [{"name": k, "shape": list(s), "dtype": d} for k, (s, d) in sorted(header.items())],
-    }
+    """``Artifact.open(directory).inspect(...)``: see :meth:`Artifact.inspect`."""
+    return Artifact.open(directory).inspect(weights=weights, max_params=max_params)
 
 
 def math_prod(shape: Tuple[int, ...]) -> int:

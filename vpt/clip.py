@@ -122,6 +122,7 @@ class PromptedCLIP(AdapterMixin, nn.Module):
     """
 
     model_type = "clip"
+    task = "clip"  # the vpt task that evaluates / predicts its artifacts (vpt.Artifact.task)
 
     def __init__(self, backbone: BackboneAdapter, class_names: Sequence[str], prompt: Any = None,
                  head: Union[str, Mapping[str, Any], ClipHeadConfig, None] = None,

@@ -33,6 +33,7 @@ class LoraClassifier(PromptedModel):
     """Frozen backbone + LoRA (peft) + head. ``vpt.create_model``'s arguments plus ``lora``."""
 
     model_type = "lora"
+    task = "classification"  # the vpt task that evaluates / predicts its artifacts (vpt.Artifact.task)
 
     def __init__(self, backbone, lora: Optional[Dict[str, Any]] = None, num_classes: int = 0, head=None,
                  class_names: Optional[Sequence[str]] = None):

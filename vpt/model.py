@@ -133,6 +133,7 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
     """Frozen backbone + prompts + head. Build with :func:`vpt.create_model`."""
 
     model_type = "classifier"
+    task = "classification"  # the vpt task that evaluates / predicts its artifacts (vpt.Artifact.task)
 
     def __init__(self, backbone: BackboneAdapter, prompt: Any = None, num_classes: int = 0,
                  head: Union[str, Dict[str, Any], HeadConfig, None] = None, class_names: Optional[List[str]] = None,

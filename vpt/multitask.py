@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifact import from_pretrained
+from .artifact import Artifact
+from .errors import ArtifactError
 from .model import PromptedModel
 from .prompts.base import PromptModule
+from .schema import DEFAULT_MAX_PARAMS
 
 BASE = "base"  # the task name for "no prompt, no head": the backbone's own pooled features
 
@@ -145,17 +147,45 @@ class MultiTaskModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, artifacts: Union[Mapping[str, str], Sequence[str]], weights: Optional[str] = None,
-                        device: Union[str, torch.device] = "cpu") -> "MultiTaskModel":
-        """Load artifacts (``{name: dir}``, or dirs named by their folder) onto ONE backbone; artifacts made
-        for another backbone are refused with the field that differs."""
+                        device: Union[str, torch.device] = "cpu",
+                        max_params: int = DEFAULT_MAX_PARAMS) -> "MultiTaskModel":
+        """Load artifacts (``{name: dir}``, or dirs named by their folder) onto ONE backbone, each read and
+        checked once (``vpt.Artifact``). ArtifactError, naming the task as ``NAME=DIR``, for an artifact that
+        is not a classifier, was made for another backbone (the field that differs) or preprocesses images
+        differently from the first; ``weights`` is the first artifact's backbone weights file (if moved),
+        ``max_params`` bounds each model."""
         import os
         if not isinstance(artifacts, Mapping):
             artifacts = {os.path.basename(os.path.normpath(d)): d for d in artifacts}
-        items = list(artifacts.items())
-        first = from_pretrained(items[0][1], weights=weights)
-        tasks = {items[0][0]: first}
-        for name, d in items[1:]:
-            tasks[name] = from_pretrained(d, backbone=first.backbone)
+        if not artifacts:
+            raise ValueError("MultiTaskModel.from_pretrained needs at least one artifact")
+        opened: Dict[str, Artifact] = {}
+        for name, d in artifacts.items():
+            try:
+                opened[name] = art = Artifact.open(d)
+                if not issubclass(art.model_class, PromptedModel):
+                    raise ArtifactError(f"holds a {art.model_type} model; a MultiTaskModel combines classifiers "
+                                        f"(vpt.PromptedModel): load it on its own (vpt predict ARTIFACT ...)")
+            except ArtifactError as e:
+                raise ArtifactError(f"{name}={d}: {e}") from None
+        (first_name, first_dir), *rest = artifacts.items()
+        try:
+            first = opened[first_name].load(weights=weights, max_params=max_params)
+        except ArtifactError as e:
+            raise ArtifactError(f"{first_name}={first_dir}: {e}") from None
+        tasks = {first_name: first}
+        for name, d in rest:
+            try:
+                m = opened[name].load(backbone=first.backbone, max_params=max_params)
+            except ArtifactError as e:
+                hint = (f"; every task must be trained on the backbone of {first_name!r}"
+                        if str(e).startswith("artifact was made for another backbone") else "")
+                raise ArtifactError(f"{name}={d}: {e}{hint}") from None
+            if m.data_config != first.data_config:
+                raise ArtifactError(f"{name}={d} preprocesses images differently from {first_name!r} "
+                                    f"({m.data_config} vs {first.data_config}): one batch can't serve both; "
+                                    f"load (or predict) them separately")
+            tasks[name] = m
         return cls(tasks).to(device)
 
     @property

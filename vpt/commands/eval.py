@@ -1,11 +1,19 @@
 """``vpt eval ARTIFACT --data DIR [--split test]``: evaluate a saved artifact with its backbone's own
 preprocessing. Inside a run folder (ARTIFACT/../config.yaml), the run's data settings and AMP dtype are
-reused, so the test metric reproduces results.json exactly. The artifact's model type picks the task."""
+reused, so the test metric reproduces results.json exactly. The artifact names its task (its model class
+does); --task may name a task it derives from.
+
+exit status:
+  0  evaluated (metrics printed, and written with --json)
+  1  the file system refused a write (--json on a full disk or a read-only folder)
+  2  nothing evaluated: a usage error, an artifact that is refused, no or missing data folder, classes
+     that differ from the artifact's, an empty split (the message says why and what to do)"""
 from __future__ import annotations
 
 import argparse
 import os
 
+from ._artifact import add_artifact_flags, check_max_params
 from ._common import UserError, apply_sets, load_yaml
 
 
@@ -17,9 +25,7 @@ def register(sub) -> None:
     add_input_flags(p)
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="which split to evaluate (default: test)")
-    p.add_argument("--weights", metavar="FILE", help="backbone weights file, if the artifact's has moved")
-    from .predict import add_max_params
-    add_max_params(p)
+    add_artifact_flags(p)
     p.add_argument("--json", metavar="FILE", dest="json_out", help="also write the metrics to this JSON file")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--base-to-novel", action="store_true",
@@ -28,20 +34,6 @@ def register(sub) -> None:
     g.add_argument("--transfer", nargs="+", metavar="DIR",
                    help="CLIP cross-dataset: evaluate the learned prompts on each folder's own classes")
     p.set_defaults(func=run)
-
-
-def task_for_artifact(artifact: str, task: str = None) -> type:
-    """--task, else the task whose ``model_types`` hold the artifact's model type (classification by default)."""
-    from ..registry import TASKS
-    from ..tasks import task_class
-    from ..tasks.classification import artifact_model_type
-    if task:
-        return task_class(task)
-    model_type = artifact_model_type(artifact) or "classifier"
-    for entry in TASKS:
-        if model_type in entry.factory.model_types:
-            return entry.factory
-    return task_class("classification")
 
 
 def run_config_for(args, task_cls):
@@ -64,18 +56,39 @@ def run_config_for(args, task_cls):
     return cfg, path
 
 
-def run(args) -> int:
-    from .. import from_pretrained
-    from ..engine import resolve_device
+def _check_data(args, cfg, path) -> None:
+    """A data folder is given and exists, before the model is built."""
+    root = cfg.data.root
+    if not root:
+        raise UserError("no data given: pass --data DIR (the folder to evaluate on; inside a run folder its "
+                        "config.yaml names the run's data)")
+    if not os.path.exists(root):
+        source = "--data" if args.data else f"data.root of {path}"
+        raise UserError(f"data folder not found: {root!r} ({source}); pass --data DIR with the images to "
+                        f"evaluate on")
 
-    task_cls = task_for_artifact(args.artifact, args.task)
+
+def run(args) -> int:
+    from ..artifact import Artifact
+    from ..engine import resolve_device
+    from ..tasks import task_for_artifact
+
+    check_max_params(args.max_params)
+    artifact = Artifact.open(args.artifact)  # the one read of adapter_config.json
+    task_cls = task_for_artifact(artifact, args.task)
+    if (args.base_to_novel or args.transfer) and artifact.model_type != "clip":
+        raise UserError(f"--base-to-novel / --transfer need a CLIP artifact (its classifier comes from class names); "
+                        f"{args.artifact!r} is a {artifact.model_type!r} model")
     cfg, path = run_config_for(args, task_cls)
+    if args.transfer:
+        missing = [root for root in args.transfer if not os.path.isdir(root)]
+        if missing:
+            raise UserError(f"--transfer folder not found: {missing[0]!r}; pass image folders (root/<class>/*)")
+    else:
+        _check_data(args, cfg, path)
     task = task_cls(cfg)
     device = resolve_device(cfg.train.device)
-    model = from_pretrained(args.artifact, weights=args.weights, device=device, max_params=args.max_params)
-    if getattr(model, "model_type", None) not in task_cls.model_types:
-        raise UserError(f"{args.artifact} holds a {getattr(model, 'model_type', '?')} model, which task "
-                        f"{task_cls.name!r} does not evaluate; drop --task")
+    model = artifact.load(device=device, weights=args.weights, max_params=args.max_params)
     if args.base_to_novel or args.transfer:
         return run_protocol(args, cfg, path, model, device)
     metrics = task.evaluate_artifact(model, args.split, device)
@@ -94,13 +107,8 @@ def run_protocol(args, cfg, path, model, device) -> int:
 
     from ..io import atomic_write_json
     from ..tasks import protocols
-    if getattr(model, "model_type", None) != "clip":
-        raise UserError(f"--base-to-novel / --transfer need a CLIP artifact (its classifier comes from class names); "
-                        f"{args.artifact!r} is a {getattr(model, 'model_type', type(model).__name__)!r} model")
     out = {"artifact": os.path.abspath(args.artifact), "split": args.split, "run_config": path}
     if args.base_to_novel:
-        if not cfg.data.root:
-            raise UserError("no data given: pass --data DIR (the folder whose base classes were trained)")
         res = protocols.base_to_novel(model, cfg.data, cfg.train, device, split=args.split)
         out.update(data=cfg.data.root, **res)
         print(f"base-to-novel ({args.split}): base {res['base']:.2f}  novel {res['novel']:.2f}  HM {res['hm']:.2f}")

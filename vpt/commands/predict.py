@@ -5,7 +5,17 @@ with names and probabilities, using the backbone's own preprocessing.
 artifacts made for the same backbone, loaded onto ONE backbone; each batch mixes images of different
 tasks and runs in one backbone pass. Without --assign every image is predicted under every task;
 --assign CSV (header ``path,task``; paths relative to the CSV's folder or absolute; task ``base`` =
-plain backbone features) lists the images and the task each one runs under."""
+plain backbone features) lists the images and the task each one runs under.
+
+An image that can't be read is not a prediction: its row carries "error" instead of "predictions" (CSV:
+label "ERROR: ..."), it is named on stderr, and the summary says N predicted, M failed.
+
+exit status:
+  0  every input image was predicted
+  1  some images were predicted and some could not be read: the output is written, with an error row
+     for each failed image (1 is also the status of a write the file system refuses: full disk, read-only)
+  2  nothing was predicted and nothing written: a usage error, a missing path, no image found, no input
+     readable as an image, or an artifact that is refused (the message says why and what to do)"""
 from __future__ import annotations
 
 import argparse
@@ -15,14 +25,16 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
+from ._artifact import add_artifact_flags, check_max_params
 from ._common import UserError
 
 _logger = logging.getLogger(__name__)
 USAGE = ("%(prog)s [options] ARTIFACT IMAGE_OR_DIR [IMAGE_OR_DIR ...]\n"
          "       %(prog)s [options] --tasks NAME=ARTIFACT [NAME=ARTIFACT ...] IMAGE_OR_DIR [IMAGE_OR_DIR ...]\n"
          "       %(prog)s [options] --tasks NAME=ARTIFACT [NAME=ARTIFACT ...] --assign CSV")
+MAX_LISTED = 20  # unreadable files named one per line on stderr; the rest are counted
 
 
 def register(sub) -> None:
@@ -49,19 +61,25 @@ def register(sub) -> None:
                                                                       "detection: 4)")
     p.add_argument("--device", default=None)
     p.add_argument("--amp-dtype", default="float32")
-    p.add_argument("--weights", metavar="FILE", help="backbone weights file, if the artifact's has moved")
-    add_max_params(p)
+    add_artifact_flags(p)
     p.set_defaults(func=run)
 
 
-def add_max_params(p) -> None:
-    from ..schema import DEFAULT_MAX_PARAMS
-    p.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS,
-                   help=f"refuse artifacts whose model (backbone included) has more parameters + buffers than "
-                        f"this (default {DEFAULT_MAX_PARAMS:,}); the artifact itself can't raise it")
+def _check_options(args) -> None:
+    """Flag values, checked before any artifact is read or model built."""
+    if args.topk < 1:
+        raise UserError(f"--topk must be >= 1, got {args.topk}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
+        raise UserError(f"--score-thresh is a detection score in [0, 1], got {args.score_thresh}")
+    check_max_params(args.max_params)
+    from ..engine.config import amp_dtype_name
+    amp_dtype_name(args.amp_dtype)  # an unknown dtype is a ConfigError naming the choices
 
 
 def run(args) -> int:
+    _check_options(args)
     if getattr(args, "tasks", None):
         return run_multitask(args)
     if getattr(args, "assign", None):
@@ -69,32 +87,38 @@ def run(args) -> int:
     if not args.artifact or not args.inputs:
         raise UserError("pass an ARTIFACT folder and at least one IMAGE_OR_DIR "
                         "(or --tasks NAME=ARTIFACT ... IMAGE_OR_DIR... for several artifacts)")
-    from .. import from_pretrained
+    from ..artifact import Artifact
+    from ..data import collect_images
     from ..engine import resolve_device
-    from .eval import task_for_artifact
 
-    task_cls = task_for_artifact(args.artifact, args.task)
+    artifact = Artifact.open(args.artifact)  # the one read of adapter_config.json
+    task = artifact.task
+    if args.task:
+        from ..tasks import task_for_artifact
+        task = task_for_artifact(artifact, args.task).name
+    writer = PREDICTORS.get(task)
+    if writer is None:
+        raise UserError(f"{args.artifact} holds a {artifact.model_type!r} model of task {task!r}, and vpt predict "
+                        f"writes predictions of the tasks {', '.join(sorted(PREDICTORS))} only; evaluate it with "
+                        f"its task's own tools")
+    if task == "detection" and args.format not in (None, "json"):
+        raise UserError("detection predictions are written as PNGs plus detections.json; drop --format")
+    paths = collect_images(args.inputs)  # a missing path or a folder without images: before any model is built
     device = resolve_device(args.device)
-    model = from_pretrained(args.artifact, weights=args.weights, device=device, max_params=args.max_params)
-    if getattr(model, "model_type", None) not in task_cls.model_types:
-        raise UserError(f"{args.artifact} holds a {getattr(model, 'model_type', '?')} model, not one of task "
-                        f"{task_cls.name!r}; drop --task")
-    return PREDICTORS[task_cls.name if task_cls.name in PREDICTORS else "classification"](args, model, device)
+    model = artifact.load(device=device, weights=args.weights, max_params=args.max_params)
+    return writer(args, model, device, paths)
 
 
-def predict_classes(args, model, device) -> int:
+def predict_classes(args, model, device, paths: List[str]) -> int:
     """Top-k classes per image, as JSON or CSV."""
     import torch
 
-    from ..data import ImageDataset, collect_images
+    from ..data import ImageDataset
     from ..data.transforms import EvalTransform
     from ..engine.config import amp_dtype_name
-    from ..tasks.classification import predict_logits
+    from ..tasks.evaluation import predict_logits
 
-    if args.topk < 1:
-        raise UserError(f"--topk must be >= 1, got {args.topk}")
     names = model.class_names or [str(i) for i in range(model.num_classes)]
-    paths = collect_images(args.inputs)
     dataset = ImageDataset([(p, -1) for p in paths], EvalTransform(model.data_config), skip_corrupt=True)
     out = predict_logits(model, dataset, args.batch_size or 64, device, amp_dtype_name(args.amp_dtype))
     probs = out["logits"].softmax(dim=1) if len(out["indices"]) else torch.empty(0)
@@ -106,8 +130,7 @@ def predict_classes(args, model, device) -> int:
                        for r, (pi, ci) in enumerate(zip(p.tolist(), c.tolist()))]
     records = [{"path": path, "predictions": by_index[i]} if i in by_index else
                {"path": path, "error": image_error(path)} for i, path in enumerate(paths)]
-    _emit(args, render(records, args.format), len(records))
-    return report_failures(records)
+    return finish(args, records)
 
 
 def image_error(path: str) -> str:
@@ -120,36 +143,53 @@ def image_error(path: str) -> str:
     return "not a readable image"
 
 
-def report_failures(records: List[dict]) -> int:
-    """Per-file errors on stderr; exit status 1 when nothing at all could be predicted."""
-    failed = [r for r in records if "error" in r]
-    for r in failed[:20]:
-        print(f"vpt predict: {r['path']}: {r['error']}", file=sys.stderr)
-    if len(failed) > 20:
-        print(f"vpt predict: ... and {len(failed) - 20} more unreadable files", file=sys.stderr)
-    if failed and len(failed) == len(records):
-        print(f"vpt predict: error: none of the {len(records)} input(s) could be read as an image", file=sys.stderr)
-        return 1
-    return 0
+def count(records: Sequence[dict]) -> Tuple[int, List[Tuple[str, str]]]:
+    """(images predicted, [(path, error)] of the images that failed): an image counts once, whatever the
+    number of tasks it ran under (--tasks), and an error row is never a prediction."""
+    failed: Dict[str, str] = {}
+    for r in records:
+        if "error" in r:
+            failed.setdefault(r["path"], r["error"])
+    return len({r["path"] for r in records} - set(failed)), list(failed.items())
 
 
-def predict_boxes(args, model, device) -> int:
+def report(predicted: int, failed: List[Tuple[str, str]], where: str = "") -> int:
+    """Name the failed files on stderr, then refuse (nothing predicted: exit 2) or summarise (exit 0 / 1)."""
+    for path, error in failed[:MAX_LISTED]:
+        print(f"vpt predict: {path}: {error}", file=sys.stderr)
+    if len(failed) > MAX_LISTED:
+        print(f"vpt predict: ... and {len(failed) - MAX_LISTED} more unreadable files", file=sys.stderr)
+    if not predicted:
+        raise UserError(f"none of the {len(failed)} input(s) could be read as an image (see above); nothing was "
+                        f"written. Pass image files or folders of them (PNG, JPEG, ...)")
+    if failed or where:
+        print(f"vpt predict: {predicted} image(s) predicted, {len(failed)} failed{where}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def finish(args, records: List[dict]) -> int:
+    """Write the records (unless nothing was predicted) and return the exit status (module docstring)."""
+    predicted, failed = count(records)
+    if predicted:
+        _emit(args, render(records, args.format))
+    return report(predicted, failed, f" -> {args.output}" if args.output else "")
+
+
+def predict_boxes(args, model, device, paths: List[str]) -> int:
     """Detections per image: PNGs with the boxes drawn and one detections.json, in --output."""
-    from ..data import collect_images
     from ..detection.predict import predict_images
-    if args.format not in (None, "json"):
-        raise UserError("detection predictions are written as PNGs plus detections.json; drop --format")
     out = args.output or "predictions"
-    res = predict_images(model, collect_images(args.inputs or []), out, device,
+    res = predict_images(model, paths, out, device,
                          score_thresh=args.score_thresh if args.score_thresh is not None else 0.3,
                          batch_size=args.batch_size or 4)
-    n = sum(len(im["detections"]) for im in res["images"])
-    print(f"{n} detections in {len(res['images'])} images -> {out}/ (PNGs with boxes, detections.json)")
-    return report_failures([{"path": e["file"], "error": e["error"]} for e in res["errors"]]
-                           + [{"path": im["file"]} for im in res["images"]])
+    failed = [(e["file"], e["error"]) for e in res["errors"]]
+    if res["images"]:
+        n = sum(len(im["detections"]) for im in res["images"])
+        print(f"{n} detections in {len(res['images'])} images -> {out}/ (PNGs with boxes, detections.json)")
+    return report(len(res["images"]), failed)
 
 
-# task -> how its predictions are written; tasks whose models output class logits use predict_classes
+# task (the artifact's, vpt.Artifact.task) -> how its predictions are written
 PREDICTORS = {"classification": predict_classes, "clip": predict_classes, "detection": predict_boxes}
 
 
@@ -172,11 +212,10 @@ def render(records: List[Dict], fmt: str) -> str:
     return buf.getvalue()
 
 
-def _emit(args, text: str, n: int) -> None:
+def _emit(args, text: str) -> None:
     if args.output:
         from ..io import atomic_write_text
         atomic_write_text(args.output, text)
-        print(f"{n} predictions written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
 
@@ -261,35 +300,15 @@ def read_assign(path: str, known: Sequence[str]) -> List[Tuple[str, str]]:
     return jobs
 
 
-def load_tasks(tasks: Dict[str, str], weights, device, max_params: Optional[int] = None):
-    """Load each artifact onto the first one's backbone; errors name the task and the fix."""
-    from ..artifact import ArtifactError, from_pretrained
-    from ..model import PromptedModel
-    from ..tasks.classification import artifact_model_type
+def load_tasks(tasks: Dict[str, str], weights, device, max_params: int):
+    """``MultiTaskModel.from_pretrained``: each artifact read once, all on the first one's backbone; its
+    errors name the task (NAME=ARTIFACT) and the fix."""
+    from ..errors import ArtifactError
     from ..multitask import MultiTaskModel
-    models: Dict[str, PromptedModel] = {}
-    first = None
-    for name, path in tasks.items():
-        artifact_model_type(path)
-        try:
-            limit = {} if max_params is None else {"max_params": max_params}
-            m = (from_pretrained(path, weights=weights, **limit) if first is None else
-                 from_pretrained(path, backbone=first.backbone, **limit))
-        except ArtifactError as e:
-            hint = ""
-            if first is not None and str(e).startswith("artifact was made for another backbone"):
-                hint = f"; every --tasks artifact must be trained on the backbone of {next(iter(tasks))!r}"
-            raise UserError(f"--tasks {name}={path}: {e}{hint}") from None
-        if not isinstance(m, PromptedModel):
-            raise UserError(f"--tasks {name}={path} holds a {getattr(m, 'model_type', type(m).__name__)} model; "
-                            f"--tasks combines classifiers, predict it on its own")
-        if first is not None and m.data_config != first.data_config:
-            raise UserError(f"--tasks {name}={path} preprocesses images differently from {next(iter(tasks))!r} "
-                            f"({m.data_config} vs {first.data_config}); predict them separately")
-        if first is None:
-            first = m
-        models[name] = m
-    return MultiTaskModel(models).to(device)
+    try:
+        return MultiTaskModel.from_pretrained(tasks, weights=weights, device=device, max_params=max_params)
+    except ArtifactError as e:
+        raise UserError(f"--tasks {e}") from None
 
 
 def _pack(counts: Sequence[int], batch_size: int) -> List[List[int]]:
@@ -319,11 +338,7 @@ def run_multitask(args) -> int:
 
     if getattr(args, "task", None) == "detection":
         raise UserError("--tasks combines classifiers; drop --task detection")
-    if args.topk < 1:
-        raise UserError(f"--topk must be >= 1, got {args.topk}")
     batch_size = 64 if args.batch_size is None else args.batch_size
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     amp = amp_dtype_name(args.amp_dtype)
     tasks, inputs = parse_tasks(args.tasks, ([args.artifact] if args.artifact else []) + list(args.inputs or []))
     if args.assign:
@@ -376,5 +391,4 @@ def run_multitask(args) -> int:
             rec["predictions"] = [{"rank": r + 1, "label": names[ci], "index": ci, "prob": round(pi, 6)}
                                   for r, (pi, ci) in enumerate(zip(p.tolist(), c.tolist()))]
         records.append(rec)
-    _emit(args, render(records, args.format), len(records))
-    return report_failures(records)
+    return finish(args, records)

@@ -35,6 +35,7 @@ class PromptedDetector(AdapterMixin, nn.Module):
     """Build with :func:`create_detector`; call like the torchvision detector it wraps."""
 
     model_type = "detection"  # = the module name, so vpt.engine.build.ensure_model_type can import it
+    task = "detection"  # the vpt task that evaluates / predicts its artifacts (vpt.Artifact.task)
 
     def __init__(self, backbone: BackboneAdapter, class_names: Sequence[str], prompt: Any = None,
                  detector: Union[None, Dict[str, Any], DetectorConfig] = None):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,26 +31,39 @@ def draw_detections(image: np.ndarray, dets: List[Dict[str, Any]], class_names: 
     return out.permute(1, 2, 0).numpy()  # (H, W, 3)
 
 
-@torch.no_grad()
-def predict_images(model: PromptedDetector, paths: Sequence[str], out_dir: str, device: torch.device,
-                   score_thresh: float = 0.3, batch_size: int = 4) -> Dict[str, Any]:
-    """Detect on ``paths``; write ``out_dir/<stem>.png`` per image and ``out_dir/detections.json``."""
+def readable_images(paths: Sequence[str]) -> Tuple[List[str], List[Dict[str, str]]]:
+    """(paths that open as images, [{"file", "error"}] for the others): a file that is not an image is
+    reported, never a traceback."""
     from PIL import Image
-    os.makedirs(out_dir, exist_ok=True)
-    model.eval()
-    images: List[Dict[str, Any]] = []
-    used = set()
+
     from ..data.dataset import BAD_IMAGE_ERRORS
-    errors: List[Dict[str, str]] = []
     readable: List[str] = []
-    for p in paths:  # a file that is not an image is reported, never a traceback
+    errors: List[Dict[str, str]] = []
+    for p in paths:
         try:
             with Image.open(p) as im:
                 im.load()
             readable.append(p)
         except BAD_IMAGE_ERRORS as e:
             errors.append({"file": p, "error": f"not a readable image ({type(e).__name__}: {str(e)[:200]})"})
-    paths = readable
+    return readable, errors
+
+
+@torch.no_grad()
+def predict_images(model: PromptedDetector, paths: Sequence[str], out_dir: str, device: torch.device,
+                   score_thresh: float = 0.3, batch_size: int = 4) -> Dict[str, Any]:
+    """Detect on ``paths``; write ``out_dir/<stem>.png`` per image and ``out_dir/detections.json`` (with the
+    unreadable files under "errors"). When no file is readable nothing is written (``images`` is empty)."""
+    from PIL import Image
+    model.eval()
+    images: List[Dict[str, Any]] = []
+    used = set()
+    paths, errors = readable_images(paths)
+    result = {"class_names": model.class_names, "label_map": model.label_map, "score_thresh": score_thresh,
+              "box_format": "xyxy pixels of the input image", "images": images, "errors": errors}
+    if not paths:
+        return result
+    os.makedirs(out_dir, exist_ok=True)
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
         arrays = [load_rgb(p) for p in chunk]
@@ -68,8 +81,6 @@ def predict_images(model: PromptedDetector, paths: Sequence[str], out_dir: str, 
             Image.fromarray(draw_detections(arr, dets, model.class_names)).save(os.path.join(out_dir, name))
             images.append({"file": path, "output": name, "width": arr.shape[1], "height": arr.shape[0],
                            "detections": dets})
-    result = {"class_names": model.class_names, "label_map": model.label_map, "score_thresh": score_thresh,
-              "box_format": "xyxy pixels of the input image", "images": images, "errors": errors}
     atomic_write_json(os.path.join(out_dir, "detections.json"), result)
     _logger.info("wrote %d images with boxes and detections.json to %s", len(images), out_dir)
     return result

@@ -41,7 +41,6 @@ class Task:
     handles_divergence: bool = False  # True: the task stops non-finite parts itself (packed sweep trials); the
     #                                   engine's divergence guard then stays out
     drop_last: bool = False  # True: every training batch is a whole train.batch_size (the epoch's rest is skipped)
-    model_types: tuple = ()  # artifact model_type values this task evaluates / predicts (``vpt eval``)
     field_aliases: Dict[str, str] = {}  # a shared option's dotted field -> where this task's config keeps it
 
     def __init__(self, cfg: Any):
@@ -123,7 +122,8 @@ class Task:
 
     # --- a saved artifact (``vpt eval``) ------------------------------------------------------------
     def evaluate_artifact(self, model: nn.Module, split: str, device: torch.device) -> Dict[str, Any]:
-        """Metrics of a loaded artifact on ``split`` of this config's data (train | val | test | all)."""
+        """Metrics of a loaded artifact on ``split`` of this config's data (train | val | test | all). Which
+        task evaluates an artifact is named by its model class (``task = "<name>"``, ``vpt.Artifact.task``)."""
         raise NotImplementedError(f"task {self.name!r} cannot evaluate artifacts")
 
     def eval_summary(self, split: str, metrics: Dict[str, Any]) -> str:

@@ -13,14 +13,13 @@ import torch.nn.functional as F
 
 from ..backbones.base import BackboneConfig
 from ..data import IMAGE_EXTENSIONS, ImageDataset, build_transforms, collate, load_splits
-from ..engine.build import autocast, memory_format
+from ..engine.build import memory_format
 from ..engine.config import OptimSection, OutputSection, SchedSection, TrainSection
-from ..engine.distributed import DistInfo
-from ..engine.inference import run_sharded
 from ..engine.task import StepOutput, Task
-from ..errors import ArtifactError, ConfigError, DataError
-from ..metrics import classification_metrics, draw_confusion_matrix
+from ..errors import ConfigError, DataError
+from ..metrics import draw_confusion_matrix
 from ..registry import MODEL_TYPES, TASKS
+from .evaluation import brief, evaluate, predict_logits  # noqa: F401  (predict_logits: re-exported)
 
 _logger = logging.getLogger(__name__)
 
@@ -113,16 +112,6 @@ def ensure_model_type(name: str) -> None:
     name in MODEL_TYPES  # noqa: B015  (the membership test loads a lazily registered type)
 
 
-def artifact_model_type(artifact_dir: str) -> Optional[str]:
-    """The ``model_type`` an artifact folder names (None when it has no readable config), and make sure
-    that type is registered before ``vpt.from_pretrained``."""
-    from ..artifact import read_config  # bounded, regular files only, schema-checked: never a hang or a traceback
-    try:
-        return str(read_config(artifact_dir).get("model_type", "classifier"))  # a registered type (schema)
-    except ArtifactError:
-        return None  # from_pretrained reports a missing / broken config with its own message
-
-
 def build_model(section: Any, class_names: Sequence[str]) -> torch.nn.Module:
     """``classifier`` -> ``vpt.create_model``; any other type -> ``MODEL_TYPES[type].factory.from_section``."""
     from ..model import create_model
@@ -152,60 +141,6 @@ def build_model(section: Any, class_names: Sequence[str]) -> torch.nn.Module:
     return factory.from_section(section, list(class_names))
 
 
-# --- evaluation -----------------------------------------------------------------------------------
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, dataset, batch_size: int, device: torch.device,
-                   amp_dtype: str = "float32", dist_info: Optional[DistInfo] = None, workers: int = 0,
-                   show_progress: Optional[bool] = None, desc: str = "eval",
-                   channels_last: bool = False) -> Dict[str, Any]:
-    """Logits for every readable sample of ``dataset`` (in dataset order), gathered on every rank."""
-    fmt = memory_format(channels_last)
-    was_training = model.training
-    model.eval()
-
-    def step(batch):
-        x, _, idx, n_skip = batch
-        if x is None:
-            return None, None, n_skip
-        with autocast(device, amp_dtype):
-            logits = model(x.to(device, non_blocking=True, memory_format=fmt))
-        return idx, logits.float().cpu(), n_skip
-
-    parts, seconds = run_sharded(dataset, batch_size, collate, step, dist_info or DistInfo(device=device), workers,
-                                 show_progress, desc)
-    model.train(was_training)
-    idx_parts = [p[0] for p in parts if p[0] is not None]
-    logit_parts = [p[1] for p in parts if p[1] is not None]
-    idx = torch.cat(idx_parts) if idx_parts else torch.empty(0, dtype=torch.long)
-    logits = torch.cat(logit_parts) if logit_parts else torch.empty(0)
-    order = idx.argsort()
-    return {"indices": idx[order], "logits": logits[order] if len(order) else logits,
-            "skipped": sum(p[2] for p in parts), "seconds": seconds}
-
-
-def evaluate(model: torch.nn.Module, dataset, class_names: Sequence[str], batch_size: int, device: torch.device,
-             amp_dtype: str = "float32", dist_info: Optional[DistInfo] = None, workers: int = 0,
-             show_progress: Optional[bool] = None, desc: str = "eval",
-             channels_last: bool = False) -> Dict[str, Any]:
-    """Loss, top-1 / top-5, mean per-class recall, per-class accuracy, confusion matrix, throughput."""
-    out = predict_logits(model, dataset, batch_size, device, amp_dtype, dist_info, workers, show_progress, desc,
-                         channels_last)
-    targets = torch.tensor([dataset.samples[i][1] for i in out["indices"].tolist()], dtype=torch.long)
-    metrics = classification_metrics(out["logits"], targets, class_names)
-    metrics["loss"] = F.cross_entropy(out["logits"], targets).item() if len(targets) else float("nan")
-    metrics["skipped"] = out["skipped"]
-    metrics["images_per_second"] = len(targets) / out["seconds"] if out["seconds"] > 0 else float("nan")
-    return metrics
-
-
-def brief(m: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    if m is None:
-        return None
-    keys = ["num_samples", "top1", "top5", "mean_per_class_recall", "loss", "skipped", "images_per_second",
-            "per_class_accuracy", "confusion_matrix"]
-    return {k: m[k] for k in keys if k in m}
-
-
 # --- the task -------------------------------------------------------------------------------------
 @TASKS.register("classification", config_cls=RunConfig, help="image folder / CSV -> class (cross-entropy)")
 class ClassificationTask(Task):
@@ -213,7 +148,6 @@ class ClassificationTask(Task):
     config_cls = RunConfig
     selection = "top1"
     selection_label = "top-1"
-    model_types = ("classifier", "clip", "lora")
 
     def validate(self) -> None:
         validate(self.cfg)

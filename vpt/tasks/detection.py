@@ -136,7 +136,6 @@ class DetectionTask(Task):
     name = "detection"
     config_cls = DetectionRunConfig
     selection = "mAP"
-    model_types = ("detection",)
     field_aliases = {"augment.hflip": "data.hflip"}
 
     def validate(self) -> None:

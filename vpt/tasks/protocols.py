@@ -48,7 +48,7 @@ def evaluate_classes(model: Any, data: Any, classes: str, split: str, train: Any
     data section): the text side is rebuilt for that folder's class names when they differ. Under DDP
     every rank calls it (``dist_info``) and gets the same metrics."""
     from ..data import DataError, EvalTransform, ImageDataset, load_splits
-    from .classification import evaluate
+    from .evaluation import evaluate
     splits = load_splits(data.root, data.val_fraction, data.test_fraction, data.split_seed, None, data.extensions,
                          classes=classes)
     samples = (splits.train + splits.val + splits.test) if split == "all" else getattr(splits, split)
