@@ -83,3 +83,32 @@ def test_readme_links_every_docs_page():
     text = read(README)
     missing = [os.path.relpath(p, ROOT) for p in pages()[1:] if f"]({os.path.relpath(p, ROOT)})" not in text]
     assert not missing, f"docs pages the README does not link: {missing}"
+
+
+def commands(path):
+    """The `vpt ...` command lines of a page's shell blocks, comments cut."""
+    out = []
+    for block in re.findall(r"^```bash\n(.*?)^```", read(path), flags=re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.split(r"\s+#", line, maxsplit=1)[0].strip()
+            line = re.sub(r"\$\w+", "1", line)  # a loop variable (seeds) stands for a number
+            if line.startswith("vpt "):
+                out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/clip.md"])
+def test_documented_commands_parse(page):
+    """Every `vpt` command the README and the CLIP page show is one the CLI accepts (flags, subcommands,
+    positionals), so the page and `--help` cannot drift apart."""
+    import shlex
+    from vpt.cli import build_parser
+    lines = commands(os.path.join(ROOT, page))
+    assert lines
+    refused = []
+    for line in lines:
+        try:
+            build_parser().parse_args(shlex.split(line)[1:])
+        except SystemExit:
+            refused.append(line)
+    assert not refused, f"{page}: commands the CLI refuses: {refused}"
