@@ -1,7 +1,8 @@
 """Markdown tables from the transfer benchmark's JSON results (benchmarks/results/transfer/**.json).
 
     python benchmarks/make_table.py                 # print
-    python benchmarks/make_table.py --write         # replace the blocks between the markers in the READMEs
+    python benchmarks/make_table.py --write         # replace the generated blocks (between the markers) of
+                                                    # benchmarks/README.md and docs/results.md
     python benchmarks/make_table.py --scale full
 
 One table per (scale, tag): tasks x arms, test top-1 mean ± std over seeds at the lr chosen on val (the
@@ -30,8 +31,8 @@ from transfer_sweep import record_edges
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-README = os.path.join(HERE, "README.md")
-ROOT_README = os.path.join(os.path.dirname(HERE), "README.md")
+README = os.path.join(HERE, "README.md")  # the full tables: every setup, scale and tag
+RESULTS_DOC = os.path.join(os.path.dirname(HERE), "docs", "results.md")  # the main setup's summary
 START, END = "<!-- transfer-table:start -->", "<!-- transfer-table:end -->"
 SWEEP_START, SWEEP_END = "<!-- transfer-sweep-table:start -->", "<!-- transfer-sweep-table:end -->"
 SUMMARY_START, SUMMARY_END = "<!-- transfer-summary:start -->", "<!-- transfer-summary:end -->"
@@ -458,19 +459,21 @@ def replace_block(path: str, start: str, end: str, text: str) -> bool:
 
 
 def summary(sweeps: List[dict], old: List[dict], tag: str = "vit_tiny_cifar10") -> str:
-    """The root README's short form: the main setup's after-tuning table, before -> after and the sentences."""
+    """docs/results.md's short form: the main setup's after-tuning table, before -> after and the sentences."""
     mine = [r for r in sweeps if r["tag"] == tag]
     if not mine:
         return "(no transfer sweep results yet)"
     text = render_sweeps(mine, old)
-    return text.split("\n\n", 1)[1]  # without the generic note (the README's paragraph introduces it)
+    return text.split("\n\n", 1)[1]  # without the generic note (the page's own paragraph introduces it)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=RESULTS)
     ap.add_argument("--scale", help="only this scale (smoke | full)")
-    ap.add_argument("--write", action="store_true", help=f"write between the markers in {README}")
+    ap.add_argument("--write", action="store_true",
+                    help="write between the markers in benchmarks/README.md (every table) and docs/results.md "
+                         "(the summary of the main setup)")
     args = ap.parse_args(argv)
     old = load(args.root)
     sweeps = [r for r in load_sweeps(args.root) if args.scale is None or r["scale"] == args.scale]
@@ -481,7 +484,7 @@ def main(argv=None) -> int:
         return 0
     ok = replace_block(README, START, END, text)
     ok = replace_block(README, SWEEP_START, SWEEP_END, sweep_text) and ok
-    ok = replace_block(ROOT_README, SUMMARY_START, SUMMARY_END, summary(sweeps, old)) and ok
+    ok = replace_block(RESULTS_DOC, SUMMARY_START, SUMMARY_END, summary(sweeps, old)) and ok
     return 0 if ok else 1
 
 

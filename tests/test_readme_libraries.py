@@ -1,12 +1,13 @@
-"""The README's "Use with other libraries" snippets run as written, with tiny random models substituted for
-the hub names (each substitution must match, so the README and this test cannot drift apart)."""
+"""The snippets of docs/libraries.md (the README's "Other libraries, in brief" links there) run as written,
+with tiny random models substituted for the hub names (each substitution must match, so the page and this
+test cannot drift apart)."""
 import os
 import re
 
 import pytest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+LIBRARIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "libraries.md")
 VIT = 'pretrained=False, model_kwargs=dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)'
 CLIP = ('pretrained=False, model_kwargs=dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, '
         'patch_size=8, head_width=16), text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))')
@@ -22,9 +23,8 @@ SUBSTITUTE = {
 
 
 def snippets():
-    text = open(README, encoding="utf-8").read()
-    section = text.split("## Use with other libraries", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    with open(LIBRARIES, encoding="utf-8") as f:
+        return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
 
 
 def test_readme_library_snippets_run():
@@ -38,7 +38,7 @@ def test_readme_library_snippets_run():
             if old in code:
                 found.add(old)
                 code = code.replace(old, new)
-        exec(compile(code, f"README.md:Use with other libraries:{i}", "exec"), scope)
+        exec(compile(code, f"docs/libraries.md:snippet {i}", "exec"), scope)
         # what each snippet promises, checked on what it left behind
         if i == 0:
             assert scope["config"]["mean"] == (0.48145466, 0.4578275, 0.40821073)  # CLIP's, not ImageNet's
@@ -52,4 +52,4 @@ def test_readme_library_snippets_run():
             assert torch.isfinite(scope["total_loss"]) and tuple(scope["preprocess_cfg"]["size"]) == (32, 32)
         else:
             assert isinstance(scope["detections"], list) and {"boxes", "scores", "labels"} <= set(scope["detections"][0])
-    assert found == set(SUBSTITUTE), f"README snippets changed: {sorted(set(SUBSTITUTE) - found)} not found"
+    assert found == set(SUBSTITUTE), f"docs/libraries.md snippets changed: {sorted(set(SUBSTITUTE) - found)} not found"
