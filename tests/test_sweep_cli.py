@@ -315,7 +315,8 @@ def test_bad_input_gets_a_message(sweep_setup, capsys):
 def test_sweep_folder_uses_the_run_folder_marker_and_lock(sweep_setup, tmp_path, capsys):
     """The sweep folder carries `vpt train`'s marker and lock (held shared by the study's workers): another
     study's sweep, or a `vpt train`, there is refused (while it runs: by the lock; after: by the marker)."""
-    from vpt.engine.rundir import prepare_run_dir, prepare_sweep_dir
+    from vpt.engine.rundir import prepare_run_dir
+    from vpt.sweep.folder import prepare_sweep_dir
     from vpt.errors import RunDirError
     root, data = sweep_setup
     out = str(tmp_path / "sweep")

@@ -10,7 +10,7 @@ with the best mean final val is the result: on a small val split one trial's val
 seeds picks more reliably; test still takes no part in the choice. Whichever worker finishes last writes
 ``results.json``, the summary tables and the plots.
 
-The output folder carries `vpt train`'s run-folder marker and OS lock (``vpt.engine.rundir``), the lock held
+The output folder carries `vpt train`'s run-folder marker and OS lock (``vpt.sweep.folder``), the lock held
 shared by the workers of one study: a `vpt train` there, or a sweep of another study, is refused.
 
 Running the same command again continues a killed sweep: finished trials stay, a trial killed mid-run is
@@ -29,17 +29,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..config import from_dict, to_dict
 from ..engine import Callback, holds_run, train
-from ..engine.rundir import prepare_sweep_dir
 from ..engine.checkpoint import STATE_NAME
 from ..engine.distributed import DistInfo, resolve_device
 from ..engine.trainer import device_name, versions
 from ..errors import ConfigError, ResumeError, RunDirError
 from ..io import atomic_write_json
 from . import report
+from .folder import prepare_sweep_dir
 from .space import SearchSpace, apply_params, check_fields, describe
 from .study import (PACK_ATTR, SweepError, fail_stale_trials, make_pruner, make_sampler, open_storage, open_study,
                     open_widened, require_optuna)
-from .worker import Outcome, TrialReporter, run_worker
+from .worker import Outcome, ReportEpochs, TrialReporter, blind_to_test, run_worker
 
 _logger = logging.getLogger(__name__)
 
@@ -98,18 +98,6 @@ def check_space(space: SearchSpace, task_cls: type, base: Mapping[str, Any]) -> 
             task_cls(from_dict(task_cls.config_cls, apply_params(dict(base), {p.name: v}))).validate()
 
 
-class _ReportEpochs(Callback):
-    """Reports each epoch's val metric to Optuna; when the pruner says stop, the run ends cleanly after this
-    epoch (metrics.csv, run state and results.json record it, marked ``stopped``)."""
-
-    def __init__(self, reporter: TrialReporter, column: str):
-        self.reporter, self.column = reporter, column
-
-    def on_epoch_end(self, run, epoch: int, row: Dict[str, Any]) -> None:
-        if self.column in row and self.reporter.report(epoch, float(row[self.column])):
-            run.request_stop(f"pruned by the sweep's pruner after epoch {epoch}")
-
-
 class _ReportPack(Callback):
     """Each packed trial's val metric to its own Optuna trial; a pruned trial stops training, the pack goes on."""
 
@@ -123,13 +111,6 @@ class _ReportPack(Callback):
                 self.task.active[k] = False
         if not any(self.task.active):
             run.request_stop(f"every packed trial stopped by epoch {epoch}")
-
-
-def _no_test(task_cls: type) -> type:
-    """The task, blind to its test split: search trials select on val and never read test."""
-    def has_split(self, split: str) -> bool:
-        return split != "test" and task_cls.has_split(self, split)
-    return type(f"{task_cls.__name__}SweepTrial", (task_cls,), {"has_split": has_split})
 
 
 def redact(url: str) -> str:
@@ -186,7 +167,7 @@ class Sweep:
 
     # --- the output folder ------------------------------------------------------------------------------
     def _claim_folder(self):
-        """The run-folder marker and lock of `vpt train` (vpt.engine.rundir), the lock held shared by the
+        """The run-folder marker and lock of `vpt train` (vpt.sweep.folder), the lock held shared by the
         workers of this study: a `vpt train` or another study's sweep in this folder is refused."""
         identity = {"study": self.opts.study, "storage": redact(self.storage_url), "space": self.space.to_dict()}
         return prepare_sweep_dir(self.out, identity, command=self.opts.command or "vpt sweep")
@@ -215,7 +196,7 @@ class Sweep:
         """One trial's (or final run's) engine run, reporting val per epoch to ``reporter``: in this process,
         or as a torchrun job of ``--nproc-per-trial`` processes (vpt.sweep.torchrun)."""
         if self.opts.nproc_per_trial <= 1:
-            return self._run(task, run_dir, [_ReportEpochs(reporter, f"val_{task.selection}")])
+            return self._run(task, run_dir, [ReportEpochs(reporter, f"val_{task.selection}")])
         from ..engine.trainer import config_yaml
         from ..io import atomic_write_text
         from .torchrun import DIVERGED_EXIT, launch_command, read_results, run_job
@@ -242,7 +223,7 @@ class Sweep:
         return int(attrs.get("failed_trial", trial.number))
 
     def _train_search(self, study):
-        trial_cls = _no_test(self.task_cls)
+        trial_cls = blind_to_test(self.task_cls)
 
         def train_trials(trials, params, reporters) -> List[Outcome]:
             out = []
