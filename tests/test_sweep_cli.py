@@ -513,4 +513,4 @@ def test_sigterm_fails_the_running_trial_and_queues_it_again(sweep_setup, tmp_pa
     states = sorted(t.state.name for t in study.get_trials())
     assert states == ["FAIL", "WAITING"], states
     failed = [t for t in study.get_trials() if t.state.name == "FAIL"][0]
-    assert "SIGTERM" in failed.user_attrs["error"]
+    assert "SIGTERM" in failed.user_attrs["interrupted"] and "error" not in failed.user_attrs

@@ -366,7 +366,8 @@ class Sweep:
         top = ranked[:self.opts.top_k]
         if len(top) < self.opts.top_k:
             _logger.warning("--top-k %d but only %d trial(s) completed: final runs for those", self.opts.top_k, len(top))
-        warning = report.edge_warning(self.searched, top[0]["params"], top[0]["value"], records)
+        warning = report.edge_warning(self.searched, top[0]["params"], top[0]["value"], records,
+                                      self.opts.sampler, len(self.widenings))
         if warning:
             _logger.warning("%s", warning)
         seed0 = int(self.base["train"]["seed"])
@@ -495,16 +496,20 @@ class Sweep:
         cands = [{**{k: v for k, v in c.items() if k not in ("runs", "final_trials")}, "chosen": c is chosen,
                   "runs": len(c["runs"])} for c in candidates]
         space = self.searched
-        files = report.write_tables(self.out, records, space, cands if len(cands) > 1 else ())
-        files += report.write_plots(self.out, records, space, study)
-        warning = report.edge_warning(space, chosen["params"], chosen["val"], records) if chosen else None
         sel = self.task_cls.selection
+        metric = f"val {self.task_cls.selection_label or sel}"
+        warning = report.edge_warning(space, chosen["params"], chosen["val"], records, self.opts.sampler,
+                                      len(self.widenings)) if chosen else None
         final = {}
         if chosen is not None:
             final = {k: v for k, v in chosen.items() if k not in ("params", "val", "best_epoch", "final_trials")}
             final = {"study": final.pop("study"), "folder": final.pop("folder"), "trial": final.pop("trial"),
                      "note": final.pop("note"), "metric": sel, **final}
-        selection = f"best val {self.task_cls.selection_label or sel} over epochs and trials; ties: smaller lr"
+        headline = None if chosen is None else {**final, "params": chosen["params"], "val": chosen["val"]}
+        files = report.write_tables(self.out, records, space, cands if len(cands) > 1 else (), headline, metric,
+                                    warning)
+        files += report.write_plots(self.out, records, space, study, metric)
+        selection = f"best {metric} over epochs and trials; ties: smaller lr"
         if self.opts.top_k > 1:
             selection += (f"; then the {self.opts.top_k} best trials trained again with {self.opts.seeds} seed(s) "
                           f"each, and the best mean final val chosen")
@@ -524,7 +529,8 @@ class Sweep:
             "final": final,
             "candidates": cands,
             "trials": records,
-            "trial_counts": {s: sum(r["state"] == s for r in records) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+            "trial_counts": {s: sum(report.trial_state(r) == s.lower() for r in records)
+                             for s in ("COMPLETE", "PRUNED", "FAIL", "INTERRUPTED", "RUNNING")},
             "final_trials": chosen["final_trials"] if chosen else [],
             "files": sorted(os.path.relpath(f, self.out) for f in files),
             "device": device_name(resolve_device(self.base["train"].get("device"))),

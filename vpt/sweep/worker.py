@@ -95,6 +95,10 @@ def ask(study, space: SearchSpace, grid: bool):
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask(fixed_distributions=space.distributions())
     params = dict(trial.params)
+    inherited = study._storage.get_trial(trial._trial_id).user_attrs
+    for key in ("error", "interrupted"):  # a retry's copy of the stopped trial's record starts clean
+        if inherited.get(key) is not None:
+            trial.set_user_attr(key, None)
     if grid:
         dup = duplicate_of(study, trial, params)
         if dup is not None:
@@ -133,9 +137,13 @@ def run_worker(study, space: SearchSpace, budget: int, train: TrainFn, grid: boo
                 outcomes = list(train(trials, [p for _, p in batch], reporters))
             except BaseException as e:
                 for t in trials:  # leave none of them RUNNING; an interrupted one runs again on the next start
-                    t.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
-                    tell(study, t, state=S.FAIL)
-                    if not isinstance(e, Exception):
+                    what = f"{type(e).__name__}: {e}".rstrip(": ")[:500]
+                    if isinstance(e, Exception):
+                        t.set_user_attr("error", what)
+                        tell(study, t, state=S.FAIL)
+                    else:  # Ctrl-C / SIGTERM: the trial did not fail; it is continued by its queued copy
+                        t.set_user_attr("interrupted", f"interrupted ({what})")
+                        tell(study, t, state=S.FAIL)
                         requeue(study, t)
                 raise
         for t, r, o in zip(trials, reporters, outcomes):
