@@ -95,6 +95,12 @@ def test_sweep_end_to_end(sweep_setup, lone_sweep, capsys):
         assert res["edge_warning"] is None and res["edges"] == {}
     for name in ("summary.md", "summary.csv", "val_vs_lr.png", "history.png"):
         assert (out / name).stat().st_size > 0
+    # summary.md leads with the best setting and the final runs' test mean +/- std, then the trials
+    md = (out / "summary.md").read_text()
+    lr = res["best"]["params"]["optim.lr"]
+    assert md.index(f"**Best setting:** optim.lr={lr} (trial {res['best']['trial']}, val top-1") < md.index(
+        f"**Final runs:** test top-1 {final['test_mean']:.4g} +/- {final['test_std']:.2g} over 2 run(s) (seeds 0, 1)"
+    ) < md.index("## Trials")
     # running the finished sweep again only rewrites its report
     capsys.readouterr()
     assert main(_args(root, data, out, space, "--seeds", "2")) == 0
@@ -162,7 +168,10 @@ def test_extend_edges_widens_the_grid_past_the_edge_and_trains_only_the_new_poin
     first = json.loads((out / "results.json").read_text())
     assert first["best"]["params"] == {"optim.lr": 0.3} and first["edges"] == {"optim.lr": "high"}
     assert first["widened"] == [] and first["space"] == first["space_given"]
-    capsys.readouterr()
+    # the warning names the way that works: the same command, same folder, with --extend-edges 1
+    printed = capsys.readouterr().out
+    assert "run the same command with --extend-edges 1" in printed and "sweep again" not in printed
+    assert "run the same command with --extend-edges 1" in (out / "summary.md").read_text()
     assert main(args + ["--extend-edges", "1"]) == 0
     printed = capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
@@ -514,3 +523,19 @@ def test_sigterm_fails_the_running_trial_and_queues_it_again(sweep_setup, tmp_pa
     assert states == ["FAIL", "WAITING"], states
     failed = [t for t in study.get_trials() if t.state.name == "FAIL"][0]
     assert "SIGTERM" in failed.user_attrs["interrupted"] and "error" not in failed.user_attrs
+    # the same command continues it: the stopped trial reads 'interrupted', continued by its retry, which
+    # reads 'complete' with no trace of the interrupt in its own record
+    monkeypatch.setattr(trainer.Trainer, "_optimizer_step", step)
+    assert main(_args(root, data, out, space, "--seeds", "1")) == 0
+    res = json.loads((out / "results.json").read_text())
+    stopped = next(t for t in res["trials"] if t["interrupted"])
+    retry = next(t for t in res["trials"] if t["retry_of"] == stopped["number"])
+    assert stopped["continued_by"] == retry["number"] and "SIGTERM" in stopped["interrupted"]
+    assert retry["state"] == "COMPLETE" and retry["error"] is None and not retry["interrupted"]
+    assert res["trial_counts"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 0, "INTERRUPTED": 1, "RUNNING": 0}
+    rows = {line.split(" | ")[0].strip("| "): line for line in (out / "summary.md").read_text().splitlines()
+            if line.startswith("| ")}
+    assert "| interrupted |" in rows[str(stopped["number"])]
+    assert f"continued by trial {retry['number']}" in rows[str(stopped["number"])]
+    assert "| complete |" in rows[str(retry["number"])] and "Interrupt" not in rows[str(retry["number"])]
+    assert f"continues trial {stopped['number']}" in rows[str(retry["number"])]

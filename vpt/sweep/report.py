@@ -132,7 +132,7 @@ def _headline(chosen: Optional[Mapping[str, Any]], metric: str, warning: Optiona
     lines.append(f"**Best setting:** {describe(chosen['params'])} (trial {chosen['trial']}, {metric} "
                  f"{_fmt(chosen['val'])})")
     lines.append("")
-    test = chosen.get("metric") or "test"
+    test = chosen.get("metric_label") or chosen.get("metric") or ""
     n = chosen.get("test_n") or 0
     if chosen.get("test_mean") is not None:
         seeds = ", ".join(str(s) for s in chosen.get("seeds") or [])
@@ -154,7 +154,8 @@ def summary_markdown(records: Sequence[Mapping[str, Any]], space: SearchSpace, m
                      candidates: Sequence[Mapping[str, Any]] = (), chosen: Optional[Mapping[str, Any]] = None,
                      warning: Optional[str] = None) -> str:
     """The best setting and its final runs' test mean +/- std first (``chosen``: the chosen candidate, as
-    results.json's ``final`` plus ``params``, ``val``, ``trial``; None: the best trial, no final runs yet);
+    results.json's ``final`` plus ``params``, ``val``, ``trial`` and the metric's ``metric_label``; None: the
+    best trial, no final runs yet);
     then the trials, the best first; then the final runs of each candidate setting (``--top-k``), with the
     one the sweep chose marked."""
     rows = summary_rows(records, space)

@@ -497,7 +497,8 @@ class Sweep:
                   "runs": len(c["runs"])} for c in candidates]
         space = self.searched
         sel = self.task_cls.selection
-        metric = f"val {self.task_cls.selection_label or sel}"
+        label = self.task_cls.selection_label or sel
+        metric = f"val {label}"
         warning = report.edge_warning(space, chosen["params"], chosen["val"], records, self.opts.sampler,
                                       len(self.widenings)) if chosen else None
         final = {}
@@ -505,7 +506,8 @@ class Sweep:
             final = {k: v for k, v in chosen.items() if k not in ("params", "val", "best_epoch", "final_trials")}
             final = {"study": final.pop("study"), "folder": final.pop("folder"), "trial": final.pop("trial"),
                      "note": final.pop("note"), "metric": sel, **final}
-        headline = None if chosen is None else {**final, "params": chosen["params"], "val": chosen["val"]}
+        headline = None if chosen is None else {**final, "params": chosen["params"], "val": chosen["val"],
+                                                "metric_label": label}
         files = report.write_tables(self.out, records, space, cands if len(cands) > 1 else (), headline, metric,
                                     warning)
         files += report.write_plots(self.out, records, space, study, metric)
