@@ -21,6 +21,8 @@ from vpt.sweep.study import (FILLING_ATTR, PACK_ATTR, SweepError, fail_stale_tri
 from vpt.sweep.worker import Outcome, run_worker  # noqa: E402
 from vpt.tasks.classification import RunConfig  # noqa: E402
 
+pytestmark = pytest.mark.sweep
+
 S = optuna.trial.TrialState
 GRID = {"optim.lr": [0.1, 0.01, 0.001], "optim.weight_decay": [0.0, 0.01]}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,6 +216,7 @@ def _study(url, space=GRID, config=None, sampler="grid"):
                       make_sampler(sampler, sp), make_pruner("none", 3)), sp
 
 
+@pytest.mark.slow
 def test_join_checks_space_and_config(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     _study(url)
@@ -267,6 +270,7 @@ def _fake_train(values, fail_at=None):
     return train
 
 
+@pytest.mark.slow
 def test_diverging_trial_fails_alone_and_the_study_completes(tmp_path):
     study, sp = _study(f"sqlite:///{tmp_path / 'study.db'}")
     bad = {"optim.lr": 0.1, "optim.weight_decay": 0.01}
@@ -280,6 +284,7 @@ def test_diverging_trial_fails_alone_and_the_study_completes(tmp_path):
     assert report.best_record(recs)["params"] == {"optim.lr": 0.001, "optim.weight_decay": 0.0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_a_widened_study_keeps_every_trial_and_runs_only_the_new_points(tmp_path, scheme):
     """The best value on the high edge: the widened study copies the finished trials (numbers, values, curves,
@@ -335,6 +340,7 @@ def test_a_widened_study_keeps_every_trial_and_runs_only_the_new_points(tmp_path
                      make_pruner("none", 3))
 
 
+@pytest.mark.slow
 def test_median_pruner_stops_bad_trials(tmp_path):
     space = {"optim.lr": [10.0 ** -i for i in range(8)]}
     sp = parse_space(space)
@@ -371,6 +377,8 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(tmp_path, scheme):
     script = tmp_path / "worker.py"
@@ -389,6 +397,7 @@ def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(t
     assert len(done) == 6  # and its point ran again: the study completed
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # trials asked by hand here
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_a_stale_trial_fails_its_whole_pack_and_its_packmates_are_queued_again(tmp_path, scheme):
@@ -437,6 +446,7 @@ def test_report_tables_plots_and_tie_break(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_the_sweep_widens_step_by_step_up_to_its_limit_and_a_rerun_follows(tmp_path, monkeypatch):
     """Sweep._widen with training stubbed: val rises as the lr falls, so each new low lr wins and lies on the
     new edge. --extend-edges 2 takes two steps (1e-3 -> 3e-4 -> 1e-4 below a half-decade grid), unpruned, and

@@ -344,18 +344,13 @@ class Sweep:
             lock.release()
 
     def _run_claimed(self) -> Dict[str, Any]:
-        optuna = require_optuna()
+        """The search (widened past its edges with --extend-edges), the final runs of the --top-k best trials,
+        and the report."""
         storage = open_storage(self.storage_url, self.opts.heartbeat, self.opts.grace, self.opts.max_retry)
-        sampler = make_sampler(self.opts.sampler, self.space, self.opts.sampler_seed)
-        study = open_study(storage, self.opts.study, self.space, self.base, sampler,
+        study = open_study(storage, self.opts.study, self.space, self.base,
+                           make_sampler(self.opts.sampler, self.space, self.opts.sampler_seed),
                            make_pruner(self.opts.pruner, self.epochs))
-        bar = _StudyBar(study, self.budget, self.opts.progress)
-        try:
-            train_fn = self._train_packed(study) if self.opts.pack > 1 else self._train_search(study)
-            self._work(study, self.space, self.budget, train_fn, self.opts.sampler == "grid", bar.update,
-                       pack=self.opts.pack)
-        finally:
-            bar.close()
+        self._search(study, self.space, self.budget, self.opts.sampler == "grid")
         study = self._widen(storage, study)
         records = report.trial_records(study)
         ranked = report.ranked_records(records)
@@ -370,6 +365,21 @@ class Sweep:
                                       self.opts.sampler, len(self.widenings))
         if warning:
             _logger.warning("%s", warning)
+        return self._write(study, records, self._final_runs(storage, top))
+
+    def _search(self, study, space: SearchSpace, budget: int, grid: bool) -> None:
+        """The search trials of ``study`` (packed with --pack), under a progress bar."""
+        bar = _StudyBar(study, budget, self.opts.progress)
+        try:
+            train_fn = self._train_packed(study) if self.opts.pack > 1 else self._train_search(study)
+            self._work(study, space, budget, train_fn, grid, bar.update, pack=self.opts.pack)
+        finally:
+            bar.close()
+
+    def _final_runs(self, storage, top: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+        """Each of the ``top`` trials' settings trained again with every seed (its own final study and folder);
+        returns the candidates (:meth:`_candidate`), the best trial first."""
+        optuna = require_optuna()
         seed0 = int(self.base["train"]["seed"])
         from .space import parse_space
         seeds = parse_space({"train.seed": [seed0 + i for i in range(self.opts.seeds)]})
@@ -387,7 +397,7 @@ class Sweep:
                                optuna.pruners.NopPruner())
             self._work(final, seeds, self.opts.seeds, self._train_final(rec["params"], folder), True)
             candidates.append(self._candidate(rec, final, name, folder, note))
-        return self._write(study, records, candidates)
+        return candidates
 
     def _widen(self, storage, study):
         """While the best trial lies on an edge of the space, add the next value past that edge (see
@@ -426,12 +436,7 @@ class Sweep:
             study, budget = open_widened(storage, study, name, wider, self.base,
                                          make_sampler("grid", wider, self.opts.sampler_seed),
                                          optuna.pruners.NopPruner())
-            bar = _StudyBar(study, budget, self.opts.progress)
-            try:
-                train_fn = self._train_packed(study) if self.opts.pack > 1 else self._train_search(study)
-                self._work(study, wider, budget, train_fn, True, bar.update, pack=self.opts.pack)
-            finally:
-                bar.close()
+            self._search(study, wider, budget, True)
             space = self.searched = wider
             self.widenings.append({"study": name, "edges": edges, "added": added})
         return study
