@@ -33,7 +33,7 @@ LOCK = ".vpt_run.lock"
 # files and folders `vpt train` writes; only these (and the marker, lock and temporary files) are ever removed
 RUN_FILES = ("config.yaml", "run_state.pt", "results.json", "metrics.csv", "train.log", "best", "last",
              "confusion_matrix.png", "tb")
-# ".NAME.*.tmp" (vpt.io.atomic_write); ".vpt_run.<pid>.tmp" is what _claim_marker wrote before 2026-12-03
+# ".NAME.*.tmp" (vpt.io.atomic_write); ".vpt_run.<pid>.tmp" is what a marker claim wrote before 2026-12-03
 _TMP = re.compile(r"^\.(%s)\..+\.tmp$" % "|".join(re.escape(n) for n in RUN_FILES + (MARKER, MARKER[1:])))
 
 
