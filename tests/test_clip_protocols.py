@@ -67,6 +67,8 @@ def test_method_trains_base_to_novel_end_to_end(env, tmp_path, capsys, kind):
     assert (e["base"], e["novel"], e["hm"]) == (r["base"], r["novel"], r["hm"])
 
 
+@pytest.mark.sweep
+@pytest.mark.slow
 def test_base_to_novel_through_vpt_sweep(env, tmp_path, capsys):
     """Search trials select on the base classes' val split and never read test (no base / novel / hm); the
     final run reports base, novel and hm, and the sweep their mean +/- std."""

@@ -89,3 +89,24 @@ def test_named_rules(rule, lower, upper):
 def test_the_checker_sees_imports_inside_functions():
     found = {(m, t) for m, t, _ in _imports()}
     assert ("vpt.cli", "vpt.version") in found  # `from .version import __version__` inside build_parser()
+
+
+def test_only_the_sweep_command_imports_the_sweep_runner():
+    """vpt.sweep (the experiment runner, the ``[sweep]`` extra) sits on the library's public hooks: no module
+    outside it imports it but the commands that start it (vpt/commands/sweep*.py)."""
+    bad = [f"{m} (line {n}) imports {t}" for m, t, n in _imports()
+           if _part(t) == "sweep" and _part(m) != "sweep"
+           and not (m.startswith("vpt.commands.sweep"))]
+    assert not bad, "the sweep runner is imported from outside it:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("where", ["model.py", "encode.py", "engine"])
+def test_the_core_does_not_mention_the_sweep_runner(where):
+    """No parameter, branch or doc of the model, the block loop or the engine exists for sweeps only: their
+    hooks are general (one batch under K prompt sets, a task that watches divergence itself)."""
+    path = os.path.join(VPT, where)
+    files = [path] if path.endswith(".py") else [os.path.join(path, f) for f in sorted(os.listdir(path))
+                                                  if f.endswith(".py")]
+    bad = [f"{os.path.relpath(f, VPT)}:{i}: {line.strip()}" for f in files
+           for i, line in enumerate(open(f, encoding="utf-8"), 1) if "sweep" in line.lower()]
+    assert not bad, "the core mentions the sweep runner:\n" + "\n".join(bad)

@@ -20,7 +20,7 @@ from vpt.tasks import task_class
 
 from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.sweep, pytest.mark.usefixtures("one_thread")]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -54,6 +54,7 @@ def lone_sweep(sweep_setup):
     return out, space
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end(sweep_setup, lone_sweep, capsys):
     root, data = sweep_setup
     out, space = lone_sweep
@@ -95,6 +96,12 @@ def test_sweep_end_to_end(sweep_setup, lone_sweep, capsys):
         assert res["edge_warning"] is None and res["edges"] == {}
     for name in ("summary.md", "summary.csv", "val_vs_lr.png", "history.png"):
         assert (out / name).stat().st_size > 0
+    # summary.md leads with the best setting and the final runs' test mean +/- std, then the trials
+    md = (out / "summary.md").read_text()
+    lr = res["best"]["params"]["optim.lr"]
+    assert md.index(f"**Best setting:** optim.lr={lr} (trial {res['best']['trial']}, val top-1") < md.index(
+        f"**Final runs:** test top-1 {final['test_mean']:.4g} +/- {final['test_std']:.2g} over 2 run(s) (seeds 0, 1)"
+    ) < md.index("## Trials")
     # running the finished sweep again only rewrites its report
     capsys.readouterr()
     assert main(_args(root, data, out, space, "--seeds", "2")) == 0
@@ -104,6 +111,7 @@ def test_sweep_end_to_end(sweep_setup, lone_sweep, capsys):
     assert again["best"] == res["best"] and again["final"]["test_mean"] == final["test_mean"]
 
 
+@pytest.mark.slow
 def test_packed_trials_give_the_lone_trials_curves(sweep_setup, lone_sweep):
     """The same grid with --pack 3: one engine run for all three trials; the diverging one fails alone and
     the others see exactly the val curves (and final results) of the lone trials."""
@@ -123,6 +131,7 @@ def test_packed_trials_give_the_lone_trials_curves(sweep_setup, lone_sweep):
     assert packed["final"]["test_mean"] == lone["final"]["test_mean"]
 
 
+@pytest.mark.slow
 def test_a_larger_budget_that_changes_the_best_trains_its_own_final_runs(sweep_setup, tmp_path, capsys):
     """--trials raised on a finished study: the new trial is better, so the final runs of ITS setting are
     trained (final/trial_<N>, study <study>/final/trial_<N>) beside the earlier ones, with a note."""
@@ -149,6 +158,7 @@ def test_a_larger_budget_that_changes_the_best_trains_its_own_final_runs(sweep_s
     assert (tmp_path / "out" / first["final"]["folder"] / "seed_0" / "results.json").is_file()  # kept
 
 
+@pytest.mark.slow
 def test_extend_edges_widens_the_grid_past_the_edge_and_trains_only_the_new_point(sweep_setup, tmp_path, capsys):
     """The best lr on the high edge of [1e-5, 0.3]: --extend-edges 1 adds the next value at the list's ratio
     (1e4) in study sweep/widened_1, trains only that trial, keeps the final runs of the best
@@ -162,7 +172,10 @@ def test_extend_edges_widens_the_grid_past_the_edge_and_trains_only_the_new_poin
     first = json.loads((out / "results.json").read_text())
     assert first["best"]["params"] == {"optim.lr": 0.3} and first["edges"] == {"optim.lr": "high"}
     assert first["widened"] == [] and first["space"] == first["space_given"]
-    capsys.readouterr()
+    # the warning names the way that works: the same command, same folder, with --extend-edges 1
+    printed = capsys.readouterr().out
+    assert "run the same command with --extend-edges 1" in printed and "sweep again" not in printed
+    assert "run the same command with --extend-edges 1" in (out / "summary.md").read_text()
     assert main(args + ["--extend-edges", "1"]) == 0
     printed = capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
@@ -191,6 +204,7 @@ def test_extend_edges_widens_the_grid_past_the_edge_and_trains_only_the_new_poin
     assert "--extend-edges adds grid points: it needs --sampler grid" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_top_k_trains_each_candidate_and_chooses_by_mean_final_val(sweep_setup, tmp_path, capsys):
     """--top-k 2: the two best trials each get the final runs (their own folders and studies), the setting with
     the best mean final val is the result, summary.md lists both, and the same command again trains nothing."""
@@ -243,6 +257,8 @@ def _kill_then_rerun(root, data, out, space, *extra):
     return json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_sweep_continues_with_the_same_command(sweep_setup):
     root, data = sweep_setup
     space = root / "space2.yaml"
@@ -259,6 +275,8 @@ def test_killed_sweep_continues_with_the_same_command(sweep_setup):
     assert sum(t["state"] == "COMPLETE" for t in trials) == 2 and res["final"]["test_n"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_pack_resumes_from_its_last_finished_epoch(sweep_setup, lone_sweep):
     """--pack 2 killed in epoch 2: the same command regroups the retried trials into the same pack, which
     resumes after epoch 1; the val curves are those of the lone, unkilled trials."""
@@ -280,6 +298,7 @@ def test_killed_pack_resumes_from_its_last_finished_epoch(sweep_setup, lone_swee
             v for _, v in t["val_curve"])
 
 
+@pytest.mark.slow
 def test_bad_input_gets_a_message(sweep_setup, capsys):
     root, data = sweep_setup
     bad = root / "bad.yaml"
@@ -315,7 +334,8 @@ def test_bad_input_gets_a_message(sweep_setup, capsys):
 def test_sweep_folder_uses_the_run_folder_marker_and_lock(sweep_setup, tmp_path, capsys):
     """The sweep folder carries `vpt train`'s marker and lock (held shared by the study's workers): another
     study's sweep, or a `vpt train`, there is refused (while it runs: by the lock; after: by the marker)."""
-    from vpt.engine.rundir import prepare_run_dir, prepare_sweep_dir
+    from vpt.engine.rundir import prepare_run_dir
+    from vpt.sweep.folder import prepare_sweep_dir
     from vpt.errors import RunDirError
     root, data = sweep_setup
     out = str(tmp_path / "sweep")
@@ -357,6 +377,8 @@ def test_sweep_folder_uses_the_run_folder_marker_and_lock(sweep_setup, tmp_path,
         prepare_sweep_dir(str(tmp_path / "mine"), mine)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_sweep_processes_share_one_study(sweep_setup, tmp_path):
     """Two real `vpt sweep` workers, one SQLite study, one folder: every grid point runs once, both exit 0."""
     root, data = sweep_setup
@@ -415,6 +437,8 @@ def test_a_pruned_trial_stops_its_engine_run_after_the_epoch(sweep_setup, tmp_pa
     assert list(study.trials[0].intermediate_values) == [1]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_nproc_per_trial_launches_torchrun_and_the_job_reports_each_epoch(sweep_setup, tmp_path, monkeypatch, capsys):
     """--nproc-per-trial: each trial / final run is `python -m torch.distributed.run --standalone
     --nproc_per_node=N -m vpt.commands.sweep_trial ...`; the job's rank 0 reports every epoch's val to the
@@ -445,6 +469,8 @@ def test_nproc_per_trial_launches_torchrun_and_the_job_reports_each_epoch(sweep_
     assert res["final"]["test_n"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
 def test_a_trial_job_dies_with_the_worker_that_started_it():
     """A sweep worker killed outright leaves no torchrun job behind: the job (vpt.sweep.launch) gets SIGTERM
@@ -475,6 +501,8 @@ def test_a_trial_job_dies_with_the_worker_that_started_it():
 @pytest.mark.skipif(not os.environ.get("VPT_SLOW_TESTS"),
                     reason="SLOW: a real 2-process torchrun job per trial takes 30-60 s on 2 busy CPU cores; "
                            "set VPT_SLOW_TESTS=1")
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_nproc_per_trial_two_gloo_processes(sweep_setup, tmp_path):
     root, data = sweep_setup
     space = tmp_path / "space.yaml"
@@ -489,6 +517,7 @@ def test_nproc_per_trial_two_gloo_processes(sweep_setup, tmp_path):
     assert json.loads((out / res["final"]["folder"] / "seed_0" / "results.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_sigterm_fails_the_running_trial_and_queues_it_again(sweep_setup, tmp_path, monkeypatch):
     """SIGTERM ends `vpt sweep` as Ctrl-C does: exit 130, the running trial FAILED and queued again (WAITING)
     at once, not left RUNNING until its heartbeat goes stale; the previous SIGTERM handler is restored."""
@@ -512,4 +541,20 @@ def test_sigterm_fails_the_running_trial_and_queues_it_again(sweep_setup, tmp_pa
     states = sorted(t.state.name for t in study.get_trials())
     assert states == ["FAIL", "WAITING"], states
     failed = [t for t in study.get_trials() if t.state.name == "FAIL"][0]
-    assert "SIGTERM" in failed.user_attrs["error"]
+    assert "SIGTERM" in failed.user_attrs["interrupted"] and "error" not in failed.user_attrs
+    # the same command continues it: the stopped trial reads 'interrupted', continued by its retry, which
+    # reads 'complete' with no trace of the interrupt in its own record
+    monkeypatch.setattr(trainer.Trainer, "_optimizer_step", step)
+    assert main(_args(root, data, out, space, "--seeds", "1")) == 0
+    res = json.loads((out / "results.json").read_text())
+    stopped = next(t for t in res["trials"] if t["interrupted"])
+    retry = next(t for t in res["trials"] if t["retry_of"] == stopped["number"])
+    assert stopped["continued_by"] == retry["number"] and "SIGTERM" in stopped["interrupted"]
+    assert retry["state"] == "COMPLETE" and retry["error"] is None and not retry["interrupted"]
+    assert res["trial_counts"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 0, "INTERRUPTED": 1, "RUNNING": 0}
+    rows = {line.split(" | ")[0].strip("| "): line for line in (out / "summary.md").read_text().splitlines()
+            if line.startswith("| ")}
+    assert "| interrupted |" in rows[str(stopped["number"])]
+    assert f"continued by trial {retry['number']}" in rows[str(stopped["number"])]
+    assert "| complete |" in rows[str(retry["number"])] and "Interrupt" not in rows[str(retry["number"])]
+    assert f"continues trial {stopped['number']}" in rows[str(retry["number"])]

@@ -14,7 +14,7 @@ from vpt.sweep.packed import (PackedClassifier, build_packed_model, build_packed
 
 from conftest import TINY_VIT, TINY_VIT_NAME
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.sweep, pytest.mark.usefixtures("one_thread")]
 
 CLASSES = ["a", "b", "c"]
 PROMPTS = {

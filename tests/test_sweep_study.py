@@ -21,6 +21,8 @@ from vpt.sweep.study import (FILLING_ATTR, PACK_ATTR, SweepError, fail_stale_tri
 from vpt.sweep.worker import Outcome, run_worker  # noqa: E402
 from vpt.tasks.classification import RunConfig  # noqa: E402
 
+pytestmark = pytest.mark.sweep
+
 S = optuna.trial.TrialState
 GRID = {"optim.lr": [0.1, 0.01, 0.001], "optim.weight_decay": [0.0, 0.01]}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,6 +100,82 @@ def test_edges():
     assert "optim.lr=0.001 is the lowest value searched" in report.edge_warning(space, {"optim.lr": 0.001}, 100.0, records)
 
 
+def test_the_edge_warning_names_the_way_past_the_edge_that_works():
+    """A grid: --extend-edges N (the same command and folder; the count after the steps already taken). A
+    field with no next value, or a tpe / random search: a wider space in a new --output, which is what the
+    folder then takes (it holds this space's study)."""
+    space = parse_space({"optim.lr": [0.1, 0.01, 0.001], "optim.opt": ["sgd", "adamw"],
+                         "optim.weight_decay": {"low": 1e-5, "high": 1e-1, "log": True}})
+    grid = report.edge_warning(space, {"optim.lr": 0.1, "optim.opt": "sgd"})
+    assert "run the same command with --extend-edges 1" in grid and "widen the space there and sweep again" not in grid
+    assert "--extend-edges 3" in report.edge_warning(space, {"optim.lr": 0.1}, extended=2)
+    categorical = report.edge_warning(space, {"optim.opt": "sgd", "optim.lr": 0.01})
+    assert categorical is None or "--extend-edges 1" not in categorical  # a list of names has no edge to widen
+    tpe = report.edge_warning(space, {"optim.lr": 0.01, "optim.weight_decay": 0.1}, sampler="tpe")
+    assert "widen the range in the space file and sweep into a new --output" in tpe and "needs --sampler grid" in tpe
+    ranged = report.edge_warning(space, {"optim.lr": 0.01, "optim.weight_decay": 0.1})
+    assert "optim.weight_decay has no next value to add" in ranged and "new --output" in ranged
+
+
+def _record(n, state, value, lr, **kw):
+    return {"number": n, "state": state, "value": value, "params": {"optim.lr": lr}, "val_curve": [[1, value or 0]],
+            "best_epoch": 1, "error": None, "retry_of": None, "interrupted": False, "continued_by": None,
+            "seconds": 1.0, **kw}
+
+
+def test_summary_leads_with_the_best_setting_and_the_final_test_and_states_are_honest():
+    space = parse_space({"optim.lr": [0.1, 0.01, 0.001]})
+    recs = [_record(0, "FAIL", None, 0.1, interrupted="interrupted (KeyboardInterrupt)", continued_by=3),
+            _record(1, "COMPLETE", 80.0, 0.01), _record(2, "FAIL", None, 0.001, error="diverged: nan"),
+            _record(3, "COMPLETE", 90.0, 0.1, retry_of=0)]
+    chosen = {"params": {"optim.lr": 0.1}, "val": 90.0, "trial": 3, "metric": "top1", "test_mean": 71.25,
+              "test_std": 1.5, "test_n": 3, "seeds": [0, 1, 2]}
+    md = report.summary_markdown(recs, space, "val top1", chosen=chosen, warning="the best setting ... edge")
+    head = md.split("## Trials")[0]
+    assert head.index("**Best setting:** optim.lr=0.1 (trial 3, val top1 90)") < head.index("**Final runs:**")
+    assert "test top1 71.25 +/- 1.5 over 3 run(s) (seeds 0, 1, 2)" in head and "**Warning:** the best" in head
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert "| complete |" in rows["3"] and "continues trial 0" in rows["3"] and "Interrupt" not in rows["3"]
+    assert "| interrupted |" in rows["0"] and "continued by trial 3" in rows["0"]
+    assert "| fail |" in rows["2"] and "diverged: nan" in rows["2"]
+    assert {r["trial"]: r["state"] for r in report.summary_rows(recs, space)} == {
+        0: "interrupted", 1: "complete", 2: "fail", 3: "complete"}
+    # before any final run: the best trial leads; with no trial completed, the summary says so
+    assert "**Best setting:** optim.lr=0.1 (trial 3, val top1 90)" in report.summary_markdown(recs, space)
+    assert "No trial has completed yet" in report.summary_markdown(recs[:1], space)
+
+
+def test_plots_name_the_metric_count_trials_in_integers_and_render_any_name(tmp_path, monkeypatch):
+    """history.png: the metric's name on the y axis, integer trial ticks; text in DejaVu Sans (named, whatever
+    the user's matplotlibrc says) with '$' kept as a character, so a field or metric name like 'navío $ x $'
+    renders whole, with no missing glyph."""
+    import matplotlib
+    matplotlib.use("Agg")
+    figures = {}
+
+    def keep(fig, path):  # what each plot would save: drawn, its text read back
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "Glyph ... missing from font(s)" is a UserWarning
+            fig.canvas.draw()
+        ax = fig.axes[0]
+        figures[os.path.basename(path)] = {
+            "ylabel": ax.get_ylabel(), "xticks": [t.get_text() for t in ax.get_xticklabels() if t.get_text()],
+            "fonts": {t.get_fontname() for t in [ax.xaxis.label, ax.yaxis.label, *ax.get_yticklabels()]},
+            "math": {t.get_parse_math() for t in [ax.xaxis.label, ax.yaxis.label]}}
+        open(path, "wb").close()
+
+    monkeypatch.setattr(report, "_save_png", keep)
+    monkeypatch.setitem(matplotlib.rcParams, "font.family", ["monospace"])  # a user's style: overridden
+    space = parse_space({"optim.lr": [0.1, 0.01, 0.001]})
+    recs = [_record(n, "COMPLETE", v, lr) for n, (lr, v) in enumerate([(0.1, 50.0), (0.01, 60.0), (0.001, 55.0)])]
+    report.write_plots(str(tmp_path), recs, space, metric="val navío $ x $")
+    hist = figures["history.png"]
+    assert hist["ylabel"] == "val navío $ x $" and hist["math"] == {False}
+    assert hist["xticks"] and all(t.lstrip("−-").isdigit() for t in hist["xticks"]), hist["xticks"]
+    assert hist["fonts"] == {"DejaVu Sans"}
+    assert figures["val_vs_lr.png"]["ylabel"] == "best val navío $ x $"
+
+
 @pytest.mark.parametrize("spec, side, values", [
     ([0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "low", [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]),  # half-decades
     ([0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "high", [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]),
@@ -138,6 +216,7 @@ def _study(url, space=GRID, config=None, sampler="grid"):
                       make_sampler(sampler, sp), make_pruner("none", 3)), sp
 
 
+@pytest.mark.slow
 def test_join_checks_space_and_config(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     _study(url)
@@ -191,6 +270,7 @@ def _fake_train(values, fail_at=None):
     return train
 
 
+@pytest.mark.slow
 def test_diverging_trial_fails_alone_and_the_study_completes(tmp_path):
     study, sp = _study(f"sqlite:///{tmp_path / 'study.db'}")
     bad = {"optim.lr": 0.1, "optim.weight_decay": 0.01}
@@ -204,6 +284,7 @@ def test_diverging_trial_fails_alone_and_the_study_completes(tmp_path):
     assert report.best_record(recs)["params"] == {"optim.lr": 0.001, "optim.weight_decay": 0.0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_a_widened_study_keeps_every_trial_and_runs_only_the_new_points(tmp_path, scheme):
     """The best value on the high edge: the widened study copies the finished trials (numbers, values, curves,
@@ -259,6 +340,7 @@ def test_a_widened_study_keeps_every_trial_and_runs_only_the_new_points(tmp_path
                      make_pruner("none", 3))
 
 
+@pytest.mark.slow
 def test_median_pruner_stops_bad_trials(tmp_path):
     space = {"optim.lr": [10.0 ** -i for i in range(8)]}
     sp = parse_space(space)
@@ -295,6 +377,8 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(tmp_path, scheme):
     script = tmp_path / "worker.py"
@@ -313,6 +397,7 @@ def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(t
     assert len(done) == 6  # and its point ran again: the study completed
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # trials asked by hand here
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_a_stale_trial_fails_its_whole_pack_and_its_packmates_are_queued_again(tmp_path, scheme):
@@ -350,7 +435,8 @@ def test_report_tables_plots_and_tie_break(tmp_path):
                  "val_curve": [], "best_epoch": None, "error": "diverged", "retry_of": None, "seconds": None})
     assert report.best_record(recs)["params"]["optim.lr"] == 0.001  # a tie goes to the smaller lr
     md = report.summary_markdown(recs, sp)
-    assert md.splitlines()[2].startswith("| 2 | complete | 70 | 0.001 | 0 |") and "diverged" in md
+    table = md.split("## Trials (the best first)\n\n", 1)[1].splitlines()
+    assert table[2].startswith("| 2 | complete | 70 | 0.001 | 0 |") and "diverged" in md
     csv_text = report.summary_csv(recs, sp)
     assert csv_text.splitlines()[0] == "trial,state,val,optim.lr,optim.weight_decay,best_epoch,epochs_run,note"
     files = report.write_tables(str(tmp_path), recs, sp) + report.write_plots(str(tmp_path), recs, sp)
@@ -360,6 +446,7 @@ def test_report_tables_plots_and_tie_break(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_the_sweep_widens_step_by_step_up_to_its_limit_and_a_rerun_follows(tmp_path, monkeypatch):
     """Sweep._widen with training stubbed: val rises as the lr falls, so each new low lr wins and lies on the
     new edge. --extend-edges 2 takes two steps (1e-3 -> 3e-4 -> 1e-4 below a half-decade grid), unpruned, and

@@ -27,7 +27,7 @@ from vpt.engine import train
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.usefixtures("one_thread")]  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ import pytest
 import transfer_sweep as ts  # benchmarks/ is on the test path (pyproject: tool.pytest.ini_options.pythonpath)
 from vpt.weights import SHIPPED
 
+pytestmark = pytest.mark.sweep
+
 
 def args(**kw):
     base = {"control": False, "epochs": 10, "seeds": 3, "pack": 7, "pruner": "median", "set": [], "extend_edges": 2,

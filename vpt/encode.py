@@ -164,8 +164,9 @@ def choose_blocks(backbone: BackboneAdapter, prompt: Any, *, fast: bool, attn_ma
 
 
 class FanOut:
-    """K copies of the batch from the first prompted block on (K-major, (K*B, ...)), one per prompt of a blocked
-    mix (vpt.sweep.packed: K trials in one pass): the embedding and the blocks before it run once. K=1: no copies."""
+    """K copies of the batch from the first prompted block on (K-major, (K*B, ...)), one per prompt set
+    (``PromptedModel.forward_features_sets``: one batch under K prompt sets): the embedding and the blocks
+    before it run once. K=1: no copies."""
 
     def __init__(self, copies: int, prompt: Any):
         self.copies = copies

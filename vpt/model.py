@@ -215,16 +215,16 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
     # --- forward --------------------------------------------------------------------------------
     def _encode(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None,
                 prompt: Any = _OWN, grad_from: Optional[int] = None, last_queries: Optional[int] = None,
-                fan_out: int = 1, attn_mask: Optional[torch.Tensor] = None):
+                sets: int = 1, attn_mask: Optional[torch.Tensor] = None):
         """Pixels -> block outputs with prompts stripped (and the blocks in ``take``, and the embed context);
         the single loop over blocks. How each block runs with its prompts is a strategy of vpt.encode, chosen
-        once here by ``choose_blocks``; the loop itself keeps the autograd window and the fan-out.
+        once here by ``choose_blocks``; the loop itself keeps the autograd window and the prompt sets.
 
         ``prompt`` defaults to this model's prompt; vpt.multitask passes a per-sample mix of task
         prompts (or None for the plain backbone). ``stop``: the last block to run. ``last_queries=n``: the last
-        block computes only the first n tokens (the caller pools nothing else). ``fan_out=K``: the batch runs
+        block computes only the first n tokens (the caller pools nothing else). ``sets=K``: the batch runs
         once through the embedding and the blocks before the first prompted one, then continues as K copies
-        (vpt.sweep.packed: K trials in one pass). ``attn_mask``: a caller's mask over [prefix | patches].
+        (see :meth:`forward_features_sets`). ``attn_mask``: a caller's mask over [prefix | patches].
         """
         bb = self.backbone
         prompt = self.prompt if prompt is _OWN else prompt
@@ -235,7 +235,7 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         lean_blocks = self._lean_blocks() if (self.lean and grad and self.training) else frozenset()
         blocks = choose_blocks(bb, prompt, fast=self.fast, attn_mask=attn_mask, lean_blocks=lean_blocks,
                                last_queries=last_queries, take=take)
-        fan = FanOut(fan_out, prompt)
+        fan = FanOut(sets, prompt)
         if prompt is not None and prompt.uses_pixels:
             x = prompt.pixels(fan.image(x))
         with torch.set_grad_enabled(grad and grad_from < 0):
@@ -251,6 +251,34 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
             if i in take:
                 inter.append(strip_prompts(h, k, P))
         return strip_prompts(fan.end(h), k, P), inter, ctx
+
+    def forward_features_sets(self, x: torch.Tensor, prompt: Any, sets: int,
+                              last_queries: Optional[int] = None) -> torch.Tensor:
+        """One batch under ``sets`` (K) prompt sets: images (B, C, H, W) -> features (K*B, ...) as
+        :meth:`forward_features` gives them, set-major (rows k*B .. k*B+B-1 are the batch under set k).
+
+        ``prompt`` answers for K*B rows, set by set: e.g. K tasks' prompts as
+        ``vpt.multitask.PromptMix(prompts, torch.arange(K).repeat_interleave(B), num_prefix, block=B)``
+        (each set's prompt broadcast to its B rows, so set k computes, and back-propagates, exactly as its
+        prompt alone would). The embedding and the frozen blocks before the prompt's first block run once
+        for the batch, then the batch continues as K copies: K tasks, or K trainings of one task, on the
+        same images for the price of the shared part. Autograd starts at the prompt's first block (or at the
+        first trainable backbone block). ``last_queries=n``: the last block computes only the first n tokens
+        (for heads that pool the prefix only). A backbone without a token sequence (pixel prompts on a CNN)
+        shares nothing: each set's pixels run through the whole backbone."""
+        if sets < 1:
+            raise ValueError(f"sets must be >= 1, got {sets}")
+        bb = self.backbone
+        if not bb.supports_tokens:
+            x = x.repeat(sets, 1, 1, 1)  # (K*B, C, H, W)
+            pixels = prompt is not None and prompt.uses_pixels
+            if pixels:
+                x = prompt.pixels(x)
+            with torch.set_grad_enabled(self.autograd_from(x, -1 if pixels else NEVER) < NEVER):
+                return bb.forward_features(x)  # (K*B, C', h, w)
+        grad_from = prompt.first_layer if prompt is not None else None
+        h, _, _ = self._encode(x, prompt=prompt, grad_from=grad_from, last_queries=last_queries, sets=sets)
+        return bb.finish(h)  # (K*B, k+N, D)
 
     def set_lean(self, mode: Union[bool, float] = True) -> "PromptedModel":
         """Lean mode: recompute the widest activations (the MLPs' hidden layer; whole blocks where the

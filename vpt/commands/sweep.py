@@ -5,8 +5,9 @@ after any epoch), the best setting is trained again with ``--seeds`` seeds, and 
 final runs (``--top-k K``: the K best trials are each trained again, and the one with the best mean final val
 is chosen). ``<output>/results.json`` holds the best setting, every trial with its val curve, test mean +/-
 std and a warning when the best value lies on the edge of the space (``--extend-edges N``: widen a grid past
-such an edge, with the next value at its spacing, and search the new points; up to N times); summary.md /
-summary.csv and plots sit next to it. The ``vpt train`` flags (``--epochs``, ``--batch-size``, ``--set ...``)
+such an edge, with the next value at its spacing, and search the new points; up to N times: the warning names
+the N to run the same command with); summary.md (the best setting and the final test mean +/- std first, then
+every trial), summary.csv and plots sit next to it. The ``vpt train`` flags (``--epochs``, ``--batch-size``, ``--set ...``)
 fix settings.
 
 Many workers, one study: run the same command in N processes or on N machines with one ``--storage``

@@ -9,9 +9,9 @@
   the run's life by rank 0: a second run on the folder is refused at once, naming the holder. The kernel
   drops the lock when its process dies, so a run killed with SIGKILL never blocks ``--resume``.
 - Leftover temporary files of an interrupted write (``.NAME.*.tmp``, ``best.old``) are cleaned on start.
-- A `vpt sweep` folder carries the same marker (``"kind": "sweep"`` and the study it belongs to) and the same
-  lock, held SHARED by each of the study's workers (they share the folder legitimately): a `vpt train` there,
-  or a sweep of another study, is refused; trials and final runs are `vpt train` runs in its subfolders.
+- Another vpt tool may claim a folder with the same marker (its own ``kind`` and a ``label`` naming the owner)
+  and the same lock, held SHARED by its processes when they share the folder legitimately: a `vpt train`
+  there is refused, by the lock while they run and by the marker afterwards.
 """
 from __future__ import annotations
 
@@ -33,9 +33,8 @@ LOCK = ".vpt_run.lock"
 # files and folders `vpt train` writes; only these (and the marker, lock and temporary files) are ever removed
 RUN_FILES = ("config.yaml", "run_state.pt", "results.json", "metrics.csv", "train.log", "best", "last",
              "confusion_matrix.png", "tb")
-# ".NAME.*.tmp" (vpt.io.atomic_write); ".vpt_run.<pid>.tmp" is what _claim_marker wrote before 2026-12-03
+# ".NAME.*.tmp" (vpt.io.atomic_write); ".vpt_run.<pid>.tmp" is what a marker claim wrote before 2026-12-03
 _TMP = re.compile(r"^\.(%s)\..+\.tmp$" % "|".join(re.escape(n) for n in RUN_FILES + (MARKER, MARKER[1:])))
-LEGACY_SWEEP = "sweep.json"  # what a sweep folder held before it carried the marker (study, storage, space)
 
 
 def holds_run(path: str) -> bool:
@@ -49,21 +48,19 @@ def holds_run(path: str) -> bool:
 
 def read_marker(path: str) -> dict:
     """The marker's content ({} for a folder without one, or an unreadable one); ``kind`` is "train" unless
-    the folder is a sweep's."""
+    another vpt tool claimed the folder (its marker names its kind)."""
     try:
         with open(os.path.join(path, MARKER), encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError):
         data = None
     if not isinstance(data, dict):
-        if os.path.isfile(os.path.join(path, LEGACY_SWEEP)):
-            return {"kind": "sweep"}
         return {"kind": "train"} if holds_run(path) else {}
     data.setdefault("kind", "train")
     return data
 
 
-def _foreign(path: str) -> List[str]:
+def foreign_entries(path: str) -> List[str]:
     """Entries of a non-run folder, hidden lock / marker / our temporary files aside."""
     return sorted(e for e in os.listdir(path) if e not in (MARKER, LOCK) and not _TMP.match(e))
 
@@ -98,8 +95,8 @@ class RunLock:
         self._filelock = None
 
     def acquire(self, command: str = "", shared: bool = False, kind: str = "train") -> "RunLock":
-        """Take the lock, exclusive (a run) or shared (the workers of one sweep); refused at once when held
-        in the other mode (or exclusively), naming the holder."""
+        """Take the lock, exclusive (a run) or shared (processes that share the folder, each naming ``kind``);
+        refused at once when held in the other mode (or exclusively), naming the holder."""
         try:
             import fcntl
         except ImportError:  # not POSIX: the filelock package (a torch dependency) holds an OS lock too
@@ -169,7 +166,7 @@ def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False, co
     if resume and not is_run:
         raise RunDirError(f"--resume: {path!r} holds no run to resume; drop --resume to start a new run")
     if os.path.isdir(path) and not is_run:
-        others = _foreign(path)
+        others = foreign_entries(path)
         clash = [e for e in others if e in RUN_FILES]
         if clash:
             raise RunDirError(f"output folder {path!r} is not a vpt run but holds {', '.join(clash)}, which a run "
@@ -183,9 +180,10 @@ def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False, co
     os.makedirs(path, exist_ok=True)
     lock = RunLock(path).acquire(command)
     try:
-        if read_marker(path).get("kind") == "sweep":  # checked under the lock: a sweep holds it while it runs
-            study = (read_marker(path).get("sweep") or {}).get("study")
-            raise RunDirError(f"output folder {path!r} holds a vpt sweep" + (f" (study {study!r})" if study else "")
+        marker = read_marker(path)  # checked under the lock: a tool that shares the folder holds it while it runs
+        if marker.get("kind", "train") != "train":
+            label = marker.get("label")
+            raise RunDirError(f"output folder {path!r} holds a vpt {marker['kind']}" + (f" ({label})" if label else "")
                               + "; a run can't share its folder (--overwrite neither): choose another --output")
         clean_stale_tmp(path)
         if is_run and not resume:
@@ -204,88 +202,6 @@ def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False, co
         if not os.path.isfile(os.path.join(path, MARKER)):
             atomic_write_json(os.path.join(path, MARKER), {"vpt_run": 1, "kind": "train", "vpt_version": __version__,
                                                           "created": time.strftime("%Y-%m-%d %H:%M:%S")})
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
-
-# files and folders `vpt sweep` writes in its folder (a non-vpt folder holding any of them is refused)
-SWEEP_FILES = ("results.json", "summary.md", "summary.csv", "trials", "final", "packs", "study.db")
-
-
-def _claim_marker(path: str, content: dict) -> dict:
-    """Write the marker unless one exists (atomically: the first of racing processes wins); return the marker
-    the folder holds now."""
-    marker = os.path.join(path, MARKER)
-    if not os.path.exists(marker):
-        tmp = os.path.join(path, f".{MARKER}.{os.getpid()}.tmp")  # a temporary name _foreign() passes over
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(content, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, marker)  # fails if another process claimed the folder first
-        except FileExistsError:
-            pass
-        except OSError:  # a filesystem without hard links: exclusive create (a reader may briefly see it empty)
-            try:
-                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(json.dumps(content, indent=2) + "\n")
-        finally:
-            os.unlink(tmp)
-    return read_marker(path)
-
-
-def prepare_sweep_dir(path: str, identity: dict, command: str = "") -> RunLock:
-    """Claim ``path`` for the sweep ``identity`` (study, storage, space) and return the lock, held SHARED:
-    every worker of that study may hold it at once; a `vpt train` (exclusive) can't, and a folder that holds
-    a run, another study's sweep or other files is refused. Release the lock when the worker ends."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise RunDirError(f"--output {path!r} is a file; choose a folder for the sweep")
-    if os.path.isdir(path):
-        kind = read_marker(path).get("kind")
-        if kind == "train":
-            raise RunDirError(f"output folder {path!r} holds a vpt train run; a sweep can't share its folder: "
-                              f"choose another --output")
-        if kind is None:
-            others = _foreign(path)
-            if others:
-                listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
-                raise RunDirError(f"output folder {path!r} is not a vpt sweep and holds other files ({listed}); "
-                                  f"choose a new or empty folder for the sweep")
-    os.makedirs(path, exist_ok=True)
-    lock = RunLock(path).acquire(command, shared=True, kind="sweep")
-    try:
-        from ..version import __version__
-        legacy = os.path.join(path, LEGACY_SWEEP)
-        if not os.path.exists(os.path.join(path, MARKER)) and os.path.isfile(legacy):
-            try:  # a sweep folder made before the marker: its sweep.json says whose it is
-                with open(legacy, encoding="utf-8") as f:
-                    theirs = {"kind": "sweep", "sweep": json.load(f)}
-            except (OSError, ValueError):
-                theirs = {"kind": "sweep", "sweep": None}
-            if theirs["sweep"] == identity:
-                theirs = _claim_marker(path, {"vpt_run": 1, "kind": "sweep", "sweep": identity,
-                                              "vpt_version": __version__,
-                                              "created": time.strftime("%Y-%m-%d %H:%M:%S")})
-        else:
-            theirs = _claim_marker(path, {"vpt_run": 1, "kind": "sweep", "sweep": identity, "vpt_version": __version__,
-                                          "created": time.strftime("%Y-%m-%d %H:%M:%S")})
-        if theirs.get("kind") != "sweep":
-            raise RunDirError(f"output folder {path!r} holds a vpt train run; a sweep can't share its folder: "
-                              f"choose another --output")
-        if theirs.get("sweep") != identity:
-            other = theirs.get("sweep") or {}
-            raise RunDirError(f"output folder {path!r} is in use by another sweep (study {other.get('study')!r}, "
-                              f"storage {other.get('storage')!r}"
-                              + ("" if other.get("space") == identity.get("space") else ", another space")
-                              + "): the workers of one study share a folder, other sweeps need their own. Run that "
-                              "sweep's command to continue it, or choose another --output")
     except BaseException:
         lock.release()
         raise

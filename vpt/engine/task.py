@@ -38,8 +38,9 @@ class Task:
     selection: str = "top1"  # val metric that picks the best epoch (higher is better)
     selection_label: str = ""  # how results.json names it ("best val <label>"); default: ``selection``
     find_unused_parameters: bool = False  # DDP: True when some trainable tensors may get no gradient in a step
-    handles_divergence: bool = False  # True: the task stops non-finite parts itself (packed sweep trials); the
-    #                                   engine's divergence guard then stays out
+    handles_divergence: bool = False  # True: the task watches for non-finite losses and weights itself (e.g. one
+    #                                   that trains several independent models and stops only the diverged ones);
+    #                                   the engine's divergence guard then stays out
     drop_last: bool = False  # True: every training batch is a whole train.batch_size (the epoch's rest is skipped)
     field_aliases: Dict[str, str] = {}  # a shared option's dotted field -> where this task's config keeps it
 
@@ -62,8 +63,9 @@ class Task:
         raise NotImplementedError
 
     def build_optimizer(self, run: "Trainer") -> Optional[Tuple[torch.optim.Optimizer, Any, float]]:
-        """(optimizer, per-step scheduler, peak lr) when the task builds its own (e.g. packed sweep trials, one
-        parameter group per trial); None: the engine's ``build_optimizer_and_scheduler`` from optim / sched."""
+        """(optimizer, per-step scheduler, peak lr) when the task builds its own (e.g. several independent models
+        trained at once, each with its own parameter groups, lr and schedule); None: the engine's
+        ``build_optimizer_and_scheduler`` from optim / sched."""
         return None
 
     def collate(self, batch: List[Any]) -> Any:
@@ -133,7 +135,7 @@ class Task:
 
 class Callback:
     """Hooks into the loop, for features that are not tasks (kill switches in tests, divergence guards,
-    sweep pruning). Runs on every rank; ``run.info.is_main`` tells rank 0. To stop the run cleanly after the
+    a hyper-parameter search's pruning). Runs on every rank; ``run.info.is_main`` tells rank 0. To stop the run cleanly after the
     current epoch call ``run.request_stop(reason)``; to abort, raise (e.g. ``optuna.TrialPruned``)."""
 
     def on_train_start(self, run: "Trainer") -> None:

@@ -257,7 +257,7 @@ class Trainer:
             gstep = epoch * self.steps_per_epoch + step + 1
             self._optimizer_step()
             # the loss per step; the gradients' effect is checked on the weights at the epoch end (a per-step
-            # gradient-norm check flagged packed sweep trials whose NaN gradients never reach a weight)
+            # gradient-norm check flagged models trained side by side whose NaN gradients never reach a weight)
             self._flag_non_finite(gstep, step_loss, None)
             loss_t += step_loss
             if t.log_interval and (step + 1) % t.log_interval == 0:

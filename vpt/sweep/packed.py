@@ -87,11 +87,8 @@ class PackedClassifier(nn.Module):
             return first.head_features(x)  # (B, ...): one pass serves every trial
         index = torch.arange(K, device=x.device).repeat_interleave(B)  # (K*B,)
         mix = PromptMix([m.prompt for m in self.trials], index, bb.layout.num_prefix if bb.layout else 0, block=B)
-        if not bb.supports_tokens:  # pixel prompts on a CNN: nothing before the prompt to share
-            return bb.forward_features(mix.pixels(x.repeat(K, 1, 1, 1)))  # (K*B, C', h, w)
-        nq = bb.layout.num_prefix if first.fast and first.reads_prefix_only() else None
-        h, _, _ = first._encode(x, prompt=mix, grad_from=mix.first_layer, last_queries=nq, fan_out=K)
-        return bb.finish(h)  # (K*B, k+N, D)
+        nq = bb.layout.num_prefix if bb.supports_tokens and first.fast and first.reads_prefix_only() else None
+        return first.forward_features_sets(x, mix, K, last_queries=nq)  # (K*B, ...): trial k's rows k*B ..
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]

@@ -23,17 +23,24 @@ WD_FIELDS = ("optim.weight_decay",)
 
 
 def trial_records(study) -> List[Dict[str, Any]]:
-    """The study's trials as JSON-able dicts (surplus trials, closed unrun, left out), by trial number."""
+    """The study's trials as JSON-able dicts (surplus trials, closed unrun, left out), by trial number.
+
+    ``state`` is Optuna's. A trial stopped from outside (Ctrl-C, SIGTERM, a killed worker) is FAIL there and
+    runs again as a new trial; its record says ``interrupted`` (True, or what stopped it), ``continued_by``
+    (the number of the trial that continued it, when one did) and ``retry_of`` on the continuing trial."""
     from .study import is_surplus
     out = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if is_surplus(t):
-            continue
+    trials = [t for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number) if not is_surplus(t)]
+    continued_by = {int(t.system_attrs["failed_trial"]): t.number for t in trials if "failed_trial" in t.system_attrs}
+    for t in trials:
         out.append({
             "number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
             "val_curve": [[int(k), float(v)] for k, v in sorted(t.intermediate_values.items())],  # [epoch, value]
             "best_epoch": t.user_attrs.get("best_epoch"), "error": t.user_attrs.get("error"),
             "retry_of": t.system_attrs.get("failed_trial"),
+            "interrupted": (t.user_attrs.get("interrupted") or t.number in continued_by) if t.state.name == "FAIL"
+            else False,
+            "continued_by": continued_by.get(t.number),
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start else None,
         })
@@ -71,15 +78,36 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def trial_state(r: Mapping[str, Any]) -> str:
+    """What a person reads as a trial's state: Optuna's, lower case, but ``interrupted`` for a trial stopped
+    from outside (which Optuna records as failed)."""
+    return "interrupted" if r.get("interrupted") else r["state"].lower()
+
+
+def trial_note(r: Mapping[str, Any]) -> str:
+    """Why a trial ended as it did, and which trial it continues or was continued by."""
+    parts = []
+    if r.get("interrupted"):
+        how = r["interrupted"] if isinstance(r["interrupted"], str) else "stopped before it finished"
+        after = (f"continued by trial {r['continued_by']}" if r.get("continued_by") is not None
+                 else "runs again when the same command runs again")
+        parts.append(f"{how}; {after}")
+    elif r.get("error"):
+        parts.append(str(r["error"]))
+    if r.get("retry_of") is not None:
+        parts.append(f"continues trial {r['retry_of']}")
+    return "; ".join(parts)
+
+
 def summary_rows(records: Sequence[Mapping[str, Any]], space: SearchSpace) -> List[Dict[str, Any]]:
     rows = []
     lr_field = _lr_field(records)
     for r in sorted(records, key=lambda r: _rank(r, lr_field)):  # the best first
-        row = {"trial": r["number"], "state": r["state"].lower(), "val": r["value"]}
+        row = {"trial": r["number"], "state": trial_state(r), "val": r["value"]}
         row.update({name: r["params"].get(name) for name in space.names})
         row["best_epoch"] = r.get("best_epoch")
         row["epochs_run"] = len(r.get("val_curve") or {})
-        row["note"] = r.get("error") or (f"retry of trial {r['retry_of']}" if r.get("retry_of") is not None else "")
+        row["note"] = trial_note(r)
         rows.append(row)
     return rows
 
@@ -96,14 +124,48 @@ def _pm(mean: Optional[float], std: Optional[float]) -> str:
     return "" if mean is None else f"{mean:.4g} +/- {std or 0.0:.2g}"
 
 
-def summary_markdown(records: Sequence[Mapping[str, Any]], space: SearchSpace, metric: str = "val top-1",
-                     candidates: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The trials, the best first; then the final runs of each candidate setting (``--top-k``), with the
+def _headline(chosen: Optional[Mapping[str, Any]], metric: str, warning: Optional[str]) -> List[str]:
+    """The lines summary.md opens with: the best setting, its final runs' test mean +/- std, the edge warning."""
+    lines = ["# Sweep summary", ""]
+    if chosen is None:
+        return lines + ["No trial has completed yet: there is no best setting.", ""]
+    lines.append(f"**Best setting:** {describe(chosen['params'])} (trial {chosen['trial']}, {metric} "
+                 f"{_fmt(chosen['val'])})")
+    lines.append("")
+    test = chosen.get("metric_label") or chosen.get("metric") or ""
+    n = chosen.get("test_n") or 0
+    if chosen.get("test_mean") is not None:
+        seeds = ", ".join(str(s) for s in chosen.get("seeds") or [])
+        lines.append(f"**Final runs:** test {test} {_pm(chosen['test_mean'], chosen.get('test_std'))} over {n} "
+                     f"run(s)" + (f" (seeds {seeds})" if seeds else "") + ", each trained again with that setting; "
+                     f"test is read by these runs only")
+    elif "test_mean" in chosen:
+        lines.append("**Final runs:** no test result (no final run finished, or the data has no test split)")
+    if chosen.get("hm_mean") is not None:
+        lines.append("")
+        lines.append("**Base-to-novel (test):** " + ", ".join(
+            f"{k} {_pm(chosen.get(k + '_mean'), chosen.get(k + '_std'))}" for k in ("base", "novel", "hm")))
+    if warning:
+        lines += ["", f"**Warning:** {warning}"]
+    return lines + ["", "## Trials (the best first)", ""]
+
+
+def summary_markdown(records: Sequence[Mapping[str, Any]], space: SearchSpace, metric: str = "val top1",
+                     candidates: Sequence[Mapping[str, Any]] = (), chosen: Optional[Mapping[str, Any]] = None,
+                     warning: Optional[str] = None) -> str:
+    """The best setting and its final runs' test mean +/- std first (``chosen``: the chosen candidate, as
+    results.json's ``final`` plus ``params``, ``val``, ``trial`` and the metric's ``metric_label``; None: the
+    best trial, no final runs yet);
+    then the trials, the best first; then the final runs of each candidate setting (``--top-k``), with the
     one the sweep chose marked."""
     rows = summary_rows(records, space)
+    if chosen is None:
+        best = best_record(records)
+        chosen = None if best is None else {"params": best["params"], "trial": best["number"], "val": best["value"]}
+    lines = _headline(chosen, metric, warning)
     if not rows:
-        return "No trials yet.\n"
-    lines = _md_table(rows, [metric if c == "val" else c for c in rows[0]])
+        return "\n".join(lines + ["No trials yet."]) + "\n"
+    lines += _md_table(rows, [metric if c == "val" else c for c in rows[0]])
     if candidates:
         final = [{"chosen": "yes" if c.get("chosen") else "", "trial": c["trial"], "setting": describe(c["params"]),
                   "trial val": c["val"], "final runs": c.get("runs", 0),
@@ -126,14 +188,23 @@ def summary_csv(records: Sequence[Mapping[str, Any]], space: SearchSpace) -> str
 
 
 def write_tables(out_dir: str, records: Sequence[Mapping[str, Any]], space: SearchSpace,
-                 candidates: Sequence[Mapping[str, Any]] = ()) -> List[str]:
+                 candidates: Sequence[Mapping[str, Any]] = (), chosen: Optional[Mapping[str, Any]] = None,
+                 metric: str = "val top1", warning: Optional[str] = None) -> List[str]:
+    """summary.md (see :func:`summary_markdown`) and summary.csv (the trials) in ``out_dir``."""
     md, cs = os.path.join(out_dir, "summary.md"), os.path.join(out_dir, "summary.csv")
-    atomic_write_text(md, summary_markdown(records, space, candidates=candidates))
+    atomic_write_text(md, summary_markdown(records, space, metric, candidates, chosen, warning))
     atomic_write_text(cs, summary_csv(records, space))
     return [md, cs]
 
 
 # --- plots ---------------------------------------------------------------------------------------------
+# Plot text is data (class, metric and field names): matplotlib's bundled DejaVu Sans, named explicitly, covers
+# the Latin, Greek and Cyrillic alphabets whatever a user's matplotlibrc says, and '$' is a character, not the
+# start of mathtext (which would drop the spaces of a name holding two of them).
+PLOT_STYLE = {"font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"], "text.parse_math": False,
+              "axes.unicode_minus": True}
+
+
 def _save_png(fig, path: str) -> None:
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -155,10 +226,12 @@ def _finish_plot(plt, fig, ax, path: str, xlabel: str, ylabel: Optional[str], le
     return path
 
 
-def write_plots(out_dir: str, records: Sequence[Mapping[str, Any]], space: SearchSpace, study=None) -> List[str]:
-    """PNG plots (matplotlib): val metric vs learning rate, one line per weight decay; optimisation history;
-    parameter importance (Optuna's fANOVA, given the study and 2+ completed trials). Optuna's plotly HTML
-    versions too where plotly is installed. Returns the files written."""
+def write_plots(out_dir: str, records: Sequence[Mapping[str, Any]], space: SearchSpace, study=None,
+                metric: str = "val top1") -> List[str]:
+    """PNG plots (matplotlib): ``metric`` (the trials' selection metric, e.g. "val top1") vs learning rate, one
+    line per weight decay; optimisation history over trial numbers; parameter importance (Optuna's fANOVA,
+    given the study and 2+ completed trials). Optuna's plotly HTML versions too where plotly is installed.
+    Returns the files written."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -166,6 +239,17 @@ def write_plots(out_dir: str, records: Sequence[Mapping[str, Any]], space: Searc
     except ImportError:
         _logger.warning("no plots: matplotlib is not installed (pip install 'vpt[sweep]')")
         return []
+    with plt.rc_context(PLOT_STYLE):
+        written = _matplotlib_plots(plt, out_dir, records, space, study, metric)
+    if study is not None:
+        written += _plotly_html(out_dir, study, sum(r["state"] == "COMPLETE" and r["value"] is not None
+                                                    for r in records))
+    return written
+
+
+def _matplotlib_plots(plt, out_dir: str, records: Sequence[Mapping[str, Any]], space: SearchSpace, study,
+                      metric: str) -> List[str]:
+    from matplotlib.ticker import MaxNLocator
     written = []
     done = [r for r in records if r["state"] == "COMPLETE" and r["value"] is not None]
     lr = next((f for f in LR_FIELDS if f in space.names), None)
@@ -179,7 +263,7 @@ def write_plots(out_dir: str, records: Sequence[Mapping[str, Any]], space: Searc
             pts = sorted(groups[key])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{wd}={key:g}" if wd else None)
         ax.set_xscale("log" if all(p > 0 for g in groups.values() for p, _ in g) else "linear")
-        written.append(_finish_plot(plt, fig, ax, os.path.join(out_dir, "val_vs_lr.png"), lr, "best val metric",
+        written.append(_finish_plot(plt, fig, ax, os.path.join(out_dir, "val_vs_lr.png"), lr, f"best {metric}",
                                     legend=bool(wd)))
     finished = sorted((r for r in records if r["value"] is not None), key=lambda r: r["number"])
     if finished:
@@ -192,16 +276,15 @@ def write_plots(out_dir: str, records: Sequence[Mapping[str, Any]], space: Searc
             best.append(run)
         ax.scatter(xs, ys, s=14, label="trial")
         ax.step(xs, best, where="post", color="C1", label="best so far")
-        written.append(_finish_plot(plt, fig, ax, os.path.join(out_dir, "history.png"), "trial", "val metric"))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers: no 0.5 ticks
+        written.append(_finish_plot(plt, fig, ax, os.path.join(out_dir, "history.png"), "trial number", metric))
     importances = param_importances(study) if study is not None else {}
     if importances:
         fig, ax = plt.subplots(figsize=(6, 0.6 + 0.4 * len(importances)))
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names])
         written.append(_finish_plot(plt, fig, ax, os.path.join(out_dir, "param_importance.png"),
-                                    "importance (fANOVA)", None, legend=False, grid=False))
-    if study is not None:
-        written += _plotly_html(out_dir, study, len(done))
+                                    f"importance for {metric} (fANOVA)", None, legend=False, grid=False))
     return written
 
 
@@ -271,12 +354,22 @@ def real_edges(space: SearchSpace, best_params: Mapping[str, Any], best_value: O
 
 
 def edge_warning(space: SearchSpace, best_params: Mapping[str, Any], best_value: Optional[float] = None,
-                 records: Sequence[Mapping[str, Any]] = ()) -> Optional[str]:
-    """A sentence when the best setting lies on an edge of the space (the optimum may lie beyond it); an
-    edge that other trials tie with from inside the space is left out (see :func:`edge_ties`)."""
+                 records: Sequence[Mapping[str, Any]] = (), sampler: str = "grid", extended: int = 0) -> Optional[str]:
+    """A sentence when the best setting lies on an edge of the space (the optimum may lie beyond it), with the
+    way to look past it that works; an edge that other trials tie with from inside the space is left out (see
+    :func:`edge_ties`). ``extended``: the --extend-edges steps this sweep has taken already."""
     edges = real_edges(space, best_params, best_value, records)
     if not edges:
         return None
     parts = [f"{name}={_fmt(best_params[name])} is the {side}est value searched" for name, side in edges.items()]
+    if sampler == "grid" and space.widened(edges) is not None:
+        fix = (f"run the same command with --extend-edges {extended + 1}: it adds the next value past the edge (at "
+               f"the grid's spacing) and trains only the new points, in this folder, keeping every finished trial")
+    elif sampler == "grid":
+        fix = (f"{', '.join(edges)} has no next value to add (--extend-edges widens listed and stepped fields): "
+               f"widen it in the space file and sweep into a new --output (this folder holds this space's study)")
+    else:
+        fix = (f"widen the range in the space file and sweep into a new --output (this folder holds this space's "
+               f"study; --extend-edges needs --sampler grid)")
     return (f"the best setting ({describe(best_params)}) lies on the edge of the space: {'; '.join(parts)}. "
-            f"The optimum may lie beyond it: widen the space there and sweep again")
+            f"The optimum may lie beyond it: {fix}")

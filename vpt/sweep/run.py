@@ -10,7 +10,7 @@ with the best mean final val is the result: on a small val split one trial's val
 seeds picks more reliably; test still takes no part in the choice. Whichever worker finishes last writes
 ``results.json``, the summary tables and the plots.
 
-The output folder carries `vpt train`'s run-folder marker and OS lock (``vpt.engine.rundir``), the lock held
+The output folder carries `vpt train`'s run-folder marker and OS lock (``vpt.sweep.folder``), the lock held
 shared by the workers of one study: a `vpt train` there, or a sweep of another study, is refused.
 
 Running the same command again continues a killed sweep: finished trials stay, a trial killed mid-run is
@@ -29,17 +29,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..config import from_dict, to_dict
 from ..engine import Callback, holds_run, train
-from ..engine.rundir import prepare_sweep_dir
 from ..engine.checkpoint import STATE_NAME
 from ..engine.distributed import DistInfo, resolve_device
 from ..engine.trainer import device_name, versions
 from ..errors import ConfigError, ResumeError, RunDirError
 from ..io import atomic_write_json
 from . import report
+from .folder import prepare_sweep_dir
 from .space import SearchSpace, apply_params, check_fields, describe
 from .study import (PACK_ATTR, SweepError, fail_stale_trials, make_pruner, make_sampler, open_storage, open_study,
                     open_widened, require_optuna)
-from .worker import Outcome, TrialReporter, run_worker
+from .worker import Outcome, ReportEpochs, TrialReporter, blind_to_test, run_worker
 
 _logger = logging.getLogger(__name__)
 
@@ -98,18 +98,6 @@ def check_space(space: SearchSpace, task_cls: type, base: Mapping[str, Any]) -> 
             task_cls(from_dict(task_cls.config_cls, apply_params(dict(base), {p.name: v}))).validate()
 
 
-class _ReportEpochs(Callback):
-    """Reports each epoch's val metric to Optuna; when the pruner says stop, the run ends cleanly after this
-    epoch (metrics.csv, run state and results.json record it, marked ``stopped``)."""
-
-    def __init__(self, reporter: TrialReporter, column: str):
-        self.reporter, self.column = reporter, column
-
-    def on_epoch_end(self, run, epoch: int, row: Dict[str, Any]) -> None:
-        if self.column in row and self.reporter.report(epoch, float(row[self.column])):
-            run.request_stop(f"pruned by the sweep's pruner after epoch {epoch}")
-
-
 class _ReportPack(Callback):
     """Each packed trial's val metric to its own Optuna trial; a pruned trial stops training, the pack goes on."""
 
@@ -123,13 +111,6 @@ class _ReportPack(Callback):
                 self.task.active[k] = False
         if not any(self.task.active):
             run.request_stop(f"every packed trial stopped by epoch {epoch}")
-
-
-def _no_test(task_cls: type) -> type:
-    """The task, blind to its test split: search trials select on val and never read test."""
-    def has_split(self, split: str) -> bool:
-        return split != "test" and task_cls.has_split(self, split)
-    return type(f"{task_cls.__name__}SweepTrial", (task_cls,), {"has_split": has_split})
 
 
 def redact(url: str) -> str:
@@ -186,7 +167,7 @@ class Sweep:
 
     # --- the output folder ------------------------------------------------------------------------------
     def _claim_folder(self):
-        """The run-folder marker and lock of `vpt train` (vpt.engine.rundir), the lock held shared by the
+        """The run-folder marker and lock of `vpt train` (vpt.sweep.folder), the lock held shared by the
         workers of this study: a `vpt train` or another study's sweep in this folder is refused."""
         identity = {"study": self.opts.study, "storage": redact(self.storage_url), "space": self.space.to_dict()}
         return prepare_sweep_dir(self.out, identity, command=self.opts.command or "vpt sweep")
@@ -215,7 +196,7 @@ class Sweep:
         """One trial's (or final run's) engine run, reporting val per epoch to ``reporter``: in this process,
         or as a torchrun job of ``--nproc-per-trial`` processes (vpt.sweep.torchrun)."""
         if self.opts.nproc_per_trial <= 1:
-            return self._run(task, run_dir, [_ReportEpochs(reporter, f"val_{task.selection}")])
+            return self._run(task, run_dir, [ReportEpochs(reporter, f"val_{task.selection}")])
         from ..engine.trainer import config_yaml
         from ..io import atomic_write_text
         from .torchrun import DIVERGED_EXIT, launch_command, read_results, run_job
@@ -242,7 +223,7 @@ class Sweep:
         return int(attrs.get("failed_trial", trial.number))
 
     def _train_search(self, study):
-        trial_cls = _no_test(self.task_cls)
+        trial_cls = blind_to_test(self.task_cls)
 
         def train_trials(trials, params, reporters) -> List[Outcome]:
             out = []
@@ -363,18 +344,13 @@ class Sweep:
             lock.release()
 
     def _run_claimed(self) -> Dict[str, Any]:
-        optuna = require_optuna()
+        """The search (widened past its edges with --extend-edges), the final runs of the --top-k best trials,
+        and the report."""
         storage = open_storage(self.storage_url, self.opts.heartbeat, self.opts.grace, self.opts.max_retry)
-        sampler = make_sampler(self.opts.sampler, self.space, self.opts.sampler_seed)
-        study = open_study(storage, self.opts.study, self.space, self.base, sampler,
+        study = open_study(storage, self.opts.study, self.space, self.base,
+                           make_sampler(self.opts.sampler, self.space, self.opts.sampler_seed),
                            make_pruner(self.opts.pruner, self.epochs))
-        bar = _StudyBar(study, self.budget, self.opts.progress)
-        try:
-            train_fn = self._train_packed(study) if self.opts.pack > 1 else self._train_search(study)
-            self._work(study, self.space, self.budget, train_fn, self.opts.sampler == "grid", bar.update,
-                       pack=self.opts.pack)
-        finally:
-            bar.close()
+        self._search(study, self.space, self.budget, self.opts.sampler == "grid")
         study = self._widen(storage, study)
         records = report.trial_records(study)
         ranked = report.ranked_records(records)
@@ -385,9 +361,25 @@ class Sweep:
         top = ranked[:self.opts.top_k]
         if len(top) < self.opts.top_k:
             _logger.warning("--top-k %d but only %d trial(s) completed: final runs for those", self.opts.top_k, len(top))
-        warning = report.edge_warning(self.searched, top[0]["params"], top[0]["value"], records)
+        warning = report.edge_warning(self.searched, top[0]["params"], top[0]["value"], records,
+                                      self.opts.sampler, len(self.widenings))
         if warning:
             _logger.warning("%s", warning)
+        return self._write(study, records, self._final_runs(storage, top))
+
+    def _search(self, study, space: SearchSpace, budget: int, grid: bool) -> None:
+        """The search trials of ``study`` (packed with --pack), under a progress bar."""
+        bar = _StudyBar(study, budget, self.opts.progress)
+        try:
+            train_fn = self._train_packed(study) if self.opts.pack > 1 else self._train_search(study)
+            self._work(study, space, budget, train_fn, grid, bar.update, pack=self.opts.pack)
+        finally:
+            bar.close()
+
+    def _final_runs(self, storage, top: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+        """Each of the ``top`` trials' settings trained again with every seed (its own final study and folder);
+        returns the candidates (:meth:`_candidate`), the best trial first."""
+        optuna = require_optuna()
         seed0 = int(self.base["train"]["seed"])
         from .space import parse_space
         seeds = parse_space({"train.seed": [seed0 + i for i in range(self.opts.seeds)]})
@@ -405,7 +397,7 @@ class Sweep:
                                optuna.pruners.NopPruner())
             self._work(final, seeds, self.opts.seeds, self._train_final(rec["params"], folder), True)
             candidates.append(self._candidate(rec, final, name, folder, note))
-        return self._write(study, records, candidates)
+        return candidates
 
     def _widen(self, storage, study):
         """While the best trial lies on an edge of the space, add the next value past that edge (see
@@ -444,12 +436,7 @@ class Sweep:
             study, budget = open_widened(storage, study, name, wider, self.base,
                                          make_sampler("grid", wider, self.opts.sampler_seed),
                                          optuna.pruners.NopPruner())
-            bar = _StudyBar(study, budget, self.opts.progress)
-            try:
-                train_fn = self._train_packed(study) if self.opts.pack > 1 else self._train_search(study)
-                self._work(study, wider, budget, train_fn, True, bar.update, pack=self.opts.pack)
-            finally:
-                bar.close()
+            self._search(study, wider, budget, True)
             space = self.searched = wider
             self.widenings.append({"study": name, "edges": edges, "added": added})
         return study
@@ -514,16 +501,22 @@ class Sweep:
         cands = [{**{k: v for k, v in c.items() if k not in ("runs", "final_trials")}, "chosen": c is chosen,
                   "runs": len(c["runs"])} for c in candidates]
         space = self.searched
-        files = report.write_tables(self.out, records, space, cands if len(cands) > 1 else ())
-        files += report.write_plots(self.out, records, space, study)
-        warning = report.edge_warning(space, chosen["params"], chosen["val"], records) if chosen else None
         sel = self.task_cls.selection
+        label = self.task_cls.selection_label or sel
+        metric = f"val {label}"
+        warning = report.edge_warning(space, chosen["params"], chosen["val"], records, self.opts.sampler,
+                                      len(self.widenings)) if chosen else None
         final = {}
         if chosen is not None:
             final = {k: v for k, v in chosen.items() if k not in ("params", "val", "best_epoch", "final_trials")}
             final = {"study": final.pop("study"), "folder": final.pop("folder"), "trial": final.pop("trial"),
                      "note": final.pop("note"), "metric": sel, **final}
-        selection = f"best val {self.task_cls.selection_label or sel} over epochs and trials; ties: smaller lr"
+        headline = None if chosen is None else {**final, "params": chosen["params"], "val": chosen["val"],
+                                                "metric_label": label}
+        files = report.write_tables(self.out, records, space, cands if len(cands) > 1 else (), headline, metric,
+                                    warning)
+        files += report.write_plots(self.out, records, space, study, metric)
+        selection = f"best {metric} over epochs and trials; ties: smaller lr"
         if self.opts.top_k > 1:
             selection += (f"; then the {self.opts.top_k} best trials trained again with {self.opts.seeds} seed(s) "
                           f"each, and the best mean final val chosen")
@@ -543,7 +536,8 @@ class Sweep:
             "final": final,
             "candidates": cands,
             "trials": records,
-            "trial_counts": {s: sum(r["state"] == s for r in records) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+            "trial_counts": {s: sum(report.trial_state(r) == s.lower() for r in records)
+                             for s in ("COMPLETE", "PRUNED", "FAIL", "INTERRUPTED", "RUNNING")},
             "final_trials": chosen["final_trials"] if chosen else [],
             "files": sorted(os.path.relpath(f, self.out) for f in files),
             "device": device_name(resolve_device(self.base["train"].get("device"))),

@@ -27,7 +27,6 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..engine import Callback
-from ..engine.distributed import broadcast_object
 
 _logger = logging.getLogger(__name__)
 
@@ -70,22 +69,6 @@ def run_job(cmd: Sequence[str], storage_url: str, log_hint: str) -> int:
         raise
 
 
-class ReportAcrossRanks(Callback):
-    """Rank 0 reports the epoch's val metric to the Optuna trial; every rank gets the pruner's verdict."""
-
-    def __init__(self, reporter, column: str):
-        self.reporter, self.column = reporter, column
-
-    def on_epoch_end(self, run, epoch: int, row: Dict[str, Any]) -> None:
-        stop = False
-        if run.info.is_main and self.reporter is not None and self.column in row:
-            stop = self.reporter.report(epoch, float(row[self.column]))
-        if run.info.distributed:
-            stop = broadcast_object(stop)
-        if stop:
-            run.request_stop(f"pruned by the sweep's pruner after epoch {epoch}")
-
-
 def trial_main(argv: Optional[Sequence[str]] = None, callbacks: Sequence[Callback] = ()) -> int:
     """One rank of a trial's torchrun job (see the module doc); returns the process exit code."""
     import yaml
@@ -94,9 +77,8 @@ def trial_main(argv: Optional[Sequence[str]] = None, callbacks: Sequence[Callbac
     from ..engine import init_distributed, teardown_distributed, train
     from ..errors import ResumeError
     from ..tasks import task_class
-    from .run import _no_test
     from .study import make_pruner, open_storage, require_optuna
-    from .worker import TrialReporter
+    from .worker import ReportEpochs, TrialReporter, blind_to_test
 
     p = argparse.ArgumentParser(prog=f"python -m {TRIAL_MODULE}", description=__doc__)
     p.add_argument("config")
@@ -111,7 +93,7 @@ def trial_main(argv: Optional[Sequence[str]] = None, callbacks: Sequence[Callbac
         data = yaml.safe_load(f)
     task_cls = task_class(str(data.get("task", "classification")))
     cfg = from_dict(task_cls.config_cls, data)
-    task = (_no_test(task_cls) if args.blind_to_test else task_cls)(cfg)
+    task = (blind_to_test(task_cls) if args.blind_to_test else task_cls)(cfg)
     info = init_distributed(cfg.train.device)
     if not info.is_main:
         logging.getLogger("vpt").setLevel(logging.WARNING)
@@ -124,7 +106,7 @@ def trial_main(argv: Optional[Sequence[str]] = None, callbacks: Sequence[Callbac
         study = optuna.load_study(study_name=args.study, storage=open_storage(url),
                                   pruner=make_pruner(args.pruner, cfg.train.epochs))
         reporter = TrialReporter(optuna.trial.Trial(study, args.trial_id))
-    cbs = [ReportAcrossRanks(reporter, args.column), *callbacks]
+    cbs = [ReportEpochs(reporter, args.column), *callbacks]
     command = f"vpt sweep trial {args.trial_id} (torchrun, {info.world_size} processes)"
     try:
         try:
@@ -145,4 +127,4 @@ def read_results(run_dir: str) -> Dict[str, Any]:
         return json.load(f)
 
 
-__all__ = ["launch_command", "run_job", "trial_main", "read_results", "ReportAcrossRanks", "DIVERGED_EXIT"]
+__all__ = ["launch_command", "run_job", "trial_main", "read_results", "DIVERGED_EXIT"]

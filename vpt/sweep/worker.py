@@ -13,6 +13,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence
 
+from ..engine import Callback
+from ..engine.distributed import broadcast_object
 from .space import SearchSpace, describe
 from .study import (SURPLUS_ATTR, budget_left, duplicate_of, fail_stale_trials, heartbeat, require_optuna, requeue,
                     tell)
@@ -56,6 +58,32 @@ class TrialReporter:
         return self.pruned
 
 
+class ReportEpochs(Callback):
+    """An engine callback: each epoch's val metric (``column`` of the metrics row) to the trial's reporter;
+    when the pruner says stop, the run ends cleanly after this epoch (metrics.csv, run state and results.json
+    record it, marked ``stopped``). Under DDP (a trial as a torchrun job) rank 0 reports, holding the only
+    ``reporter`` (None on the other ranks), and every rank gets the verdict, so all stop after the same epoch."""
+
+    def __init__(self, reporter: Optional[TrialReporter], column: str):
+        self.reporter, self.column = reporter, column
+
+    def on_epoch_end(self, run, epoch: int, row: Dict[str, Any]) -> None:
+        stop = False
+        if run.info.is_main and self.reporter is not None and self.column in row:
+            stop = self.reporter.report(epoch, float(row[self.column]))
+        if run.info.distributed:
+            stop = broadcast_object(stop)
+        if stop:
+            run.request_stop(f"pruned by the sweep's pruner after epoch {epoch}")
+
+
+def blind_to_test(task_cls: type) -> type:
+    """The task, blind to its test split: search trials select on val and never read test."""
+    def has_split(self, split: str) -> bool:
+        return split != "test" and task_cls.has_split(self, split)
+    return type(f"{task_cls.__name__}SweepTrial", (task_cls,), {"has_split": has_split})
+
+
 TrainFn = Callable[[Sequence[Any], Sequence[Dict[str, Any]], Sequence[TrialReporter]], Sequence[Outcome]]
 
 
@@ -67,6 +95,10 @@ def ask(study, space: SearchSpace, grid: bool):
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask(fixed_distributions=space.distributions())
     params = dict(trial.params)
+    inherited = study._storage.get_trial(trial._trial_id).user_attrs
+    for key in ("error", "interrupted"):  # a retry's copy of the stopped trial's record starts clean
+        if inherited.get(key) is not None:
+            trial.set_user_attr(key, None)
     if grid:
         dup = duplicate_of(study, trial, params)
         if dup is not None:
@@ -105,9 +137,13 @@ def run_worker(study, space: SearchSpace, budget: int, train: TrainFn, grid: boo
                 outcomes = list(train(trials, [p for _, p in batch], reporters))
             except BaseException as e:
                 for t in trials:  # leave none of them RUNNING; an interrupted one runs again on the next start
-                    t.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
-                    tell(study, t, state=S.FAIL)
-                    if not isinstance(e, Exception):
+                    what = f"{type(e).__name__}: {e}".rstrip(": ")[:500]
+                    if isinstance(e, Exception):
+                        t.set_user_attr("error", what)
+                        tell(study, t, state=S.FAIL)
+                    else:  # Ctrl-C / SIGTERM: the trial did not fail; it is continued by its queued copy
+                        t.set_user_attr("interrupted", f"interrupted ({what})")
+                        tell(study, t, state=S.FAIL)
                         requeue(study, t)
                 raise
         for t, r, o in zip(trials, reporters, outcomes):
