@@ -6,7 +6,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 from vpt.cli import main
 from vpt.engine.build import memory_format
 

@@ -11,7 +11,7 @@ from vpt.artifact import ArtifactError
 from vpt.backbones import BackboneError, create_backbone
 from vpt.config import ConfigError
 
-from conftest import TINY_VIT, TINY_VIT_NAME
+from helpers import TINY_VIT, TINY_VIT_NAME
 
 
 @pytest.fixture(scope="module")

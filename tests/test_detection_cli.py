@@ -9,7 +9,7 @@ import yaml
 
 from vpt.cli import main
 
-from conftest import TINY_VIT, make_coco, make_voc
+from helpers import TINY_VIT, make_coco, make_voc
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread

@@ -5,7 +5,7 @@ import torch
 
 import vpt
 import vpt.backbones  # used as vpt.backbones.X: vpt imports submodules lazily
-from conftest import PROMPT_KINDS, TinyBackbones, prompt_supported
+from helpers import PROMPT_KINDS, TinyBackbones, prompt_supported
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BACKBONES = TinyBackbones(cnn=False)

@@ -9,7 +9,7 @@ import torch
 
 import vpt
 
-from conftest import TINY_VIT, TINY_VIT_NAME
+from helpers import TINY_VIT, TINY_VIT_NAME
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread

@@ -179,7 +179,7 @@ def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
     calls, set_lean = [], PromptedModel.set_lean
     monkeypatch.setattr(PromptedModel, "set_lean", lambda self, mode=True: calls.append(mode) or set_lean(self, mode))
 
-    from conftest import make_image_folder, tiny_recipe
+    from helpers import make_image_folder, tiny_recipe
     from safetensors.torch import load_file
     from vpt.cli import main
     data = make_image_folder(tmp_path / "data", per_class=6)

@@ -22,7 +22,7 @@ import vpt  # noqa: E402
 from vpt.artifact import from_pretrained  # noqa: E402
 from vpt.errors import VptError  # noqa: E402
 
-from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder  # noqa: E402
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder  # noqa: E402
 
 _COMMON = dict(suppress_health_check=list(HealthCheck), derandomize=True, print_blob=True)
 settings.register_profile("ci", max_examples=40, deadline=10_000, **_COMMON)

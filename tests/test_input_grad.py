@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vpt
-from conftest import TinyBackbones, prompt_supported
+from helpers import TinyBackbones, prompt_supported
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

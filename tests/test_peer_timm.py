@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vpt
-from conftest import PROMPT_KINDS, TinyBackbones, prompt_supported
+from helpers import PROMPT_KINDS, TinyBackbones, prompt_supported
 from vpt.backbones import create_backbone
 
 timm = pytest.importorskip("timm")

@@ -7,7 +7,7 @@ import signal
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_image_folder, tiny_recipe
+from helpers import make_image_folder, tiny_recipe
 from vpt.cli import main
 
 TIMING = {"train_images_per_second", "epoch_seconds"}

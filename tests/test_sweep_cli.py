@@ -18,7 +18,7 @@ from vpt.sweep.run import check_space, choose_candidate
 from vpt.sweep.space import load_space
 from vpt.tasks import task_class
 
-from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ from vpt.engine.optim import build_optimizer_and_scheduler
 from vpt.sweep.packed import (PackedClassifier, build_packed_model, build_packed_optimizer, check_packable,
                               clip_per_trial, packed_loss)
 
-from conftest import TINY_VIT, TINY_VIT_NAME
+from helpers import TINY_VIT, TINY_VIT_NAME
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

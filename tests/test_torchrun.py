@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 import toy_task
-from conftest import make_image_folder, make_voc, tiny_recipe
+from helpers import make_image_folder, make_voc, tiny_recipe
 from test_detection_cli import RECIPE as DETECTION_RECIPE, _check_metrics
 from vpt.cli import main
 from vpt.engine import train

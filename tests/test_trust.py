@@ -19,7 +19,7 @@ from vpt.artifact import from_pretrained, inspect_artifact
 from vpt.cli import main
 from vpt.errors import ArtifactError, ConfigError, DataError, VptError
 
-from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_image_folder, tiny_recipe
+from helpers import make_image_folder, tiny_recipe
 from vpt.cli import main
 from vpt.engine.rundir import prepare_run_dir
 from vpt.errors import RunDirError

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 import vpt
 from vpt import zeroshot as zs
