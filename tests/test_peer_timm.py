@@ -9,21 +9,17 @@ import pytest
 import torch
 
 import vpt
-from helpers import PROMPT_KINDS, TinyBackbones, prompt_supported
+from helpers import FAMILIES, KINDS, MATRIX, PROMPTS
 from vpt.backbones import create_backbone
 
 timm = pytest.importorskip("timm")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BACKBONES = TinyBackbones(depth=3)
-PROMPTS = PROMPT_KINDS
-CASES = [(b, p) for b in BACKBONES for p in PROMPTS if prompt_supported(b, PROMPTS[p])]
+CASES = MATRIX.cases(FAMILIES, KINDS)  # each family x one prompt of each kind, the refused pairs left out
 
 
 def build(bb, prompt, num_classes=5):
-    adapter = BACKBONES.adapter(bb)
-    torch.manual_seed(0)
-    return vpt.create_model(adapter, prompt=PROMPTS[prompt], num_classes=num_classes)
+    return MATRIX.model(bb, prompt, num_classes=num_classes)
 
 
 def inputs(model, batch_size=2):
@@ -208,8 +204,9 @@ def test_layer_decay_puts_prompts_in_their_block_group(bb, prompt):
         assert scales == sorted(scales) and scales[0] < scales[-1] < scale[id(model.head.fc.weight)] + 1e-12
 
 
-def test_prune_intermediate_layers_keeps_prompts_of_kept_blocks():
-    model = build("vit", "vpt_deep").eval()
+def test_prune_intermediate_layers_keeps_prompts_of_kept_blocks(matrix):
+    torch.manual_seed(0)  # pruning changes the wrapped model in place (as timm does): not the shared one
+    model = vpt.create_model(matrix.fresh("vit"), prompt=PROMPTS["vpt_deep"], num_classes=5).eval()
     x = inputs(model, 1)
     with torch.no_grad():
         _, full = model.forward_intermediates(x, indices=[0, 1])
@@ -218,4 +215,3 @@ def test_prune_intermediate_layers_keeps_prompts_of_kept_blocks():
         _, pruned = model.forward_intermediates(x, indices=[0, 1])
     for a, b in zip(full, pruned):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    BACKBONES.forget("vit")  # the wrapped model was pruned in place (as timm does)
