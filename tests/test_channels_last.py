@@ -2,6 +2,7 @@
 import json
 import os
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -26,6 +27,7 @@ def cnn_recipe(path, **train):
     return str(path)
 
 
+@pytest.mark.slow
 def test_channels_last_trains_like_default(tmp_path, one_thread, monkeypatch):
     from vpt.model import PromptedModel
     seen, forward = [], PromptedModel.forward

@@ -42,6 +42,7 @@ def train(env, kind, out, *extra):
                  "--device", "cpu", "--epochs", "1", "--test-fraction", "0.5", *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", METHODS)
 def test_method_trains_base_to_novel_end_to_end(env, tmp_path, capsys, kind):
     from safetensors.torch import load_file
@@ -67,6 +68,8 @@ def test_method_trains_base_to_novel_end_to_end(env, tmp_path, capsys, kind):
     assert (e["base"], e["novel"], e["hm"]) == (r["base"], r["novel"], r["hm"])
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_base_to_novel_through_vpt_sweep(env, tmp_path, capsys):
     """Search trials select on the base classes' val split and never read test (no base / novel / hm); the
     final run reports base, novel and hm, and the sweep their mean +/- std."""

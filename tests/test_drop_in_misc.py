@@ -68,6 +68,7 @@ def test_forward_intermediates_attn_mask(key):
         assert not torch.allclose(dropped[-1], ref[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_torchscript_is_refused_with_a_pointer_to_torch_export():
     model = vpt.create_model(adapter("vit"), prompt={"kind": "vpt_deep", "num_tokens": 2}, num_classes=3).eval()

@@ -115,6 +115,7 @@ def test_mixed_batch_fast_equals_reference(matrix):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["vpt_deep", "vpt_prefix"])
 def test_compile_one_graph_per_mode(matrix, kind):
     """torch.compile(fullgraph=True): no graph break; training steps reuse one graph, eval adds one,
@@ -145,6 +146,7 @@ def test_compile_one_graph_per_mode(matrix, kind):
     assert not dynamo.utils.counters["graph_break"]
 
 
+@pytest.mark.slow
 def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
     """``train.lean: true`` trains to the same result (the recomputed activations are the same numbers)."""
     import json

@@ -111,6 +111,7 @@ def _load_config_text(src: str, text: bytes) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_fuzz_adapter_config(artifact):
     src, base = artifact
     rss0 = _rss_kb()
@@ -183,6 +184,7 @@ def _recipe_docs():
     return st.lists(section, max_size=4).map(dict)
 
 
+@pytest.mark.slow
 def test_fuzz_yaml_config():
     import yaml
     rss0 = _rss_kb()

@@ -39,6 +39,7 @@ def test_gradcheck_input(bb, prompt):
     assert torch.autograd.gradcheck(model, (x,), fast_mode=True, eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradcheck_input_full_jacobian():
     """One case with the full (slow-mode) numerical Jacobian: deep prompts in the last block only, on 16 px
     inputs (the ViT built for any input size) to keep the Jacobian small."""

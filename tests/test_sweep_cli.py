@@ -54,6 +54,8 @@ def lone_sweep(sweep_setup):
     return out, space
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_sweep_end_to_end(sweep_setup, lone_sweep, capsys):
     root, data = sweep_setup
     out, space = lone_sweep
@@ -104,6 +106,8 @@ def test_sweep_end_to_end(sweep_setup, lone_sweep, capsys):
     assert again["best"] == res["best"] and again["final"]["test_mean"] == final["test_mean"]
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_packed_trials_give_the_lone_trials_curves(sweep_setup, lone_sweep):
     """The same grid with --pack 3: one engine run for all three trials; the diverging one fails alone and
     the others see exactly the val curves (and final results) of the lone trials."""
@@ -123,6 +127,8 @@ def test_packed_trials_give_the_lone_trials_curves(sweep_setup, lone_sweep):
     assert packed["final"]["test_mean"] == lone["final"]["test_mean"]
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_a_larger_budget_that_changes_the_best_trains_its_own_final_runs(sweep_setup, tmp_path, capsys):
     """--trials raised on a finished study: the new trial is better, so the final runs of ITS setting are
     trained (final/trial_<N>, study <study>/final/trial_<N>) beside the earlier ones, with a note."""
@@ -149,6 +155,8 @@ def test_a_larger_budget_that_changes_the_best_trains_its_own_final_runs(sweep_s
     assert (tmp_path / "out" / first["final"]["folder"] / "seed_0" / "results.json").is_file()  # kept
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_extend_edges_widens_the_grid_past_the_edge_and_trains_only_the_new_point(sweep_setup, tmp_path, capsys):
     """The best lr on the high edge of [1e-5, 0.3]: --extend-edges 1 adds the next value at the list's ratio
     (1e4) in study sweep/widened_1, trains only that trial, keeps the final runs of the best
@@ -191,6 +199,8 @@ def test_extend_edges_widens_the_grid_past_the_edge_and_trains_only_the_new_poin
     assert "--extend-edges adds grid points: it needs --sampler grid" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_top_k_trains_each_candidate_and_chooses_by_mean_final_val(sweep_setup, tmp_path, capsys):
     """--top-k 2: the two best trials each get the final runs (their own folders and studies), the setting with
     the best mean final val is the result, summary.md lists both, and the same command again trains nothing."""
@@ -225,6 +235,7 @@ def test_top_k_trains_each_candidate_and_chooses_by_mean_final_val(sweep_setup, 
     assert "--top-k must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.sweep
 def test_choose_candidate_prefers_mean_final_val_then_the_better_trial():
     assert choose_candidate([{"val_mean": 50.0}, {"val_mean": 60.0}]) == 1
     assert choose_candidate([{"val_mean": 60.0}, {"val_mean": 60.0}]) == 0  # tie: the better trial
@@ -243,6 +254,9 @@ def _kill_then_rerun(root, data, out, space, *extra):
     return json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.sweep
 def test_killed_sweep_continues_with_the_same_command(sweep_setup):
     root, data = sweep_setup
     space = root / "space2.yaml"
@@ -259,6 +273,9 @@ def test_killed_sweep_continues_with_the_same_command(sweep_setup):
     assert sum(t["state"] == "COMPLETE" for t in trials) == 2 and res["final"]["test_n"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.sweep
 def test_killed_pack_resumes_from_its_last_finished_epoch(sweep_setup, lone_sweep):
     """--pack 2 killed in epoch 2: the same command regroups the retried trials into the same pack, which
     resumes after epoch 1; the val curves are those of the lone, unkilled trials."""
@@ -280,6 +297,8 @@ def test_killed_pack_resumes_from_its_last_finished_epoch(sweep_setup, lone_swee
             v for _, v in t["val_curve"])
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_bad_input_gets_a_message(sweep_setup, capsys):
     root, data = sweep_setup
     bad = root / "bad.yaml"
@@ -312,6 +331,7 @@ def test_bad_input_gets_a_message(sweep_setup, capsys):
     assert "cannot reach the storage" in capsys.readouterr().err
 
 
+@pytest.mark.sweep
 def test_sweep_folder_uses_the_run_folder_marker_and_lock(sweep_setup, tmp_path, capsys):
     """The sweep folder carries `vpt train`'s marker and lock (held shared by the study's workers): another
     study's sweep, or a `vpt train`, there is refused (while it runs: by the lock; after: by the marker)."""
@@ -357,6 +377,9 @@ def test_sweep_folder_uses_the_run_folder_marker_and_lock(sweep_setup, tmp_path,
         prepare_sweep_dir(str(tmp_path / "mine"), mine)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.sweep
 def test_two_sweep_processes_share_one_study(sweep_setup, tmp_path):
     """Two real `vpt sweep` workers, one SQLite study, one folder: every grid point runs once, both exit 0."""
     root, data = sweep_setup
@@ -377,6 +400,7 @@ def test_two_sweep_processes_share_one_study(sweep_setup, tmp_path):
     assert res["final"]["test_n"] == 1 and len(res["final_trials"]) == 1
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "spaces", "*.yaml"))))
 def test_shipped_spaces_fit_their_recipes(path, tmp_path):
     recipe = os.path.join(REPO, "configs", os.path.basename(path))
@@ -386,6 +410,7 @@ def test_shipped_spaces_fit_their_recipes(path, tmp_path):
     check_space(load_space(path), task_class(base.get("task", "classification")), base)
 
 
+@pytest.mark.sweep
 def test_a_space_that_the_recipe_overrides_is_refused():
     base = {"task": "classification", "data": {"root": "x"}, "optim": {"lr": 40.0}}
     with pytest.raises(ConfigError, match="optim.lr=40.0, which wins over lr_base"):
@@ -393,6 +418,7 @@ def test_a_space_that_the_recipe_overrides_is_refused():
                     task_class("classification"), base)
 
 
+@pytest.mark.sweep
 def test_a_pruned_trial_stops_its_engine_run_after_the_epoch(sweep_setup, tmp_path):
     """The engine callback path of pruning: the pruner's verdict after epoch 1 ends that trial's run there."""
     from vpt.sweep.run import Sweep, SweepOptions
@@ -415,6 +441,8 @@ def test_a_pruned_trial_stops_its_engine_run_after_the_epoch(sweep_setup, tmp_pa
     assert list(study.trials[0].intermediate_values) == [1]
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_nproc_per_trial_launches_torchrun_and_the_job_reports_each_epoch(sweep_setup, tmp_path, monkeypatch, capsys):
     """--nproc-per-trial: each trial / final run is `python -m torch.distributed.run --standalone
     --nproc_per_node=N -m vpt.commands.sweep_trial ...`; the job's rank 0 reports every epoch's val to the
@@ -445,6 +473,9 @@ def test_nproc_per_trial_launches_torchrun_and_the_job_reports_each_epoch(sweep_
     assert res["final"]["test_n"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.sweep
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
 def test_a_trial_job_dies_with_the_worker_that_started_it():
     """A sweep worker killed outright leaves no torchrun job behind: the job (vpt.sweep.launch) gets SIGTERM
@@ -472,6 +503,7 @@ def test_a_trial_job_dies_with_the_worker_that_started_it():
     assert usage.returncode == 0 and "--nproc_per_node" in usage.stdout, usage.stderr[-2000:]
 
 
+@pytest.mark.sweep
 @pytest.mark.skipif(not os.environ.get("VPT_SLOW_TESTS"),
                     reason="SLOW: a real 2-process torchrun job per trial takes 30-60 s on 2 busy CPU cores; "
                            "set VPT_SLOW_TESTS=1")
@@ -489,6 +521,7 @@ def test_nproc_per_trial_two_gloo_processes(sweep_setup, tmp_path):
     assert json.loads((out / res["final"]["folder"] / "seed_0" / "results.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.sweep
 def test_sigterm_fails_the_running_trial_and_queues_it_again(sweep_setup, tmp_path, monkeypatch):
     """SIGTERM ends `vpt sweep` as Ctrl-C does: exit 130, the running trial FAILED and queued again (WAITING)
     at once, not left RUNNING until its heartbeat goes stale; the previous SIGTERM handler is restored."""

@@ -27,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- spaces -------------------------------------------------------------------------------------------------
+@pytest.mark.sweep
 def test_space_forms_and_optuna_distributions():
     space = parse_space({"optim.lr": {"low": 1e-4, "high": 1e-1, "log": True},
                          "model.prompt.num_tokens": {"low": 5, "high": 20, "step": 5},
@@ -41,6 +42,7 @@ def test_space_forms_and_optuna_distributions():
     assert parse_space(GRID).fingerprint() == parse_space(dict(reversed(list(GRID.items())))).fingerprint()
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("data,match", [
     ({}, "empty"),
     (None, "empty"),
@@ -61,6 +63,7 @@ def test_invalid_spaces_are_refused_with_the_fix(data, match):
         parse_space(data)
 
 
+@pytest.mark.sweep
 def test_unknown_fields_get_did_you_mean_against_the_config_dataclasses():
     schemas = {"model.prompt": DeepPromptConfig, "model.head": None}
     check_fields(parse_space({"optim.lr": [1], "model.prompt.num_tokens": [5], "model.head.kind": ["mlp"]}),
@@ -73,6 +76,7 @@ def test_unknown_fields_get_did_you_mean_against_the_config_dataclasses():
         check_fields(parse_space({"model.prompt.num_token": [1]}), RunConfig, schemas)
 
 
+@pytest.mark.sweep
 def test_edges():
     space = parse_space({"optim.lr": [0.1, 0.01, 0.001], "optim.weight_decay": [0.0, 0.01],
                          "sched.warmup_epochs": {"low": 0.5, "high": 10.0, "log": True}})
@@ -98,6 +102,7 @@ def test_edges():
     assert "optim.lr=0.001 is the lowest value searched" in report.edge_warning(space, {"optim.lr": 0.001}, 100.0, records)
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("spec, side, values", [
     ([0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "low", [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]),  # half-decades
     ([0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "high", [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]),
@@ -121,6 +126,7 @@ def test_a_param_extends_past_its_edge_at_its_spacing(spec, side, values):
         assert all(type(v) is type(spec[0]) for v in wider.values)
 
 
+@pytest.mark.sweep
 def test_a_widened_space_adds_a_row_of_grid_points():
     space = parse_space(GRID)
     wider = space.widened({"optim.lr": "high", "optim.weight_decay": "high"})
@@ -138,6 +144,8 @@ def _study(url, space=GRID, config=None, sampler="grid"):
                       make_sampler(sampler, sp), make_pruner("none", 3)), sp
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_join_checks_space_and_config(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     _study(url)
@@ -148,6 +156,7 @@ def test_join_checks_space_and_config(tmp_path):
         _study(url, config={"optim": {"opt": "adamw"}})
 
 
+@pytest.mark.sweep
 def test_a_study_left_unrecorded_is_taken_up_and_a_foreign_one_is_refused(tmp_path):
     """A creator stopped between creating the study and recording its space leaves an empty, unrecorded study:
     the same command records it and runs (a killed sweep continues at any point). One with trials that vpt
@@ -167,6 +176,7 @@ def test_a_study_left_unrecorded_is_taken_up_and_a_foreign_one_is_refused(tmp_pa
         open_study(storage, "theirs", sp, config, make_sampler("grid", sp), make_pruner("none", 3), wait_s=0.3)
 
 
+@pytest.mark.sweep
 def test_unreachable_storage_is_named(tmp_path):
     with pytest.raises(SweepError, match="cannot reach the storage"):
         open_storage(f"sqlite:///{tmp_path}/no/such/dir/study.db")
@@ -191,6 +201,8 @@ def _fake_train(values, fail_at=None):
     return train
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_diverging_trial_fails_alone_and_the_study_completes(tmp_path):
     study, sp = _study(f"sqlite:///{tmp_path / 'study.db'}")
     bad = {"optim.lr": 0.1, "optim.weight_decay": 0.01}
@@ -204,6 +216,8 @@ def test_diverging_trial_fails_alone_and_the_study_completes(tmp_path):
     assert report.best_record(recs)["params"] == {"optim.lr": 0.001, "optim.weight_decay": 0.0}
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_a_widened_study_keeps_every_trial_and_runs_only_the_new_points(tmp_path, scheme):
     """The best value on the high edge: the widened study copies the finished trials (numbers, values, curves,
@@ -259,6 +273,8 @@ def test_a_widened_study_keeps_every_trial_and_runs_only_the_new_points(tmp_path
                      make_pruner("none", 3))
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_median_pruner_stops_bad_trials(tmp_path):
     space = {"optim.lr": [10.0 ** -i for i in range(8)]}
     sp = parse_space(space)
@@ -295,6 +311,9 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.sweep
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(tmp_path, scheme):
     script = tmp_path / "worker.py"
@@ -313,6 +332,8 @@ def test_killed_worker_leaves_a_failed_trial_and_a_restart_completes_the_study(t
     assert len(done) == 6  # and its point ran again: the study completed
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # trials asked by hand here
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])
 def test_a_stale_trial_fails_its_whole_pack_and_its_packmates_are_queued_again(tmp_path, scheme):
@@ -340,6 +361,8 @@ def test_a_stale_trial_fails_its_whole_pack_and_its_packmates_are_queued_again(t
 
 
 # --- reports ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_report_tables_plots_and_tie_break(tmp_path):
     sp = parse_space(GRID)
     recs = [{"number": i, "state": "COMPLETE", "value": v, "params": {"optim.lr": lr, "optim.weight_decay": wd},
@@ -360,6 +383,8 @@ def test_report_tables_plots_and_tie_break(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_the_sweep_widens_step_by_step_up_to_its_limit_and_a_rerun_follows(tmp_path, monkeypatch):
     """Sweep._widen with training stubbed: val rises as the lr falls, so each new low lr wins and lies on the
     new edge. --extend-edges 2 takes two steps (1e-3 -> 3e-4 -> 1e-4 below a half-decade grid), unpruned, and

@@ -262,6 +262,7 @@ def test_inspect_describes_without_building(art, tmp_path, capsys):
     assert "over the limit of 10" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_every_torch_load_is_weights_only():
     """Audit: no torch.load(weights_only=False), pickle, eval/exec or module import named by data in the repo
     (code tokens only: comments and strings don't count)."""
