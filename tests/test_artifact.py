@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import vpt
-from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder
 from vpt.artifact import Artifact, from_pretrained, inspect_artifact
 from vpt.cli import main
 from vpt.errors import ArtifactError

@@ -2,11 +2,12 @@
 import json
 import os
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 from vpt.cli import main
 from vpt.engine.build import memory_format
 
@@ -26,6 +27,7 @@ def cnn_recipe(path, **train):
     return str(path)
 
 
+@pytest.mark.slow
 def test_channels_last_trains_like_default(tmp_path, one_thread, monkeypatch):
     from vpt.model import PromptedModel
     seen, forward = [], PromptedModel.forward

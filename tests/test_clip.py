@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 import vpt
 from vpt.config import ConfigError

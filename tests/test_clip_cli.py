@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 import yaml
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 import vpt
 from vpt.cli import main

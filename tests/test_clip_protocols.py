@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import yaml
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 import vpt
 from vpt.cli import main
@@ -42,6 +42,7 @@ def train(env, kind, out, *extra):
                  "--device", "cpu", "--epochs", "1", "--test-fraction", "0.5", *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", METHODS)
 def test_method_trains_base_to_novel_end_to_end(env, tmp_path, capsys, kind):
     from safetensors.torch import load_file

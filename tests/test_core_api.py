@@ -11,7 +11,7 @@ from vpt.artifact import ArtifactError
 from vpt.backbones import BackboneError, create_backbone
 from vpt.config import ConfigError
 
-from conftest import TINY_VIT, TINY_VIT_NAME
+from helpers import TINY_VIT, TINY_VIT_NAME
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +223,8 @@ def test_dynamic_img_size_other_resolution():
     assert [t.shape for t in inter] == [t.shape for t in ref] == [(2, 32, 6, 8)] * 2
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_import_vpt_is_light_and_every_registry_entry_resolves_on_its_own():
     """`import vpt` and `vpt --help` load no torch (the public names load on first use); in a fresh process
     each registry name imports its own module and is registered by it, so no lookup depends on import order;
@@ -257,6 +259,7 @@ def test_import_vpt_is_light_and_every_registry_entry_resolves_on_its_own():
         vpt.nope  # noqa: B018
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_source_commit_names_this_checkout_only(tmp_path):
     """Results record the commit of the vpt source they ran (``versions.vpt_commit``): HEAD of this checkout

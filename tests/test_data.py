@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 from vpt.data import (CorruptImageError, DataError, EvalTransform, ImageDataset, TrainTransform, collate, few_shot,
                       load_image, load_splits, stratified_split)
 from vpt.backbones.base import DataConfig

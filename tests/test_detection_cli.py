@@ -9,7 +9,7 @@ import yaml
 
 from vpt.cli import main
 
-from conftest import TINY_VIT, make_coco, make_voc
+from helpers import TINY_VIT, make_coco, make_voc
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
@@ -125,6 +125,7 @@ def test_cli_reports_bad_data_clearly(tmp_path, recipe, capsys):
     assert "--shots do(es) not apply to detection" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_killed_detection_run_resumes_to_the_same_result(tmp_path, recipe):
     import signal
     data, _ = make_voc(tmp_path / "voc")  # 4 train images, batch 2: 2 steps an epoch

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_coco, make_voc, voc_xml
+from helpers import make_coco, make_voc, voc_xml
 from vpt.detection.config import DetDataConfig
 from vpt.detection.data import AnnotationError, read_coco, read_split, read_voc
 from vpt.detection.transforms import DetectionDataset, apply_transforms, bbox_params, build_transforms

@@ -11,7 +11,7 @@ from vpt.backbones import BackboneError
 from vpt.config import ConfigError
 from vpt.detection import create_detector
 
-from conftest import TINY_VIT, TINY_VIT_NAME
+from helpers import TINY_VIT, TINY_VIT_NAME
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread

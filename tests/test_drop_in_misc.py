@@ -5,18 +5,18 @@ import torch
 
 import vpt
 import vpt.backbones  # used as vpt.backbones.X: vpt imports submodules lazily
-from conftest import PROMPT_KINDS, TinyBackbones, prompt_supported
+from helpers import FAMILIES, KINDS, MATRIX
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-BACKBONES = TinyBackbones(cnn=False)
-adapter = BACKBONES.adapter
+TOKEN_FAMILIES = [b for b in FAMILIES if MATRIX.capable(b, "tokens")]
+adapter = MATRIX.adapter  # the session's shared adapters (tests here change none of them)
 
 
 def images(n=2):
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("key", list(BACKBONES))
+@pytest.mark.parametrize("key", TOKEN_FAMILIES)
 @pytest.mark.parametrize("zero", [None, {"kind": "vpt_deep", "num_tokens": 0},
                                   {"kind": "pixel_pad", "width": 4, "init_std": 0.0}])
 def test_zero_prompts_exact_on_the_fast_path(key, zero):
@@ -37,7 +37,7 @@ def _mask(seq_len, drop):
     return m
 
 
-@pytest.mark.parametrize("key", ["vit", "deit_distilled", "eva02_rope", "open_clip"])
+@pytest.mark.parametrize("key", TOKEN_FAMILIES)
 def test_forward_intermediates_attn_mask(key):
     bb = adapter(key)
     x = images()
@@ -53,7 +53,8 @@ def test_forward_intermediates_attn_mask(key):
             for a, b in zip(masked, lib):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
     # with prompts in the sequence (and as key/value prefixes), an all-true mask changes nothing
-    kinds = [{"kind": "vpt_deep", "num_tokens": 2}] + ([] if key == "eva02_rope" else [{"kind": "vpt_prefix", "num_tokens": 2}])
+    kinds = [{"kind": "vpt_deep", "num_tokens": 2}] + ([{"kind": "vpt_prefix", "num_tokens": 2}]
+                                                       if MATRIX.capable(key, "key_values") else [])
     for prompt in kinds:
         torch.manual_seed(0)
         model = vpt.create_model(bb, prompt=prompt)
@@ -67,6 +68,7 @@ def test_forward_intermediates_attn_mask(key):
         assert not torch.allclose(dropped[-1], ref[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_torchscript_is_refused_with_a_pointer_to_torch_export():
     model = vpt.create_model(adapter("vit"), prompt={"kind": "vpt_deep", "num_tokens": 2}, num_classes=3).eval()
@@ -78,21 +80,16 @@ def test_torchscript_is_refused_with_a_pointer_to_torch_export():
         torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-FX_PROMPTS = PROMPT_KINDS
+FX_PROMPTS = MATRIX.prompts
 
 
-@pytest.mark.parametrize("prompt", list(FX_PROMPTS))
-@pytest.mark.parametrize("key", list(BACKBONES))
+@pytest.mark.parametrize("key,prompt", MATRIX.cases(TOKEN_FAMILIES, KINDS))  # refused pairs: test_contracts
 def test_fx_feature_extraction(key, prompt):
     """timm's test_model_forward_fx / test_model_backward_fx: timm's get_graph_node_names + torchvision's
     create_feature_extractor (train and eval graphs, as timm's _create_fx_model) trace the prompted model (the
     reference path: static control flow) and give its outputs; prompts train through the traced graph."""
     from timm.models._features_fx import get_graph_node_names
     from torchvision.models.feature_extraction import create_feature_extractor
-    if not prompt_supported(key, FX_PROMPTS[prompt]):  # Eva + vpt_prefix: refused when built, not when traced
-        with pytest.raises(vpt.backbones.BackboneError, match="key/value prefixes.*Token prompts"):
-            vpt.create_model(adapter(key), prompt=FX_PROMPTS[prompt])
-        return
     torch.manual_seed(0)
     model = vpt.create_model(adapter(key), prompt=FX_PROMPTS[prompt], num_classes=3).eval()
     train_nodes, eval_nodes = get_graph_node_names(model)
@@ -124,6 +121,7 @@ def test_fx_feature_extraction(key, prompt):
 
 def test_fx_graph_checks_the_open_clip_input_size():
     """The traced open_clip tower keeps its fixed-size check as a graph node: a wrong size is refused."""
+    pytest.importorskip("open_clip")
     from torchvision.models.feature_extraction import create_feature_extractor
     model = vpt.create_model(adapter("open_clip"), prompt=FX_PROMPTS["vpt_deep"], num_classes=3).eval()
     fx_model = create_feature_extractor(model, return_nodes=["head"])

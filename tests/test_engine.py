@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_VIT, TINY_VIT_NAME
+from helpers import TINY_VIT, TINY_VIT_NAME
 from vpt.engine import (GlobalBatchSampler, MetricsWriter, OptimSection, RunDirError, SchedSection,
                         build_optimizer_and_scheduler, load_run_state, param_groups, prepare_run_dir, resolve_lr,
                         save_artifact_atomic, save_run_state)

@@ -9,7 +9,7 @@ import torch
 
 import vpt
 
-from conftest import TINY_VIT, TINY_VIT_NAME
+from helpers import TINY_VIT, TINY_VIT_NAME
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
@@ -54,6 +54,7 @@ def test_torchscript_export_round_trip(model, x, tmp_path):
     assert ref.shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager(model, x):
     """Dynamo captures the whole prompted forward in one graph (fullgraph=True: no graph breaks); the
     aot_eager backend runs that graph without C++ code generation, so the test stays fast on CPU."""

@@ -10,37 +10,14 @@ import torch
 import vpt
 import vpt.config
 import vpt.encode
-from vpt.backbones import create_backbone
+from helpers import BACKBONES, MATRIX
 from vpt.multitask import MultiTaskModel
 
-K = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
-CLIP_KW = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=3, width=32, patch_size=8, head_width=16),
-               text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
-BACKBONES = {
-    "vit_cls": ("timm:vit_tiny_patch16_224", dict(K, qk_norm=True)),
-    "vit_reg": ("timm:vit_tiny_patch16_224", dict(K, reg_tokens=2, init_values=0.5)),
-    "vit_avg": ("timm:vit_tiny_patch16_224", dict(K, class_token=False, global_pool="avg")),
-    "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", K),
-    "open_clip": ("open_clip:ViT-B-32", CLIP_KW),
-}
-PROMPTS = {
-    "deep": {"kind": "vpt_deep", "num_tokens": 3},
-    "shallow": {"kind": "vpt_shallow", "num_tokens": 3},
-    # live at block 0 (block 1 is not prompted), then replaced at 2: prompts leave the sequence mid-way
-    "deep_gaps": {"kind": "vpt_deep", "num_tokens": 2, "layers": [0, 2]},
-    "deep_proj_dropout": {"kind": "vpt_deep", "num_tokens": 2, "project_dim": 8, "dropout": 0.5},
-    "prefix": {"kind": "vpt_prefix", "num_tokens": 2},
-    "none": None,
-}
-
-_BB = {}
-
-
-def backbone(key):
-    if key not in _BB:
-        name, kw = BACKBONES[key]
-        _BB[key] = create_backbone(name, pretrained=False, init_seed=3, model_kwargs=kw)
-    return _BB[key]
+# the families whose adapters declare fast blocks, under every prompt shape the fast paths special-case:
+# deep prompts replaced by the next block, prompts leaving the sequence mid-way (blocks 0 and 2), projected
+# prompts with dropout, shallow prompts carried through, key/value prefixes, and no prompt
+FAST = [b for b in BACKBONES if MATRIX.capable(b, "fast_blocks")]
+PROMPTS = ["vpt_deep", "vpt_shallow", "vpt_deep_gaps", "vpt_deep_proj", "vpt_prefix", "none"]
 
 
 def run(model, x, y, fast, lean=False, seed=0):
@@ -53,11 +30,9 @@ def run(model, x, y, fast, lean=False, seed=0):
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("prompt_key", list(PROMPTS))
-@pytest.mark.parametrize("bb_key", list(BACKBONES))
-def test_fast_path_equals_reference(bb_key, prompt_key):
-    torch.manual_seed(0)
-    model = vpt.create_model(backbone(bb_key), prompt=PROMPTS[prompt_key], num_classes=3)
+@pytest.mark.parametrize("bb_key,prompt_key", MATRIX.cases(FAST, PROMPTS))
+def test_fast_path_equals_reference(matrix, bb_key, prompt_key):
+    model = matrix.model(bb_key, prompt_key, num_classes=3)
     model.train()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 1])
@@ -79,9 +54,9 @@ def test_fast_path_equals_reference(bb_key, prompt_key):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_fast_path_skips_work():
+def test_fast_path_skips_work(matrix):
     """Deep prompts never enter the sequence, and the last block computes the class token only."""
-    model = vpt.create_model(backbone("vit_cls"), prompt=PROMPTS["deep"], num_classes=3)
+    model = matrix.model("vit", "vpt_deep", num_classes=3)
     lengths = []
     hooks = [blk.mlp.register_forward_hook(lambda m, i, o: lengths.append(o.shape[1]))
              for blk in model.backbone.model.blocks]
@@ -94,12 +69,12 @@ def test_fast_path_skips_work():
         for h in hooks:
             h.remove()
     n = 1 + 16  # class token + 4x4 patches
-    assert lengths == [n, n, 1, n + 3, n + 3, n + 3]
+    assert lengths == [n, n, 1, n + 2, n + 2, n + 2]
 
 
-def test_lean_mode_keeps_fewer_activations():
+def test_lean_mode_keeps_fewer_activations(matrix):
     """Lean mode saves fewer tensors for backward (the MLPs' hidden activations are recomputed)."""
-    model = vpt.create_model(backbone("vit_cls"), prompt=PROMPTS["deep"], num_classes=3).train()
+    model = matrix.model("vit", "vpt_deep", num_classes=3).train()
     x = torch.randn(4, 3, 32, 32)
 
     def saved_bytes(lean):
@@ -121,9 +96,9 @@ def test_lean_mode_keeps_fewer_activations():
         model.set_lean(2)
 
 
-def test_mixed_batch_fast_equals_reference():
+def test_mixed_batch_fast_equals_reference(matrix):
     """Per-sample prompts with padding masks: the key/value form and the in-sequence form agree."""
-    bb = backbone("vit_reg")
+    bb = matrix.adapter("vit_reg")
     torch.manual_seed(0)
     tasks = {"a": vpt.create_model(bb, prompt={"kind": "vpt_deep", "num_tokens": 2}, num_classes=3),
              "b": vpt.create_model(bb, prompt={"kind": "vpt_deep", "num_tokens": 4}, num_classes=2),
@@ -140,8 +115,9 @@ def test_mixed_batch_fast_equals_reference():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["vpt_deep", "vpt_prefix"])
-def test_compile_one_graph_per_mode(kind):
+def test_compile_one_graph_per_mode(matrix, kind):
     """torch.compile(fullgraph=True): no graph break; training steps reuse one graph, eval adds one,
     and switching back to training compiles nothing new. Graph capture is dynamo's, whatever the backend:
     lean VPT-deep (activation checkpointing) also goes through AOT autograd; prefix uses the plain eager
@@ -149,7 +125,7 @@ def test_compile_one_graph_per_mode(kind):
     import torch._dynamo as dynamo
     dynamo.reset()
     dynamo.utils.counters.clear()
-    model = vpt.create_model(backbone("vit_cls"), prompt={"kind": kind, "num_tokens": 2}, num_classes=3)
+    model = vpt.create_model(matrix.adapter("vit"), prompt={"kind": kind, "num_tokens": 2}, num_classes=3)
     model.set_lean(kind == "vpt_deep")
     compiled = torch.compile(model, backend="aot_eager" if kind == "vpt_deep" else "eager", fullgraph=True)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -170,6 +146,7 @@ def test_compile_one_graph_per_mode(kind):
     assert not dynamo.utils.counters["graph_break"]
 
 
+@pytest.mark.slow
 def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
     """``train.lean: true`` trains to the same result (the recomputed activations are the same numbers)."""
     import json
@@ -179,7 +156,7 @@ def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
     calls, set_lean = [], PromptedModel.set_lean
     monkeypatch.setattr(PromptedModel, "set_lean", lambda self, mode=True: calls.append(mode) or set_lean(self, mode))
 
-    from conftest import make_image_folder, tiny_recipe
+    from helpers import make_image_folder, tiny_recipe
     from safetensors.torch import load_file
     from vpt.cli import main
     data = make_image_folder(tmp_path / "data", per_class=6)
@@ -196,16 +173,13 @@ def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
         torch.testing.assert_close(runs[1.0][1][k], v, rtol=1e-4, atol=1e-6)
 
 
-def test_lean_without_fast_blocks_checkpoints_whole_blocks(monkeypatch):
+def test_lean_without_fast_blocks_checkpoints_whole_blocks(matrix, monkeypatch):
     """Eva (RoPE) has no fast blocks: lean mode checkpoints whole blocks and still trains identically."""
     import vpt.encode
     calls, checkpoint = [], vpt.encode.checkpoint
     monkeypatch.setattr(vpt.encode, "checkpoint", lambda *a, **k: calls.append(a[1]) or checkpoint(*a, **k))
-    bb = create_backbone("timm:eva02_tiny_patch14_224", pretrained=False, init_seed=3,
-                         model_kwargs=dict(K, ref_feat_shape=(4, 4)))
-    assert not bb.supports_fast_blocks
-    torch.manual_seed(0)
-    model = vpt.create_model(bb, prompt={"kind": "vpt_deep", "num_tokens": 2}, num_classes=3).train()
+    assert not matrix.adapter("eva02_rope").supports_fast_blocks
+    model = matrix.model("eva02_rope", "vpt_deep", num_classes=3).train()
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
     out, grads = run(model, x, y, fast=True, lean=False)
     assert calls == []

@@ -22,7 +22,7 @@ import vpt  # noqa: E402
 from vpt.artifact import from_pretrained  # noqa: E402
 from vpt.errors import VptError  # noqa: E402
 
-from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder  # noqa: E402
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder  # noqa: E402
 
 _COMMON = dict(suppress_health_check=list(HealthCheck), derandomize=True, print_blob=True)
 settings.register_profile("ci", max_examples=40, deadline=10_000, **_COMMON)
@@ -111,6 +111,7 @@ def _load_config_text(src: str, text: bytes) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_fuzz_adapter_config(artifact):
     src, base = artifact
     rss0 = _rss_kb()
@@ -183,6 +184,7 @@ def _recipe_docs():
     return st.lists(section, max_size=4).map(dict)
 
 
+@pytest.mark.slow
 def test_fuzz_yaml_config():
     import yaml
     rss0 = _rss_kb()

@@ -6,7 +6,7 @@ import torch
 import yaml
 
 import vpt
-from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder
 from vpt.backbones import create_backbone
 from vpt.config import ConfigError
 

@@ -9,21 +9,17 @@ import pytest
 import torch
 
 import vpt
-from conftest import PROMPT_KINDS, TinyBackbones, prompt_supported
+from helpers import FAMILIES, KINDS, MATRIX, PROMPTS
 from vpt.backbones import create_backbone
 
 timm = pytest.importorskip("timm")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BACKBONES = TinyBackbones(depth=3)
-PROMPTS = PROMPT_KINDS
-CASES = [(b, p) for b in BACKBONES for p in PROMPTS if prompt_supported(b, PROMPTS[p])]
+CASES = MATRIX.cases(FAMILIES, KINDS)  # each family x one prompt of each kind, the refused pairs left out
 
 
-def build(bb, prompt, num_classes=5):
-    adapter = BACKBONES.adapter(bb)
-    torch.manual_seed(0)
-    return vpt.create_model(adapter, prompt=PROMPTS[prompt], num_classes=num_classes)
+def build(matrix, bb, prompt, num_classes=5):
+    return matrix.model(bb, prompt, num_classes=num_classes)
 
 
 def inputs(model, batch_size=2):
@@ -31,9 +27,9 @@ def inputs(model, batch_size=2):
 
 
 @pytest.mark.parametrize("bb,prompt", CASES)
-def test_model_forward_and_grad_checkpointing(bb, prompt):
+def test_model_forward_and_grad_checkpointing(matrix, bb, prompt):
     """test_model_forward: shape, no NaN; set_grad_checkpointing changes neither outputs nor gradients."""
-    model = build(bb, prompt)
+    model = build(matrix, bb, prompt)
     x = inputs(model)
     model.train()
     outputs = model(x)
@@ -50,9 +46,9 @@ def test_model_forward_and_grad_checkpointing(bb, prompt):
 
 
 @pytest.mark.parametrize("bb,prompt", CASES)
-def test_model_backward(bb, prompt):
+def test_model_backward(matrix, bb, prompt):
     """test_model_backward: every trainable tensor gets a gradient, the frozen backbone none."""
-    model = build(bb, prompt, num_classes=42)
+    model = build(matrix, bb, prompt, num_classes=42)
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.train()
     outputs = model(inputs(model))
@@ -64,10 +60,10 @@ def test_model_backward(bb, prompt):
 
 
 @pytest.mark.parametrize("bb,prompt", CASES)
-def test_model_default_cfgs(bb, prompt):
+def test_model_default_cfgs(matrix, bb, prompt):
     """test_model_default_cfgs: num_features / head_hidden_size, forward_head(pre_logits), reset_classifier(0),
     classifier and first_conv names in the state dict; and timm's data config is the backbone's."""
-    model = build(bb, prompt).eval()
+    model = build(matrix, bb, prompt).eval()
     assert model.num_classes == 5 and model.num_features > 0 and model.head_hidden_size > 0
     state_dict = model.state_dict()
     cfg = model.default_cfg
@@ -105,12 +101,12 @@ def test_model_default_cfgs(bb, prompt):
 
 
 @pytest.mark.parametrize("bb,prompt", CASES)
-def test_model_reset_classifier_no_pool(bb, prompt):
+def test_model_reset_classifier_no_pool(matrix, bb, prompt):
     """test_model_default_cfgs' "forward after removing pooling and classifier": reset_classifier(0, '') (and
     num_classes=0, global_pool='' at build) -> model(x) is the unpooled output with prompts stripped: every image
     token (B, k+N, D) through the library's head path (timm: fc_norm) on token backbones, the (B, C, H, W) map on
     a CNN; a new head then acts per token, as timm's ViT."""
-    model = build(bb, prompt).eval()
+    model = build(matrix, bb, prompt).eval()
     lib, layout = model.backbone.model, model.backbone.layout
     x = inputs(model, 1)
     with torch.no_grad():
@@ -159,10 +155,10 @@ def test_no_pool_refusals():
 
 
 @pytest.mark.parametrize("bb,prompt", [c for c in CASES if c[0] != "cnn"])
-def test_model_forward_intermediates(bb, prompt):
+def test_model_forward_intermediates(matrix, bb, prompt):
     """test_model_forward_intermediates: feature_info channels / reductions match, final output equals
     forward_features (and with grad checkpointing)."""
-    model = build(bb, prompt).eval()
+    model = build(matrix, bb, prompt).eval()
     feature_info = timm.models.FeatureInfo(model.feature_info, len(model.feature_info))
     modules = dict(model.named_modules())
     assert all(fi["module"] in modules for fi in model.feature_info)
@@ -179,10 +175,10 @@ def test_model_forward_intermediates(bb, prompt):
 
 
 @pytest.mark.parametrize("bb,prompt", [c for c in CASES if c[1] in ("vpt_deep", "vpt_prefix", "vpt_shallow", "pixel_pad")])
-def test_layer_decay_puts_prompts_in_their_block_group(bb, prompt):
+def test_layer_decay_puts_prompts_in_their_block_group(matrix, bb, prompt):
     """timm.optim layer decay: block i's prompts share block i's group (and so its lr scale)."""
     from timm.models._manipulate import group_with_matcher
-    model = build(bb, prompt)
+    model = build(matrix, bb, prompt)
     layer_of = group_with_matcher(model.named_parameters(), model.group_matcher(coarse=False), reverse=True)
     bb_ = model.backbone
     block_prefix = "backbone." + bb_.library_prefix
@@ -208,8 +204,9 @@ def test_layer_decay_puts_prompts_in_their_block_group(bb, prompt):
         assert scales == sorted(scales) and scales[0] < scales[-1] < scale[id(model.head.fc.weight)] + 1e-12
 
 
-def test_prune_intermediate_layers_keeps_prompts_of_kept_blocks():
-    model = build("vit", "vpt_deep").eval()
+def test_prune_intermediate_layers_keeps_prompts_of_kept_blocks(matrix):
+    torch.manual_seed(0)  # pruning changes the wrapped model in place (as timm does): not the shared one
+    model = vpt.create_model(matrix.fresh("vit"), prompt=PROMPTS["vpt_deep"], num_classes=5).eval()
     x = inputs(model, 1)
     with torch.no_grad():
         _, full = model.forward_intermediates(x, indices=[0, 1])
@@ -218,4 +215,3 @@ def test_prune_intermediate_layers_keeps_prompts_of_kept_blocks():
         _, pruned = model.forward_intermediates(x, indices=[0, 1])
     for a, b in zip(full, pruned):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    BACKBONES.forget("vit")  # the wrapped model was pruned in place (as timm does)

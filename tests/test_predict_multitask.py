@@ -9,7 +9,7 @@ import torch
 
 import vpt
 import vpt.artifact
-from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder
 from vpt.backbones import create_backbone
 from vpt.cli import main
 from vpt.multitask import MultiTaskModel

@@ -47,6 +47,7 @@ def args(tmp_path, out, *extra):
             "--device", "cpu", *extra]
 
 
+@pytest.mark.slow
 def test_train_resume_export_eval(script, tmp_path, capsys):
     fake_tar(tmp_path / "c10.tar.gz")
     assert script.main(args(tmp_path, tmp_path / "full")) == 0
@@ -82,6 +83,7 @@ def test_mixup_bf16_options(script, tmp_path):
         script.parse_args(args(tmp_path, out, "--mixup", "0.8", "--batch-size", "7"))
 
 
+@pytest.mark.slow
 def test_init_from_previous_run(script, tmp_path):
     """A second stage starts from the first one's exported weights, and records where it came from."""
     from safetensors.torch import load_file, save_file

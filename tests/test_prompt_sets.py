@@ -7,7 +7,7 @@ from vpt.backbones import create_backbone
 from vpt.model import PromptedModel
 from vpt.multitask import PromptMix
 
-from conftest import TINY_VIT, TINY_VIT_NAME
+from helpers import TINY_VIT, TINY_VIT_NAME
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 B = 3

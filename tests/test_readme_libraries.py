@@ -27,6 +27,7 @@ def snippets():
         return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
 
 
+@pytest.mark.slow
 def test_readme_library_snippets_run():
     import torch
     blocks = snippets()

@@ -4,10 +4,11 @@ import json
 import os
 import signal
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_image_folder, tiny_recipe
+from helpers import make_image_folder, tiny_recipe
 from vpt.cli import main
 
 TIMING = {"train_images_per_second", "epoch_seconds"}
@@ -27,6 +28,8 @@ def _tensors(path):
     return load_file(os.path.join(path, "adapter_model.safetensors"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_run_resumes_to_identical_result(tmp_path, one_thread):
     # both runs on one thread (the forked child must be): small GEMMs and SDPA may round differently
     # with another thread count, and this test is about resuming, not about thread counts

@@ -18,7 +18,7 @@ from vpt.sweep.run import check_space, choose_candidate
 from vpt.sweep.space import load_space
 from vpt.tasks import task_class
 
-from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder
 
 pytestmark = [pytest.mark.sweep, pytest.mark.usefixtures("one_thread")]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -239,6 +239,7 @@ def test_top_k_trains_each_candidate_and_chooses_by_mean_final_val(sweep_setup, 
     assert "--top-k must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.sweep
 def test_choose_candidate_prefers_mean_final_val_then_the_better_trial():
     assert choose_candidate([{"val_mean": 50.0}, {"val_mean": 60.0}]) == 1
     assert choose_candidate([{"val_mean": 60.0}, {"val_mean": 60.0}]) == 0  # tie: the better trial
@@ -331,6 +332,7 @@ def test_bad_input_gets_a_message(sweep_setup, capsys):
     assert "cannot reach the storage" in capsys.readouterr().err
 
 
+@pytest.mark.sweep
 def test_sweep_folder_uses_the_run_folder_marker_and_lock(sweep_setup, tmp_path, capsys):
     """The sweep folder carries `vpt train`'s marker and lock (held shared by the study's workers): another
     study's sweep, or a `vpt train`, there is refused (while it runs: by the lock; after: by the marker)."""
@@ -399,6 +401,7 @@ def test_two_sweep_processes_share_one_study(sweep_setup, tmp_path):
     assert res["final"]["test_n"] == 1 and len(res["final_trials"]) == 1
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "spaces", "*.yaml"))))
 def test_shipped_spaces_fit_their_recipes(path, tmp_path):
     recipe = os.path.join(REPO, "configs", os.path.basename(path))
@@ -408,6 +411,7 @@ def test_shipped_spaces_fit_their_recipes(path, tmp_path):
     check_space(load_space(path), task_class(base.get("task", "classification")), base)
 
 
+@pytest.mark.sweep
 def test_a_space_that_the_recipe_overrides_is_refused():
     base = {"task": "classification", "data": {"root": "x"}, "optim": {"lr": 40.0}}
     with pytest.raises(ConfigError, match="optim.lr=40.0, which wins over lr_base"):
@@ -415,6 +419,7 @@ def test_a_space_that_the_recipe_overrides_is_refused():
                     task_class("classification"), base)
 
 
+@pytest.mark.sweep
 def test_a_pruned_trial_stops_its_engine_run_after_the_epoch(sweep_setup, tmp_path):
     """The engine callback path of pruning: the pruner's verdict after epoch 1 ends that trial's run there."""
     from vpt.sweep.run import Sweep, SweepOptions
@@ -498,6 +503,7 @@ def test_a_trial_job_dies_with_the_worker_that_started_it():
     assert usage.returncode == 0 and "--nproc_per_node" in usage.stdout, usage.stderr[-2000:]
 
 
+@pytest.mark.sweep
 @pytest.mark.skipif(not os.environ.get("VPT_SLOW_TESTS"),
                     reason="SLOW: a real 2-process torchrun job per trial takes 30-60 s on 2 busy CPU cores; "
                            "set VPT_SLOW_TESTS=1")

@@ -12,7 +12,7 @@ from vpt.engine.optim import build_optimizer_and_scheduler
 from vpt.sweep.packed import (PackedClassifier, build_packed_model, build_packed_optimizer, check_packable,
                               clip_per_trial, packed_loss)
 
-from conftest import TINY_VIT, TINY_VIT_NAME
+from helpers import TINY_VIT, TINY_VIT_NAME
 
 pytestmark = [pytest.mark.sweep, pytest.mark.usefixtures("one_thread")]
 
@@ -90,6 +90,7 @@ def _packed(section, cfgs, data, fast):
 CASES = [(p, "sgd") for p in PROMPTS] + [("deep", "adamw"), ("linear", "adamw")]
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("prompt,setting", CASES)
 def test_packed_trials_equal_separate_runs(prompt, setting):
     """Bit for bit on the reference block path. The fast path's kernels (a query subset, prompt keys
@@ -112,6 +113,7 @@ def test_packed_trials_equal_separate_runs(prompt, setting):
     assert not torch.equal(packed[0][name], packed[1][name])
 
 
+@pytest.mark.sweep
 def test_head_only_trials_share_one_backbone_pass():
     model = build_packed_model(_section(None), CLASSES, 4)
     with torch.no_grad():
@@ -123,6 +125,7 @@ def test_head_only_trials_share_one_backbone_pass():
         torch.testing.assert_close(logits[k], m(x))
 
 
+@pytest.mark.sweep
 def test_packable_fields_and_refusals():
     check_packable(["optim.lr", "optim.weight_decay", "sched.warmup_epochs", "train.label_smoothing"])
     with pytest.raises(ConfigError, match="model.prompt.num_tokens"):

@@ -29,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- spaces -------------------------------------------------------------------------------------------------
+@pytest.mark.sweep
 def test_space_forms_and_optuna_distributions():
     space = parse_space({"optim.lr": {"low": 1e-4, "high": 1e-1, "log": True},
                          "model.prompt.num_tokens": {"low": 5, "high": 20, "step": 5},
@@ -43,6 +44,7 @@ def test_space_forms_and_optuna_distributions():
     assert parse_space(GRID).fingerprint() == parse_space(dict(reversed(list(GRID.items())))).fingerprint()
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("data,match", [
     ({}, "empty"),
     (None, "empty"),
@@ -63,6 +65,7 @@ def test_invalid_spaces_are_refused_with_the_fix(data, match):
         parse_space(data)
 
 
+@pytest.mark.sweep
 def test_unknown_fields_get_did_you_mean_against_the_config_dataclasses():
     schemas = {"model.prompt": DeepPromptConfig, "model.head": None}
     check_fields(parse_space({"optim.lr": [1], "model.prompt.num_tokens": [5], "model.head.kind": ["mlp"]}),
@@ -75,6 +78,7 @@ def test_unknown_fields_get_did_you_mean_against_the_config_dataclasses():
         check_fields(parse_space({"model.prompt.num_token": [1]}), RunConfig, schemas)
 
 
+@pytest.mark.sweep
 def test_edges():
     space = parse_space({"optim.lr": [0.1, 0.01, 0.001], "optim.weight_decay": [0.0, 0.01],
                          "sched.warmup_epochs": {"low": 0.5, "high": 10.0, "log": True}})
@@ -199,6 +203,7 @@ def test_a_param_extends_past_its_edge_at_its_spacing(spec, side, values):
         assert all(type(v) is type(spec[0]) for v in wider.values)
 
 
+@pytest.mark.sweep
 def test_a_widened_space_adds_a_row_of_grid_points():
     space = parse_space(GRID)
     wider = space.widened({"optim.lr": "high", "optim.weight_decay": "high"})
@@ -227,6 +232,7 @@ def test_join_checks_space_and_config(tmp_path):
         _study(url, config={"optim": {"opt": "adamw"}})
 
 
+@pytest.mark.sweep
 def test_a_study_left_unrecorded_is_taken_up_and_a_foreign_one_is_refused(tmp_path):
     """A creator stopped between creating the study and recording its space leaves an empty, unrecorded study:
     the same command records it and runs (a killed sweep continues at any point). One with trials that vpt
@@ -246,6 +252,7 @@ def test_a_study_left_unrecorded_is_taken_up_and_a_foreign_one_is_refused(tmp_pa
         open_study(storage, "theirs", sp, config, make_sampler("grid", sp), make_pruner("none", 3), wait_s=0.3)
 
 
+@pytest.mark.sweep
 def test_unreachable_storage_is_named(tmp_path):
     with pytest.raises(SweepError, match="cannot reach the storage"):
         open_storage(f"sqlite:///{tmp_path}/no/such/dir/study.db")
@@ -425,6 +432,8 @@ def test_a_stale_trial_fails_its_whole_pack_and_its_packmates_are_queued_again(t
 
 
 # --- reports ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.sweep
 def test_report_tables_plots_and_tie_break(tmp_path):
     sp = parse_space(GRID)
     recs = [{"number": i, "state": "COMPLETE", "value": v, "params": {"optim.lr": lr, "optim.weight_decay": wd},

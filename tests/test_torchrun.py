@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 import toy_task
-from conftest import make_image_folder, make_voc, tiny_recipe
+from helpers import make_image_folder, make_voc, tiny_recipe
 from test_detection_cli import RECIPE as DETECTION_RECIPE, _check_metrics
 from vpt.cli import main
 from vpt.engine import train
@@ -54,6 +54,8 @@ def ddp(tmp_path_factory):
     return tmp, classify, out
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_classification_two_gloo_processes_match_one_process(ddp):
     tmp, common, out = ddp
     one, two = str(tmp / "one"), out["classify"]
@@ -79,6 +81,8 @@ def test_classification_two_gloo_processes_match_one_process(ddp):
             assert abs(float(x.split(",")[i]) - float(y.split(",")[i])) < 1e-3
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_plugin_task_two_gloo_processes_match_one_process(ddp):
     tmp, _, out = ddp
     cfg = toy_task.ToyConfig()
@@ -91,6 +95,8 @@ def test_plugin_task_two_gloo_processes_match_one_process(ddp):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_detection_two_gloo_processes(ddp):
     _, _, out = ddp
     res = json.load(open(os.path.join(out["detect"], "results.json")))

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from conftest import TINY_VIT_NAME, make_image_folder, tiny_recipe
+from helpers import TINY_VIT_NAME, make_image_folder, tiny_recipe
 from vpt.cli import main
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")

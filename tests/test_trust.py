@@ -19,7 +19,7 @@ from vpt.artifact import from_pretrained, inspect_artifact
 from vpt.cli import main
 from vpt.errors import ArtifactError, ConfigError, DataError, VptError
 
-from conftest import TINY_VIT, TINY_VIT_NAME, make_image_folder
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -262,6 +262,7 @@ def test_inspect_describes_without_building(art, tmp_path, capsys):
     assert "over the limit of 10" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_every_torch_load_is_weights_only():
     """Audit: no torch.load(weights_only=False), pickle, eval/exec or module import named by data in the repo
     (code tokens only: comments and strings don't count)."""

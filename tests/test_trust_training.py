@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_image_folder, tiny_recipe
+from helpers import make_image_folder, tiny_recipe
 from vpt.cli import main
 from vpt.engine.rundir import prepare_run_dir
 from vpt.errors import RunDirError
@@ -121,6 +121,8 @@ def _hold(folder):
     return proc
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_lock_second_process_refused_and_kill_9_does_not_block_resume(tmp_path, data, capsys):
     run = str(tmp_path / "run")
     prepare_run_dir(run).release()
@@ -141,6 +143,8 @@ def _tensors(path):
     return load_file(os.path.join(path, "adapter_model.safetensors"))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_run_killed_in_epoch_1_resumes_to_the_same_result(tmp_path, data):
     common = _common(tmp_path, data, epochs=2, batch_size=6)  # 3 steps / epoch
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
@@ -165,6 +169,7 @@ def test_run_killed_in_epoch_1_resumes_to_the_same_result(tmp_path, data):
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_data_or_model_config(tmp_path, data, capsys):
     run = str(tmp_path / "run")
     assert main(_common(tmp_path, data, epochs=2) + ["--output", run, "--epochs", "1"]) == 0

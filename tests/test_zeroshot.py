@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 import vpt
 from vpt import zeroshot as zs
@@ -127,6 +127,7 @@ def test_zeroshot_accuracy_equals_independent_computation(env, adapter, independ
     torch.testing.assert_close(built, clf, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_classifier_cache_keys_and_reuse(env, adapter, tmp_path, monkeypatch, caplog):
     names = ["cat", "dog"]
     first = zs.text_classifier(adapter, names, TEMPLATES, cache_dir=str(tmp_path))

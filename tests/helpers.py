@@ -1,0 +1,224 @@
+"""What the tests share besides fixtures: the backbone x prompt matrix (tiny random models), tiny image and
+detection folders, and tiny recipes. ``import helpers`` (pyproject puts tests/ on the path); fixtures stay in
+conftest.py."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import yaml
+
+# --- tiny models ----------------------------------------------------------------------------------------
+# A ViT small enough for CPU tests: 32 px, patch 8 -> 16 patches, width 32, 2 blocks.
+TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+TINY_VIT_NAME = "timm:vit_tiny_patch16_224"
+
+# --- the backbone x prompt matrix -------------------------------------------------------------------------
+# Every family as a tiny random model: 32 px, patch 8 (a 4x4 grid), width 32, 2 heads, 3 blocks (3 so that
+# "prompted at blocks 0 and 2" leaves a gap, and the last block differs from the first prompted one).
+_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
+_CLIP = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=3, width=32, patch_size=8, head_width=16),
+             text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+BACKBONES = {
+    # the five families
+    "vit": ("timm:vit_tiny_patch16_224", _VIT),
+    "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", _VIT),
+    "eva02_rope": ("timm:eva02_tiny_patch14_224", dict(_VIT, ref_feat_shape=(4, 4))),
+    "open_clip": ("open_clip:ViT-B-32", _CLIP),
+    # zero-init residuals would hide the pixel prompts' border gradients
+    "cnn": ("timm:resnet10t", dict(zero_init_last=False, pretrained_cfg_overlay=dict(input_size=(3, 32, 32)))),
+    # timm ViT variants: register tokens without position embedding on the prefix, QK-norm and layer scale;
+    # no class token (average pooling); attention pooling; any input size; Eva with mixed-mode RoPE
+    "vit_reg": ("timm:vit_tiny_patch16_224", dict(_VIT, reg_tokens=2, no_embed_class=True, qk_norm=True,
+                                                  init_values=0.5)),
+    "vit_avg": ("timm:vit_tiny_patch16_224", dict(_VIT, class_token=False, global_pool="avg")),
+    "vit_map": ("timm:vit_tiny_patch16_224", dict(_VIT, global_pool="map")),
+    "vit_dynamic": ("timm:vit_tiny_patch16_224", dict(_VIT, dynamic_img_size=True)),
+    "eva_rope_mixed": ("timm:vit_small_patch16_rope_mixed_224", dict(_VIT, init_values=1.0)),
+}
+FAMILIES = ("vit", "deit_distilled", "eva02_rope", "open_clip", "cnn")
+if importlib.util.find_spec("open_clip") is None:  # the [test] extra installs it; without it, no CLIP rows
+    del BACKBONES["open_clip"]
+    FAMILIES = tuple(f for f in FAMILIES if f != "open_clip")
+
+PROMPTS = {
+    "none": None,
+    "vpt_shallow": {"kind": "vpt_shallow", "num_tokens": 2},
+    "vpt_deep": {"kind": "vpt_deep", "num_tokens": 2},
+    "vpt_deep_last1": {"kind": "vpt_deep", "num_tokens": 2, "last_k": 1},
+    # prompted at blocks 0 and 2 (not 1): the prompts leave the sequence mid-way
+    "vpt_deep_gaps": {"kind": "vpt_deep", "num_tokens": 2, "layers": [0, 2]},
+    "vpt_deep_proj": {"kind": "vpt_deep", "num_tokens": 2, "project_dim": 8, "dropout": 0.5},
+    "vpt_prefix": {"kind": "vpt_prefix", "num_tokens": 2},
+    "vpt_prefix_last1": {"kind": "vpt_prefix", "num_tokens": 2, "last_k": 1},
+    "pixel_pad": {"kind": "pixel_pad", "width": 4},
+    "pixel_patch": {"kind": "pixel_patch", "size": 8, "position": "random"},
+}
+# one prompt per kind: what the peer-library tests run
+KINDS = ("none", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad")
+
+
+def declared_refusal(adapter, prompt):
+    """The refusal ``vpt.create_model(adapter, prompt=prompt)`` must raise, from what the two sides declare:
+    the prompt kind's ``needs`` (tokens | kv | pixels | text, mapped to capabilities by ``PROMPT_NEEDS``)
+    against the adapter's ``capabilities`` (None = supported, else the reason). Returns the fragments the
+    error must name (the kind, the reason and the fix), or None when the pair must build."""
+    from vpt.backbones.base import CAPABILITY_FIX, PROMPT_NEEDS
+    from vpt.prompts import resolve_prompt_config
+    cfg = resolve_prompt_config(prompt)
+    if cfg is None:
+        return None
+    caps = adapter.capabilities
+    for need in PROMPT_NEEDS[cfg.needs]:
+        reason = getattr(caps, need)
+        if reason is not None:
+            return (f"prompt kind '{cfg.kind}'", reason, CAPABILITY_FIX[need])
+    return None
+
+
+class Matrix:
+    """The backbone x prompt matrix: ``adapter(key)`` builds each family once (random init, seed 0) and
+    shares it. Tests must not change a shared adapter in place; a test that does (pruning, unfreezing,
+    ``.double()``) takes ``fresh(key)``. One instance per process (``MATRIX``), handed out by the
+    session-scoped ``matrix`` fixture; parametrisations read it at collection time."""
+
+    def __init__(self, backbones=BACKBONES, prompts=PROMPTS):
+        self.backbones, self.prompts = backbones, prompts
+        self._built = {}
+
+    def fresh(self, key):
+        """A new adapter for family ``key``."""
+        from vpt.backbones import create_backbone
+        name, kw = self.backbones[key]
+        return create_backbone(name, pretrained=False, init_seed=0, model_kwargs=dict(kw))
+
+    def adapter(self, key):
+        if key not in self._built:
+            self._built[key] = self.fresh(key)
+        return self._built[key]
+
+    def model(self, bb, prompt, seed=0, **kw):
+        """``vpt.create_model`` on the shared adapter, prompts initialised under ``seed``."""
+        import torch
+
+        import vpt
+        torch.manual_seed(seed)
+        return vpt.create_model(self.adapter(bb), prompt=self.prompts[prompt], **kw)
+
+    def refusal(self, bb, prompt):
+        return declared_refusal(self.adapter(bb), self.prompts[prompt])
+
+    def capable(self, bb, capability):
+        """Whether family ``bb`` declares ``capability`` (a field of ``Capabilities``)."""
+        value = getattr(self.adapter(bb).capabilities, capability)
+        return value if isinstance(value, bool) else value is None
+
+    def cases(self, backbones=None, prompts=None, refused=False):
+        """(backbone, prompt) pairs to parametrise over: those that build (``refused=False``) or those the
+        adapters' declared capabilities refuse (``refused=True``)."""
+        return [(b, p) for b in (backbones or self.backbones) for p in (prompts or self.prompts)
+                if (self.refusal(b, p) is not None) == refused]
+
+
+MATRIX = Matrix()
+
+
+# --- tiny image folders and recipes -------------------------------------------------------------------------
+def make_image_folder(root, classes=("cat", "dog", "frog"), per_class=6, size=32, seed=0, fmt="png"):
+    """Write a small image folder root/<class>/*.{fmt}; each class has its own colour so it is learnable."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    for ci, c in enumerate(classes):
+        d = os.path.join(root, c)
+        os.makedirs(d, exist_ok=True)
+        base = np.zeros(3)
+        base[ci % 3] = 200
+        for i in range(per_class):
+            arr = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(os.path.join(d, f"{i:03d}.{fmt}"))
+    return str(root)
+
+
+def tiny_recipe(path, **train):
+    """A recipe for the tiny ViT with VPT-deep; ``train`` overrides the train section."""
+    cfg = {
+        "model": {"backbone": {"name": TINY_VIT_NAME, "pretrained": False, "model_kwargs": dict(TINY_VIT)},
+                  "prompt": {"kind": "vpt_deep", "num_tokens": 2}},
+        "augment": {"scale": [0.6, 1.0]},
+        "optim": {"opt": "adamw", "lr": 0.01},
+        "sched": {"warmup_epochs": 1},
+        "train": {"epochs": 3, "batch_size": 8, "eval_batch_size": 16, "workers": 0, "log_interval": 2, **train},
+    }
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return str(path)
+
+
+# --- tiny detection data (VOC / COCO folders of coloured squares) --------------------------------------
+CLASSES = ("blue", "red")
+
+
+def voc_xml(filename, w, h, objects):
+    objs = "".join(
+        f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects)
+    return (f"<annotation><filename>{filename}</filename><size><width>{w}</width><height>{h}</height>"
+            f"<depth>3</depth></size>{objs}</annotation>")
+
+
+def scene(rng, size):
+    """Dark noise with a red and a blue square at random places; returns image and [(class, box)]."""
+    H, W = size
+    img = rng.integers(0, 40, (H, W, 3), dtype=np.uint8)
+    objs = []
+    for name, ch in (("red", 0), ("blue", 2)):
+        s = int(rng.integers(14, 22))
+        x, y = int(rng.integers(0, W - s)), int(rng.integers(0, H - s))
+        img[y:y + s, x:x + s, ch] = 230
+        objs.append((name, (x, y, x + s, y + s)))
+    return img, objs
+
+
+def make_voc(root, n=8, size=(64, 64), seed=0, splits=None):
+    """A tiny Pascal VOC folder: root/{Annotations,JPEGImages,ImageSets/Main}."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    ids = [f"img{i:03d}" for i in range(n)]
+    truth = {}
+    for i in ids:
+        img, objs = scene(rng, size)
+        Image.fromarray(img).save(os.path.join(root, "JPEGImages", f"{i}.png"))
+        with open(os.path.join(root, "Annotations", f"{i}.xml"), "w") as f:
+            f.write(voc_xml(f"{i}.png", size[1], size[0], objs))
+        truth[i] = objs
+    splits = splits or {"train": ids[: n - 4], "val": ids[n - 4: n - 2], "test": ids[n - 2:]}
+    for name, lst in splits.items():
+        with open(os.path.join(root, "ImageSets", "Main", f"{name}.txt"), "w") as f:
+            f.write("\n".join(lst) + "\n")
+    return str(root), truth
+
+
+def make_coco(root, n=6, size=(64, 64), seed=1, splits=("train", "val")):
+    """A tiny COCO folder: root/annotations/instances_<split>.json, images in root/<split>/."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    cats = [{"id": 3, "name": "red"}, {"id": 7, "name": "blue"}]
+    cid = {"red": 3, "blue": 7}
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    for split in splits:
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        images, anns = [], []
+        for i in range(n):
+            img, objs = scene(rng, size)
+            fn = f"{split}_{i}.png"
+            Image.fromarray(img).save(os.path.join(root, split, fn))
+            images.append({"id": 100 + i, "file_name": fn, "width": size[1], "height": size[0]})
+            for name, (x1, y1, x2, y2) in objs:
+                anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": cid[name],
+                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
+            json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+    return str(root)
