@@ -23,7 +23,8 @@ EXIT_CODES = """exit codes:
   0    success
   1    the run failed (an error while training or evaluating, a trial that failed), or a file could
        not be written (disk full, read-only or forbidden folder: the message says which)
-  2    user error: a bad flag, recipe, config value, data folder or file; the message names the fix
+  2    user error: a bad flag, recipe, config value, data folder or file, or a missing optional
+       dependency (the message has the pip command); the message names the fix
   130  interrupted (Ctrl-C); `vpt train --resume` continues an interrupted run
   141  the program reading vpt's output closed it early (e.g. `vpt list | head -1`); not an error
 """
@@ -47,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
+
+
+def path_error_hint(e: OSError) -> Optional[str]:
+    """A one-line message for a path that names the wrong kind of thing (a folder where a file goes, a file
+    where a folder goes): the user's path is wrong (exit 2); None for anything else."""
+    import errno
+    name = getattr(e, "filename2", None) or getattr(e, "filename", None)  # os.replace(tmp, target): the target
+    where = f" {name!r}" if name else ""
+    if e.errno == errno.EISDIR:
+        return f"{where.strip() or 'a path'} is a folder where a file was expected; give a file path (e.g. DIR/out.json)"
+    if e.errno == errno.ENOTDIR or (e.errno == errno.EEXIST and isinstance(e, FileExistsError)):
+        return (f"{where.strip() or 'a path'} is a file where a folder was expected (a part of the path is a file); "
+                f"choose another path")
+    return None
 
 
 def os_error_hint(e: OSError) -> Optional[str]:
@@ -76,6 +91,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:
         _discard_stdout()
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # before a command started (while importing, parsing)
+        print("vpt: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _discard_stdout() -> None:
@@ -117,11 +135,20 @@ def _main(argv: Optional[List[str]]) -> int:
     except BrokenPipeError:
         raise  # main() ends quietly
     except OSError as e:
+        hint = path_error_hint(e)
+        if hint is not None:
+            print(f"vpt {args.command}: error: {hint}", file=sys.stderr)
+            return EXIT_USAGE
         hint = os_error_hint(e)
         if hint is None:
             raise
         print(f"vpt {args.command}: error: {hint}", file=sys.stderr)
         return EXIT_FAILED
+    except ImportError as e:
+        if "pip install" not in str(e):  # vpt's "needs X: pip install ..." for an optional part; else a bug
+            raise
+        print(f"vpt {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"vpt {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

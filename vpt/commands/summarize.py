@@ -42,5 +42,8 @@ def print_table(paths: List[str], csv_path: Optional[str] = None) -> None:
 
 
 def run(args) -> int:
+    if args.csv:
+        from ._paths import check_output_file
+        check_output_file(args.csv, "--csv", "summary.csv")
     print_table(args.paths, args.csv)
     return 0

@@ -79,6 +79,17 @@ def resolve(args):
         raise UserError("no model given: pass --model open_clip:ARCH[/TAG] (or set model in the recipe)")
     if not cfg.data:
         raise UserError("no data given: pass --data DIR (or set data in the recipe)")
+    for name, value, low in (("batch_size", cfg.batch_size, 1), ("classes_per_batch", cfg.classes_per_batch, 1),
+                             ("workers", cfg.workers, 0)):
+        if not isinstance(value, int) or value < low:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{name} must be an integer >= {low}, got {value!r}; pass e.g. {flag} {max(low, 1) * 8}")
+    if cfg.weights and not os.path.isfile(cfg.weights):
+        raise UserError(f"weights file not found: {cfg.weights!r}; pass --weights with the path of a local "
+                        f"safetensors / torch file, or --model open_clip:ARCH/TAG for a hub tag")
+    if args.output:
+        from ._paths import check_output_file
+        check_output_file(args.output, "--output", "zeroshot.json")
     return cfg
 
 
@@ -107,11 +118,10 @@ def default_cache_dir() -> str:
 
 
 def run(args) -> int:
-    import torch
-
     from .. import zeroshot as zs
     from ..backbones import create_backbone
     from ..config import to_dict
+    from ..engine import resolve_device
     from ..io import atomic_write_text
 
     cfg = resolve(args)
@@ -121,7 +131,7 @@ def run(args) -> int:
     names = (zs.read_class_names(cfg.classnames, expected=len(folders)) if cfg.classnames
              else [zs.prompt_name(c) for c in folders])
     templates = zs.load_templates(cfg.templates)  # fail on a bad template before building the model
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(cfg.device))  # an unknown or unavailable device is a one-line error
     adapter = create_backbone(bb)
     result = zs.evaluate_folder(adapter, cfg.data, class_names=names, templates=templates,
                                 batch_size=cfg.batch_size, workers=cfg.workers, device=device,
