@@ -80,3 +80,12 @@ def test_path_errors_name_the_target_not_the_temporary_file(tmp_path):
         os.replace(src, target)  # what an atomic write onto a folder does
     hint = path_error_hint(e.value)
     assert hint and str(target) in hint and ".tmp.x" not in hint and "is a folder" in hint
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    for make in (lambda: os.makedirs(a_file), lambda: open(a_file / "sub" / "out.json", "w")):
+        with pytest.raises(OSError) as e:
+            make()
+        assert f"{str(a_file)!r} is a file, but the path" in path_error_hint(e.value)
+    with pytest.raises(FileExistsError) as e:
+        os.mkdir(tmp_path)  # an existing folder: not a path of the wrong kind (keep the traceback: a bug)
+    assert path_error_hint(e.value) is None

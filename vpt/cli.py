@@ -58,9 +58,25 @@ def path_error_hint(e: OSError) -> Optional[str]:
     where = f" {name!r}" if name else ""
     if e.errno == errno.EISDIR:
         return f"{where.strip() or 'a path'} is a folder where a file was expected; give a file path (e.g. DIR/out.json)"
-    if e.errno == errno.ENOTDIR or (e.errno == errno.EEXIST and isinstance(e, FileExistsError)):
-        return (f"{where.strip() or 'a path'} is a file where a folder was expected (a part of the path is a file); "
-                f"choose another path")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST) and name:
+        blocker = _file_in_path(str(name))  # EEXIST: only makedirs meeting a file (an existing folder is fine)
+        if blocker is not None:
+            return f"{blocker!r} is a file, but the path{where} needs it to be a folder; choose another path"
+    return None
+
+
+def _file_in_path(path: str) -> Optional[str]:
+    """The first part of ``path`` (itself included) that exists and is not a folder; None if there is none."""
+    parts, probe = [], os.path.abspath(path)
+    while True:
+        parts.append(probe)
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    for p in reversed(parts):  # from the root down
+        if os.path.lexists(p) and not os.path.isdir(p):
+            return p
     return None
 
 
