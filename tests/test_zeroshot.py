@@ -3,7 +3,6 @@
 Tiny random open_clip models built in code, saved as a local weights file; the real BPE tokenizer.
 """
 import json
-import math
 import os
 
 import pytest
@@ -80,9 +79,10 @@ def test_metrics_match_clip_benchmark_definitions():
     assert m["acc1"] == 0.25  # only sample 0
     assert m["acc5"] == 0.75  # sample 3's target 0 is rank 6 of 6
     assert m["mean_per_class_recall"] == (1 / 3 + 0 / 1) / 2  # classes without images are left out
-    assert [r["n"] for r in rows] == [3, 0, 1, 0, 0, 0] and math.isnan(rows[1]["recall"])
-    m3, _ = zs.classification_metrics(logits[:, :3], targets, list("abc"))
-    assert math.isnan(m3["acc5"])  # CLIP_benchmark: acc5 is NaN below 5 classes
+    assert [r["n"] for r in rows] == [3, 0, 1, 0, 0, 0] and rows[1]["recall"] is None
+    m3, rows3 = zs.classification_metrics(logits[:, :3], targets, list("abc"))
+    assert m3["acc5"] is None  # CLIP_benchmark: NaN below 5 classes; vpt: null, with the reason
+    assert "at least 5 classes; the data has 3" in zs.undefined_metrics(m3, rows3)["acc5"]
 
 
 # --- the classifier and zero-shot accuracy ----------------------------------------------------------
@@ -159,7 +159,9 @@ def test_cli_zeroshot_end_to_end(env, adapter, independent, tmp_path, capsys):
     assert main(argv) == 0
     record = json.loads(out_json.read_text())
     preds, targets, _ = independent
-    assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
+    assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language", "split", "num_images",
+                           "num_evaluated", "skipped_unreadable", "undefined_metrics"}
+    assert (record["split"], record["num_images"], record["skipped_unreadable"]) == ("all", 18, 0)
     assert record["task"] == "zeroshot_classification" and record["language"] == "en"
     assert record["model"] == "ViT-B-32" and record["pretrained"] == env["weights"] and record["dataset"] == "data"
     assert record["metrics"]["acc1"] == (preds == targets).double().mean().item()
@@ -207,3 +209,86 @@ def test_cli_zeroshot_errors(env, tmp_path, capsys, case):
     err = capsys.readouterr().err
     for text in expect:
         assert text in err, err
+
+
+# --- the data as `vpt train` reads it -----------------------------------------------------------------
+def _zs(env, data, *extra):
+    return ["zeroshot", "--model", "open_clip:ViT-B-32", "--weights", env["weights"], "--model-kwargs",
+            json.dumps(TINY_CLIP), "--data", str(data), "--templates", env["templates"], "--no-cache",
+            "--device", "cpu", *extra]
+
+
+def _truncate(path):
+    with open(path, "rb") as f:
+        head = f.read()
+    with open(path, "wb") as f:
+        f.write(head[: len(head) // 3])
+
+
+def test_cli_zeroshot_skips_and_counts_a_truncated_jpeg(env, tmp_path, capsys):
+    """A truncated JPEG (an interrupted download) is skipped and counted, as in `vpt train`; the JSON says so."""
+    data = make_image_folder(tmp_path / "photos", classes=("cat", "dog", "frog"), per_class=3, fmt="jpg")
+    bad = os.path.join(data, "dog", "001.jpg")
+    _truncate(bad)
+    out = tmp_path / "r.json"
+    assert main(_zs(env, data, "--output", str(out))) == 0
+    printed = capsys.readouterr().out
+    assert "8 of 9 images evaluated; 1 unreadable skipped" in printed and bad in printed
+    text = out.read_text()
+    record = json.loads(text)
+    assert (record["num_images"], record["num_evaluated"], record["skipped_unreadable"]) == (9, 8, 1)
+    details = json.loads((tmp_path / "r.details.json").read_text())
+    assert details["skipped_unreadable"] == [bad]
+    assert {r["class"]: r["n"] for r in details["per_class"]} == {"cat": 3, "dog": 2, "frog": 3}
+
+
+def test_cli_zeroshot_reads_split_folders_and_chooses_the_split(env, tmp_path, capsys):
+    """root/{train,test}/<class>/: the classes are the class folders (not 'train' and 'test'); the test split
+    by default, --split all / train on request, and a split the data lacks is a one-line error (exit 2)."""
+    root = tmp_path / "split"
+    make_image_folder(root / "train", classes=("cat", "dog", "frog"), per_class=4)
+    make_image_folder(root / "test", classes=("cat", "dog", "frog"), per_class=2, seed=1)
+    out = tmp_path / "r.json"
+    assert main(_zs(env, root, "--output", str(out))) == 0
+    record = json.loads(out.read_text())
+    details = json.loads((tmp_path / "r.details.json").read_text())
+    assert [r["class"] for r in details["per_class"]] == ["cat", "dog", "frog"]
+    assert (record["split"], record["num_images"]) == ("test", 6)
+    assert main(_zs(env, root, "--split", "all", "--output", str(out))) == 0
+    assert (json.loads(out.read_text())["split"], json.loads(out.read_text())["num_images"]) == ("all", 18)
+    assert main(_zs(env, root, "--split", "train", "--output", str(out))) == 0
+    assert json.loads(out.read_text())["num_images"] == 12
+    capsys.readouterr()
+    assert main(_zs(env, root, "--split", "val")) == 2
+    err = capsys.readouterr().err
+    assert "has no val split" in err and "choose --split all or one of train, test" in err
+
+
+def test_cli_zeroshot_reads_a_csv(env, tmp_path):
+    data = make_image_folder(tmp_path / "imgs", classes=("cat", "dog", "frog"), per_class=2)
+    rows = ["path,label,split"] + [f"{c}/{i:03d}.png,{c},{'test' if i else 'train'}" for c in ("cat", "dog", "frog")
+                                   for i in range(2)]
+    csv_path = tmp_path / "imgs" / "labels.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "r.json"
+    assert main(_zs(env, csv_path, "--output", str(out))) == 0
+    record = json.loads(out.read_text())
+    assert (record["dataset"], record["split"], record["num_images"]) == ("labels", "test", 3)
+
+
+def test_cli_zeroshot_json_is_strict_below_five_classes(env, tmp_path, capsys):
+    """Three classes: top-5 is undefined. The file and the printed line parse with a strict parser (no NaN),
+    and the reason is written beside the null."""
+    data = make_image_folder(tmp_path / "three", classes=("cat", "dog", "frog"), per_class=2)
+    out = tmp_path / "r.json"
+    assert main(_zs(env, data, "--output", str(out))) == 0
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+    record = strict(out.read_text())
+    assert record["metrics"]["acc5"] is None and "at least 5 classes" in record["undefined_metrics"]["acc5"]
+    strict((tmp_path / "r.details.json").read_text())
+    printed = capsys.readouterr().out
+    assert strict(printed.strip().splitlines()[-2])["metrics"]["acc5"] is None  # the last line is 'wrote ...'
+    assert "acc5: undefined (top-5 accuracy needs at least 5 classes" in printed

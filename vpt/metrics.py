@@ -36,33 +36,43 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, class_na
 
 def draw_confusion_matrix(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str,
                           title: str = "") -> None:
-    """A row-normalised confusion matrix as a PNG (rows: true class, columns: predicted), drawn with PIL."""
-    from PIL import Image, ImageDraw, ImageFont
+    """A row-normalised confusion matrix as a PNG (rows: true class, columns: predicted), drawn with PIL.
+
+    Class names are drawn in full (up to 200 px, then shortened with '…') with ``vpt.fonts``: any letter of
+    any script a font on the chain has (vpt ships DejaVu Sans for Latin, Greek and Cyrillic); a character
+    none has is logged once, with the fix."""
+    from PIL import Image, ImageDraw
+
+    from .fonts import TextRenderer
     m = np.asarray(confusion, dtype=np.float64)
     c = len(class_names)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
-    cell = max(14, min(48, 640 // max(c, 1)))
-    font = ImageFont.load_default()
-    label_w = min(160, 8 + 7 * max((len(str(n)) for n in class_names), default=4))
-    top = 24 + label_w
-    W, H = label_w + c * cell + 10, top + c * cell + 10
+    cell = max(16, min(48, 640 // max(c, 1)))
+    text, small = TextRenderer(12), TextRenderer(10)
+    line = 16  # height of a line of 12 px text
+    names = [text.fit(str(n), 200) for n in class_names]
+    label_w = 12 + int(max([text.length(n) for n in names] + [24]))
+    title = title or "confusion matrix (rows: true, cols: predicted)"
+    top = 8 + line + label_w
+    W = max(label_w + c * cell + 10, 8 + int(text.length(title)))
+    H = top + c * cell + 10
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
-    d.text((4, 4), title or "confusion matrix (rows: true, cols: predicted)", fill="black", font=font)
-    for i in range(c):
-        name = str(class_names[i])[:22]
-        d.text((4, top + i * cell + cell // 2 - 5), name, fill="black", font=font)
-        # column labels, drawn rotated
-        txt = Image.new("RGBA", (label_w, 12), (255, 255, 255, 0))
-        ImageDraw.Draw(txt).text((0, 0), name, fill="black", font=font)
-        txt = txt.rotate(90, expand=True)
-        img.paste(txt, (label_w + i * cell + cell // 2 - 6, 20 + label_w - txt.size[1]), txt)
+    text.draw(d, (4, 4), title)
+    for i, name in enumerate(names):
+        text.draw(d, (4, top + i * cell + (cell - line) // 2), name)
+        # column label: drawn horizontally on its own layer, turned 90 degrees, pasted above column i
+        layer = Image.new("RGBA", (label_w, line), (255, 255, 255, 0))
+        text.draw(ImageDraw.Draw(layer), (0, 0), name)
+        layer = layer.rotate(90, expand=True)  # (line, label_w): reads bottom to top
+        img.paste(layer, (label_w + i * cell + (cell - line) // 2, top - 4 - label_w), layer)
         for j in range(c):
             v = norm[i, j]
             shade = int(255 * (1 - v))
             x0, y0 = label_w + j * cell, top + i * cell
             d.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline=(220, 220, 220))
             if cell >= 24 and m[i, j] > 0:
-                d.text((x0 + 3, y0 + cell // 2 - 5), str(int(m[i, j])), fill="white" if v > 0.5 else "black", font=font)
+                small.draw(d, (x0 + 3, y0 + (cell - 13) // 2), str(int(m[i, j])), fill="white" if v > 0.5 else "black")
+    text.warn_missing(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     img.save(path)

@@ -3,14 +3,19 @@
 The text classifier is built with open_clip's own ``build_zero_shot_classifier`` (class names x templates
 through the frozen text tower, averaged per class, L2-normalised). Metrics follow LAION's CLIP_benchmark
 (``clip_benchmark/metrics/zeroshot_classification.py``): ``acc1``, ``acc5`` (NaN below 5 classes) and
-``mean_per_class_recall`` (balanced accuracy), and :func:`benchmark_record` writes its JSON shape.
+``mean_per_class_recall`` (balanced accuracy), and :func:`benchmark_record` writes its JSON shape. One
+difference: a metric that is undefined (top-5 below 5 classes, the recall of a class without images) is
+``None`` with a reason (:func:`undefined_metrics`), never NaN, so the JSON is strict (RFC 8259).
+
+Images are read with vpt's own data loading (``vpt.data``): the folder layouts and CSVs of ``vpt train``,
+its split folders (``root/{train,val,test}/<class>/``: :data:`ZS_SPLITS`), and an unreadable file is
+skipped and counted, never a traceback.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
 import string
 from dataclasses import dataclass, field
@@ -31,7 +36,8 @@ class ZeroShotConfig:
     pretrained: bool = True  # False: random init (smoke tests; chance-level accuracy)
     init_seed: int = 0  # seed of the random init when pretrained is False
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to open_clip.create_model
-    data: Optional[str] = None  # image folder DIR/<class>/*.jpg
+    data: Optional[str] = None  # image folder DIR/<class>/* or DIR/{train,val,test}/<class>/*, or a CSV (as vpt train)
+    split: Optional[str] = None  # all | train | val | test; None: test when the data has a test split, else all
     classnames: Optional[str] = None  # file of class names (sorted folder order); None: folder names, _ -> space
     templates: Union[str, List[str]] = "openai"  # openai | simple | a file of '{c}' lines | a list of '{c}' strings
     batch_size: int = 64  # images per forward
@@ -43,6 +49,7 @@ class ZeroShotConfig:
     dataset: Optional[str] = None  # dataset name in the result JSON; None: the folder's name
 
 
+ZS_SPLITS = ("all", "train", "val", "test")  # which images of the data are evaluated ('all': every split)
 TEMPLATE_SETS = ("openai", "simple")  # open_clip.zero_shot_metadata OPENAI_ / SIMPLE_IMAGENET_TEMPLATES
 CACHE_VERSION = 1  # bump when the cached classifier's meaning changes
 
@@ -214,31 +221,40 @@ def clip_preprocess(adapter) -> Callable:
 @torch.no_grad()
 def predict(encode_image: Callable[[torch.Tensor], torch.Tensor], classifier: torch.Tensor, loader,
             device: Union[str, torch.device] = "cpu") -> Tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N, C), targets (N,)): ``100 * normalize(encode_image(x)) @ classifier.T`` (CLIP_benchmark)."""
+    """(logits (N, C), targets (N,)): ``100 * normalize(encode_image(x)) @ classifier.T`` (CLIP_benchmark).
+
+    ``loader`` yields ``(x, y)`` or ``vpt.data.collate``'s ``(x or None, y, indices, skipped)``; batches
+    whose images were all unreadable (``x is None``) are passed over."""
     logits, targets = [], []
     clf = classifier.to(device)
-    for x, y in loader:
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        if x is None:
+            continue
         feats = F.normalize(encode_image(x.to(device)).float(), dim=-1)  # (B, D)
         logits.append((100.0 * feats @ clf.T).cpu())  # (B, C)
         targets.append(torch.as_tensor(y))
+    if not logits:
+        return torch.empty(0, classifier.shape[0]), torch.empty(0, dtype=torch.long)
     return torch.cat(logits), torch.cat(targets)
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor,
-                           class_names: Sequence[str]) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
-    """CLIP_benchmark's metrics plus a per-class table [{class, n, correct, recall}]."""
+                           class_names: Sequence[str]) -> Tuple[Dict[str, Optional[float]], List[Dict[str, Any]]]:
+    """CLIP_benchmark's metrics plus a per-class table [{class, n, correct, recall}]; an undefined value
+    (``acc5`` below 5 classes, ``recall`` of a class without images) is None (CLIP_benchmark: NaN)."""
     n, C = logits.shape
     if n == 0:
         raise ConfigError("no images to evaluate; check the data folder")
     pred = logits.argmax(dim=1)
     top = logits.topk(min(5, C), dim=1).indices  # (N, k)
     acc1 = (pred == targets).double().mean().item()
-    acc5 = (top == targets[:, None]).any(dim=1).double().mean().item() if C >= 5 else float("nan")
+    acc5 = (top == targets[:, None]).any(dim=1).double().mean().item() if C >= 5 else None
     rows, recalls = [], []
     for c, name in enumerate(class_names):
         mask = targets == c
         count, correct = int(mask.sum()), int((pred[mask] == c).sum())
-        recall = correct / count if count else float("nan")
+        recall = correct / count if count else None
         if count:
             recalls.append(recall)
         rows.append({"class": name, "n": count, "correct": correct, "recall": recall})
@@ -246,43 +262,119 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor,
     return metrics, rows
 
 
-def benchmark_record(dataset: str, model: str, pretrained: str, metrics: Dict[str, float]) -> Dict[str, Any]:
-    """The JSON object CLIP_benchmark writes for a zero-shot classification run."""
+def undefined_metrics(metrics: Dict[str, Optional[float]], per_class: Sequence[Dict[str, Any]]) -> Dict[str, str]:
+    """{metric: why it is None} for the metrics :func:`classification_metrics` left undefined."""
+    out = {}
+    if metrics.get("acc5") is None:
+        out["acc5"] = (f"top-5 accuracy needs at least 5 classes; the data has {len(per_class)} "
+                       f"(CLIP_benchmark writes NaN here)")
+    empty = [r["class"] for r in per_class if not r["n"]]
+    if empty:
+        out["per_class_recall"] = (f"{len(empty)} class(es) have no readable images in the evaluated split, so their "
+                                   f"recall is undefined and left out of mean_per_class_recall: {', '.join(empty[:5])}"
+                                   f"{' ...' if len(empty) > 5 else ''}")
+    return out
+
+
+def benchmark_record(dataset: str, model: str, pretrained: str, metrics: Dict[str, Optional[float]],
+                     **extra: Any) -> Dict[str, Any]:
+    """The JSON object CLIP_benchmark writes for a zero-shot classification run (``extra`` keys after it:
+    vpt's ``split``, image counts, ``undefined_metrics``)."""
     return {"dataset": dataset, "model": model, "pretrained": pretrained, "task": "zeroshot_classification",
-            "metrics": dict(metrics), "language": "en"}
+            "metrics": dict(metrics), "language": "en", **extra}
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
     width = max([len("class")] + [len(r["class"]) for r in rows])
     lines = [f"{'class':<{width}}  {'n':>6}  {'correct':>7}  {'recall':>7}"]
     for r in rows:
-        rec = "   n/a" if math.isnan(r["recall"]) else f"{r['recall']:7.4f}"
+        rec = "   n/a" if r["recall"] is None else f"{r['recall']:7.4f}"
         lines.append(f"{r['class']:<{width}}  {r['n']:>6d}  {r['correct']:>7d}  {rec:>7}")
     return "\n".join(lines)
+
+
+class _Preprocess:
+    """open_clip's transform in ``vpt.data.ImageDataset``'s ``transform(img, seed)`` form (no randomness)."""
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, img, seed: int = 0) -> torch.Tensor:
+        return self.transform(img)
+
+
+def zero_shot_samples(root: str, split: Optional[str] = None,
+                      extensions: Optional[Sequence[str]] = None) -> Tuple[List[str], List[Tuple[str, int]], str, str]:
+    """The labelled images of ``root`` that zero-shot evaluates, found as ``vpt train`` finds them.
+
+    ``root``: ``root/<class>/*``, ``root/{train,val,test}/<class>/*`` or a CSV of ``path,label[,split]``.
+    ``split``: one of :data:`ZS_SPLITS`; None takes the test split when the data has one, else all images
+    (nothing is carved out: zero-shot trains nothing). Returns (class folder names, samples, split, summary).
+    """
+    from .data import IMAGE_EXTENSIONS, DataError, load_splits
+    if split is not None and split not in ZS_SPLITS:
+        from .registry import did_you_mean
+        raise DataError(f"unknown split {split!r}; available: {', '.join(ZS_SPLITS)}{did_you_mean(split, ZS_SPLITS)}")
+    if not (os.path.isdir(root) or (os.path.isfile(root) and root.lower().endswith(".csv"))):
+        raise DataError(f"--data {root!r} is neither an image folder nor a CSV file; pass a folder laid out as "
+                        f"DIR/<class>/*.jpg (or DIR/{{train,val,test}}/<class>/*.jpg) or a CSV of path,label")
+    splits = load_splits(root, val_fraction=0.0, test_fraction=0.0, extensions=extensions or IMAGE_EXTENSIONS,
+                         check_readable=False)
+    if split is None:
+        split = "test" if splits.test else "all"
+    if split == "all":
+        samples = sorted(splits.train + splits.val + splits.test)
+    else:
+        samples = getattr(splits, split)
+        if not samples:
+            present = [s for s in ("train", "val", "test") if getattr(splits, s)]
+            raise DataError(f"{root!r} has no {split} split ({splits.summary()}); choose --split all or one of "
+                            f"{', '.join(present)}, or lay the folder out as {root}/{split}/<class>/*")
+    return splits.class_names, samples, split, splits.summary()
 
 
 def evaluate_folder(adapter, root: str, class_names: Optional[Sequence[str]] = None,
                     templates: Union[str, Sequence[str]] = "openai", batch_size: int = 64, workers: int = 0,
                     device: Union[str, torch.device] = "cpu", cache_dir: Optional[str] = None,
-                    classes_per_batch: int = 10, encode_image: Optional[Callable] = None) -> Dict[str, Any]:
-    """Zero-shot evaluation of an open_clip adapter on ``root/<class>/*`` with the model's preprocessing.
+                    classes_per_batch: int = 10, encode_image: Optional[Callable] = None,
+                    split: Optional[str] = None) -> Dict[str, Any]:
+    """Zero-shot evaluation of an open_clip adapter on an image folder (or CSV) with the model's preprocessing.
 
-    Returns {'metrics', 'per_class', 'class_names', 'templates', 'num_images', 'logits', 'targets'}.
+    ``class_names``: the words for the prompts, one per class folder in sorted order (default: the folder
+    names, underscores as spaces). ``split``: see :func:`zero_shot_samples`. Unreadable images are skipped
+    (logged) and listed under ``skipped``. Returns {'metrics', 'undefined', 'per_class', 'class_names',
+    'templates', 'split', 'data', 'num_images', 'num_evaluated', 'skipped', 'logits', 'targets'}.
     """
-    from torchvision.datasets import ImageFolder
-    folders = folder_classes(root)
+    from .data import DataError, ImageDataset, collate
+    folders, samples, split, summary = zero_shot_samples(root, split)
     names = list(class_names) if class_names is not None else [prompt_name(c) for c in folders]
     if len(names) != len(folders):
-        raise ConfigError(f"{len(names)} class names for {len(folders)} class folders in {root!r}")
+        raise ConfigError(f"{len(names)} class names for {len(folders)} classes in {root!r} ({', '.join(folders[:8])}"
+                          f"{' ...' if len(folders) > 8 else ''}); give one name per class, in sorted folder order")
     tmpl = load_templates(templates)
-    dataset = ImageFolder(root, transform=clip_preprocess(adapter))
-    if dataset.classes != folders:
-        raise ConfigError(f"class folders of {root!r} changed while reading; run again")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    _logger.info("zero-shot on %s: the %s images (%d; %s)", root, split, len(samples), summary)
+    dataset = ImageDataset(samples, _Preprocess(clip_preprocess(adapter)), skip_corrupt=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate)
     adapter = adapter.to(device).eval()
     clf = text_classifier(adapter, names, tmpl, device=device, classes_per_batch=classes_per_batch,
                           cache_dir=cache_dir)
-    logits, targets = predict(encode_image or adapter.model.encode_image, clf, loader, device)
+    seen: List[torch.Tensor] = []
+
+    def batches():
+        for x, y, idx, _ in loader:
+            seen.append(idx)
+            yield x, y
+
+    logits, targets = predict(encode_image or adapter.model.encode_image, clf, batches(), device)
+    read = set(torch.cat(seen).tolist()) if seen else set()
+    skipped = [samples[i][0] for i in range(len(samples)) if i not in read]
+    if skipped:
+        _logger.warning("skipped %d unreadable image(s) of %d", len(skipped), len(samples))
+    if not len(targets):
+        raise DataError(f"none of the {len(samples)} {split} images of {root!r} could be read (e.g. {skipped[0]!r}); "
+                        f"check the files (vpt reads what PIL opens)")
     metrics, rows = classification_metrics(logits, targets, names)
-    return {"metrics": metrics, "per_class": rows, "class_names": names, "templates": tmpl,
-            "num_images": len(dataset), "logits": logits, "targets": targets}
+    return {"metrics": metrics, "undefined": undefined_metrics(metrics, rows), "per_class": rows,
+            "class_names": names, "templates": tmpl, "split": split, "data": summary, "num_images": len(samples),
+            "num_evaluated": len(targets), "skipped": skipped, "logits": logits, "targets": targets}

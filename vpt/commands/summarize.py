@@ -1,8 +1,12 @@
 """``vpt summarize RUN_OR_JSON ... [--csv FILE]``: one table over a set of runs.
 
 Reads every ``results.json`` (``vpt train``, incl. base/novel/HM of --base-to-novel runs) and every
-``eval*.json`` (``vpt eval --json``, incl. --transfer targets) under the given folders or files; one
-row per (method, data, shots) with mean ± std over seeds. Printed as Markdown.
+``eval*.json`` (``vpt eval --json``, incl. --transfer targets) under the given folders or files. Printed
+as Markdown: one row per group of runs whose resolved configs differ only by the seeds (train.seed,
+data.split_seed) or by where they ran (device, workers, output folder), with the same backbone weights,
+mean ± std over the group's runs and the seeds it holds. Runs of one method, data and shots that differ in
+anything else (backbone, weights, lr, epochs, ...) get rows of their own; the `setting` column says what
+sets each apart, and the notes under the table say what was averaged and what was kept apart.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import List, Optional
 
 
 def register(sub) -> None:
-    p = sub.add_parser("summarize", help="table of top-1 / base / novel / HM over a set of runs",
+    p = sub.add_parser("summarize", help="table of top-1 / base / novel / HM over a set of runs (mean ± std over seeds)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="RUN_OR_JSON")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
@@ -21,9 +25,13 @@ def register(sub) -> None:
 
 
 def print_table(paths: List[str], csv_path: Optional[str] = None) -> None:
-    from ..tasks.protocols import markdown, summary_table
-    header, rows = summary_table(paths)
+    from ..tasks.protocols import markdown
+    from ..tasks.summary import summarize
+    header, rows, notes = summarize(paths)
     print(markdown(header, rows), end="")
+    if notes:
+        print()
+        print("\n".join(notes))
     if csv_path:
         from ..io import atomic_write_text
         buf = io.StringIO()
@@ -34,5 +42,8 @@ def print_table(paths: List[str], csv_path: Optional[str] = None) -> None:
 
 
 def run(args) -> int:
+    if args.csv:
+        from ._paths import check_output_file
+        check_output_file(args.csv, "--csv", "summary.csv")
     print_table(args.paths, args.csv)
     return 0

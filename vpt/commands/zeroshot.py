@@ -1,8 +1,16 @@
 """``vpt zeroshot``: CLIP zero-shot classification of an image folder, CLIP_benchmark-style JSON out.
 
     vpt zeroshot --model open_clip:ViT-B-32/laion2b_s34b_b79k --data DIR
+    vpt zeroshot --model open_clip:ViT-B-32/laion2b_s34b_b79k --data SPLIT_DIR --split all
     vpt zeroshot --model open_clip:ViT-B-32 --weights clip.safetensors --data DIR --templates simple
     vpt zeroshot -c configs/zeroshot_vit_b32.yaml --weights clip.safetensors --data DIR --output r.json
+
+The data is read as `vpt train` reads it: DIR/<class>/*, DIR/{train,val,test}/<class>/* (the classes are
+those under train/; by default the test split is evaluated when there is one, else every image) or a CSV
+of path,label[,split]. Unreadable images are skipped and counted (printed, and in the JSON).
+
+The JSON is strict: a metric that is undefined (acc5 below 5 classes) is null, with the reason under
+"undefined_metrics" (CLIP_benchmark itself writes NaN, which strict JSON readers refuse).
 
 Precedence: recipe YAML <- flags <- ``--set field=value``.
 """
@@ -15,7 +23,7 @@ import os
 from ._common import UserError, resolve_config
 
 # flag dest -> ZeroShotConfig field
-FLAG_FIELDS = ("model", "weights", "init_seed", "data", "classnames", "templates", "batch_size",
+FLAG_FIELDS = ("model", "weights", "init_seed", "data", "split", "classnames", "templates", "batch_size",
                "classes_per_batch", "workers", "device", "cache_dir", "dataset")
 
 
@@ -30,8 +38,11 @@ def register(sub) -> None:
                    help='JSON passed to open_clip.create_model, e.g. \'{"embed_dim": 32, "vision_cfg": {...}}\'')
     p.add_argument("--random-init", action="store_true", help="random weights (smoke tests; chance-level accuracy)")
     p.add_argument("--init-seed", type=int, help="seed of --random-init")
-    p.add_argument("--data", metavar="DIR", help="image folder laid out as DIR/<class>/*.jpg")
-    p.add_argument("--classnames", metavar="FILE", help="one class name per line, in sorted folder order "
+    p.add_argument("--data", metavar="DIR", help="image folder DIR/<class>/*.jpg or DIR/{train,val,test}/<class>/*.jpg, "
+                                                 "or a CSV of path,label[,split] (the layouts of vpt train)")
+    p.add_argument("--split", choices=["all", "train", "val", "test"],
+                   help="which images to evaluate (default: test when the data has a test split, else all)")
+    p.add_argument("--classnames", metavar="FILE", help="one class name per line, in sorted class folder order "
                                                         "(default: folder names, underscores as spaces)")
     p.add_argument("--templates", help="openai | simple (open_clip's ImageNet sets) | a file with one '{c}' "
                                        "template per line (default: openai)")
@@ -68,6 +79,17 @@ def resolve(args):
         raise UserError("no model given: pass --model open_clip:ARCH[/TAG] (or set model in the recipe)")
     if not cfg.data:
         raise UserError("no data given: pass --data DIR (or set data in the recipe)")
+    for name, value, low in (("batch_size", cfg.batch_size, 1), ("classes_per_batch", cfg.classes_per_batch, 1),
+                             ("workers", cfg.workers, 0)):
+        if not isinstance(value, int) or value < low:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{name} must be an integer >= {low}, got {value!r}; pass e.g. {flag} {max(low, 1) * 8}")
+    if cfg.weights and not os.path.isfile(cfg.weights):
+        raise UserError(f"weights file not found: {cfg.weights!r}; pass --weights with the path of a local "
+                        f"safetensors / torch file, or --model open_clip:ARCH/TAG for a hub tag")
+    if args.output:
+        from ._paths import check_output_file
+        check_output_file(args.output, "--output", "zeroshot.json")
     return cfg
 
 
@@ -96,37 +118,51 @@ def default_cache_dir() -> str:
 
 
 def run(args) -> int:
-    import torch
-
     from .. import zeroshot as zs
     from ..backbones import create_backbone
     from ..config import to_dict
-    from ..io import atomic_write_json
+    from ..engine import resolve_device
+    from ..io import atomic_write_text
 
     cfg = resolve(args)
-    if not os.path.isdir(cfg.data):
-        raise UserError(f"--data {cfg.data!r} is not a folder; pass an image folder laid out as DIR/<class>/*.jpg")
     bb = backbone_config(cfg)
-    folders = zs.folder_classes(cfg.data)
+    # the data and the class names are checked before the model is built (a typo should not cost a download)
+    folders, samples, split, _ = zs.zero_shot_samples(cfg.data, cfg.split)
     names = (zs.read_class_names(cfg.classnames, expected=len(folders)) if cfg.classnames
              else [zs.prompt_name(c) for c in folders])
     templates = zs.load_templates(cfg.templates)  # fail on a bad template before building the model
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(cfg.device))  # an unknown or unavailable device is a one-line error
     adapter = create_backbone(bb)
     result = zs.evaluate_folder(adapter, cfg.data, class_names=names, templates=templates,
                                 batch_size=cfg.batch_size, workers=cfg.workers, device=device,
                                 cache_dir=(cfg.cache_dir or default_cache_dir()) if cfg.cache else None,
-                                classes_per_batch=cfg.classes_per_batch)
+                                classes_per_batch=cfg.classes_per_batch, split=split)
     pretrained = bb.weights or (adapter.tag if bb.pretrained else f"random:{bb.init_seed}")
-    dataset = cfg.dataset or os.path.basename(os.path.normpath(cfg.data))
-    record = zs.benchmark_record(dataset, adapter.arch, pretrained, result["metrics"])
+    base = os.path.basename(os.path.normpath(cfg.data))
+    dataset = cfg.dataset or (base[:-4] if base.lower().endswith(".csv") else base)
+    skipped = result["skipped"]
+    record = zs.benchmark_record(dataset, adapter.arch, pretrained, result["metrics"], split=result["split"],
+                                 num_images=result["num_images"], num_evaluated=result["num_evaluated"],
+                                 skipped_unreadable=len(skipped), undefined_metrics=result["undefined"])
     print(zs.format_table(result["per_class"]))
-    print(json.dumps(record))
+    print(f"{result['split']} split: {result['num_evaluated']} of {result['num_images']} images evaluated"
+          + (f"; {len(skipped)} unreadable skipped (e.g. {skipped[0]})" if skipped else ""))
+    for metric, why in result["undefined"].items():
+        print(f"{metric}: undefined ({why})")
+    print(strict_json(record, indent=None))
     if args.output:
-        atomic_write_json(args.output, record)
+        atomic_write_text(args.output, strict_json(record))
         stem = args.output[:-5] if args.output.endswith(".json") else args.output
-        atomic_write_json(stem + ".details.json", {
-            "per_class": result["per_class"], "num_images": result["num_images"], "templates": result["templates"],
-            "weights_id": adapter.weights_id(), "device": device, "config": to_dict(cfg)})
+        atomic_write_text(stem + ".details.json", strict_json({
+            "per_class": result["per_class"], "split": result["split"], "data": result["data"],
+            "num_images": result["num_images"], "num_evaluated": result["num_evaluated"],
+            "skipped_unreadable": skipped, "undefined_metrics": result["undefined"],
+            "templates": result["templates"], "weights_id": adapter.weights_id(), "device": device,
+            "config": to_dict(cfg)}))
         print(f"wrote {args.output}")
     return 0
+
+
+def strict_json(obj, indent=2) -> str:
+    """JSON that every parser reads (no NaN / Infinity: undefined values are null with a reason beside)."""
+    return json.dumps(obj, indent=indent, allow_nan=False) + ("\n" if indent else "")

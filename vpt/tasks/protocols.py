@@ -182,20 +182,9 @@ def _mean_std(values: List[float]) -> str:
 
 
 def summary_table(paths: Iterable[str]) -> Tuple[List[str], List[List[str]]]:
-    """(header, rows): one row per (method, data, kind of evaluation, shots), mean ± std over seeds of top-1 /
-    base / novel / HM. "train run": the run's own test split (the base classes in a base-to-novel run)."""
-    groups: Dict[Tuple[str, str, str, Any], List[Dict[str, Any]]] = {}
-    for p in _find_results(paths):
-        for row in result_rows(p):
-            groups.setdefault((row["method"], row["data"], row["eval"], row["shots"]), []).append(row)
-    if not groups:
-        raise FileNotFoundError("no results found: give run folders (with results.json) or `vpt eval --json` files")
-    header = ["method", "data", "eval", "shots", "runs", "top-1", "base", "novel", "HM"]
-    rows = []
-    for (method, data, kind, shots), rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-        cols = [_mean_std([float(r[k]) for r in rs if r.get(k) is not None]) for k in ("top1", "base", "novel", "hm")]
-        rows.append([method, data, kind, "all" if shots is None else str(shots), str(len(rs))] + cols)
-    return header, rows
+    """(header, rows) of ``vpt summarize``: runs averaged only when they differ by seed (``vpt.tasks.summary``)."""
+    from .summary import summary_table as table
+    return table(paths)
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
