@@ -5,7 +5,7 @@ import os
 import sys
 
 import pytest
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 from vpt.cli import main
 

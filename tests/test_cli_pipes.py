@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_VIT, TINY_VIT_NAME
+from helpers import TINY_VIT, TINY_VIT_NAME
 
 import vpt
 from vpt.cli import build_parser

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import make_image_folder, tiny_recipe
+from helpers import make_image_folder, tiny_recipe
 
 from vpt.cli import main
 

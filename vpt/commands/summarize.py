@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def print_table(paths: List[str], csv_path: Optional[str] = None) -> None:
-    from ..tasks.protocols import markdown
+    from ..tasks.summary import markdown
     from ..tasks.summary import summarize
     header, rows, notes = summarize(paths)
     print(markdown(header, rows), end="")

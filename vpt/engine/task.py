@@ -8,13 +8,15 @@ learned: its run config, the data, the model, the loss of one micro-batch and th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Trainer
+# The ``run`` every hook receives is the engine's :class:`vpt.engine.trainer.Trainer` (its ``cfg``, ``device``,
+# ``info``, ``run_dir``, ``model`` ...). Named, not imported: the trainer imports this file, and the import graph
+# has no cycles (tests/test_layering.py).
+Run = Any
 
 
 @dataclass
@@ -51,18 +53,18 @@ class Task:
     def validate(self) -> None:
         """Check the task's own config sections (the engine checks train / optim / sched)."""
 
-    def setup(self, run: "Trainer") -> None:
+    def setup(self, run: Run) -> None:
         """Read the data (every rank, after the run folder is ready). ``run.info`` / ``run.device`` are set."""
 
-    def build_model(self, run: "Trainer") -> nn.Module:
+    def build_model(self, run: Run) -> nn.Module:
         """The model to train, with ``save_pretrained`` and ``param_roles`` (``vpt.model.AdapterMixin``)."""
         raise NotImplementedError
 
-    def train_dataset(self, run: "Trainer") -> torch.utils.data.Dataset:
+    def train_dataset(self, run: Run) -> torch.utils.data.Dataset:
         """The training samples; ``set_epoch(epoch)`` is called on it each epoch when it has one."""
         raise NotImplementedError
 
-    def build_optimizer(self, run: "Trainer") -> Optional[Tuple[torch.optim.Optimizer, Any, float]]:
+    def build_optimizer(self, run: Run) -> Optional[Tuple[torch.optim.Optimizer, Any, float]]:
         """(optimizer, per-step scheduler, peak lr) when the task builds its own (e.g. several independent models
         trained at once, each with its own parameter groups, lr and schedule); None: the engine's
         ``build_optimizer_and_scheduler`` from optim / sched."""
@@ -81,24 +83,24 @@ class Task:
         return False
 
     # --- the loop -------------------------------------------------------------------------------
-    def train_step(self, run: "Trainer", net: nn.Module, batch: Any) -> StepOutput:
+    def train_step(self, run: Run, net: nn.Module, batch: Any) -> StepOutput:
         """Forward one micro-batch through ``net`` (DDP / compiled wrapper; autocast is on) and return the
         summed loss. Under DDP every rank must run ``net`` on every micro-step, also when its share of the
         batch is empty: return the loss of a dummy forward times 0 then (count 0)."""
         raise NotImplementedError
 
-    def train_epoch_end(self, run: "Trainer", epoch: int, row: Dict[str, Any]) -> None:
+    def train_epoch_end(self, run: Run, epoch: int, row: Dict[str, Any]) -> None:
         """After the training part of ``epoch`` (1-based); ``row`` holds its train metrics (all ranks summed)."""
 
-    def state_dict(self, run: "Trainer") -> Dict[str, Any]:
+    def state_dict(self, run: Run) -> Dict[str, Any]:
         """What a resumed run needs besides the trainable tensors (e.g. a running prompt average); saved in the
         run state after every epoch (tensors, numbers, strings, lists, dicts)."""
         return {}
 
-    def load_state_dict(self, run: "Trainer", state: Dict[str, Any]) -> None:
+    def load_state_dict(self, run: Run, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict` on ``--resume`` (after the model and trainable tensors are loaded)."""
 
-    def evaluate(self, run: "Trainer", model: nn.Module, split: str) -> Dict[str, Any]:
+    def evaluate(self, run: Run, model: nn.Module, split: str) -> Dict[str, Any]:
         """Metrics of ``model`` (unwrapped, eval mode handled by the task) on ``split`` ('val' | 'test'),
         the same on every rank; must include ``self.selection`` for val."""
         raise NotImplementedError
@@ -111,11 +113,11 @@ class Task:
         """What results.json keeps of val / test metrics."""
         return metrics
 
-    def results(self, run: "Trainer", model: nn.Module) -> Dict[str, Any]:
+    def results(self, run: Run, model: nn.Module) -> Dict[str, Any]:
         """The task's own part of results.json (data summary, classes, backbone identity, ...)."""
         return {}
 
-    def finish(self, run: "Trainer", results: Dict[str, Any]) -> None:
+    def finish(self, run: Run, results: Dict[str, Any]) -> None:
         """On rank 0, after results.json was written: plots and the like, into ``run.run_dir``."""
 
     def summary(self, results: Dict[str, Any]) -> List[str]:
@@ -138,20 +140,20 @@ class Callback:
     a hyper-parameter search's pruning). Runs on every rank; ``run.info.is_main`` tells rank 0. To stop the run cleanly after the
     current epoch call ``run.request_stop(reason)``; to abort, raise (e.g. ``optuna.TrialPruned``)."""
 
-    def on_train_start(self, run: "Trainer") -> None:
+    def on_train_start(self, run: Run) -> None:
         """After setup and resume, before the first epoch of this process."""
 
-    def on_step_end(self, run: "Trainer", step: int, loss: torch.Tensor) -> None:
+    def on_step_end(self, run: Run, step: int, loss: torch.Tensor) -> None:
         """After optimizer step ``step`` (global, 1-based). ``loss`` is the step's summed loss as a device
         tensor: reading it (``.item()``) syncs the host, so a guard should accumulate on the device (e.g.
         ``bad |= ~torch.isfinite(loss)``) and look at it in ``on_epoch_end``."""
 
-    def on_epoch_end(self, run: "Trainer", epoch: int, row: Dict[str, Any]) -> None:
+    def on_epoch_end(self, run: Run, epoch: int, row: Dict[str, Any]) -> None:
         """After epoch ``epoch`` (1-based) was trained and evaluated, before its checkpoint: what a callback
         changes here (its state, a stop request) is in the run state; raising keeps the previous checkpoint.
         ``row`` is the epoch's metrics.csv row (train and, when evaluated, val metrics); it may add columns."""
 
-    def on_train_end(self, run: "Trainer", results: Dict[str, Any]) -> None:
+    def on_train_end(self, run: Run, results: Dict[str, Any]) -> None:
         """After results.json was written."""
 
     def state_dict(self) -> Dict[str, Any]:

@@ -6,15 +6,13 @@ CLI (or a task) calls:
   harmonic mean HM = 2 b n / (b + n);
 - few-shot: k in {1, 2, 4, 8, 16} training images per class, several seeds (``data.shots``, ``train.seed``,
   ``data.split_seed``), one run folder each;
-- cross-dataset: the prompts learned on one folder evaluated on others' classes (``for_classes``);
-- a summary table over a set of run folders / evaluation files (mean and std over seeds).
+- cross-dataset: the prompts learned on one folder evaluated on others' classes (``for_classes``).
+
+The summary table over run folders and evaluation files (``vpt summarize``) is ``vpt.tasks.summary``.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
 
@@ -92,103 +90,3 @@ def check_shots(shots: Sequence[int]) -> List[int]:
 def few_shot_runs(shots: Sequence[int], seeds: Sequence[int]) -> List[Tuple[int, int, str]]:
     """(k, seed, sub-folder name) for every run of a few-shot grid."""
     return [(k, s, f"shots{k}_seed{s}") for k in check_shots(shots) for s in sorted(set(int(x) for x in seeds))]
-
-
-# --- the summary table ------------------------------------------------------------------------------
-def _find_results(paths: Iterable[str]) -> List[str]:
-    out: List[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            for dirpath, _, files in sorted(os.walk(p)):
-                out += [os.path.join(dirpath, f) for f in sorted(files)
-                        if f == "results.json" or (f.endswith(".json") and f.startswith("eval"))]
-        elif os.path.isfile(p):
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p!r} is neither a run folder nor a results file")
-    return out
-
-
-def _method(config: Dict[str, Any]) -> str:
-    model = config.get("model") or {}
-    text, prompt = model.get("text"), model.get("prompt")
-    parts = []
-    if text:
-        parts.append(str(text.get("kind", "coop")))
-    if prompt:
-        parts.append(str(prompt.get("kind")))
-    if not parts:
-        head = model.get("head") or {}
-        parts.append(f"{head.get('kind', 'zeroshot') if isinstance(head, dict) else head} head")
-    return "+".join(parts)
-
-
-def result_rows(path: str) -> List[Dict[str, Any]]:
-    """Rows from a ``vpt train`` results.json or a ``vpt eval --json`` file (one per transfer target);
-    [] for other JSON."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            r = json.load(f)
-    except (OSError, ValueError):
-        return []
-    if not isinstance(r, dict):
-        return []
-    name = os.path.basename
-    if isinstance(r.get("config"), dict):  # vpt train
-        cfg = r["config"]
-        data = cfg.get("data") or {}
-        rows = [{"method": _method(cfg), "data": name(str(data.get("root", "")).rstrip("/")),
-                 "eval": "train run", "shots": data.get("shots"), "seed": (cfg.get("train") or {}).get("seed"),
-                 "top1": (r.get("test") or {}).get("top1")}]
-    elif "artifact" in r:  # vpt eval
-        method = _artifact_method(str(r["artifact"]))
-        if isinstance(r.get("transfer"), dict):
-            rows = [{"method": method, "data": name(str(root).rstrip("/")), "eval": "transfer", "top1": m.get("top1")}
-                    for root, m in sorted(r["transfer"].items())]
-        else:
-            rows = [{"method": method, "data": name(str(r.get("data", "")).rstrip("/")),
-                     "eval": "base-to-novel" if "hm" in r else "eval", "top1": r.get("top1")}]
-    else:
-        return []
-    for row in rows:
-        row.setdefault("shots", None)
-        for k in ("base", "novel", "hm"):
-            row.setdefault(k, r.get(k))
-        row["path"] = path
-    return rows
-
-
-def _artifact_method(artifact: str) -> str:
-    try:
-        with open(os.path.join(artifact, "adapter_config.json"), encoding="utf-8") as f:
-            cfg = json.load(f)
-        return _method({"model": cfg})
-    except (OSError, ValueError, AttributeError):
-        return name_of(artifact)
-
-
-def name_of(path: str) -> str:
-    return os.path.basename(os.path.dirname(os.path.abspath(path)))
-
-
-def _mean_std(values: List[float]) -> str:
-    if not values:
-        return "-"
-    m = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{m:.2f}"
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-    return f"{m:.2f} ± {sd:.2f}"
-
-
-def summary_table(paths: Iterable[str]) -> Tuple[List[str], List[List[str]]]:
-    """(header, rows) of ``vpt summarize``: runs averaged only when they differ by seed (``vpt.tasks.summary``)."""
-    from .summary import summary_table as table
-    return table(paths)
-
-
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
