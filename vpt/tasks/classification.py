@@ -18,6 +18,7 @@ from ..engine.config import OptimSection, OutputSection, SchedSection, TrainSect
 from ..engine.distributed import DistInfo
 from ..engine.inference import run_sharded
 from ..engine.task import StepOutput, Task
+from ..config import PROMPT_SECTION, Checked, FieldError, from_dict, one_of, option
 from ..errors import ArtifactError, ConfigError, DataError
 from ..metrics import classification_metrics, draw_confusion_matrix
 from ..registry import MODEL_TYPES, TASKS
@@ -26,15 +27,38 @@ _logger = logging.getLogger(__name__)
 
 
 # --- config ---------------------------------------------------------------------------------------
+# sections of a model section whose config class depends on model.type (its class's ``config_sections``)
+TYPED_SECTIONS = ("head", "text", "lora")
+
+
 @dataclass
-class ModelSection:
-    type: str = "classifier"  # key into vpt.registry.MODEL_TYPES (classifier | clip | lora)
+class ModelSection(Checked):
+    type: str = option("classifier", "key into vpt.registry.MODEL_TYPES (classifier | clip | lora)")
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # frozen encoder (library:arch[.tag])
-    prompt: Optional[Dict[str, Any]] = None  # {'kind': 'vpt_deep', 'num_tokens': 10, ...}; None: linear probe / full FT
-    head: Dict[str, Any] = field(default_factory=lambda: {"kind": "linear"})  # head config (kind, pool, ...)
-    train_backbone: bool = False  # unfreeze the backbone (full fine-tuning baseline)
-    text: Optional[Dict[str, Any]] = None  # CLIP learnable text context (type 'clip' only)
-    lora: Optional[Dict[str, Any]] = None  # type 'lora' only: {r, alpha, dropout, target_modules} (needs peft)
+    prompt: Optional[Any] = one_of(PROMPT_SECTION, help="image prompt: {kind: vpt_deep, num_tokens: 10, ...}; null: "
+                                                        "linear probe / full fine-tuning")
+    head: Any = option(help="head config (kind, pool, ...); its kinds depend on model.type",
+                       default_factory=lambda: {"kind": "linear"})
+    train_backbone: bool = option(False, "unfreeze the backbone (full fine-tuning baseline)")
+    text: Optional[Any] = option(None, "CLIP learnable text context (model.type clip only)")
+    lora: Optional[Any] = option(None, "model.type lora only: {r, alpha, dropout, target_modules} (needs peft)")
+
+    def check(self) -> None:
+        """Type head / text / lora by the model type's own sections (its class's ``config_sections``), so a
+        typo in any of them fails here, when the recipe is loaded."""
+        try:
+            sections = MODEL_TYPES.get(self.type).factory.config_sections
+        except KeyError as e:
+            raise FieldError("type", f": {e.args[0]}") from None
+        fields = {f.name: f for f in dataclasses.fields(sections)}
+        for name in TYPED_SECTIONS:
+            value, f = getattr(self, name), fields.get(name)
+            if f is None:
+                if value is not None and name != "head":
+                    raise FieldError(name, f" is not used by model.type {self.type!r}; remove it "
+                                           f"({'model.type: clip' if name == 'text' else 'model.type: lora'} takes it)")
+                continue
+            setattr(self, name, resolve_section(f, value, name))
 
 
 @dataclass
@@ -78,6 +102,25 @@ class RunConfig:
     sched: SchedSection = field(default_factory=SchedSection)
     train: ClassificationTrainSection = field(default_factory=ClassificationTrainSection)
     output: OutputSection = field(default_factory=OutputSection)
+
+
+def resolve_section(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """``value`` (a dict, kind name, None or config) typed as the sections field ``f`` declares."""
+    spec = f.metadata.get("one_of")
+    if spec is not None:
+        return spec.resolve(value, where=where)
+    cls = _field_class(f)
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        value = {"kind": value}
+    return from_dict(_field_class(f), value, where=where)
+
+
+def _field_class(f: dataclasses.Field) -> type:
+    """The dataclass a sections field holds (its default's class)."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return type(default)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -127,12 +170,7 @@ def build_model(section: Any, class_names: Sequence[str]) -> torch.nn.Module:
     """``classifier`` -> ``vpt.create_model``; any other type -> ``MODEL_TYPES[type].factory.from_section``."""
     from ..model import create_model
     if section.type == "classifier":
-        if section.text is not None:
-            raise ConfigError("model.text is only used by model.type 'clip'; remove it or set model.type: clip")
-        if section.lora is not None:
-            raise ConfigError("model.lora is only used by model.type 'lora'; remove it or set model.type: lora")
-        head = section.head if isinstance(section.head, dict) else vars(section.head or {})
-        if head.get("pool") == "none":
+        if getattr(section.head, "pool", None) == "none":
             raise ConfigError("model.head.pool 'none' keeps every token (one output per token); a classification "
                               "task needs pooled features: use pool backbone, cls or avg")
         backbone = section.backbone
