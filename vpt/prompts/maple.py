@@ -40,14 +40,14 @@ class Maple(TextContext):
         if config.class_specific or config.position != "end":
             raise ConfigError("MaPLe shares one context placed before the class name; set text.class_specific: "
                               "false and text.position: end")
-        layout = vision_layout_or_refuse(side, "maple")
+        layout = vision_layout_or_refuse(side, config.kind)
         check_depth(config.depth, side.text_depth, "text.depth", "text")
         check_depth(config.depth, layout.depth, "text.depth", "image")
         super().__init__(config, side.token_embedding, side.tokenizer, side.class_names)
         W, D = side.text_width, layout.embed_dim
         self.text_deep = deep_text_parameters(config.depth, self.num_tokens, W, config.deep_init_std)
         self.couplings = nn.ModuleList([nn.Linear(W, D) for _ in range(config.depth)])  # F_0 .. F_{J-1}
-        vision = DrivenTokenPrompt("maple", config.depth, self.num_tokens, self.vision_tokens)
+        vision = DrivenTokenPrompt(self.kind, config.depth, self.num_tokens, self.vision_tokens)
         object.__setattr__(self, "_vision", vision)  # the CLIP model registers it as its image prompt
 
     def text_prompt_at(self, j: int) -> torch.Tensor:

@@ -75,7 +75,7 @@ class PromptSRC(TextContext):
             raise ConfigError("text.gpa_std must be > 0 and the loss weights >= 0")
         check_depth(config.text_depth, side.text_depth, "text.text_depth", "text")
         if config.vision_depth:
-            layout = vision_layout_or_refuse(side, "promptsrc")
+            layout = vision_layout_or_refuse(side, config.kind)
             check_depth(config.vision_depth, layout.depth, "text.vision_depth", "image", minimum=0)
             if not 1 <= config.vision_tokens <= MAX_VISION_TOKENS:
                 raise ConfigError(f"text.vision_tokens must be in 1..{MAX_VISION_TOKENS} with vision_depth > 0, "
@@ -89,7 +89,7 @@ class PromptSRC(TextContext):
             self.vision_prompts = nn.ParameterDict({  # one (P, D) per prompted image block, as vpt_deep's
                 str(j): nn.Parameter(torch.empty(config.vision_tokens, D).normal_(std=config.deep_init_std))
                 for j in range(config.vision_depth)})
-            vision = DrivenTokenPrompt("promptsrc", config.vision_depth, config.vision_tokens,
+            vision = DrivenTokenPrompt(self.kind, config.vision_depth, config.vision_tokens,
                                        lambda j: self.vision_prompts[str(j)])
         object.__setattr__(self, "_vision", vision)  # the CLIP model registers it as its image prompt
         self._gpa: Optional[Dict[str, torch.Tensor]] = None

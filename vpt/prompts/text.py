@@ -51,7 +51,7 @@ def text_kinds() -> List[str]:
 
 
 def resolve_text_config(text: Union[None, Mapping[str, Any], TextContextConfig]) -> Optional[TextContextConfig]:
-    """None | {'kind': 'coop' (default) | 'cocoop' | 'kgcoop' | 'maple' | 'promptsrc', ...} -> config."""
+    """None | {'kind': a text prompt kind (default: CoOp), ...} | a config -> its config."""
     return TEXT_SECTION.resolve(text, where="text")  # checked by the config class itself
 
 
