@@ -126,10 +126,19 @@ def test_a_prompt_kind_name_is_written_once():
             if f.endswith(".py"):
                 path = os.path.join(folder, f)
                 sources[os.path.relpath(path, REPO)] = open(path, encoding="utf-8").read()
+    def code_strings(text):  # string literals outside docstrings
+        tree = ast.parse(text)
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
+                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                and id(n) not in docs]
+
+    strings = {p: code_strings(s) for p, s in sources.items()
+               if p.startswith(os.path.join("vpt", "prompts")) or p == os.path.join("vpt", "registry.py")}
     for name in PROMPTS.names():
-        code = {p: len(re.findall(rf"""["']{name}["']""", s)) for p, s in sources.items()
-                if p.startswith(os.path.join("vpt", "prompts")) or p == os.path.join("vpt", "registry.py")}
-        assert sum(code.values()) == 1, (name, {p: n for p, n in code.items() if n})
+        where = {p: found.count(name) for p, found in strings.items() if name in found}
+        assert sum(where.values()) == 1, (name, where)
 
 
 def test_registry_lookup_in_a_fresh_process_after_importing_artifact():

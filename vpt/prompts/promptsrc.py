@@ -40,7 +40,7 @@ class PromptSRCConfig(TextContextConfig):
                                        range=(1, 1024))
     init: Optional[str] = option("a photo of a", "init the first text prompts from these words")
     text_depth: int = option(9, "prompted text blocks (paper: 9; cross-dataset: 3)", range=(1, 4096))
-    vision_tokens: int = option(4, "image prompt tokens per layer (paper: 4)", range=(0, 4096))
+    vision_tokens: int = option(4, "image prompt tokens per layer (paper: 4)", range=(0, 1024))
     vision_depth: int = option(9, "prompted image blocks (paper: 9; cross-dataset: 3); 0: text prompts only",
                                range=(0, 4096))
     deep_init_std: float = option(0.02, "normal init std of the deeper text prompts and the image prompts",
