@@ -47,8 +47,8 @@ class FieldError(ConfigError):
 # --- declaring fields ----------------------------------------------------------------------------------
 def option(default: Any = _MISSING, help: str = "", range: Optional[Tuple[Optional[float], Optional[float]]] = None,
            choices: Optional[Sequence[Any]] = None, default_factory: Any = _MISSING, **meta: Any) -> Any:
-    """A dataclass field with its help text and checks: ``range=(lo, hi)`` (inclusive; None: open; for a
-    list, each item) and ``choices``. :class:`Checked` enforces them; ``vpt list`` and the artifact schema
+    """A dataclass field with its help text and checks: ``range=(lo, hi)`` (inclusive; None: unbounded; a
+    third item ``'[)'``, ``'(]'`` or ``'()'`` excludes an end; for a list, each item) and ``choices``. :class:`Checked` enforces them; ``vpt list`` and the artifact schema
     read them."""
     metadata = {"help": help, **meta}
     if range is not None:
@@ -64,18 +64,41 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def describe_range(rng: Tuple[Optional[float], Optional[float]]) -> str:
-    lo, hi = rng
+def describe_range(rng: Tuple[Any, ...]) -> str:
+    """'in [0, 1)', '> 0', '>= 1' for a declared range ``(lo, hi[, '[]' | '[)' | '(]' | '()'])``."""
+    lo, hi, ends = (tuple(rng) + ("[]",))[:3]
     if lo is not None and hi is not None:
-        return f"in [{_fmt(lo)}, {_fmt(hi)}]"
-    return f">= {_fmt(lo)}" if lo is not None else f"<= {_fmt(hi)}"
+        return f"in {ends[0]}{_fmt(lo)}, {_fmt(hi)}{ends[1]}"
+    if lo is not None:
+        return f"{'>=' if ends[0] == '[' else '>'} {_fmt(lo)}"
+    return f"{'<=' if ends[1] == ']' else '<'} {_fmt(hi)}"
+
+
+def in_range(x: float, rng: Tuple[Any, ...]) -> bool:
+    lo, hi, ends = (tuple(rng) + ("[]",))[:3]
+    if not math.isfinite(x):
+        return False
+    if lo is not None and (x < lo or (ends[0] == "(" and x == lo)):
+        return False
+    return not (hi is not None and (x > hi or (ends[1] == ")" and x == hi)))
+
+
+def field_meta(cls: type, name: str) -> Mapping[str, Any]:
+    """The declaration metadata of field ``name``: its own, or the closest base class's when a subclass only
+    changed the default (``epochs: int = 12`` in a task's train section keeps the base's help and range)."""
+    for base in cls.__mro__:
+        f = getattr(base, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata:
+            return f.metadata
+    return {}
 
 
 def check_fields(cfg: Any) -> None:
     """Check every field of dataclass instance ``cfg`` against its declared ``range`` / ``choices``; a
     FieldError names the field, the allowed values and what was given."""
     for f in dataclasses.fields(cfg):
-        rng, choices = f.metadata.get("range"), f.metadata.get("choices")
+        meta = field_meta(type(cfg), f.name)
+        rng, choices = meta.get("range"), meta.get("choices")
         if rng is None and choices is None:
             continue
         value = getattr(cfg, f.name)
@@ -89,8 +112,7 @@ def check_fields(cfg: Any) -> None:
             if rng is not None:
                 if isinstance(item, bool) or not isinstance(item, (int, float)):
                     raise FieldError(f.name, f" must be a number, got {item!r}")
-                lo, hi = rng
-                if not math.isfinite(item) or (lo is not None and item < lo) or (hi is not None and item > hi):
+                if not in_range(item, rng):
                     raise FieldError(f.name, f" must be {describe_range(rng)}, got {item!r}; fix the value")
 
 
@@ -112,11 +134,12 @@ def field_help(cls: type) -> Dict[str, str]:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        text = f.metadata.get("help", "")
-        if "choices" in f.metadata:
-            text += f" ({' | '.join(str(c) for c in f.metadata['choices'])})"
-        if "range" in f.metadata:
-            text += f" ({describe_range(f.metadata['range'])})"
+        meta = field_meta(cls, f.name)
+        text = meta.get("help", "")
+        if "choices" in meta:
+            text += f" ({' | '.join(str(c) for c in meta['choices'])})"
+        if "range" in meta:
+            text += f" ({describe_range(meta['range'])})"
         out[f.name] = text.strip()
     return out
 

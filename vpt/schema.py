@@ -24,7 +24,7 @@ import re
 import typing
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from .config import PROMPT_SECTION, OneOf, from_dict
+from .config import PROMPT_SECTION, OneOf, field_meta, from_dict
 from .errors import ArtifactError, ConfigError
 from .registry import BACKBONES, MODEL_TYPES, did_you_mean
 
@@ -212,14 +212,14 @@ def _unwrap_optional(tp: Any) -> Tuple[Any, bool]:
     return tp, False
 
 
-def _typed(v: Any, tp: Any, where: str, bounds: Optional[Tuple[Optional[float], Optional[float]]] = None) -> None:
+def _typed(v: Any, tp: Any, where: str, bounds: Optional[Tuple[Any, ...]] = None) -> None:
     """``v`` (parsed JSON) must have type ``tp`` (a field's type hint), numbers within ``bounds``."""
     tp, optional = _unwrap_optional(tp)
     if v is None:
         if optional:
             return
         raise ArtifactError(f"{where} must not be null")
-    lo, hi = bounds or (None, None)
+    lo, hi = tuple(bounds or (None, None))[:2]  # an excluded end is left to the dataclass's own check
     origin = typing.get_origin(tp)
     if tp is Any:
         if not isinstance(v, (str, int, float, bool)):
@@ -296,7 +296,7 @@ def check_dataclass(data: Any, cls: type, where: str, extra: Optional[Dict[str, 
                 if value is not None:
                     _one_of(value, spec, name)
                 continue
-            _typed(value, hints[key], name, fields[key].metadata.get("range"))
+            _typed(value, hints[key], name, field_meta(cls, key).get("range"))
         elif extra and key in extra:
             _typed(value, extra[key], name)
         else:

@@ -46,7 +46,7 @@ class DetectorConfig(Checked):
 
 
 @dataclass
-class DetDataConfig:
+class DetDataConfig(Checked):
     """Where the boxes are: a Pascal VOC folder or COCO JSON files."""
     root: Optional[str] = None  # dataset folder (the --data flag)
     format: str = "auto"  # voc | coco | auto (VOC if root/Annotations exists, else COCO)
@@ -57,12 +57,16 @@ class DetDataConfig:
     coco_annotations: str = "annotations/instances_{split}.json"  # COCO: JSON path under root
     coco_images: str = "{split}"  # COCO: image folder under root
     augment: bool = True  # albumentations box-aware augmentation on the train split (below)
-    hflip: float = 0.5  # probability of a horizontal flip
-    vflip: float = 0.0  # probability of a vertical flip (0.5 suits microscopy, not street scenes)
-    affine: float = 0.5  # probability of a random scale (0.75-1.25) + shift (10%); boxes clipped or dropped
-    color: float = 0.5  # probability of brightness / contrast jitter
-    min_visibility: float = 0.3  # after augmentation, drop a box keeping less than this share of its area
-    max_images: Optional[int] = None  # use only the first N images of each split (smoke runs)
+    hflip: float = option(0.5, "probability of a horizontal flip", range=(0.0, 1.0))
+    vflip: float = option(0.0, "probability of a vertical flip (0.5 suits microscopy, not street scenes)",
+                          range=(0.0, 1.0))
+    affine: float = option(0.5, "probability of a random scale (0.75-1.25) + shift (10%); boxes clipped or dropped",
+                           range=(0.0, 1.0))
+    color: float = option(0.5, "probability of brightness / contrast jitter", range=(0.0, 1.0))
+    min_visibility: float = option(0.3, "after augmentation, drop a box keeping less than this share of its area",
+                                   range=(0.0, 1.0))
+    max_images: Optional[int] = option(None, "use only the first N images of each split (smoke runs)",
+                                       range=(1, None))
 
 
 @dataclass

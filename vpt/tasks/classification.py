@@ -62,34 +62,51 @@ class ModelSection(Checked):
 
 
 @dataclass
-class DataSection:
-    root: Optional[str] = None  # image folder (root/<class>/* or root/{train,val,test}/<class>/*) or a CSV file
-    val_fraction: float = 0.1  # without a val split: this share of train, stratified per class
-    test_fraction: float = 0.0  # without a test split: this share of the pool held out for the final test
-    split_seed: int = 0  # seed of the stratified split and of the few-shot subset (independent of train.seed)
-    shots: Optional[int] = None  # few-shot: keep k training images per class (after the val split)
-    classes: str = "all"  # all | base | novel: CoOp's halves of the sorted class names; base = the base-to-novel
-    #                       protocol (train on base, results.json also gets novel and hm; CLIP text-derived heads)
-    skip_corrupt: bool = True  # False: a corrupt / unreadable image stops the run instead of being skipped
-    allow_outside_root: bool = False  # CSV data: allow image paths outside the CSV's folder
-    extensions: List[str] = field(default_factory=lambda: list(IMAGE_EXTENSIONS))  # files that count as images
+class DataSection(Checked):
+    root: Optional[str] = option(None, "image folder (root/<class>/* or root/{train,val,test}/<class>/*) or a CSV "
+                                       "file")
+    val_fraction: float = option(0.1, "without a val split: this share of train, stratified per class",
+                                 range=(0.0, 1.0, "[)"))
+    test_fraction: float = option(0.0, "without a test split: this share of the pool held out for the final test",
+                                  range=(0.0, 1.0, "[)"))
+    split_seed: int = option(0, "seed of the stratified split and of the few-shot subset (independent of "
+                                "train.seed)")
+    shots: Optional[int] = option(None, "few-shot: keep k training images per class (after the val split)",
+                                  range=(1, None))
+    classes: str = option("all", "CoOp's halves of the sorted class names; base = the base-to-novel protocol (train "
+                                 "on base, results.json also gets novel and hm; CLIP text-derived heads)",
+                          choices=("all", "base", "novel"))
+    skip_corrupt: bool = option(True, "false: a corrupt / unreadable image stops the run instead of being skipped")
+    allow_outside_root: bool = option(False, "CSV data: allow image paths outside the CSV's folder")
+    extensions: List[str] = option(help="files that count as images", default_factory=lambda: list(IMAGE_EXTENSIONS))
 
 
 @dataclass
-class AugmentSection:
-    scale: Tuple[float, float] = (0.08, 1.0)  # random resized crop area range (timm --scale)
-    ratio: Tuple[float, float] = (0.75, 4.0 / 3.0)  # random resized crop aspect range (timm --ratio)
-    hflip: float = 0.5  # horizontal flip probability (timm --hflip)
-    color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 disables (timm --color-jitter)
-    color_jitter_prob: float = 0.8  # probability of applying colour jitter when enabled
-    enabled: bool = True  # False: train with the evaluation transform (no augmentation)
+class AugmentSection(Checked):
+    scale: Tuple[float, float] = option((0.08, 1.0), "random resized crop area range (timm --scale)",
+                                        range=(0.0, 1.0, "(]"))
+    ratio: Tuple[float, float] = option((0.75, 4.0 / 3.0), "random resized crop aspect range (timm --ratio)",
+                                        range=(0.0, None, "()"))
+    hflip: float = option(0.5, "horizontal flip probability (timm --hflip)", range=(0.0, 1.0))
+    color_jitter: float = option(0.0, "brightness/contrast/saturation strength; 0 disables (timm --color-jitter)",
+                                 range=(0.0, None))
+    color_jitter_prob: float = option(0.8, "probability of applying colour jitter when enabled", range=(0.0, 1.0))
+    enabled: bool = option(True, "false: train with the evaluation transform (no augmentation)")
+
+    def check(self) -> None:
+        for name in ("scale", "ratio"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                raise FieldError(name, f" must be [min, max] with min <= max, got {list(lo_hi)}")
 
 
 @dataclass
 class ClassificationTrainSection(TrainSection):
-    label_smoothing: float = 0.0  # cross-entropy label smoothing (timm --smoothing)
-    lean: float = 0.0  # share of blocks whose MLP activations are recomputed in backward (0: off, 1: all): less memory, a little slower
-    channels_last: bool = False  # NHWC weights and inputs (timm --channels-last): faster convolutions (CNN backbones)
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing (timm --smoothing)", range=(0.0, 1.0, "[)"))
+    lean: float = option(0.0, "share of blocks whose MLP activations are recomputed in backward (0: off, 1: all): "
+                              "less memory, a little slower", range=(0.0, 1.0))
+    channels_last: bool = option(False, "NHWC weights and inputs (timm --channels-last): faster convolutions (CNN "
+                                        "backbones)")
 
 
 @dataclass
@@ -124,28 +141,15 @@ def _field_class(f: dataclasses.Field) -> type:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Range checks that a type alone can't express (engine sections and data); each names the field and fix."""
+    """Check the sections again (each checked itself when the recipe was loaded; this catches a field changed
+    in place since); each message names the field and the fix."""
     from ..engine.config import validate_sections
     validate_sections(cfg)
-    d = cfg.data
-    for ok, msg in ((0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"),
-                    (0 <= d.test_fraction < 1, f"data.test_fraction must be in [0, 1), got {d.test_fraction}"),
-                    (d.shots is None or d.shots >= 1, f"data.shots must be >= 1, got {d.shots}"),
-                    (d.classes in ("all", "base", "novel"),
-                     f"unknown data.classes {d.classes!r}; available: all, base, novel"),
-                    (0 <= cfg.train.label_smoothing < 1,
-                     f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}"),
-                    (0 <= cfg.train.lean <= 1, f"train.lean must be in [0, 1], got {cfg.train.lean}"),
-                    (0 <= cfg.augment.hflip <= 1, f"augment.hflip must be in [0, 1], got {cfg.augment.hflip}"),
-                    (0 <= cfg.augment.color_jitter_prob <= 1,
-                     f"augment.color_jitter_prob must be in [0, 1], got {cfg.augment.color_jitter_prob}"),
-                    (cfg.augment.color_jitter >= 0, f"augment.color_jitter must be >= 0, got {cfg.augment.color_jitter}"),
-                    (len(cfg.augment.scale) == 2 and 0 < cfg.augment.scale[0] <= cfg.augment.scale[1] <= 1,
-                     f"augment.scale must be [min, max] with 0 < min <= max <= 1, got {cfg.augment.scale}"),
-                    (len(cfg.augment.ratio) == 2 and 0 < cfg.augment.ratio[0] <= cfg.augment.ratio[1],
-                     f"augment.ratio must be [min, max] with 0 < min <= max, got {cfg.augment.ratio}")):
-        if not ok:
-            raise ConfigError(msg)
+    for name in ("data", "augment"):
+        try:
+            getattr(cfg, name).__post_init__()
+        except FieldError as e:
+            raise e.under(name) from None
     return cfg
 
 
