@@ -181,3 +181,54 @@ def test_vpt_list_shows_each_kinds_fields_with_help(capsys):
     assert main(["list", "models"]) == 0
     out = capsys.readouterr().out
     assert "clip" in out and "text" in out and "lora" in out
+
+
+@pytest.mark.parametrize("setting, match", [
+    ("optim.momentum=1.5", r"optim\.momentum must be in \[0, 1\), got 1\.5"),
+    ("data.classes=bse", r"data\.classes must be one of 'all', 'base', 'novel', got 'bse'; did you mean 'base'"),
+    ("model.head.kind=mpl", r"model\.head\.kind: unknown head kind 'mpl'.*did you mean 'mlp'"),
+])
+def test_train_refuses_a_bad_section_before_the_run_folder_exists(tmp_path, capsys, setting, match):
+    import re
+    from vpt.cli import main
+    out = tmp_path / "run"
+    code = main(["train", "-c", _recipe(tmp_path, "null"), "--data", _folder(tmp_path), "--output", str(out),
+                 "--set", setting])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(match, err), err
+    assert not out.exists()
+
+
+def _artifact_config(**changes):
+    from vpt.schema import FORMAT, FORMAT_VERSION
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": "classifier",
+              "backbone": {"name": "timm:vit_tiny_patch16_224", "pretrained": False},
+              "prompt": {"kind": "vpt_deep", "num_tokens": 2, "layers": [0, 1]},
+              "head": {"kind": "linear"}, "num_classes": 2, "class_names": ["a", "b"]}
+    config.update(changes)
+    return config
+
+
+def test_artifact_bounds_come_from_each_kinds_declaration():
+    """A bound belongs to a kind's field, not to a bare name: a prompt's `layers` are block indices (>= 0)
+    while a detector pyramid's `blocks` count back from the end (-1: the last)."""
+    from vpt.errors import ArtifactError
+    from vpt.schema import check_config
+    check_config(_artifact_config())
+    with pytest.raises(ArtifactError, match=r"prompt\.layers\[0\] = -1 is outside the allowed range \[0, 4095\]"):
+        check_config(_artifact_config(prompt={"kind": "vpt_deep", "layers": [-1]}))
+    with pytest.raises(ArtifactError, match=r"prompt.num_tokens = 5000 is outside the allowed range \[0, 4096\]"):
+        check_config(_artifact_config(prompt={"kind": "vpt_deep", "num_tokens": 5000}))
+    with pytest.raises(ArtifactError, match=r"adapter_config\.head\.num_layers = 100 is outside the allowed range"):
+        check_config(_artifact_config(head={"kind": "mlp", "num_layers": 100}))
+    with pytest.raises(ArtifactError, match=r"last_k and layers are both set"):  # the dataclass's own check runs
+        check_config(_artifact_config(prompt={"kind": "vpt_deep", "layers": [0], "last_k": 1}))
+    with pytest.raises(ArtifactError, match=r"prompt\.kind 'coop' does not belong in 'adapter_config\.prompt': it is a "
+                                            r"CLIP text prompt"):
+        check_config(_artifact_config(prompt={"kind": "coop"}))
+    det = _artifact_config(model_type="detection", detector={"kind": "fcos", "pyramid": {"blocks": [-1, -1, -1, -1]}},
+                           label_offset=0)
+    del det["head"]
+    check_config(det)
+    with pytest.raises(ArtifactError, match=r"detector\.kind: unknown detector kind 'yolo'"):
+        check_config({**det, "detector": {"kind": "yolo"}})

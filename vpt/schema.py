@@ -276,7 +276,8 @@ def _one_of(v: Any, spec: OneOf, where: str) -> None:
     entry = _registered(spec.registry, kind, f"{where}.kind")
     refusal = spec.accept(entry.config_cls) if spec.accept is not None else None
     if refusal:
-        raise ArtifactError(f"{where}.kind {entry.name!r} does not belong in '{where}'")
+        raise ArtifactError(f"{where}.kind {entry.name!r} does not belong in '{where}': it "
+                            f"{refusal.format(kind=entry.name)}")
     check_dataclass(v, entry.config_cls, where, extra={"kind": str})
 
 
