@@ -191,7 +191,7 @@ class OneOf:
             kinds = self.kinds()
             raise FieldError(f"{where}.kind" if where else "kind",
                              f": unknown {self.noun} {kind!r}; available: {', '.join(kinds)}"
-                             f"{did_you_mean(kind, kinds)}{self.registry._unavailable_note()}")
+                             f"{did_you_mean(kind, kinds)}{self.registry.unavailable_note()}")
         cls = self.registry.get(kind).config_cls
         self._check_accepted(cls, where, kind)
         if "kind" in {f.name for f in dataclasses.fields(cls)}:

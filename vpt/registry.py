@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import importlib
 import pkgutil
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, Type, TypeVar
@@ -122,7 +123,7 @@ class Registry(Generic[T]):
     # --- registration -------------------------------------------------------------------------------
     def register(self, name: str, config_cls: Optional[Type] = None, help: str = "") -> Callable[[T], T]:
         """Decorator: ``factory`` under ``name``; a name registered twice is refused (a typo or a clash)."""
-        if not isinstance(name, str) or not name or name != name.lower() or not name.replace("_", "").isalnum():
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name):
             raise ValueError(f"{self.what} names are lowercase letters, digits and '_', got {name!r}")
 
         def deco(factory: T) -> T:
@@ -144,7 +145,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise KeyError(f"unknown {self.what} {name!r}; available: {', '.join(self.names())}"
-                           f"{did_you_mean(name, self.names())}{self._unavailable_note()}") from None
+                           f"{did_you_mean(name, self.names())}{self.unavailable_note()}") from None
 
     def __contains__(self, name: str) -> bool:
         self._load(name)
@@ -165,7 +166,8 @@ class Registry(Generic[T]):
         list(iter(self))
         return sorted(self._unavailable.values(), key=lambda u: u.module)
 
-    def _unavailable_note(self) -> str:
+    def unavailable_note(self) -> str:
+        """' (not importable here: MODULE needs 'dep', pip install dep)' or ''."""
         if not self._unavailable:
             return ""
         return " (not importable here: " + "; ".join(f"{u.module} needs {u.missing!r}, {u.fix}"
