@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from ..backbones.base import BackboneConfig
 from ..config import PROMPT_SECTION, Checked, FieldError, one_of, option

@@ -1,7 +1,6 @@
 """The hooks a prompt kind plugs into; prompt kinds never import a backbone library."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 

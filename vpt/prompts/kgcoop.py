@@ -8,7 +8,7 @@ distance, written as its code computes it. lambda = 8.0 (base-to-novel), context
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
