@@ -168,6 +168,10 @@ def test_registry_refuses_duplicates_and_lists_unavailable_modules(tmp_path, mon
         REG.get("god")
     with pytest.raises(ValueError, match="'good' is already registered"):
         REG.register("good")(object)
+    lazy = Registry("probe type", lazy={"needy": "vpt_probe_kinds.needs_dep"})
+    with pytest.raises(ImportError, match=r"probe type 'needy' needs 'some_missing_dependency_xyz'.*pip install"):
+        lazy.get("needy")
+    assert lazy.names() == [] and "needy" not in lazy
     reg = Registry("thing")
     with pytest.raises(ValueError, match="lowercase"):
         reg.register("Bad-Name")

@@ -187,12 +187,17 @@ class OneOf:
         kind = data.get("kind", self.default_kind)
         if kind is None:
             raise FieldError(where, f" needs a 'kind'; available: {', '.join(self.kinds())}")
-        if not isinstance(kind, str) or kind not in self.registry:
+        path = f"{where}.kind" if where else "kind"
+        try:
+            if not isinstance(kind, str):
+                raise KeyError(kind)
+            cls = self.registry.get(kind).config_cls
+        except KeyError:
             kinds = self.kinds()
-            raise FieldError(f"{where}.kind" if where else "kind",
-                             f": unknown {self.noun} {kind!r}; available: {', '.join(kinds)}"
-                             f"{did_you_mean(kind, kinds)}{self.registry.unavailable_note()}")
-        cls = self.registry.get(kind).config_cls
+            raise FieldError(path, f": unknown {self.noun} {kind!r}; available: {', '.join(kinds)}"
+                                   f"{did_you_mean(kind, kinds)}{self.registry.unavailable_note()}") from None
+        except ImportError as e:  # a built-in kind whose optional dependency is missing: the pip command
+            raise FieldError(path, f": {e}") from None
         self._check_accepted(cls, where, kind)
         if "kind" in {f.name for f in dataclasses.fields(cls)}:
             data["kind"] = kind

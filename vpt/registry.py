@@ -140,7 +140,14 @@ class Registry(Generic[T]):
 
     # --- lookup ---------------------------------------------------------------------------------------
     def get(self, name: str) -> Entry[T]:
+        """The entry of ``name``; KeyError (available names, the closest one) for an unknown name, ImportError
+        with the pip command for a built-in one whose optional dependency is missing."""
         self._load(name)
+        module = self._lazy.get(name)
+        if name not in self._entries and module in self._unavailable:
+            u = self._unavailable[module]
+            raise ImportError(f"{self.what} {name!r} needs {u.missing!r}, which is not installed: {u.fix}",
+                              name=u.missing)
         try:
             return self._entries[name]
         except KeyError:

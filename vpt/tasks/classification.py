@@ -50,6 +50,8 @@ class ModelSection(Checked):
             sections = MODEL_TYPES.get(self.type).factory.config_sections
         except KeyError as e:
             raise FieldError("type", f": {e.args[0]}") from None
+        except ImportError as e:  # e.g. model.type clip without open_clip: the pip command
+            raise FieldError("type", f": {e}") from None
         fields = {f.name: f for f in dataclasses.fields(sections)}
         for name in TYPED_SECTIONS:
             value, f = getattr(self, name), fields.get(name)
