@@ -236,3 +236,16 @@ def test_artifact_bounds_come_from_each_kinds_declaration():
     check_config(det)
     with pytest.raises(ArtifactError, match=r"detector\.kind: unknown detector kind 'yolo'"):
         check_config({**det, "detector": {"kind": "yolo"}})
+
+
+def test_the_corrected_recipe_runs_in_the_same_output_folder(tmp_path, capsys):
+    """The issue's scenario: a typo used to fail after the run folder was claimed, so the fixed command was
+    refused ('already holds a run'). Now the typo touches nothing and the fixed command trains."""
+    from vpt.cli import main
+    out, data = tmp_path / "run", _folder(tmp_path)
+    assert main(["train", "-c", _recipe(tmp_path, "{kind: vpt_deep, num_tokns: 2}"), "--data", data,
+                 "--output", str(out)]) == 2
+    assert not out.exists()
+    assert main(["train", "-c", _recipe(tmp_path, "{kind: vpt_deep, num_tokens: 2}"), "--data", data,
+                 "--output", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "best" / "adapter_config.json").is_file()
