@@ -82,16 +82,18 @@ def test_zeroshot_recipe_with_local_weights(env, tmp_path, capsys):
 
 def test_recipes_carry_published_hyperparameters():
     from vpt.tasks.classification import RunConfig, validate
+    from vpt.prompts import PadPromptConfig
+    from vpt.prompts.text import TextContextConfig
     from vpt.zeroshot import ZeroShotConfig
     recipes = {os.path.basename(p): p for p in glob.glob(os.path.join(REPO, "configs", "*.yaml"))}
     for arch in ("32", "16"):
         pad = validate(from_dict(RunConfig, yaml.safe_load(open(recipes[f"clip_pad_vit_b{arch}.yaml"]))))
         assert pad.model.type == "clip" and pad.model.backbone.name == f"open_clip:ViT-B-{arch}/openai"
-        assert pad.model.prompt == {"kind": "pixel_pad", "width": 30} and pad.model.head["kind"] == "zeroshot"
+        assert pad.model.prompt == PadPromptConfig(width=30) and pad.model.head.kind == "zeroshot"  # typed on load
         assert (pad.optim.opt, pad.optim.lr, pad.optim.momentum, pad.optim.weight_decay) == ("sgd", 40.0, 0.9, 0.0)
         assert (pad.train.epochs, pad.train.batch_size, pad.sched.warmup_epochs) == (1000, 256, 30)
         coop = validate(from_dict(RunConfig, yaml.safe_load(open(recipes[f"clip_coop_vit_b{arch}.yaml"]))))
-        assert coop.model.text == {"num_tokens": 16, "class_specific": False, "position": "end", "init_std": 0.02}
+        assert coop.model.text == TextContextConfig(num_tokens=16, class_specific=False, position="end", init_std=0.02)
         assert (coop.optim.opt, coop.optim.lr, coop.train.batch_size, coop.train.epochs) == ("sgd", 0.002, 32, 200)
         assert (coop.sched.sched, coop.sched.warmup_epochs, coop.sched.warmup_lr) == ("cosine", 1, 1e-5)
         assert coop.data.shots == 16 and coop.model.prompt is None

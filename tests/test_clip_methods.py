@@ -317,16 +317,19 @@ def test_shipped_method_recipes_hold_paper_settings():
         cfg = from_dict(RunConfig, yaml.safe_load(open(os.path.join(repo, "configs", f"clip_{kind}_vit_b16.yaml"))))
         assert (cfg.train.epochs, cfg.train.batch_size, cfg.optim.lr, cfg.data.shots) == (epochs, batch, lr, 16)
         assert cfg.model.backbone.name == "open_clip:ViT-B-16/openai" and cfg.model.type == "clip"
-        assert {k: cfg.model.text[k] for k in text} == text
+        assert {k: getattr(cfg.model.text, k) for k in text} == text  # typed when the recipe is loaded
         assert cfg.sched.warmup_type == "constant" and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 5e-4
         assert os.path.isfile(os.path.join(repo, "configs", f"clip_{kind}_tiny.yaml"))
     vpt_cfg = from_dict(RunConfig, yaml.safe_load(open(os.path.join(repo, "configs", "clip_vpt_deep_vit_b16.yaml"))))
     assert (vpt_cfg.train.epochs, vpt_cfg.train.batch_size, vpt_cfg.optim.lr) == (5, 4, 0.0025)
-    assert vpt_cfg.model.prompt == {"kind": "vpt_deep", "num_tokens": 8, "init": "normal"}
+    from vpt.prompts import DeepPromptConfig
+    assert vpt_cfg.model.prompt == DeepPromptConfig(num_tokens=8, init="normal")
 
 
 def test_sizes_from_a_config_are_bounded_before_allocation(bb):
+    with pytest.raises(ConfigError, match=r"text.num_tokens must be in \[1, 1024\], got 1000000000"):
+        make(bb, {"kind": "maple", "depth": 1, "num_tokens": 10 ** 9, "init": None})  # the config's own bound
     with pytest.raises(ConfigError, match="does not fit the text context length 77; use at most 74"):
-        make(bb, {"kind": "maple", "depth": 1, "num_tokens": 10 ** 9, "init": None})
-    with pytest.raises(ConfigError, match=r"text.vision_tokens must be in 1..1024"):
+        make(bb, {"kind": "maple", "depth": 1, "num_tokens": 100, "init": None})  # then the tokenizer's
+    with pytest.raises(ConfigError, match=r"text.vision_tokens must be in \[0, 1024\]"):
         make(bb, {"kind": "promptsrc", "text_depth": 1, "vision_depth": 1, "vision_tokens": 10 ** 9})

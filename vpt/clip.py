@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import BackboneAdapter, BackboneConfig, create_backbone
-from .config import ConfigError, from_dict, to_dict
+from .backbones.base import DataConfig
+from .config import TEXT_SECTION, Checked, ConfigError, FieldError, from_dict, one_of, option, to_dict
 from .model import AdapterMixin, PromptedModel
 from .prompts import prompt_to_dict
 from .prompts.text import ClipStep, TextContext, TextSide, resolve_text_config, text_config_to_dict
 from .registry import MODEL_TYPES, PROMPTS
-from .zeroshot import clip_tokenizer, load_templates, prompt_name, text_classifier
+from .zeroshot import TEMPLATE_SETS, clip_tokenizer, load_templates, prompt_name, text_classifier
 
 _logger = logging.getLogger(__name__)
 
@@ -41,11 +42,34 @@ HEAD_KINDS = ("zeroshot", "linear_init", "linear")
 
 
 @dataclass
-class ClipHeadConfig:
-    kind: str = "zeroshot"  # zeroshot (frozen text classifier) | linear_init (Linear from it) | linear (random)
-    templates: Union[str, List[str]] = "openai"  # openai | simple | a file of '{c}' lines | a list of '{c}' strings
-    logit_scale: Optional[float] = None  # multiplier of the cosine logits; None: the CLIP model's exp(logit_scale)
-    classes_per_batch: int = 10  # classes per text-encoder batch when building the classifier
+class ClipHeadConfig(Checked):
+    kind: str = option("zeroshot", "zeroshot (frozen text classifier) | linear_init (Linear from it) | linear "
+                                   "(random)", choices=HEAD_KINDS)
+    templates: Union[str, List[str]] = option("openai", "openai | simple | a file of '{c}' lines | a list of "
+                                                        "'{c}' strings")
+    logit_scale: Optional[float] = option(None, "multiplier of the cosine logits (null: the CLIP model's "
+                                                "exp(logit_scale))", range=(-1e4, 1e4))
+    classes_per_batch: int = option(10, "classes per text-encoder batch when building the classifier",
+                                    range=(1, 100_000))
+
+
+@dataclass
+class ClipSections:
+    """What a CLIP artifact and a recipe's model section hold besides backbone, image prompt and classes."""
+    head: ClipHeadConfig = option(default_factory=ClipHeadConfig, help="the classifier over class names")
+    text: Optional[Any] = one_of(TEXT_SECTION, help="learnable text context: {kind: coop | cocoop | kgcoop | "
+                                                    "maple | promptsrc, ...}; null: hand-written templates")
+    train_backbone: bool = option(False, "unfreeze the image tower (full fine-tuning baseline)")
+    preprocessing: DataConfig = option(default_factory=DataConfig, help="the input the image tower expects")
+
+    @staticmethod
+    def check_artifact(config: Mapping[str, Any]) -> None:
+        """An artifact stores its templates, never a file name (an artifact is data, not a path to read)."""
+        templates = (config.get("head") or {}).get("templates", "openai")
+        if isinstance(templates, str) and templates not in TEMPLATE_SETS:
+            raise FieldError("head.templates", f" {templates[:80]!r} is not a template set "
+                                               f"({', '.join(TEMPLATE_SETS)}); an artifact stores its templates as a "
+                                               f"list of strings, never a file name")
 
 
 class ClipHead(nn.Module):
@@ -123,6 +147,7 @@ class PromptedCLIP(AdapterMixin, nn.Module):
 
     model_type = "clip"
     task = "clip"  # the vpt task that evaluates / predicts its artifacts (vpt.Artifact.task)
+    config_sections = ClipSections  # the artifact sections this model type adds (vpt.schema)
 
     def __init__(self, backbone: BackboneAdapter, class_names: Sequence[str], prompt: Any = None,
                  head: Union[str, Mapping[str, Any], ClipHeadConfig, None] = None,
@@ -150,10 +175,6 @@ class PromptedCLIP(AdapterMixin, nn.Module):
             head = {"kind": head}
         self.clip_head_config = from_dict(ClipHeadConfig, head or {}, where="head")
         hc = self.clip_head_config
-        if hc.kind not in HEAD_KINDS:
-            from .registry import did_you_mean
-            raise ConfigError(f"unknown head.kind {hc.kind!r} for a clip model; available: "
-                              f"{', '.join(HEAD_KINDS)}{did_you_mean(hc.kind, HEAD_KINDS)}")
         self.text_config = resolve_text_config(text)
         if self.text_config is not None and hc.kind != "zeroshot":
             raise ConfigError(f"learnable text context computes the classifier itself; it needs head.kind "

@@ -8,25 +8,34 @@ library's own (now LoRA-wrapped) layers.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
 from .backbones import BackboneConfig, create_backbone
-from .config import ConfigError, from_dict, to_dict
-from .model import PromptedModel
+from .config import Checked, ConfigError, from_dict, option, to_dict
+from .model import ClassifierSections, PromptedModel
 from .registry import MODEL_TYPES
 
 
 @dataclass
-class LoraConfig:
-    r: int = 8  # rank
-    alpha: float = 8.0  # scaling numerator (peft lora_alpha): updates are scaled by alpha / r
-    dropout: float = 0.0  # dropout on the LoRA branch input
+class LoraConfig(Checked):
+    r: int = option(8, "rank", range=(1, 4096))
+    alpha: float = option(8.0, "scaling numerator (peft lora_alpha): updates are scaled by alpha / r")
+    dropout: float = option(0.0, "dropout on the LoRA branch input", range=(0.0, 1.0))
     # peft's forms: a list of module names or name suffixes (timm ViT: qkv, proj, fc1, fc2; "blocks.11.attn.qkv"),
     # or one string: a regular expression the full module name must match (e.g. r".*\.(1[01])\.attn\.qkv")
-    target_modules: Union[List[str], str] = field(default_factory=lambda: ["qkv"])
+    target_modules: Union[List[str], str] = option(
+        help="module names or name suffixes (qkv, proj, fc1, fc2, blocks.11.attn.qkv), or one regular expression "
+             "the full module name must match", default_factory=lambda: ["qkv"])
+
+
+@dataclass
+class LoraSections(ClassifierSections):
+    """A LoRA classifier's artifact: the classifier's sections plus ``lora``."""
+    lora: LoraConfig = option(default_factory=LoraConfig, help="peft LoRA settings (r, alpha, dropout, "
+                                                               "target_modules)")
 
 
 class LoraClassifier(PromptedModel):
@@ -34,6 +43,7 @@ class LoraClassifier(PromptedModel):
 
     model_type = "lora"
     task = "classification"  # the vpt task that evaluates / predicts its artifacts (vpt.Artifact.task)
+    config_sections = LoraSections
 
     def __init__(self, backbone, lora: Optional[Dict[str, Any]] = None, num_classes: int = 0, head=None,
                  class_names: Optional[Sequence[str]] = None):
@@ -43,10 +53,8 @@ class LoraClassifier(PromptedModel):
             raise ImportError("model.type 'lora' needs peft: pip install peft") from None
         super().__init__(backbone, prompt=None, num_classes=num_classes, head=head,
                          class_names=list(class_names) if class_names is not None else None)
-        self.lora_config = from_dict(LoraConfig, dict(lora or {}), where="model.lora")
+        self.lora_config = from_dict(LoraConfig, lora or {}, where="model.lora")
         c = self.lora_config
-        if c.r < 1:
-            raise ConfigError(f"model.lora.r must be >= 1, got {c.r}")
         targets = _check_targets(c.target_modules, [n for n, _ in backbone.model.named_modules() if n])
         peft.inject_adapter_in_model(peft.LoraConfig(r=int(c.r), lora_alpha=float(c.alpha), bias="none",
                                                      lora_dropout=float(c.dropout), target_modules=targets),

@@ -12,14 +12,15 @@ vpt.encode, chosen once per call by ``choose_blocks``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .backbones import BackboneAdapter, BackboneConfig, BackboneError, create_backbone
-from .backbones.base import NEVER, fx_tracing
-from .config import ConfigError, from_dict, to_dict
+from .backbones.base import NEVER, DataConfig, fx_tracing, take_indices  # noqa: F401  (take_indices re-exported)
+from .config import HEAD_SECTION, ConfigError, one_of, option, to_dict
 from .encode import FanOut, choose_blocks, strip_prompts
 from .heads import HeadConfig
 from .prompts import build_prompt, prompt_to_dict, resolve_prompt_config
@@ -27,19 +28,14 @@ from .registry import HEADS, MODEL_TYPES
 from .timm_api import TimmModelApi
 
 
-def take_indices(depth: int, indices: Union[None, int, Sequence[int]]) -> Tuple[List[int], int]:
-    """timm's convention: None = every block, int n = the last n blocks, a list = those (negatives count back)."""
-    if indices is None:
-        idx = list(range(depth))
-    elif isinstance(indices, int):
-        if not 0 < indices <= depth:
-            raise ValueError(f"indices={indices} must be in 1..{depth}")
-        idx = list(range(depth - indices, depth))
-    else:
-        idx = [i + depth if i < 0 else i for i in indices]
-        if any(not 0 <= i < depth for i in idx):
-            raise ValueError(f"indices {list(indices)} out of range for {depth} blocks")
-    return idx, max(idx)
+@dataclass
+class ClassifierSections:
+    """What a classifier's artifact (``adapter_config.json``) and a recipe's model section hold besides the
+    backbone, the image prompt and the classes; ``vpt.schema`` walks it in strict mode."""
+    head: Any = one_of(HEAD_SECTION, default_factory=lambda: {"kind": "linear"},
+                       help="the classification head ({kind: linear | mlp, pool, ...})")
+    train_backbone: bool = option(False, "unfreeze the backbone (full fine-tuning baseline)")
+    preprocessing: DataConfig = option(default_factory=DataConfig, help="the input the backbone expects")
 
 
 _OWN = object()  # sentinel: "this model's own prompt"
@@ -134,6 +130,7 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
 
     model_type = "classifier"
     task = "classification"  # the vpt task that evaluates / predicts its artifacts (vpt.Artifact.task)
+    config_sections = ClassifierSections  # the artifact sections this model type adds (vpt.schema)
 
     def __init__(self, backbone: BackboneAdapter, prompt: Any = None, num_classes: int = 0,
                  head: Union[str, Dict[str, Any], HeadConfig, None] = None, class_names: Optional[List[str]] = None,
@@ -149,9 +146,7 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         facts = {"kv_dim": backbone.kv_dim()} if hasattr(backbone, "kv_dim") and backbone.supports_tokens else {}
         self.prompt = build_prompt(cfg, backbone.layout, self.data_config, **facts)
 
-        if isinstance(head, str):
-            head = {"kind": head}
-        self.head_config = from_dict(HeadConfig, head or {}, where="head")
+        self.head_config = HEAD_SECTION.resolve(head or {}, where="head")
         if class_names is not None:
             class_names = [str(c) for c in class_names]
             if num_classes and len(class_names) != num_classes:
@@ -172,8 +167,6 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
 
     def _check_pool(self, cfg: HeadConfig, num_classes: int) -> None:
         bb = self.backbone
-        if cfg.pool not in ("backbone", "cls", "avg", "none"):
-            raise ConfigError(f"unknown head.pool '{cfg.pool}'; available: avg, backbone, cls, none")
         if cfg.pool == "none":
             bb.require("unpooled_features", who="head.pool 'none' (timm's global_pool '')")
             if num_classes and not bb.supports_tokens:

@@ -7,7 +7,9 @@ An artifact is data, never code. Everything in it is checked here against a fixe
 - ``backbone.model_kwargs`` through an allow-list per backbone family: shape keys with bounds, a few
   switches; never a path, a loader or a download option (``pretrained_image_path``, ``checkpoint_path``,
   ``weights_only``, ``cache_dir``, ``pretrained_cfg`` ...);
-- shape fields of the prompt, head, text context, LoRA and detector configs within fixed bounds.
+- the prompt, head, text context, LoRA and detector sections walked through the same dataclasses a recipe
+  resolves to, each field within the range its declaration gives; each model type (``MODEL_TYPES``) declares
+  its own sections (``config_sections``), so this module imports nothing above registry / errors / config.
 
 The model's size is then measured on the ``meta`` device (no memory) and bounded by the caller's
 ``max_params`` (``vpt.artifact``), and the stored tensors are compared with it by name, dtype and shape
@@ -22,8 +24,9 @@ import re
 import typing
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from .errors import ArtifactError
-from .registry import did_you_mean
+from .config import PROMPT_SECTION, OneOf, field_meta, from_dict
+from .errors import ArtifactError, ConfigError
+from .registry import BACKBONES, MODEL_TYPES, did_you_mean
 
 FORMAT = "vpt-adapter"
 FORMAT_VERSION = 1
@@ -35,15 +38,7 @@ SHAPE_LIST = 4096
 MAX_INT = 2 ** 63 - 1  # seeds; shape fields have their own bounds below
 DEFAULT_MAX_PARAMS = 3_000_000_000  # parameters + buffers of the rebuilt model (ViT-bigG CLIP is 2.5e9)
 
-# Bounds of shape fields anywhere in the prompt / head / text / lora / detector sections, by field name.
-SHAPE_BOUNDS: Dict[str, Tuple[float, float]] = {
-    "num_tokens": (0, 4096), "project_dim": (1, 65536), "last_k": (0, 4096), "layers": (-4096, 4096),
-    "width": (1, 8192), "size": (1, 8192), "image_size": (1, 8192), "loc": (0, 8192),
-    "hidden_dim": (1, 65536), "num_layers": (1, 64), "r": (1, 4096), "out_channels": (1, 8192),
-    "blocks": (-4096, 4096), "head_convs": (0, 64), "box_head_dim": (1, 65536), "min_size": (1, 8192),
-    "max_size": (1, 8192), "detections_per_img": (1, 100_000), "classes_per_batch": (1, 100_000),
-    "num_classes": (0, 1_000_000), "scales": (1 / 64, 64),
-}
+NUM_CLASSES = (0, 1_000_000)
 
 # --- backbone model_kwargs: an allow-list per family --------------------------------------------------
 # Options that name files, loaders or downloads: refused with a message that says so (any other unknown
@@ -206,6 +201,9 @@ def _check_keys(data: Mapping[str, Any], spec: Mapping[str, Callable[[Any, str],
 
 
 # --- dataclass-typed sections (prompt, head, text, lora, detector, preprocessing) ---------------------------
+# The same dataclasses the recipes resolve to, walked in strict mode: each field of its JSON type, within the
+# ``range`` its declaration gives (``vpt.config.option``), polymorphic sections by registered kind only; then
+# the dataclass is built, so its own checks (choices, conflicts) run as for a recipe.
 def _unwrap_optional(tp: Any) -> Tuple[Any, bool]:
     if typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -214,14 +212,14 @@ def _unwrap_optional(tp: Any) -> Tuple[Any, bool]:
     return tp, False
 
 
-def _typed(v: Any, tp: Any, where: str, field: str) -> None:
-    """``v`` (parsed JSON) must have type ``tp`` (a field's type hint); shape fields within SHAPE_BOUNDS."""
+def _typed(v: Any, tp: Any, where: str, bounds: Optional[Tuple[Any, ...]] = None) -> None:
+    """``v`` (parsed JSON) must have type ``tp`` (a field's type hint), numbers within ``bounds``."""
     tp, optional = _unwrap_optional(tp)
     if v is None:
         if optional:
             return
         raise ArtifactError(f"{where} must not be null")
-    bounds = SHAPE_BOUNDS.get(field)
+    lo, hi = tuple(bounds or (None, None))[:2]  # an excluded end is left to the dataclass's own check
     origin = typing.get_origin(tp)
     if tp is Any:
         if not isinstance(v, (str, int, float, bool)):
@@ -232,32 +230,35 @@ def _typed(v: Any, tp: Any, where: str, field: str) -> None:
     if tp is bool:
         _flag(v, where)
     elif tp is int:
-        _int(v, where, *(bounds or (-MAX_INT, MAX_INT)))
+        _int(v, where, -MAX_INT if lo is None else lo, MAX_INT if hi is None else hi)
     elif tp is float:
-        _float(v, where, *(bounds or (-math.inf, math.inf)))
+        _float(v, where, -math.inf if lo is None else lo, math.inf if hi is None else hi)
     elif tp is str:
         _str(v, where)
     elif origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(v, list):
             raise ArtifactError(f"{where} must be a list, got {type(v).__name__}")
-        if len(v) > (SHAPE_LIST if bounds else MAX_LIST):
-            raise ArtifactError(f"{where} has {len(v)} entries; at most {SHAPE_LIST if bounds else MAX_LIST}")
+        limit = SHAPE_LIST if bounds else MAX_LIST
+        if len(v) > limit:
+            raise ArtifactError(f"{where} has {len(v)} entries; at most {limit}")
         args = [a for a in typing.get_args(tp) if a is not Ellipsis] or [Any]
+        fixed = origin is tuple and Ellipsis not in typing.get_args(tp) and len(args) > 1
+        if fixed and len(v) != len(args):
+            raise ArtifactError(f"{where} must be a list of {len(args)} values, got {len(v)}")
         for i, x in enumerate(v):
-            _typed(x, args[0] if origin is list or len(args) == 1 else args[min(i, len(args) - 1)],
-                   f"{where}[{i}]", field)
+            _typed(x, args[i] if fixed else args[0], f"{where}[{i}]", bounds)
     elif origin is dict or tp is dict:
         if not isinstance(v, dict) or len(v) > MAX_LIST:
             raise ArtifactError(f"{where} must be a mapping, got {type(v).__name__}")
         kt, vt = (typing.get_args(tp) or (str, Any))
         for k, x in v.items():
             _str(k, f"{where} key")
-            _typed(x, vt, f"{where}.{k}", field)
+            _typed(x, vt, f"{where}.{k}", bounds)
     elif origin is typing.Union:
         errors = []
         for option in typing.get_args(tp):
             try:
-                return _typed(v, option, where, field)
+                return _typed(v, option, where, bounds)
             except ArtifactError as e:
                 errors.append(str(e))
         raise ArtifactError(errors[-1])
@@ -267,18 +268,49 @@ def _typed(v: Any, tp: Any, where: str, field: str) -> None:
         raise ArtifactError(f"{where}: field type {tp!r} is not allowed in an artifact")
 
 
+def _one_of(v: Any, spec: OneOf, where: str) -> None:
+    """A polymorphic section: a registered kind that belongs here, then that kind's dataclass."""
+    if not isinstance(v, dict):
+        raise ArtifactError(f"{where} must be a mapping with a 'kind', got {type(v).__name__}")
+    kind = v.get("kind", spec.default_kind)
+    entry = _registered(spec.registry, kind, f"{where}.kind")
+    refusal = spec.accept(entry.config_cls) if spec.accept is not None else None
+    if refusal:
+        raise ArtifactError(f"{where}.kind {entry.name!r} does not belong in '{where}': it "
+                            f"{refusal.format(kind=entry.name)}")
+    check_dataclass(v, entry.config_cls, where, extra={"kind": str})
+
+
 def check_dataclass(data: Any, cls: type, where: str, extra: Optional[Dict[str, Any]] = None) -> None:
-    """``data`` must be a mapping of ``cls``'s init fields (plus ``extra`` names -> type), each of its type."""
+    """``data`` must be a mapping of ``cls``'s init fields (plus ``extra`` names -> type), each of its type
+    and within its declared range; polymorphic fields by registered kind only."""
     if not isinstance(data, dict):
         raise ArtifactError(f"{where} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
-    fields.update(extra or {})
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    allowed = sorted(set(fields) | set(extra or {}))
     for key, value in data.items():
-        if key not in fields:
-            raise ArtifactError(f"unknown key {where}.{key}; allowed: {', '.join(sorted(fields))}"
-                                f"{did_you_mean(key, fields)}")
-        _typed(value, fields[key], f"{where}.{key}", key)
+        name = f"{where}.{key}"
+        if key in fields:
+            spec = fields[key].metadata.get("one_of")
+            if spec is not None:
+                if value is not None:
+                    _one_of(value, spec, name)
+                continue
+            _typed(value, hints[key], name, field_meta(cls, key).get("range"))
+        elif extra and key in extra:
+            _typed(value, extra[key], name)
+        else:
+            raise ArtifactError(f"unknown key {name}; allowed: {', '.join(allowed)}{did_you_mean(key, allowed)}")
+
+
+def build_checked(data: Dict[str, Any], cls: type, where: str) -> Any:
+    """Build ``cls`` from structurally checked ``data`` so its own checks run; their ConfigError becomes an
+    ArtifactError naming the field."""
+    try:
+        return from_dict(cls, data, strict=True, where=where)
+    except ConfigError as e:
+        raise ArtifactError(f"{e}; the artifact holds a value this vpt refuses (re-save it with vpt)") from None
 
 
 def _registered(registry, name: Any, where: str) -> Any:
@@ -289,66 +321,7 @@ def _registered(registry, name: Any, where: str) -> Any:
     return registry.get(name)
 
 
-def _check_prompt(prompt: Any, where: str, needs_text: bool = False) -> None:
-    from .registry import PROMPTS
-    if not isinstance(prompt, dict):
-        raise ArtifactError(f"{where} must be a mapping with a 'kind', got {type(prompt).__name__}")
-    entry = _registered(PROMPTS, prompt.get("kind"), f"{where}.kind")
-    if (getattr(entry.config_cls, "needs", None) == "text") != needs_text:
-        raise ArtifactError(f"{where}.kind {entry.name!r} does not belong in '{where}'")
-    check_dataclass(prompt, entry.config_cls, where, extra={"kind": str})
-
-
-# --- per model type: the fields beyond the common ones, and how to check them ---------------------------
-def _head_classifier(v, where):
-    from .heads.classification import HeadConfig
-    from .registry import HEADS
-    check_dataclass(v, HeadConfig, where)
-    _registered(HEADS, v.get("kind", "linear"), f"{where}.kind")
-
-
-def _head_clip(v, where):
-    from .clip import ClipHeadConfig
-    from .zeroshot import TEMPLATE_SETS
-    check_dataclass(v, ClipHeadConfig, where)
-    _choice("zeroshot", "linear_init", "linear")(v.get("kind", "zeroshot"), f"{where}.kind")
-    templates = v.get("templates", "openai")
-    if isinstance(templates, str) and templates not in TEMPLATE_SETS:  # a file name: never read one from an artifact
-        raise ArtifactError(f"{where}.templates {_short(templates)} is not a template set ({', '.join(TEMPLATE_SETS)}); "
-                            f"an artifact stores its templates as a list of strings, never a file name")
-
-
-def _text(v, where):
-    if v is not None:
-        _check_prompt(v, where, needs_text=True)
-
-
-def _lora(v, where):
-    from .lora import LoraConfig
-    check_dataclass(v, LoraConfig, where)
-
-
-def _detector(v, where):
-    from .detection.config import DetectorConfig
-    check_dataclass(v, DetectorConfig, where)
-    from .detection import DETECTORS
-    _registered(DETECTORS, v.get("kind", "fcos"), f"{where}.kind")
-
-
-def _label_map(v, where):
-    _typed(v, Dict[str, int], where, "")
-
-
-TYPE_FIELDS: Dict[str, Dict[str, Callable[[Any, str], None]]] = {
-    "classifier": {"head": _head_classifier, "train_backbone": _flag},
-    "lora": {"head": _head_classifier, "train_backbone": _flag, "lora": _lora},
-    "clip": {"head": _head_clip, "train_backbone": _flag, "text": _text},
-    "detection": {"detector": _detector, "label_offset": _irange(0, 1), "label_map": _label_map},
-}
-
-
 def _check_backbone(bb: Any, where: str = "backbone") -> None:
-    from .registry import BACKBONES
     if not isinstance(bb, dict):
         raise ArtifactError(f"{where} must be a mapping, got {type(bb).__name__}")
     spec = {"name": _str, "library": _str, "arch": _str, "tag": lambda v, w: v is None or _str(v, w),
@@ -371,8 +344,7 @@ def _check_backbone(bb: Any, where: str = "backbone") -> None:
     _check_keys(kwargs, MODEL_KWARGS.get(library, {}), f"{where}.model_kwargs")
 
 
-def _check_common(config: Dict[str, Any], path: str) -> str:
-    from .registry import MODEL_TYPES
+def _check_common(config: Dict[str, Any], path: str) -> Any:
     if config.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a vpt adapter config (format={_short(config.get('format'))})")
     version = config.get("format_version")
@@ -382,38 +354,50 @@ def _check_common(config: Dict[str, Any], path: str) -> str:
         raise ArtifactError(f"{path} has format_version {version}, newer than this vpt reads ({FORMAT_VERSION}); "
                             f"upgrade vpt (pip install -U vpt)")
     model_type = config.get("model_type", "classifier")
-    _registered(MODEL_TYPES, model_type, "model_type")
-    return model_type
+    return _registered(MODEL_TYPES, model_type, "model_type")
 
 
 def check_config(config: Any, path: str = "adapter_config.json") -> Dict[str, Any]:
-    """Validate a parsed adapter config; return it unchanged or raise ArtifactError naming the field."""
-    from .backbones.base import DataConfig
+    """Validate a parsed adapter config; return it unchanged or raise ArtifactError naming the field.
+
+    The common fields are checked here; the rest are the model type's ``config_sections`` dataclass (each
+    model class declares its own), walked in strict mode and then built so its own checks run."""
     if not isinstance(config, dict):
         raise ArtifactError(f"{path} must hold a JSON object, got {type(config).__name__}")
-    model_type = _check_common(config, path)
+    entry = _check_common(config, path)
+    model_type, sections = entry.name, entry.factory.config_sections
+    section_names = {f.name for f in dataclasses.fields(sections) if f.init}
     fields: Dict[str, Callable[[Any, str], None]] = {
         "format": _str, "format_version": _int, "vpt_version": lambda v, w: _str(v, w, 64), "model_type": _str,
-        "backbone": _check_backbone, "prompt": lambda v, w: v is None or _check_prompt(v, w),
-        "num_classes": lambda v, w: _int(v, w, *SHAPE_BOUNDS["num_classes"]),
-        "class_names": lambda v, w: v is None or _typed(v, typing.List[str], w, ""),
-        "preprocessing": lambda v, w: check_dataclass(v, DataConfig, w),
-        **TYPE_FIELDS[model_type],
+        "backbone": _check_backbone, "prompt": lambda v, w: v is None or _one_of(v, PROMPT_SECTION, w),
+        "num_classes": lambda v, w: _int(v, w, *NUM_CLASSES),
+        "class_names": lambda v, w: v is None or _typed(v, typing.List[str], w),
+        **{name: (lambda v, w: None) for name in section_names},  # walked below, as one dataclass
     }
     _check_keys(config, fields, "adapter_config")
     if "backbone" not in config:
         raise ArtifactError(f"{path} names no backbone; re-save the artifact with vpt")
+    own = {k: v for k, v in config.items() if k in section_names}
+    check_dataclass(own, sections, "adapter_config")
+    if hasattr(sections, "check_artifact"):
+        try:
+            sections.check_artifact(own)
+        except ConfigError as e:
+            raise ArtifactError(str(e)) from None
+    build_checked({k: v for k, v in own.items() if v is not None}, sections, "")
+    if config.get("prompt") is not None:
+        _build_prompt(config["prompt"])
     names, n = config.get("class_names"), config.get("num_classes")
     if names is not None and n is not None and model_type != "detection" and n not in (0, len(names)):
         raise ArtifactError(f"{path}: num_classes is {n} but class_names lists {len(names)} names")
-    pre = config.get("preprocessing") or {}
-    for key, (lo, hi) in (("input_size", (1, 8192)),):
-        if key in pre:
-            _ints(pre[key], f"preprocessing.{key}", 3, lo, hi)
-    for key in ("mean", "std"):
-        if key in pre:
-            _floats(pre[key], f"preprocessing.{key}", 3, -10.0 if key == "mean" else 1e-6, 10.0)
     return config
+
+
+def _build_prompt(prompt: Dict[str, Any]) -> None:
+    try:
+        PROMPT_SECTION.resolve(prompt, where="prompt")
+    except ConfigError as e:
+        raise ArtifactError(f"{e}; the artifact holds a value this vpt refuses (re-save it with vpt)") from None
 
 
 # --- parsing ----------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ class TimmModelApi:
                                   prune_head: bool = True) -> List[int]:
         """Drop the blocks after the last of ``indices`` (in the wrapped model, as timm does); prompts of
         dropped blocks stay in the artifact but no longer act. ``prune_head``: no head (pooled features out)."""
-        from .model import take_indices
+        from .backbones.base import take_indices
         bb = self.backbone
         if bb.layout is None:
             raise ConfigError(f"prune_intermediate_layers needs a token backbone: {bb.token_refusal}")

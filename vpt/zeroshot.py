@@ -24,12 +24,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError
+from .config import Checked, ConfigError, option
 
 _logger = logging.getLogger(__name__)
 
+
 @dataclass
-class ZeroShotConfig:
+class ZeroShotConfig(Checked):
     """A `vpt zeroshot` run (configs/zeroshot_*.yaml; flags override the file)."""
     model: Optional[str] = None  # open_clip:ARCH/TAG (hub), open_clip:ARCH/FILE (local file) or open_clip:ARCH
     weights: Optional[str] = None  # local weights file for ARCH (safetensors or torch state dict)
@@ -40,9 +41,10 @@ class ZeroShotConfig:
     split: Optional[str] = None  # all | train | val | test; None: test when the data has a test split, else all
     classnames: Optional[str] = None  # file of class names (sorted folder order); None: folder names, _ -> space
     templates: Union[str, List[str]] = "openai"  # openai | simple | a file of '{c}' lines | a list of '{c}' strings
-    batch_size: int = 64  # images per forward
-    classes_per_batch: int = 10  # classes per text-encoder forward when building the classifier
-    workers: int = 0  # DataLoader worker processes
+    batch_size: int = option(64, "images per forward", range=(1, None))
+    classes_per_batch: int = option(10, "classes per text-encoder forward when building the classifier",
+                                    range=(1, 100_000))
+    workers: int = option(0, "DataLoader worker processes", range=(0, None))
     device: Optional[str] = None  # cpu | cuda | cuda:N; None: cuda if available
     cache: bool = True  # cache the text classifier on disk (keyed by model, weights, classes, templates)
     cache_dir: Optional[str] = None  # None: $VPT_CACHE_DIR/zeroshot or ~/.cache/vpt/zeroshot

@@ -4,11 +4,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from ..config import Checked, option
 from ..errors import BackboneError  # noqa: F401  (re-exported)
 
 NEVER = 1 << 30  # a block index past any depth: "no block needs autograd"
@@ -60,13 +61,28 @@ class TokenLayout:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """How the backbone expects its input; saved in artifacts so evaluation matches training."""
-    input_size: Tuple[int, int, int] = (3, 224, 224)
-    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
+    input_size: Tuple[int, int, int] = option((3, 224, 224), "(channels, height, width)", range=(1, 8192))
+    mean: Tuple[float, float, float] = option((0.485, 0.456, 0.406), "per-channel mean", range=(-10.0, 10.0))
+    std: Tuple[float, float, float] = option((0.229, 0.224, 0.225), "per-channel std", range=(1e-6, 10.0))
+    interpolation: str = option("bicubic", "resize interpolation (PIL / timm name)")
+    crop_pct: float = option(0.875, "centre crop share of the resized image (timm crop_pct)", range=(0.05, 10.0))
+
+
+def take_indices(depth: int, indices: Union[None, int, Sequence[int]]) -> Tuple[List[int], int]:
+    """timm's convention: None = every block, int n = the last n blocks, a list = those (negatives count back)."""
+    if indices is None:
+        idx = list(range(depth))
+    elif isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices={indices} must be in 1..{depth}")
+        idx = list(range(depth - indices, depth))
+    else:
+        idx = [i + depth if i < 0 else i for i in indices]
+        if any(not 0 <= i < depth for i in idx):
+            raise ValueError(f"indices {list(indices)} out of range for {depth} blocks")
+    return idx, max(idx)
 
 
 @dataclass

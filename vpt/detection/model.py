@@ -6,19 +6,31 @@ Saved as a vpt artifact with ``model_type: detection``, its class list and label
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..backbones import BackboneAdapter, BackboneConfig, create_backbone
-from ..config import ConfigError, from_dict, to_dict
+from ..backbones.base import DataConfig
+from ..config import ConfigError, from_dict, option, to_dict
 from ..model import AdapterMixin, PromptedModel
 from ..prompts import prompt_to_dict
 from ..registry import MODEL_TYPES
 from .config import DetectorConfig
 from .detectors import DETECTORS
 from .pyramid import ViTFeaturePyramid
+
+
+@dataclass
+class DetectionSections:
+    """What a detection artifact holds besides backbone, image prompt and classes (``vpt.schema``)."""
+    detector: DetectorConfig = option(default_factory=DetectorConfig, help="pyramid + torchvision detector")
+    label_offset: int = option(0, "dataset class i is detector label i + label_offset (1: background at 0)",
+                               range=(0, 1))
+    label_map: Optional[Dict[str, int]] = option(None, "the dataset's label -> class index, as trained")
+    preprocessing: DataConfig = option(default_factory=DataConfig, help="the input the ViT expects")
 
 
 def detection_backbone_config(cfg: Union[str, BackboneConfig, Dict[str, Any]]) -> BackboneConfig:
@@ -36,6 +48,7 @@ class PromptedDetector(AdapterMixin, nn.Module):
 
     model_type = "detection"  # = the module name, so vpt.engine.build.ensure_model_type can import it
     task = "detection"  # the vpt task that evaluates / predicts its artifacts (vpt.Artifact.task)
+    config_sections = DetectionSections  # the artifact sections this model type adds (vpt.schema)
 
     def __init__(self, backbone: BackboneAdapter, class_names: Sequence[str], prompt: Any = None,
                  detector: Union[None, Dict[str, Any], DetectorConfig] = None):

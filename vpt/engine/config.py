@@ -4,58 +4,80 @@ settings and the run folder. A task's run config (``vpt.tasks.*``) is a dataclas
 to change defaults or add fields.
 
 Precedence (CLI): recipe file <- command-line flags <- ``--set section.field=value``. Every field has a
-comment; unknown keys are refused with the closest valid name (``vpt.config.from_dict``).
+declaration with its help and bounds (``vpt.config.option``) and each section checks itself when it is made;
+unknown keys are refused with the closest valid name (``vpt.config.from_dict``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
+from ..config import Checked, FieldError, option
 from ..errors import ConfigError
 from ..registry import did_you_mean
+
+OPTIMIZERS = ("adamw", "sgd")
 
 AMP_DTYPES = {"float32": "float32", "fp32": "float32", "none": "float32",
               "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 
 
 @dataclass
-class OptimSection:
-    opt: str = "sgd"  # sgd | adamw (timm --opt)
-    lr: Optional[float] = None  # absolute learning rate; None: lr_base * batch_size / lr_base_size
-    lr_base: float = 0.1  # VPT's base learning rate, scaled linearly with the global batch size
-    lr_base_size: int = 256  # batch size at which lr == lr_base (VPT / timm use 256)
-    momentum: float = 0.9  # SGD momentum
-    betas: Tuple[float, float] = (0.9, 0.999)  # AdamW betas
-    weight_decay: float = 0.0  # decoupled (AdamW) or L2 (SGD) weight decay
-    no_decay_prompts: bool = True  # no weight decay on prompt tokens, biases and norm weights
-    clip_grad: Optional[float] = None  # clip the gradient norm to this value; None: off
-    head_lr: Optional[float] = None  # absolute lr for the tensors whose role is 'head'; None: the same lr (VPT)
+class OptimSection(Checked):
+    opt: str = option("sgd", "optimizer (timm --opt): sgd | adamw")
+    lr: Optional[float] = option(None, "absolute learning rate (null: lr_base * batch_size / lr_base_size)",
+                                 range=(0, None, "()"))
+    lr_base: float = option(0.1, "VPT's base learning rate, scaled linearly with the global batch size",
+                            range=(0, None, "()"))
+    lr_base_size: int = option(256, "batch size at which lr == lr_base (VPT / timm use 256)", range=(1, None))
+    momentum: float = option(0.9, "SGD momentum", range=(0.0, 1.0, "[)"))
+    betas: Tuple[float, float] = option((0.9, 0.999), "AdamW betas", range=(0.0, 1.0, "[)"))
+    weight_decay: float = option(0.0, "decoupled (AdamW) or L2 (SGD) weight decay", range=(0.0, None))
+    no_decay_prompts: bool = option(True, "no weight decay on prompt tokens, biases and norm weights")
+    clip_grad: Optional[float] = option(None, "clip the gradient norm to this value (null: off)",
+                                        range=(0, None, "()"))
+    head_lr: Optional[float] = option(None, "absolute lr for the tensors whose role is 'head' (null: the same lr, "
+                                             "as VPT)", range=(0, None, "()"))
+
+    def check(self) -> None:
+        self.opt = str(self.opt).lower()
+        if self.opt not in OPTIMIZERS:
+            raise FieldError("opt", f" {self.opt!r}; available: {', '.join(OPTIMIZERS)}"
+                                    f"{did_you_mean(self.opt, OPTIMIZERS)}", before="unknown ")
+        if len(self.betas) != 2:
+            raise FieldError("betas", f" must be two numbers in [0, 1), got {list(self.betas)}")
 
 
 @dataclass
-class SchedSection:
-    sched: str = "cosine"  # cosine | constant (after warmup)
-    warmup_epochs: float = 0.0  # linear warmup from warmup_lr to lr over this many epochs
-    warmup_lr: float = 0.0  # learning rate at step 0 of the warmup
-    warmup_type: str = "linear"  # linear (ramp warmup_lr -> lr) | constant (stay at warmup_lr, as CoOp)
-    min_lr: float = 0.0  # cosine floor
+class SchedSection(Checked):
+    sched: str = option("cosine", "learning-rate schedule after warmup", choices=("cosine", "constant"))
+    warmup_epochs: float = option(0.0, "linear warmup from warmup_lr to lr over this many epochs", range=(0.0, None))
+    warmup_lr: float = option(0.0, "learning rate at step 0 of the warmup", range=(0.0, None))
+    warmup_type: str = option("linear", "linear (ramp warmup_lr -> lr) | constant (stay at warmup_lr, as CoOp)",
+                              choices=("linear", "constant"))
+    min_lr: float = option(0.0, "cosine floor", range=(0.0, None))
 
 
 @dataclass
-class TrainSection:
-    epochs: int = 10  # training epochs
-    batch_size: int = 64  # GLOBAL batch per optimizer step (all ranks x accumulation steps)
-    eval_batch_size: int = 128  # evaluation batch (global; split over ranks)
-    grad_accum_steps: int = 1  # micro-batches per optimizer step (per-rank micro-batch = batch/(ranks*accum))
-    amp_dtype: str = "float32"  # float32 | bfloat16 | float16 (float16 uses a GradScaler)
-    compile: bool = False  # torch.compile the training forward (timm --torchcompile); evaluation runs eager
-    seed: int = 0  # seed of init, sampling order, augmentation (per sample) and dropout
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
-    device: Optional[str] = None  # cpu | cuda | cuda:N; None: cuda if available (cuda:LOCAL_RANK under torchrun)
-    workers: int = 2  # DataLoader worker processes per rank (0: load in the main process)
-    log_interval: int = 50  # log the running loss every N optimizer steps
-    progress: Optional[bool] = None  # progress bars; None: only on a TTY and on rank 0
-    eval_every: int = 1  # evaluate on val every N epochs (always after the last)
+class TrainSection(Checked):
+    epochs: int = option(10, "training epochs", range=(1, None))
+    batch_size: int = option(64, "GLOBAL batch per optimizer step (all ranks x accumulation steps)", range=(1, None))
+    eval_batch_size: int = option(128, "evaluation batch (global; split over ranks)", range=(1, None))
+    grad_accum_steps: int = option(1, "micro-batches per optimizer step (per-rank micro-batch = "
+                                      "batch / (ranks * accum))", range=(1, None))
+    amp_dtype: str = option("float32", "float32 | bfloat16 | float16 (float16 uses a GradScaler)")
+    compile: bool = option(False, "torch.compile the training forward (timm --torchcompile); evaluation runs eager")
+    seed: int = option(0, "seed of init, sampling order, augmentation (per sample) and dropout")
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms (slower on GPU)")
+    device: Optional[str] = option(None, "cpu | cuda | cuda:N (null: cuda if available, cuda:LOCAL_RANK under "
+                                         "torchrun)")
+    workers: int = option(2, "DataLoader worker processes per rank (0: load in the main process)", range=(0, None))
+    log_interval: int = option(50, "log the running loss every N optimizer steps (0: off)", range=(0, None))
+    progress: Optional[bool] = option(None, "progress bars (null: only on a TTY and on rank 0)")
+    eval_every: int = option(1, "evaluate on val every N epochs (always after the last)", range=(1, None))
+
+    def check(self) -> None:
+        self.amp_dtype = amp_dtype_name(self.amp_dtype)
 
 
 @dataclass
@@ -75,36 +97,14 @@ def amp_dtype_name(name: str) -> str:
 
 
 def validate_sections(cfg: Any) -> Any:
-    """Range checks of the engine's sections (train, optim, sched) that a type alone can't express; each
+    """Check the engine's sections (train, optim, sched) again, e.g. after a caller changed a field in place;
+    each section checks itself when it is made (``__post_init__``), so a recipe is checked when loaded. The
     message names the field and the fix. Tasks check their own sections in ``Task.validate``."""
-    t, o, s = cfg.train, cfg.optim, cfg.sched
-    t.amp_dtype = amp_dtype_name(t.amp_dtype)
-    checks = [
-        (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
-        (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
-        (t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}"),
-        (t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}"),
-        (t.workers >= 0, f"train.workers must be >= 0, got {t.workers}"),
-        (t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}"),
-        (o.opt.lower() in ("sgd", "adamw"), f"unknown optim.opt {o.opt!r}; available: adamw, sgd"),
-        (o.lr is None or o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
-        (o.head_lr is None or o.head_lr > 0, f"optim.head_lr must be > 0, got {o.head_lr}"),
-        (o.lr_base > 0, f"optim.lr_base must be > 0, got {o.lr_base}"),
-        (o.lr_base_size >= 1, f"optim.lr_base_size must be >= 1, got {o.lr_base_size}"),
-        (0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}"),
-        (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas must be two numbers in [0, 1), "
-                                                                 f"got {o.betas}"),
-        (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
-        (o.clip_grad is None or o.clip_grad > 0, f"optim.clip_grad must be > 0 (or null: off), got {o.clip_grad}"),
-        (s.warmup_epochs >= 0, f"sched.warmup_epochs must be >= 0, got {s.warmup_epochs}"),
-        (s.warmup_lr >= 0, f"sched.warmup_lr must be >= 0, got {s.warmup_lr}"),
-        (s.min_lr >= 0, f"sched.min_lr must be >= 0, got {s.min_lr}"),
-        (t.log_interval >= 0, f"train.log_interval must be >= 0 (0: off), got {t.log_interval}"),
-        (s.sched in ("cosine", "constant"), f"unknown sched.sched {s.sched!r}; available: constant, cosine"),
-        (s.warmup_type in ("linear", "constant"),
-         f"unknown sched.warmup_type '{s.warmup_type}'; available: constant, linear"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
+    for name in ("train", "optim", "sched"):
+        section = getattr(cfg, name, None)
+        if isinstance(section, Checked):
+            try:
+                section.__post_init__()
+            except FieldError as e:
+                raise e.under(name) from None
     return cfg

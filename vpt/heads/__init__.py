@@ -1,4 +1,5 @@
-"""Heads; importing this package registers the built-in classification heads."""
+"""Heads: each module registers its kinds with ``HEADS.register``; ``vpt.registry.HEADS`` imports every module
+of this package on its first lookup."""
 from .classification import HeadConfig, LinearHead, MLPHead
 
 __all__ = ["HeadConfig", "LinearHead", "MLPHead"]

@@ -6,19 +6,27 @@ from typing import Optional
 
 from torch import nn
 
-from ..config import ConfigError
-from ..registry import HEADS
+from ..config import Checked, ConfigError, FieldError, option
+from ..registry import HEADS, did_you_mean
+
+POOLS = ("backbone", "cls", "avg", "none")
 
 
 @dataclass
-class HeadConfig:
-    kind: str = "linear"  # linear | mlp (or another registered head)
-    # backbone (the library's own pooling) | cls | avg (mean of image tokens) | none (no pooling: every image
-    # token, or a CNN's feature map, as timm's global_pool=''; the head, if any, acts per token)
-    pool: str = "backbone"
-    hidden_dim: Optional[int] = None  # mlp: hidden width (default: the feature width)
-    num_layers: int = 2  # mlp: number of Linear layers
-    dropout: float = 0.0  # dropout before each Linear
+class HeadConfig(Checked):
+    kind: str = option("linear", "a registered head kind (vpt list)")
+    pool: str = option("backbone", "backbone (the library's own pooling) | cls | avg (mean of image tokens) | "
+                                   "none (every image token, or a CNN's feature map, as timm's global_pool=''; "
+                                   "the head acts per token)", choices=POOLS)
+    hidden_dim: Optional[int] = option(None, "mlp: hidden width (null: the feature width)", range=(1, 65536))
+    num_layers: int = option(2, "mlp: number of Linear layers", range=(1, 64))
+    dropout: float = option(0.0, "dropout before each Linear", range=(0.0, 1.0))
+
+    def check(self) -> None:
+        if self.kind not in HEADS:
+            names = HEADS.names()
+            raise FieldError("kind", f": unknown head kind {self.kind!r}; available: {', '.join(names)}"
+                                     f"{did_you_mean(self.kind, names)}")
 
 
 class LinearHead(nn.Module):

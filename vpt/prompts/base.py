@@ -1,7 +1,6 @@
 """The hooks a prompt kind plugs into; prompt kinds never import a backbone library."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -9,7 +8,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import DataConfig, TokenLayout
-from ..config import ConfigError, from_dict, to_dict
+from ..config import PROMPT_SECTION, ConfigError, to_dict
 from ..registry import PROMPTS
 
 
@@ -30,6 +29,7 @@ class PromptModule(nn.Module):
     def __init__(self, config: Any):
         super().__init__()
         self.config = config
+        self.kind = getattr(config, "kind", "")  # the registered name (the registry stamps it on the config)
 
     @property
     def first_layer(self) -> int:
@@ -107,28 +107,13 @@ def xavier_bound(patch_size: Tuple[int, int], dim: int) -> float:
 
 def prompt_to_dict(config: Any) -> Dict[str, Any]:
     """{'kind': name, **fields} for an artifact or a resolved config."""
-    return {"kind": config.kind, **{k: v for k, v in to_dict(config).items() if k != "kind"}}
+    return to_dict(config)
 
 
 def resolve_prompt_config(prompt: Union[None, str, Mapping[str, Any], Any], strict: bool = True) -> Any:
-    """'vpt_deep', {'kind': 'vpt_deep', 'num_tokens': 10}, or a config instance -> config instance."""
-    if prompt is None:
-        return None
-    if isinstance(prompt, str):
-        prompt = {"kind": prompt}
-    if dataclasses.is_dataclass(prompt) and not isinstance(prompt, type):
-        return prompt
-    if not isinstance(prompt, Mapping):
-        raise ConfigError(f"prompt must be a kind name, a dict with 'kind', or a config object; got {prompt!r}")
-    data = dict(prompt)
-    kind = data.pop("kind", None)
-    if kind is None:
-        raise ConfigError(f"prompt config needs a 'kind'; available: {', '.join(PROMPTS.names())}")
-    try:
-        entry = PROMPTS.get(str(kind))
-    except KeyError as e:
-        raise ConfigError(e.args[0]) from None
-    return from_dict(entry.config_cls, data, strict=strict, where="prompt")
+    """'vpt_deep', {'kind': 'vpt_deep', 'num_tokens': 10}, or a config instance -> config instance (a recipe's
+    ``model.prompt`` is one already: ``vpt.config.from_dict`` resolves it when the recipe is loaded)."""
+    return PROMPT_SECTION.resolve(prompt, strict=strict, where="prompt")
 
 
 def build_prompt(prompt: Any, layout: Optional[TokenLayout], data_config: DataConfig,

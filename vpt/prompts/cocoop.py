@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from .text import TextContext, TextContextConfig, TextSide, register_text_kind
 
 _logger = logging.getLogger(__name__)
@@ -27,18 +27,20 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class CoCoOpConfig(TextContextConfig):
-    kind = "cocoop"  # type: ignore[misc]
-    num_tokens: Optional[int] = 4  # M (paper: 4, initialised from "a photo of a")
-    init: Optional[str] = "a photo of a"
-    meta_reduction: int = 16  # hidden width of the meta-net = E // meta_reduction (paper: 16)
-    max_train_prompts: int = 8192  # refuse a training batch whose B x C prompts exceed this (text encodes per step)
-    eval_prompts_per_chunk: int = 4096  # evaluation: images per chunk = this // C (at least 1)
+    num_tokens: Optional[int] = option(4, "M context vectors (paper: 4, initialised from 'a photo of a')",
+                                       range=(1, 1024))
+    init: Optional[str] = option("a photo of a", "init the context from these words")
+    meta_reduction: int = option(16, "hidden width of the meta-net = E // meta_reduction (paper: 16)",
+                                 range=(1, 65536))
+    max_train_prompts: int = option(8192, "refuse a training batch whose B x C prompts exceed this (text "
+                                          "encodes per step)", range=(1, None))
+    eval_prompts_per_chunk: int = option(4096, "evaluation: images per chunk = this // C (at least 1)",
+                                         range=(1, None))
 
 
 @register_text_kind("cocoop", CoCoOpConfig, help="CLIP CoCoOp: context + a meta-net bias from each image "
                                                   "feature (per-image text features; B x C text encodes a batch)")
 class CoCoOp(TextContext):
-    kind = "cocoop"
     per_image = True
 
     def __init__(self, config: CoCoOpConfig, side: TextSide):

@@ -8,28 +8,27 @@ distance, written as its code computes it. lambda = 8.0 (base-to-novel), context
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from .text import ClipStep, TextContext, TextContextConfig, TextSide, register_text_kind
 
 
 @dataclass
 class KgCoOpConfig(TextContextConfig):
-    kind = "kgcoop"  # type: ignore[misc]
-    init: Optional[str] = "a photo of a"  # context init (paper: "a photo of a", 4 tokens)
-    weight: float = 8.0  # lambda, the weight of the knowledge-guided term (paper: 8.0)
-    templates: List[str] = field(default_factory=lambda: ["a photo of a {c}."])  # the hand-crafted prompt(s)
+    init: Optional[str] = option("a photo of a", "context init (paper: 'a photo of a', 4 tokens)")
+    weight: float = option(8.0, "lambda, the weight of the knowledge-guided term (paper: 8.0)", range=(0.0, None))
+    templates: List[str] = option(help="the hand-crafted prompt(s), '{c}' for the class name",
+                                  default_factory=lambda: ["a photo of a {c}."])
 
 
 @register_text_kind("kgcoop", KgCoOpConfig, help="CLIP KgCoOp: CoOp + weight x distance of learned to "
                                                   "hand-crafted-prompt text features")
 class KgCoOp(TextContext):
-    kind = "kgcoop"
 
     def __init__(self, config: KgCoOpConfig, side: TextSide):
         if config.weight < 0:

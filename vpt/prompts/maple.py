@@ -16,7 +16,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from .base import PromptModule
 from .deep_text import (DrivenTokenPrompt, check_depth, deep_text_dict, deep_text_parameters,
                         vision_layout_or_refuse)
@@ -25,31 +25,29 @@ from .text import TextContext, TextContextConfig, TextSide, register_text_kind
 
 @dataclass
 class MapleConfig(TextContextConfig):
-    kind = "maple"  # type: ignore[misc]
-    num_tokens: Optional[int] = 2  # n prompt tokens per layer in each encoder (paper: 2)
-    init: Optional[str] = "a photo of a"  # first num_tokens words are learned, the rest stay fixed words
-    depth: int = 9  # J: prompted blocks in both encoders (paper: 9; cross-dataset: 3)
-    deep_init_std: float = 0.02  # normal init of the deeper text prompts
+    num_tokens: Optional[int] = option(2, "n prompt tokens per layer in each encoder (paper: 2)", range=(1, 1024))
+    init: Optional[str] = option("a photo of a", "first num_tokens words are learned, the rest stay fixed words")
+    depth: int = option(9, "J: prompted blocks in both encoders (paper: 9; cross-dataset: 3)", range=(1, 4096))
+    deep_init_std: float = option(0.02, "normal init std of the deeper text prompts", range=(0.0, 1e3))
 
 
 @register_text_kind("maple", MapleConfig, help="CLIP MaPLe: deep prompts in both encoders, the vision ones "
                                                 "a coupling (Linear) of the text ones")
 class Maple(TextContext):
-    kind = "maple"
     partial_init = True
 
     def __init__(self, config: MapleConfig, side: TextSide):
         if config.class_specific or config.position != "end":
             raise ConfigError("MaPLe shares one context placed before the class name; set text.class_specific: "
                               "false and text.position: end")
-        layout = vision_layout_or_refuse(side, "maple")
+        layout = vision_layout_or_refuse(side, config.kind)
         check_depth(config.depth, side.text_depth, "text.depth", "text")
         check_depth(config.depth, layout.depth, "text.depth", "image")
         super().__init__(config, side.token_embedding, side.tokenizer, side.class_names)
         W, D = side.text_width, layout.embed_dim
         self.text_deep = deep_text_parameters(config.depth, self.num_tokens, W, config.deep_init_std)
         self.couplings = nn.ModuleList([nn.Linear(W, D) for _ in range(config.depth)])  # F_0 .. F_{J-1}
-        vision = DrivenTokenPrompt("maple", config.depth, self.num_tokens, self.vision_tokens)
+        vision = DrivenTokenPrompt(self.kind, config.depth, self.num_tokens, self.vision_tokens)
         object.__setattr__(self, "_vision", vision)  # the CLIP model registers it as its image prompt
 
     def text_prompt_at(self, j: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import ClassVar, List, Optional
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config import Checked, ConfigError, FieldError, option
 from ..registry import PROMPTS
 from ..backbones.base import fx_tracing
 from .base import PromptModule
@@ -28,17 +28,25 @@ def _stretch(t: torch.Tensor, size) -> torch.Tensor:
     return nn.functional.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def _check_pair(name: str, value: Optional[List[int]]) -> None:
+    if value is not None and len(value) != 2:
+        raise FieldError(name, f" must be two numbers [H, W], got {list(value)}")
+
+
 @dataclass
-class PadPromptConfig:
-    kind: ClassVar[str] = "pixel_pad"
+class PadPromptConfig(Checked):
     needs: ClassVar[str] = "pixels"
-    width: int = 30  # border width p in pixels (Bahng et al.: 30 at 224 px)
-    image_size: Optional[List[int]] = None  # (H, W); None = the backbone's input size
-    init_std: float = 1.0  # normal init std in normalised pixel units (paper: randn); 0 = zeros
+    width: int = option(30, "border width p in pixels (Bahng et al.: 30 at 224 px)", range=(1, 8192))
+    image_size: Optional[List[int]] = option(None, "[H, W] of the prompt (null: the backbone's input size)",
+                                             range=(1, 8192))
+    init_std: float = option(1.0, "normal init std in normalised pixel units (paper: randn); 0: zeros",
+                             range=(0.0, 1e6))
+
+    def check(self) -> None:
+        _check_pair("image_size", self.image_size)
 
 
 class PadPrompt(PromptModule):
-    kind = "pixel_pad"
     uses_pixels = True
 
     def __init__(self, config, layout, data_config, **_):
@@ -81,26 +89,29 @@ class PadPrompt(PromptModule):
 
 
 @dataclass
-class PatchPromptConfig:
-    kind: ClassVar[str] = "pixel_patch"
+class PatchPromptConfig(Checked):
     needs: ClassVar[str] = "pixels"
-    size: int = 30  # side of the square patch in pixels
-    position: str = "fixed"  # fixed (at `loc`) | random (a new place each training step; `loc` in eval)
-    loc: List[int] = (0, 0)  # (row, col) of the patch's top-left corner when fixed / in eval
-    image_size: Optional[List[int]] = None
-    init_std: float = 1.0
+    size: int = option(30, "side of the square patch in pixels", range=(1, 8192))
+    position: str = option("fixed", "fixed (at loc) or random (a new place each training step; loc in eval)",
+                           choices=("fixed", "random"))
+    loc: List[int] = option((0, 0), "[row, col] of the patch's top-left corner when fixed / in eval",
+                            range=(0, 8192))
+    image_size: Optional[List[int]] = option(None, "[H, W] of the prompt (null: the backbone's input size)",
+                                             range=(1, 8192))
+    init_std: float = option(1.0, "normal init std in normalised pixel units; 0: zeros", range=(0.0, 1e6))
+
+    def check(self) -> None:
+        _check_pair("image_size", self.image_size)
+        _check_pair("loc", self.loc)
 
 
 class PatchPrompt(PromptModule):
-    kind = "pixel_patch"
     uses_pixels = True
 
     def __init__(self, config, layout, data_config, **_):
         super().__init__(config)
         H, W = tuple(config.image_size or data_config.input_size[1:])
         s = int(config.size)
-        if config.position not in ("fixed", "random"):
-            raise ConfigError(f"unknown prompt.position '{config.position}'; available: fixed, random")
         r, c = (int(v) for v in config.loc)
         if not (0 < s <= min(H, W) and 0 <= r <= H - s and 0 <= c <= W - s):
             raise ConfigError(f"a {s}px patch at {(r, c)} does not fit {H}x{W} images")
@@ -129,11 +140,6 @@ class PatchPrompt(PromptModule):
         return x + self.delta(None if fx_tracing() else x.shape[-2:]).to(x.dtype)
 
 
-@PROMPTS.register("pixel_pad", PadPromptConfig, help="pixel prompt: learnable border of width p (any backbone)")
-def _pad(config, layout, data_config, **_):
-    return PadPrompt(config, layout, data_config)
-
-
-@PROMPTS.register("pixel_patch", PatchPromptConfig, help="pixel prompt: learnable square patch, fixed or random place")
-def _patch(config, layout, data_config, **_):
-    return PatchPrompt(config, layout, data_config)
+PROMPTS.register("pixel_pad", PadPromptConfig, help="pixel prompt: learnable border of width p (any backbone)")(PadPrompt)
+PROMPTS.register("pixel_patch", PatchPromptConfig, help="pixel prompt: learnable square patch, fixed or random place")(
+    PatchPrompt)

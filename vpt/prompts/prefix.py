@@ -11,24 +11,27 @@ from typing import ClassVar, List, Optional
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config import Checked, ConfigError, FieldError, option
 from ..registry import PROMPTS
 from .base import PromptModule, resolve_layers, split_per_layer, xavier_bound
 
 
 @dataclass
-class PrefixPromptConfig:
-    kind: ClassVar[str] = "vpt_prefix"
+class PrefixPromptConfig(Checked):
     needs: ClassVar[str] = "kv"
-    num_tokens: int = 10  # P key/value pairs per prompted block
-    layers: Optional[List[int]] = None  # prompted block indices; None = every block
-    last_k: Optional[int] = None  # prompt only the last k blocks
-    project_dim: Optional[int] = None  # reparameterise: learn (P, d) and map to keys and values with a Linear
-    dropout: float = 0.0
+    num_tokens: int = option(10, "P key/value pairs per prompted block", range=(1, 4096))
+    layers: Optional[List[int]] = option(None, "prompted block indices (null: every block)", range=(0, 4095))
+    last_k: Optional[int] = option(None, "prompt only the last k blocks (instead of layers)", range=(1, 4096))
+    project_dim: Optional[int] = option(None, "reparameterise: learn (P, d) and map to keys and values with a "
+                                              "Linear (null: learn them directly)", range=(1, 65536))
+    dropout: float = option(0.0, "dropout on the keys and values", range=(0.0, 1.0))
+
+    def check(self) -> None:
+        if self.layers is not None and self.last_k is not None:
+            raise FieldError("last_k", " and layers are both set; set either layers or last_k, not both")
 
 
 class PrefixPrompt(PromptModule):
-    kind = "vpt_prefix"
     uses_kv = True
 
     def __init__(self, config, layout, data_config, kv_dim: Optional[int] = None):

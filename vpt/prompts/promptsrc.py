@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from .base import PromptModule
 from .deep_text import (DrivenTokenPrompt, check_depth, deep_text_dict, deep_text_parameters,
                         vision_layout_or_refuse)
@@ -36,19 +36,21 @@ MAX_VISION_TOKENS = 1024  # a bound checked before allocating (an artifact's con
 
 @dataclass
 class PromptSRCConfig(TextContextConfig):
-    kind = "promptsrc"  # type: ignore[misc]
-    num_tokens: Optional[int] = 4  # text prompt tokens per layer (paper: 4, init "a photo of a")
-    init: Optional[str] = "a photo of a"
-    text_depth: int = 9  # prompted text blocks (paper: 9; cross-dataset: 3)
-    vision_tokens: int = 4  # image prompt tokens per layer (paper: 4)
-    vision_depth: int = 9  # prompted image blocks (paper: 9; cross-dataset: 3); 0: text prompts only
-    deep_init_std: float = 0.02  # normal init of the deeper text prompts and of the image prompts
-    text_weight: float = 25.0  # weight of L_SCL-text (paper: 25)
-    image_weight: float = 10.0  # weight of L_SCL-image (paper: 10)
-    logits_weight: float = 1.0  # weight of L_SCL-logits (paper: 1)
-    templates: Union[str, List[str]] = "openai"  # frozen text features: openai | simple | a file | a list
-    gpa_mean: float = 15.0  # Gaussian prompt aggregation: mean epoch (1-based; paper: 15 of 20)
-    gpa_std: float = 1.0  # and its std (paper: 1)
+    num_tokens: Optional[int] = option(4, "text prompt tokens per layer (paper: 4, init 'a photo of a')",
+                                       range=(1, 1024))
+    init: Optional[str] = option("a photo of a", "init the first text prompts from these words")
+    text_depth: int = option(9, "prompted text blocks (paper: 9; cross-dataset: 3)", range=(1, 4096))
+    vision_tokens: int = option(4, "image prompt tokens per layer (paper: 4)", range=(0, 1024))
+    vision_depth: int = option(9, "prompted image blocks (paper: 9; cross-dataset: 3); 0: text prompts only",
+                               range=(0, 4096))
+    deep_init_std: float = option(0.02, "normal init std of the deeper text prompts and the image prompts",
+                                  range=(0.0, 1e3))
+    text_weight: float = option(25.0, "weight of L_SCL-text (paper: 25)", range=(0.0, None))
+    image_weight: float = option(10.0, "weight of L_SCL-image (paper: 10)", range=(0.0, None))
+    logits_weight: float = option(1.0, "weight of L_SCL-logits (paper: 1)", range=(0.0, None))
+    templates: Union[str, List[str]] = option("openai", "frozen text features: openai | simple | a file | a list")
+    gpa_mean: float = option(15.0, "Gaussian prompt aggregation: mean epoch (1-based; paper: 15 of 20)")
+    gpa_std: float = option(1.0, "Gaussian prompt aggregation: std in epochs (paper: 1)", range=(1e-6, None))
 
 
 def gpa_weights(epochs: int, mean: float, std: float) -> List[float]:
@@ -64,7 +66,6 @@ def gpa_weights(epochs: int, mean: float, std: float) -> List[float]:
 @register_text_kind("promptsrc", PromptSRCConfig, help="CLIP PromptSRC: deep prompts in both encoders + "
                                                         "self-consistency losses + Gaussian prompt aggregation")
 class PromptSRC(TextContext):
-    kind = "promptsrc"
 
     def __init__(self, config: PromptSRCConfig, side: TextSide):
         if config.class_specific or config.position != "end":
@@ -74,7 +75,7 @@ class PromptSRC(TextContext):
             raise ConfigError("text.gpa_std must be > 0 and the loss weights >= 0")
         check_depth(config.text_depth, side.text_depth, "text.text_depth", "text")
         if config.vision_depth:
-            layout = vision_layout_or_refuse(side, "promptsrc")
+            layout = vision_layout_or_refuse(side, config.kind)
             check_depth(config.vision_depth, layout.depth, "text.vision_depth", "image", minimum=0)
             if not 1 <= config.vision_tokens <= MAX_VISION_TOKENS:
                 raise ConfigError(f"text.vision_tokens must be in 1..{MAX_VISION_TOKENS} with vision_depth > 0, "
@@ -88,7 +89,7 @@ class PromptSRC(TextContext):
             self.vision_prompts = nn.ParameterDict({  # one (P, D) per prompted image block, as vpt_deep's
                 str(j): nn.Parameter(torch.empty(config.vision_tokens, D).normal_(std=config.deep_init_std))
                 for j in range(config.vision_depth)})
-            vision = DrivenTokenPrompt("promptsrc", config.vision_depth, config.vision_tokens,
+            vision = DrivenTokenPrompt(self.kind, config.vision_depth, config.vision_tokens,
                                        lambda j: self.vision_prompts[str(j)])
         object.__setattr__(self, "_vision", vision)  # the CLIP model registers it as its image prompt
         self._gpa: Optional[Dict[str, torch.Tensor]] = None

@@ -17,23 +17,24 @@ from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
-from ..config import ConfigError, from_dict, to_dict
+from ..config import TEXT_SECTION, Checked, ConfigError, option, to_dict
 from ..registry import PROMPTS
 from .base import PromptModule
 
 
-@dataclass
-class TextContextConfig:
-    kind: ClassVar[str] = "coop"
-    needs: ClassVar[str] = "text"
-    num_tokens: Optional[int] = None  # M context vectors; None: 16 (CoOp), or the token count of `init`
-    class_specific: bool = False  # one context per class (CoOp's CSC) instead of one shared by all classes
-    position: str = "end"  # where the class name goes: end | middle | front
-    init: Optional[str] = None  # init the context from these words (e.g. "a photo of a"); None: normal(init_std)
-    init_std: float = 0.02  # std of the random init (CoOp: 0.02)
-
-
 POSITIONS = ("end", "middle", "front")
+
+
+@dataclass
+class TextContextConfig(Checked):
+    needs: ClassVar[str] = "text"
+    num_tokens: Optional[int] = option(None, "M context vectors (null: 16, as CoOp, or the token count of init)",
+                                       range=(1, 1024))
+    class_specific: bool = option(False, "one context per class (CoOp's CSC) instead of one shared by all classes")
+    position: str = option("end", "where the class name goes", choices=POSITIONS)
+    init: Optional[str] = option(None, "init the context from these words (e.g. 'a photo of a'); null: "
+                                       "normal(init_std)")
+    init_std: float = option(0.02, "std of the random init (CoOp: 0.02)", range=(0.0, 1e3))
 
 
 def text_kinds() -> List[str]:
@@ -50,25 +51,8 @@ def text_kinds() -> List[str]:
 
 
 def resolve_text_config(text: Union[None, Mapping[str, Any], TextContextConfig]) -> Optional[TextContextConfig]:
-    """None | {'kind': 'coop' (default) | 'cocoop' | 'kgcoop' | 'maple' | 'promptsrc', ...} -> config."""
-    if text is None:
-        return None
-    if isinstance(text, TextContextConfig):
-        cfg = text
-    else:
-        data = dict(text)
-        kind = str(data.pop("kind", "coop"))
-        kinds = text_kinds()
-        if kind not in kinds:
-            from ..registry import did_you_mean
-            raise ConfigError(f"unknown text prompt kind {kind!r}; available: {', '.join(kinds)}"
-                              f"{did_you_mean(kind, kinds)}")
-        cfg = from_dict(PROMPTS.get(kind).config_cls, data, where="text")
-    if cfg.position not in POSITIONS:
-        raise ConfigError(f"unknown text.position {cfg.position!r}; available: {', '.join(POSITIONS)}")
-    if cfg.num_tokens is not None and cfg.num_tokens < 1:
-        raise ConfigError(f"text.num_tokens must be >= 1, got {cfg.num_tokens}")
-    return cfg
+    """None | {'kind': a text prompt kind (default: CoOp), ...} | a config -> its config."""
+    return TEXT_SECTION.resolve(text, where="text")  # checked by the config class itself
 
 
 def _token_count(tokenizer: Callable, text: str) -> int:
@@ -97,7 +81,6 @@ class TextContext(nn.Module):
     model calls them and never asks which method it holds.
     """
 
-    kind = "coop"
     partial_init = False  # True: fewer num_tokens than `init` words learn the first ones, the rest stay words
     per_image = False  # True: the prompts depend on each image (CoCoOp); see image_logits
 
@@ -105,6 +88,7 @@ class TextContext(nn.Module):
                  class_names: Sequence[str]):
         super().__init__()
         self.config = config
+        self.kind = config.kind  # the registered name (stamped on the config class by the registry)
         C, width = len(class_names), token_embedding.weight.shape[1]
         limit = int(getattr(tokenizer, "context_length", 77)) - 3  # SOS, '.', EOS
         if (config.num_tokens or 0) > limit:  # checked before anything is allocated (artifacts are data)
@@ -209,7 +193,7 @@ class ClipStep:
 
 def text_config_to_dict(cfg: TextContextConfig, num_tokens: int) -> Dict[str, Any]:
     """The resolved config for an artifact: num_tokens filled in."""
-    return {"kind": cfg.kind, **to_dict(cfg), "num_tokens": num_tokens}
+    return {**to_dict(cfg), "num_tokens": num_tokens}
 
 
 def refuse_as_image_prompt(kind: str):
@@ -226,7 +210,8 @@ BUILDERS: Dict[str, Callable[[Any, TextSide], TextContext]] = {}
 
 
 def register_text_kind(kind: str, config_cls, help: str):
-    """Register a text prompt class: ``cls(config, side)`` builds it; listed by ``vpt list``."""
+    """Register a text prompt class under ``kind`` (its one mention): ``cls(config, side)`` builds it;
+    listed by ``vpt list``."""
     def deco(cls):
         BUILDERS[kind] = cls
         PROMPTS.register(kind, config_cls, help=help)(refuse_as_image_prompt(kind))
@@ -234,14 +219,10 @@ def register_text_kind(kind: str, config_cls, help: str):
     return deco
 
 
+@register_text_kind("coop", TextContextConfig, help="CLIP learnable text context (CoOp); goes in a clip model's "
+                                                     "`text`, combinable with any visual prompt")
 def _coop(config: TextContextConfig, side: TextSide) -> TextContext:
     return TextContext(config, side.token_embedding, side.tokenizer, side.class_names)
-
-
-BUILDERS["coop"] = _coop
-PROMPTS.register("coop", TextContextConfig, help="CLIP learnable text context (CoOp); goes in a clip model's "
-                                                  "`text`, combinable with any visual prompt")(
-    refuse_as_image_prompt("coop"))
 
 
 __all__: List[str] = ["TextContextConfig", "TextContext", "TextSide", "ClipStep", "resolve_text_config",

@@ -12,31 +12,40 @@ from typing import ClassVar, List, Optional
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config import Checked, ConfigError, FieldError, option
 from ..registry import PROMPTS
 from .base import PromptModule, resolve_layers, split_per_layer, xavier_bound
 
 
+INITS = ("xavier_uniform", "normal", "zeros")
+
+
 @dataclass
-class ShallowPromptConfig:
-    kind: ClassVar[str] = "vpt_shallow"
+class ShallowPromptConfig(Checked):
     needs: ClassVar[str] = "tokens"  # what the backbone must offer: tokens | kv | pixels
-    num_tokens: int = 10  # P prompt tokens inserted after the class/register tokens
-    dropout: float = 0.0  # dropout on the prompt tokens (VPT used 0.1 on some tasks)
-    project_dim: Optional[int] = None  # learn prompts in this dim, project to the width with a Linear
-    init: str = "xavier_uniform"  # xavier_uniform (VPT) | normal (std 0.02) | zeros
+    num_tokens: int = option(10, "P prompt tokens inserted after the class/register tokens", range=(0, 4096))
+    dropout: float = option(0.0, "dropout on the prompt tokens (VPT used 0.1 on some tasks)", range=(0.0, 1.0))
+    project_dim: Optional[int] = option(None, "learn prompts in this dim, project to the width with a Linear "
+                                              "(null: the width)", range=(1, 65536))
+    init: str = option("xavier_uniform", "prompt init: xavier_uniform (VPT), normal (std 0.02) or zeros",
+                       choices=INITS)
 
 
 @dataclass
-class DeepPromptConfig:
-    kind: ClassVar[str] = "vpt_deep"
+class DeepPromptConfig(Checked):
     needs: ClassVar[str] = "tokens"
-    num_tokens: int = 10  # P prompt tokens per prompted layer
-    layers: Optional[List[int]] = None  # prompted block indices; None = every block
-    last_k: Optional[int] = None  # prompt only the last k blocks (instead of layers)
-    dropout: float = 0.0
-    project_dim: Optional[int] = None
-    init: str = "xavier_uniform"
+    num_tokens: int = option(10, "P prompt tokens per prompted block", range=(0, 4096))
+    layers: Optional[List[int]] = option(None, "prompted block indices (null: every block)", range=(0, 4095))
+    last_k: Optional[int] = option(None, "prompt only the last k blocks (instead of layers)", range=(1, 4096))
+    dropout: float = option(0.0, "dropout on the prompt tokens", range=(0.0, 1.0))
+    project_dim: Optional[int] = option(None, "learn prompts in this dim, project to the width with a Linear "
+                                              "(null: the width)", range=(1, 65536))
+    init: str = option("xavier_uniform", "prompt init: xavier_uniform (VPT), normal (std 0.02) or zeros",
+                       choices=INITS)
+
+    def check(self) -> None:
+        if self.layers is not None and self.last_k is not None:
+            raise FieldError("last_k", " and layers are both set; set either layers or last_k, not both")
 
 
 class TokenPrompt(PromptModule):
@@ -47,8 +56,6 @@ class TokenPrompt(PromptModule):
         if layout is None:
             raise ConfigError("token prompts need a ViT-style backbone")
         L, D = layout.depth, layout.embed_dim
-        if config.num_tokens < 0:
-            raise ConfigError(f"prompt.num_tokens must be >= 0, got {config.num_tokens}")
         if isinstance(config, ShallowPromptConfig):
             layers = [0]
         else:
@@ -57,8 +64,6 @@ class TokenPrompt(PromptModule):
         self._slot = {layer: j for j, layer in enumerate(layers)}
         self.num_tokens = int(config.num_tokens)
         d = config.project_dim or D
-        if config.init not in ("xavier_uniform", "normal", "zeros"):
-            raise ConfigError(f"unknown prompt.init '{config.init}'; available: normal, xavier_uniform, zeros")
         # one (P, d) tensor per prompted block, named by the block index ('prompts.5'), so optimisers that
         # group parameters by layer (timm.optim layer decay) put each block's prompts in that block's group
         self.prompts = nn.ParameterDict({str(layer): nn.Parameter(torch.zeros(self.num_tokens, d)) for layer in layers})
@@ -101,14 +106,6 @@ class TokenPrompt(PromptModule):
 
 
 @PROMPTS.register("vpt_shallow", ShallowPromptConfig, help="VPT-shallow: P learnable tokens at the first block")
-def _shallow(config, layout, data_config, **_):
-    m = TokenPrompt(config, layout, data_config)
-    m.kind = "vpt_shallow"
-    return m
-
-
 @PROMPTS.register("vpt_deep", DeepPromptConfig, help="VPT-deep: P learnable tokens re-inserted at every (or chosen) block")
-def _deep(config, layout, data_config, **_):
-    m = TokenPrompt(config, layout, data_config)
-    m.kind = "vpt_deep"
-    return m
+def _tokens(config, layout, data_config, **_):
+    return TokenPrompt(config, layout, data_config)

@@ -16,6 +16,7 @@ from ..data import IMAGE_EXTENSIONS, ImageDataset, build_transforms, collate, lo
 from ..engine.build import memory_format
 from ..engine.config import OptimSection, OutputSection, SchedSection, TrainSection
 from ..engine.task import StepOutput, Task
+from ..config import PROMPT_SECTION, Checked, FieldError, from_dict, one_of, option
 from ..errors import ConfigError, DataError
 from ..metrics import draw_confusion_matrix
 from ..registry import MODEL_TYPES, TASKS
@@ -25,46 +26,88 @@ _logger = logging.getLogger(__name__)
 
 
 # --- config ---------------------------------------------------------------------------------------
+# sections of a model section whose config class depends on model.type (its class's ``config_sections``)
+TYPED_SECTIONS = ("head", "text", "lora")
+
+
 @dataclass
-class ModelSection:
-    type: str = "classifier"  # key into vpt.registry.MODEL_TYPES (classifier | clip | lora)
+class ModelSection(Checked):
+    type: str = option("classifier", "key into vpt.registry.MODEL_TYPES (classifier | clip | lora)")
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # frozen encoder (library:arch[.tag])
-    prompt: Optional[Dict[str, Any]] = None  # {'kind': 'vpt_deep', 'num_tokens': 10, ...}; None: linear probe / full FT
-    head: Dict[str, Any] = field(default_factory=lambda: {"kind": "linear"})  # head config (kind, pool, ...)
-    train_backbone: bool = False  # unfreeze the backbone (full fine-tuning baseline)
-    text: Optional[Dict[str, Any]] = None  # CLIP learnable text context (type 'clip' only)
-    lora: Optional[Dict[str, Any]] = None  # type 'lora' only: {r, alpha, dropout, target_modules} (needs peft)
+    prompt: Optional[Any] = one_of(PROMPT_SECTION, help="image prompt: {kind: vpt_deep, num_tokens: 10, ...}; null: "
+                                                        "linear probe / full fine-tuning")
+    head: Any = option(help="head config (kind, pool, ...); its kinds depend on model.type",
+                       default_factory=lambda: {"kind": "linear"})
+    train_backbone: bool = option(False, "unfreeze the backbone (full fine-tuning baseline)")
+    text: Optional[Any] = option(None, "CLIP learnable text context (model.type clip only)")
+    lora: Optional[Any] = option(None, "model.type lora only: {r, alpha, dropout, target_modules} (needs peft)")
+
+    def check(self) -> None:
+        """Type head / text / lora by the model type's own sections (its class's ``config_sections``), so a
+        typo in any of them fails here, when the recipe is loaded."""
+        try:
+            sections = MODEL_TYPES.get(self.type).factory.config_sections
+        except KeyError as e:
+            raise FieldError("type", f": {e.args[0]}") from None
+        except ImportError as e:  # e.g. model.type clip without open_clip: the pip command
+            raise FieldError("type", f": {e}") from None
+        fields = {f.name: f for f in dataclasses.fields(sections)}
+        for name in TYPED_SECTIONS:
+            value, f = getattr(self, name), fields.get(name)
+            if f is None:
+                if value is not None and name != "head":
+                    raise FieldError(name, f" is not used by model.type {self.type!r}; remove it "
+                                           f"({'model.type: clip' if name == 'text' else 'model.type: lora'} takes it)")
+                continue
+            setattr(self, name, resolve_section(f, value, name))
 
 
 @dataclass
-class DataSection:
-    root: Optional[str] = None  # image folder (root/<class>/* or root/{train,val,test}/<class>/*) or a CSV file
-    val_fraction: float = 0.1  # without a val split: this share of train, stratified per class
-    test_fraction: float = 0.0  # without a test split: this share of the pool held out for the final test
-    split_seed: int = 0  # seed of the stratified split and of the few-shot subset (independent of train.seed)
-    shots: Optional[int] = None  # few-shot: keep k training images per class (after the val split)
-    classes: str = "all"  # all | base | novel: CoOp's halves of the sorted class names; base = the base-to-novel
-    #                       protocol (train on base, results.json also gets novel and hm; CLIP text-derived heads)
-    skip_corrupt: bool = True  # False: a corrupt / unreadable image stops the run instead of being skipped
-    allow_outside_root: bool = False  # CSV data: allow image paths outside the CSV's folder
-    extensions: List[str] = field(default_factory=lambda: list(IMAGE_EXTENSIONS))  # files that count as images
+class DataSection(Checked):
+    root: Optional[str] = option(None, "image folder (root/<class>/* or root/{train,val,test}/<class>/*) or a CSV "
+                                       "file")
+    val_fraction: float = option(0.1, "without a val split: this share of train, stratified per class",
+                                 range=(0.0, 1.0, "[)"))
+    test_fraction: float = option(0.0, "without a test split: this share of the pool held out for the final test",
+                                  range=(0.0, 1.0, "[)"))
+    split_seed: int = option(0, "seed of the stratified split and of the few-shot subset (independent of "
+                                "train.seed)")
+    shots: Optional[int] = option(None, "few-shot: keep k training images per class (after the val split)",
+                                  range=(1, None))
+    classes: str = option("all", "CoOp's halves of the sorted class names; base = the base-to-novel protocol (train "
+                                 "on base, results.json also gets novel and hm; CLIP text-derived heads)",
+                          choices=("all", "base", "novel"))
+    skip_corrupt: bool = option(True, "false: a corrupt / unreadable image stops the run instead of being skipped")
+    allow_outside_root: bool = option(False, "CSV data: allow image paths outside the CSV's folder")
+    extensions: List[str] = option(help="files that count as images", default_factory=lambda: list(IMAGE_EXTENSIONS))
 
 
 @dataclass
-class AugmentSection:
-    scale: Tuple[float, float] = (0.08, 1.0)  # random resized crop area range (timm --scale)
-    ratio: Tuple[float, float] = (0.75, 4.0 / 3.0)  # random resized crop aspect range (timm --ratio)
-    hflip: float = 0.5  # horizontal flip probability (timm --hflip)
-    color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 disables (timm --color-jitter)
-    color_jitter_prob: float = 0.8  # probability of applying colour jitter when enabled
-    enabled: bool = True  # False: train with the evaluation transform (no augmentation)
+class AugmentSection(Checked):
+    scale: Tuple[float, float] = option((0.08, 1.0), "random resized crop area range (timm --scale)",
+                                        range=(0.0, 1.0, "(]"))
+    ratio: Tuple[float, float] = option((0.75, 4.0 / 3.0), "random resized crop aspect range (timm --ratio)",
+                                        range=(0.0, None, "()"))
+    hflip: float = option(0.5, "horizontal flip probability (timm --hflip)", range=(0.0, 1.0))
+    color_jitter: float = option(0.0, "brightness/contrast/saturation strength; 0 disables (timm --color-jitter)",
+                                 range=(0.0, None))
+    color_jitter_prob: float = option(0.8, "probability of applying colour jitter when enabled", range=(0.0, 1.0))
+    enabled: bool = option(True, "false: train with the evaluation transform (no augmentation)")
+
+    def check(self) -> None:
+        for name in ("scale", "ratio"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                raise FieldError(name, f" must be [min, max] with min <= max, got {list(lo_hi)}")
 
 
 @dataclass
 class ClassificationTrainSection(TrainSection):
-    label_smoothing: float = 0.0  # cross-entropy label smoothing (timm --smoothing)
-    lean: float = 0.0  # share of blocks whose MLP activations are recomputed in backward (0: off, 1: all): less memory, a little slower
-    channels_last: bool = False  # NHWC weights and inputs (timm --channels-last): faster convolutions (CNN backbones)
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing (timm --smoothing)", range=(0.0, 1.0, "[)"))
+    lean: float = option(0.0, "share of blocks whose MLP activations are recomputed in backward (0: off, 1: all): "
+                              "less memory, a little slower", range=(0.0, 1.0))
+    channels_last: bool = option(False, "NHWC weights and inputs (timm --channels-last): faster convolutions (CNN "
+                                        "backbones)")
 
 
 @dataclass
@@ -79,29 +122,35 @@ class RunConfig:
     output: OutputSection = field(default_factory=OutputSection)
 
 
+def resolve_section(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """``value`` (a dict, kind name, None or config) typed as the sections field ``f`` declares."""
+    spec = f.metadata.get("one_of")
+    if spec is not None:
+        return spec.resolve(value, where=where)
+    cls = _field_class(f)
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        value = {"kind": value}
+    return from_dict(_field_class(f), value, where=where)
+
+
+def _field_class(f: dataclasses.Field) -> type:
+    """The dataclass a sections field holds (its default's class)."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return type(default)
+
+
 def validate(cfg: RunConfig) -> RunConfig:
-    """Range checks that a type alone can't express (engine sections and data); each names the field and fix."""
+    """Check the sections again (each checked itself when the recipe was loaded; this catches a field changed
+    in place since); each message names the field and the fix."""
     from ..engine.config import validate_sections
     validate_sections(cfg)
-    d = cfg.data
-    for ok, msg in ((0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"),
-                    (0 <= d.test_fraction < 1, f"data.test_fraction must be in [0, 1), got {d.test_fraction}"),
-                    (d.shots is None or d.shots >= 1, f"data.shots must be >= 1, got {d.shots}"),
-                    (d.classes in ("all", "base", "novel"),
-                     f"unknown data.classes {d.classes!r}; available: all, base, novel"),
-                    (0 <= cfg.train.label_smoothing < 1,
-                     f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}"),
-                    (0 <= cfg.train.lean <= 1, f"train.lean must be in [0, 1], got {cfg.train.lean}"),
-                    (0 <= cfg.augment.hflip <= 1, f"augment.hflip must be in [0, 1], got {cfg.augment.hflip}"),
-                    (0 <= cfg.augment.color_jitter_prob <= 1,
-                     f"augment.color_jitter_prob must be in [0, 1], got {cfg.augment.color_jitter_prob}"),
-                    (cfg.augment.color_jitter >= 0, f"augment.color_jitter must be >= 0, got {cfg.augment.color_jitter}"),
-                    (len(cfg.augment.scale) == 2 and 0 < cfg.augment.scale[0] <= cfg.augment.scale[1] <= 1,
-                     f"augment.scale must be [min, max] with 0 < min <= max <= 1, got {cfg.augment.scale}"),
-                    (len(cfg.augment.ratio) == 2 and 0 < cfg.augment.ratio[0] <= cfg.augment.ratio[1],
-                     f"augment.ratio must be [min, max] with 0 < min <= max, got {cfg.augment.ratio}")):
-        if not ok:
-            raise ConfigError(msg)
+    for name in ("data", "augment"):
+        try:
+            getattr(cfg, name).__post_init__()
+        except FieldError as e:
+            raise e.under(name) from None
     return cfg
 
 
@@ -116,12 +165,7 @@ def build_model(section: Any, class_names: Sequence[str]) -> torch.nn.Module:
     """``classifier`` -> ``vpt.create_model``; any other type -> ``MODEL_TYPES[type].factory.from_section``."""
     from ..model import create_model
     if section.type == "classifier":
-        if section.text is not None:
-            raise ConfigError("model.text is only used by model.type 'clip'; remove it or set model.type: clip")
-        if section.lora is not None:
-            raise ConfigError("model.lora is only used by model.type 'lora'; remove it or set model.type: lora")
-        head = section.head if isinstance(section.head, dict) else vars(section.head or {})
-        if head.get("pool") == "none":
+        if getattr(section.head, "pool", None) == "none":
             raise ConfigError("model.head.pool 'none' keeps every token (one output per token); a classification "
                               "task needs pooled features: use pool backbone, cls or avg")
         backbone = section.backbone

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import Any
+
 from ..backbones.base import BackboneConfig
+from ..config import option
 from ..errors import ConfigError
 from ..registry import TASKS
 from .classification import ClassificationTask, ModelSection, RunConfig
@@ -21,7 +24,8 @@ from .classification import ClassificationTask, ModelSection, RunConfig
 class ClipModelSection(ModelSection):
     type: str = "clip"  # vpt.clip.PromptedCLIP
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(name="open_clip:ViT-B-32"))  # CLIP model
-    head: dict = field(default_factory=lambda: {"kind": "zeroshot"})  # zeroshot | linear_init (vpt.clip heads)
+    head: Any = option(help="zeroshot | linear_init | linear (vpt.clip heads) and templates",
+                       default_factory=lambda: {"kind": "zeroshot"})
 
 
 @dataclass

@@ -30,13 +30,13 @@ def check_transferable(section: Any) -> None:
     if section.type != "clip":
         raise ConfigError(f"base-to-novel / cross-dataset need a CLIP model (model.type: clip): only a classifier "
                           f"computed from class names transfers to unseen classes; got model.type {section.type!r}")
-    head = section.head if isinstance(section.head, dict) else {"kind": section.head}
-    text = section.text or {}
-    if text.get("class_specific"):
+    head_kind = section.head if isinstance(section.head, str) else getattr(section.head, "kind", "zeroshot")
+    text = section.text  # a typed config (vpt.config resolved it when the recipe was loaded) or None
+    if text is not None and text.class_specific:
         raise ConfigError("a class-specific context (model.text.class_specific: true) has one context per trained "
                           "class and does not transfer to unseen classes; set it to false")
-    if not text and head.get("kind", "zeroshot") != "zeroshot":
-        raise ConfigError(f"head.kind {head.get('kind')!r} learns one weight row per trained class and does not "
+    if text is None and head_kind != "zeroshot":
+        raise ConfigError(f"head.kind {head_kind!r} learns one weight row per trained class and does not "
                           f"transfer to unseen classes; use a text prompt (model.text) or head.kind zeroshot")
 
 
