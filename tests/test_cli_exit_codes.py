@@ -27,9 +27,9 @@ def zeroshot(data, *extra):
 
 @pytest.mark.parametrize("extra,expect", [
     (["--device", "gpu"], "unknown device 'gpu'; use cpu, cuda or cuda:N"),
-    (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
-    (["--classes-per-batch", "0"], "classes_per_batch must be an integer >= 1"),
-    (["--workers", "-1"], "workers must be an integer >= 0"),
+    (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["--classes-per-batch", "0"], "classes_per_batch must be in [1, 100000], got 0"),
+    (["--workers", "-1"], "workers must be >= 0"),
     (["--weights", "/no/such/clip.safetensors"], "weights file not found: '/no/such/clip.safetensors'"),
     (["--split", "test"], "has no test split"),
     (["--data", "/no/such/folder"], "is neither an image folder nor a CSV file"),

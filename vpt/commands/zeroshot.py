@@ -79,11 +79,6 @@ def resolve(args):
         raise UserError("no model given: pass --model open_clip:ARCH[/TAG] (or set model in the recipe)")
     if not cfg.data:
         raise UserError("no data given: pass --data DIR (or set data in the recipe)")
-    for name, value, low in (("batch_size", cfg.batch_size, 1), ("classes_per_batch", cfg.classes_per_batch, 1),
-                             ("workers", cfg.workers, 0)):
-        if not isinstance(value, int) or value < low:
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{name} must be an integer >= {low}, got {value!r}; pass e.g. {flag} {max(low, 1) * 8}")
     if cfg.weights and not os.path.isfile(cfg.weights):
         raise UserError(f"weights file not found: {cfg.weights!r}; pass --weights with the path of a local "
                         f"safetensors / torch file, or --model open_clip:ARCH/TAG for a hub tag")
