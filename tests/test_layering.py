@@ -8,15 +8,18 @@ import pytest
 
 VPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vpt")
 
-# bottom to top; a module may import its own layer and the layers below it
+# bottom to top; a module may import its own layer and the layers below it (docs/ARCHITECTURE.md, "Layers")
 LAYERS = [
-    {"errors", "version", "io", "registry", "config", "fonts"},
-    {"data", "backbones", "heads", "metrics"},
-    {"prompts"},
-    {"model", "encode", "timm_api", "artifact", "schema", "multitask", "clip", "lora", "zeroshot", "weights", "detection"},
-    {"engine"},
-    {"tasks"},
-    {"sweep"},
+    {"errors", "version", "io", "fonts"},  # leaves: exception classes, version, atomic writes, bundled fonts
+    {"registry"},  # name -> factory maps
+    {"config"},  # typed configs (option / Checked / OneOf)
+    {"schema"},  # what an adapter_config.json may say: data, never code
+    {"data", "backbones", "heads", "metrics", "engine"},  # no model code: the engine imports no task or model
+    {"weights", "prompts", "encode", "timm_api", "zeroshot", "artifact"},
+    {"model"},  # PromptedModel: adapter + prompts + head
+    {"clip", "lora", "multitask", "detection"},  # models built on PromptedModel
+    {"tasks"},  # what is learned, for the engine
+    {"sweep"},  # the experiment runner: nothing below imports it
     {"commands", "cli", "__main__", "<root>"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -63,6 +66,80 @@ def _imports():
 def test_every_part_of_vpt_has_a_layer():
     parts = {_part(m) for m, _, _ in _imports()} | {_part(t) for _, t, _ in _imports()}
     assert parts <= set(LAYER), f"add {sorted(parts - set(LAYER))} to LAYERS (and to docs/ARCHITECTURE.md)"
+
+
+def _module_graph():
+    """vpt module -> the vpt modules it imports (module level and inside functions), each import resolved to
+    the module file it loads (``from vpt.detection.model import X`` -> vpt.detection.model)."""
+    modules = set()
+    for dirpath, _, files in os.walk(VPT):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(dirpath, f), os.path.dirname(VPT))[:-3].replace(os.sep, ".")
+                modules.add(rel[:-len(".__init__")] if rel.endswith(".__init__") else rel)
+
+    def resolve(name):
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {m: set() for m in modules}
+    for m, t, _ in _imports():
+        target = resolve(t)
+        if target and target != m:
+            graph[m].add(target)
+    return graph
+
+
+def _cycles(graph):
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_graph_has_no_cycle():
+    """Module- and function-level imports alike: a cycle hidden inside a function still ties two modules
+    together (neither can be understood, tested or moved alone)."""
+    cycles = _cycles(_module_graph())
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_architecture_lists_every_module():
+    """docs/ARCHITECTURE.md names every module file of the package (vpt/x.py, vpt/x/y.py)."""
+    doc = open(os.path.join(os.path.dirname(VPT), "docs", "ARCHITECTURE.md"), encoding="utf-8").read()
+    missing = sorted(m for m in _module_graph() if m != "vpt"
+                     and f"{m.replace('.', '/')}{'/' if os.path.isdir(os.path.join(os.path.dirname(VPT), *m.split('.'))) else '.py'}" not in doc)
+    assert not missing, "add these modules to docs/ARCHITECTURE.md's module list: " + ", ".join(missing)
 
 
 def test_imports_only_go_down():
