@@ -56,6 +56,7 @@ class TrainSection:
     log_interval: int = 50  # log the running loss every N optimizer steps
     progress: Optional[bool] = None  # progress bars; None: only on a TTY and on rank 0
     eval_every: int = 1  # evaluate on val every N epochs (always after the last)
+    init_from: Optional[str] = None  # start from an artifact's trainable tensors (a new run: new optimizer, schedule)
 
 
 @dataclass

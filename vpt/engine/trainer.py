@@ -36,7 +36,7 @@ from .config import validate_sections
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, resolve_device
 from .metrics import MetricsWriter
 from .optim import build_optimizer_and_scheduler
-from .rundir import holds_run, prepare_run_dir
+from .rundir import check_run_dir, holds_run, prepare_run_dir
 from .runlog import attach_file_log, detach_file_log, progress, tensorboard_writer
 from .sampler import GlobalBatchSampler
 from .seed import rng_state, seed_everything, set_rng_state
@@ -82,6 +82,79 @@ def _diff(old: Any, new: Any, where: str) -> List[str]:
     return [] if old == new else [f"{where}: {old!r} in the run, {new!r} now"]
 
 
+class LogBuffer(logging.Handler):
+    """Holds the ``vpt`` log records of a run until its folder is claimed, then copies them into train.log:
+    the folder is written only once the run can start, and its log still begins with the first line."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: List[logging.LogRecord] = []
+        self.active = False
+
+    @classmethod
+    def start(cls) -> "LogBuffer":
+        buf = cls()
+        logging.getLogger("vpt").addHandler(buf)
+        buf.active = True
+        return buf
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def replay(self, handler: logging.Handler) -> None:
+        for record in self.records:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+        self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            logging.getLogger("vpt").removeHandler(self)
+            self.active = False
+        self.records = []
+
+
+def load_init_tensors(model: torch.nn.Module, path: str) -> int:
+    """``train.init_from``: copy an artifact's trainable tensors (a run folder means its best/) into ``model``,
+    which must hold the same trainable tensors on the same backbone; returns how many were loaded."""
+    from ..artifact import WEIGHTS_NAME, _check_same_backbone, read_config, read_header
+    from ..errors import ArtifactError
+    directory = path
+    if os.path.isdir(os.path.join(path, "best")) and not os.path.isfile(os.path.join(path, WEIGHTS_NAME)):
+        directory = os.path.join(path, "best")
+    try:
+        saved = read_config(directory)
+        header = read_header(os.path.join(directory, WEIGHTS_NAME))
+    except ArtifactError as e:
+        raise ConfigError(f"train.init_from {path!r}: {e}") from None
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and hasattr(backbone, "identity") and saved.get("backbone"):
+        try:
+            _check_same_backbone(saved["backbone"], backbone)
+        except ArtifactError as e:
+            raise ConfigError(f"train.init_from {path!r}: {e}") from None
+    mine = model.trainable_state_dict() if hasattr(model, "trainable_state_dict") else trainable_tensors(model)
+    want = {k: tuple(v.shape) for k, v in mine.items()}
+    have = {k: shape for k, (shape, _) in header.items()}
+    if want != have:
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want))
+        shapes = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+        raise ConfigError(f"train.init_from {path!r} does not fit this model's trainable tensors (missing "
+                          f"{missing[:4]}, unexpected {extra[:4]}, other shapes {shapes[:4]}): it was trained with "
+                          f"another prompt / head config or other classes; use the artifact's own settings "
+                          f"(its adapter_config.json) or drop --init-from")
+    from safetensors.torch import load_file
+    tensors = load_file(os.path.join(directory, WEIGHTS_NAME))
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ConfigError(f"train.init_from {path!r}: tensor(s) {', '.join(bad[:4])} hold NaN or inf values")
+    missing, _ = model.load_state_dict(tensors, strict=False)
+    _logger.info("init from %s: %d trainable tensors loaded (a new run: new optimizer and schedule)", directory,
+                 len(tensors))
+    return len(tensors)
+
+
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1009 + rank) % (2 ** 63)
 
@@ -95,7 +168,9 @@ class Trainer:
     """
 
     def __init__(self, task: Task, info: Optional[DistInfo] = None, resume: bool = False, overwrite: bool = False,
-                 callbacks: Sequence[Callback] = (), command: Optional[str] = None):
+                 callbacks: Sequence[Callback] = (), command: Optional[str] = None,
+                 log_buffer: Optional[LogBuffer] = None):
+        self.log_buffer = log_buffer
         self.task, self.cfg = task, task.cfg
         validate_sections(self.cfg)
         task.validate()
@@ -117,19 +192,18 @@ class Trainer:
         if t.batch_size % (info.world_size * t.grad_accum_steps):
             _logger.warning("train.batch_size %d is not a multiple of ranks x grad_accum_steps (%d); micro-batches "
                             "differ in size by one", t.batch_size, info.world_size * t.grad_accum_steps)
-        # guard the run folder on every rank first (read-only), then let rank 0 change it
+        # check the run folder on every rank (read-only); it is claimed only once everything below succeeded
         if not info.is_main:
             if self.resume and not holds_run(self.run_dir):
                 raise RunDirError(f"--resume: {self.run_dir!r} holds no run to resume")
         else:
-            self.run_lock = prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite,
-                                            command=self.command or "")
-        barrier()
-        self.log_handler = attach_file_log(os.path.join(self.run_dir, "train.log")) if info.is_main else None
+            check_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite)
         seed_everything(t.seed, t.deterministic)
         self.task.setup(self)
         seed_everything(t.seed, t.deterministic)  # the model's init does not depend on how the data was read
         self.model = self.task.build_model(self).to(self.device)
+        if t.init_from and not self.resume:
+            load_init_tensors(self.model, t.init_from)
         self.params = count_parameters(self.model)
         _logger.info("trainable params: %d || all params: %d || trainable%%: %.4f", self.params["trainable"],
                      self.params["total"], self.params["trainable_percent"])
@@ -146,6 +220,16 @@ class Trainer:
         self.optimizer, self.scheduler, self.lr = built if built is not None else build_optimizer_and_scheduler(
             self.model, cfg.optim, cfg.sched, t.batch_size, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp_dtype == "float16" else None
+
+        # the run can start: claim the folder (rank 0), then copy what was logged so far into its train.log
+        if info.is_main:
+            self.run_lock = prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite,
+                                            command=self.command or "")
+        barrier()
+        self.log_handler = attach_file_log(os.path.join(self.run_dir, "train.log")) if info.is_main else None
+        if self.log_handler is not None:
+            self.log_buffer.replay(self.log_handler)
+        self.log_buffer.stop()
 
         self.start_epoch, self.best = 0, {"epoch": -1, "score": -math.inf, "val": None}
         self.best_tensors: Optional[Dict[str, torch.Tensor]] = None
@@ -351,10 +435,13 @@ class Trainer:
 
     # --- the run ----------------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
+        if self.log_buffer is None:
+            self.log_buffer = LogBuffer.start()
         try:
             self._setup()
             return self._run()
         finally:
+            self.log_buffer.stop()
             if getattr(self, "run_lock", None) is not None:
                 self.run_lock.release()
             detach_file_log(getattr(self, "log_handler", None))
@@ -442,6 +529,9 @@ class Trainer:
 
 
 def train(task: Task, info: Optional[DistInfo] = None, resume: bool = False, overwrite: bool = False,
-          callbacks: Sequence[Callback] = (), command: Optional[str] = None) -> Dict[str, Any]:
-    """Run ``task`` (built from its run config) end to end; returns the results (also in results.json)."""
-    return Trainer(task, info, resume=resume, overwrite=overwrite, callbacks=callbacks, command=command).run()
+          callbacks: Sequence[Callback] = (), command: Optional[str] = None,
+          log_buffer: Optional[LogBuffer] = None) -> Dict[str, Any]:
+    """Run ``task`` (built from its run config) end to end; returns the results (also in results.json).
+    ``log_buffer``: records logged before the call, to copy into the run's train.log (the CLI's recipe line)."""
+    return Trainer(task, info, resume=resume, overwrite=overwrite, callbacks=callbacks, command=command,
+                   log_buffer=log_buffer).run()
