@@ -58,13 +58,22 @@ def describe(name: str) -> RecipeInfo:
     file = path(name)
     with open(file, encoding="utf-8") as f:
         text = f.read()
-    description = ""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            description = line.lstrip("#").strip()
+    lines = []
+    for line in text.splitlines():  # the leading comment, up to its first blank or indented (command) line
+        if not line.startswith("#") or not line.lstrip("#").strip() or line.startswith("#  "):
             break
-        if line.strip():
-            break
+        lines.append(line.lstrip("#").strip())
+    description = _first_sentence(" ".join(lines))
     data = yaml.safe_load(text) or {}
     task = data.get("task") or ("zeroshot" if "templates" in data else "classification")
     return RecipeInfo(name=name, task=str(task), description=description, path=file)
+
+
+def _first_sentence(text: str, limit: int = 110) -> str:
+    """The text's first sentence, cut at a word boundary to ``limit`` characters."""
+    import re
+    end = re.search(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\. (?=[A-Z])", text)  # not "et al." / "e.g." / "i.e."
+    text = text[:end.start() + 1] if end else text
+    if len(text) <= limit:
+        return text
+    return text[:limit - 3].rsplit(" ", 1)[0].rstrip(",;:(.") + "..."
