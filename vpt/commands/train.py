@@ -186,8 +186,8 @@ def _flags(args, task_cls) -> Dict[str, Any]:
             continue  # the backbone section as a whole: resolve_run_config
         flags[dotted] = os.path.abspath(value) if dest == "data" else value
     if refused:
-        raise UserError(f"{', '.join(refused)} do(es) not apply to {task_cls.name}; remove it (see the recipes in "
-                        f"configs/ for the {task_cls.name} settings)")
+        raise UserError(f"{', '.join(refused)} do(es) not apply to {task_cls.name}; remove it (`vpt list recipes` "
+                        f"shows the recipes with the {task_cls.name} settings)")
     return flags
 
 
@@ -301,7 +301,8 @@ def run(args) -> int:
         if note:
             _logger.info("%s", note)
         elif args.config and not args.resume:
-            _logger.info("recipe: %s (%s)", args.config, recipe_path(args.config))
+            found = recipe_path(args.config)
+            _logger.info("recipe: %s", args.config if found == args.config else f"{args.config} ({found})")
         task_cls = task_class(recipe_task(args))
         cfg = resolve_run_config(args, task_cls)
         if cfg.task != task_cls.name:

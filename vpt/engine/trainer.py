@@ -94,7 +94,10 @@ class LogBuffer(logging.Handler):
     @classmethod
     def start(cls) -> "LogBuffer":
         buf = cls()
-        logging.getLogger("vpt").addHandler(buf)
+        root = logging.getLogger("vpt")
+        root.addHandler(buf)
+        if root.level == logging.NOTSET or root.level > logging.INFO:  # as attach_file_log: train.log gets INFO
+            root.setLevel(logging.INFO)
         buf.active = True
         return buf
 
