@@ -163,9 +163,12 @@ def test_resume_refuses_what_it_would_not_apply(tmp_path, data, capsys):
     run = str(tmp_path / "run")
     assert main(["train", "-c", recipe, "--data", data, "--output", run]) == 0
     before = open(os.path.join(run, "config.yaml")).read()
+    assert main(["train", "--resume", "--output", run, "--epochs", "3"]) == 2  # the cosine depends on it
+    err = capsys.readouterr().err
+    assert "train.epochs 2 in the run, 3 now" in err and "--init-from" in err
     assert main(["train", "--resume", "--output", run, "--lr", "0.5", "--epochs", "3"]) == 2
     err = capsys.readouterr().err
-    assert "optim.lr: 0.01 in the run, 0.5 now" in err and "train.epochs: 2 in the run, 3 now" in err
+    assert "optim.lr: 0.01 in the run, 0.5 now" in err
     assert open(os.path.join(run, "config.yaml")).read() == before
     assert main(["train", "--resume", "--output", run, "--workers", "0"]) == 0  # how it runs may change
     # the suggested command is real: a new run from this run's best model, at the new settings
@@ -178,6 +181,24 @@ def test_resume_refuses_what_it_would_not_apply(tmp_path, data, capsys):
     assert cfg["train"]["init_from"] == os.path.join(run, "best")
     res = json.load(open(os.path.join(new, "results.json")))
     assert res["config"]["optim"]["lr"] == 0.5
+
+
+def test_resume_to_more_epochs_where_the_schedule_allows(tmp_path, data, capsys):
+    """A constant schedule does not depend on the total: --resume --epochs 2 on a finished 1-epoch run
+    continues for real, equals a straight 2-epoch run, and config.yaml / results.json say 2."""
+    from safetensors.torch import load_file
+    recipe = tiny_recipe(tmp_path / "r.yaml", epochs=1)
+    common = ["train", "-c", recipe, "--data", data, "--set", "sched.sched=constant", "--set", "sched.warmup_epochs=0"]
+    run, straight = str(tmp_path / "run"), str(tmp_path / "straight")
+    assert main(common + ["--output", run]) == 0
+    assert main(["train", "--resume", "--output", run, "--epochs", "2"]) == 0
+    assert _cfg(run)["train"]["epochs"] == 2
+    assert json.load(open(os.path.join(run, "results.json")))["config"]["train"]["epochs"] == 2
+    assert main(common + ["--output", straight, "--epochs", "2"]) == 0
+    a, b = (load_file(os.path.join(d, "last", "adapter_model.safetensors")) for d in (run, straight))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["train", "--resume", "--output", run, "--epochs", "1"]) == 2  # fewer than it finished
+    assert "already finished 2 epochs" in capsys.readouterr().err
 
 
 def test_init_from_refuses_an_artifact_that_does_not_fit(tmp_path, data, capsys):

@@ -9,8 +9,9 @@ pixel_pad, width: 4}'``). ``--model`` replaces the recipe's whole backbone secti
 
 The run folder (``--output``) is written only once the run can start (config, data, weights, device checked);
 a folder whose run never finished an epoch is taken over. ``--resume`` continues the run in ``--output`` from
-its saved config, exactly: a flag that would change it is refused (start a new run with ``--init-from
-RUN/best`` instead).
+its saved config, exactly: a flag that would change what it computes is refused (start a new run with
+``--init-from RUN/best`` instead); ``--epochs`` may grow only where the finished epochs' learning rates do
+not depend on the total (a constant schedule, or epochs that were all warmup).
 The recipe's ``task`` (or ``--task``) picks the task: classification, clip or detection (``vpt list``).
 Under ``torchrun --nproc_per_node=N -m vpt train ...`` the run is data-parallel (DDP) over N processes.
 """
@@ -52,8 +53,9 @@ FLAG_FIELDS = {
 BACKBONE_FLAGS = ("model", "weights")
 # what --resume may change: where and how the run executes, not what it computes (data.root: the data's content
 # is checked by its fingerprint, so a moved folder resumes)
+# train.epochs: the engine decides (it may grow where the finished steps' learning rates don't depend on it)
 RESUME_MAY_CHANGE = ("train.device", "train.workers", "train.progress", "train.log_interval", "train.eval_batch_size",
-                     "output.dir", "output.tensorboard", "data.root")
+                     "output.dir", "output.tensorboard", "data.root", "train.epochs")
 
 
 def add_input_flags(p: argparse.ArgumentParser) -> None:
@@ -266,7 +268,8 @@ def command_line(args, exclude=(), config: Optional[str] = None) -> str:
             continue
         v = getattr(args, dest, None)
         if v is not None and v is not False and dest != "strict_data":
-            parts += [f"--{dest.replace('_', '-')}"] + ([] if v is True else [str(v)])
+            flag_only = v is True or dest == "base_to_novel"  # store_const flags take no value
+            parts += [f"--{dest.replace('_', '-')}"] + ([] if flag_only else [str(v)])
     if getattr(args, "strict_data", None) is False:
         parts.append("--strict-data")
     for s in args.set or []:

@@ -220,10 +220,13 @@ class Trainer:
             raise ConfigError(f"train.batch_size {t.batch_size} is larger than the {len(self.train_ds)} training "
                               f"samples and task {self.task.name!r} uses whole batches only; lower train.batch_size")
         built = self.task.build_optimizer(self)
+        self.own_schedule = built is not None
         self.optimizer, self.scheduler, self.lr = built if built is not None else build_optimizer_and_scheduler(
             self.model, cfg.optim, cfg.sched, t.batch_size, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp_dtype == "float16" else None
 
+        if self.resume:  # read-only checks of the saved state first: a refused resume writes nothing
+            self._check_state(load_run_state(os.path.join(self.run_dir, STATE_NAME)))
         # the run can start: claim the folder (rank 0), then copy what was logged so far into its train.log
         if info.is_main:
             self.run_lock = prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite,
@@ -254,9 +257,53 @@ class Trainer:
                                          keep_before_epoch=self.start_epoch + 1 if self.resume else None)
             self.tb = tensorboard_writer(os.path.join(self.run_dir, "tb")) if cfg.output.tensorboard else None
 
+    def _check_state(self, state: Dict[str, Any]) -> None:
+        """What a resume must keep: the model config, the data, and the learning rate of every step taken."""
+        self._check_fingerprint(state.get("fingerprint"))
+        self._check_epochs(state["epoch"])
+
+    def _check_epochs(self, done: int) -> None:
+        """``train.epochs`` may change on resume only where the steps already taken had the same learning
+        rate under the new total (a constant schedule, or a cosine whose finished epochs were all warmup):
+        then the run continues to the new total and config.yaml says so; otherwise it is refused."""
+        import yaml
+        t = self.cfg.train
+        try:
+            with open(os.path.join(self.run_dir, "config.yaml"), encoding="utf-8") as f:
+                was = int(yaml.safe_load(f)["train"]["epochs"])
+        except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+            return  # no readable config.yaml (a library run): nothing to compare with
+        if was == t.epochs:
+            return
+        fix = (f"resume with the run's {was} epochs (drop --epochs), or start a new run from this run's best model: "
+               f"--init-from {os.path.join(self.run_dir, 'best')} --epochs {t.epochs} and another --output")
+        if t.epochs < done:
+            raise ResumeError(f"--resume: train.epochs {t.epochs} but the run already finished {done} epochs; {fix}")
+        if not self._same_schedule(was, t.epochs, done * self.steps_per_epoch):
+            raise ResumeError(
+                f"--resume: train.epochs {was} in the run, {t.epochs} now; the {done} finished epoch"
+                f"{'s' if done != 1 else ''} followed a {self.cfg.sched.sched} schedule that depends on the total, so "
+                f"the result would match neither config; {fix}")
+        _logger.info("--resume: train.epochs %d -> %d; the %d finished epochs ran the same learning rates under "
+                     "both totals, so the run continues to %d epochs (config.yaml and results.json say %d)", was,
+                     t.epochs, done, t.epochs, t.epochs)
+
+    def _same_schedule(self, old_epochs: int, new_epochs: int, steps: int) -> bool:
+        """Whether the first ``steps`` learning rates are equal for both epoch totals (False when the task
+        builds its own scheduler: it can't be recomputed here)."""
+        if self.own_schedule:
+            return False
+        from .optim import build_scheduler
+
+        def factors(epochs: int) -> List[float]:
+            opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            fn = build_scheduler(opt, self.cfg.sched, self.steps_per_epoch, epochs, float(self.lr)).lr_lambdas[0]
+            return [fn(s) for s in range(steps)]
+        return factors(old_epochs) == factors(new_epochs)
+
     def _load_state(self) -> None:
         state = load_run_state(os.path.join(self.run_dir, STATE_NAME))
-        self._check_fingerprint(state.get("fingerprint"))
+        self._check_state(state)
         load_trainable_tensors(self.model, state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
