@@ -10,7 +10,7 @@ VPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 # bottom to top; a module may import its own layer and the layers below it
 LAYERS = [
-    {"errors", "version", "io", "registry", "config"},
+    {"errors", "version", "io", "registry", "config", "recipes"},
     {"data", "backbones", "heads", "metrics"},
     {"prompts"},
     {"model", "encode", "timm_api", "artifact", "schema", "multitask", "clip", "lora", "zeroshot", "weights", "detection"},
