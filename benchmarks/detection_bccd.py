@@ -9,11 +9,11 @@ faster-coco-eval (or pycocotools).
 CPU (2 cores, minutes)::
 
     python3 benchmarks/detection_bccd.py --data /work/shared/data/bccd-voc.tar.gz \\
-        -c configs/det_bccd_cpu.yaml --out benchmarks/results/detection_bccd_cpu.json
+        -c det_bccd_cpu --out benchmarks/results/detection_bccd_cpu.json
 
 GPU::
 
-    python3 benchmarks/detection_bccd.py --data BCCD_DIR -c configs/det_bccd_gpu.yaml \\
+    python3 benchmarks/detection_bccd.py --data BCCD_DIR -c det_bccd_gpu \\
         --out benchmarks/results/detection_bccd_gpu.json --set train.device=cuda
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def bccd_dir(path: str, cache: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="BCCD VOC folder or bccd-voc.tar.gz")
-    ap.add_argument("-c", "--config", default="configs/det_bccd_cpu.yaml")
+    ap.add_argument("-c", "--config", default="det_bccd_cpu", help="a packaged recipe name or a YAML file")
     ap.add_argument("--out", default="benchmarks/results/detection_bccd_cpu.json")
     ap.add_argument("--runs", default=os.path.expanduser("~/.cache/vpt/bench_detection_runs"))
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/vpt"))

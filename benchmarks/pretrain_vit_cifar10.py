@@ -405,7 +405,7 @@ class CifarPretrain(Task):
         self.gen = torch.Generator()
 
     def setup(self, run) -> None:
-        self.log.release()  # the engine has prepared (and locked) the run folder
+        # the engine claims the run folder only after setup (when the run can start): lines wait until then
         d = self.cfg.data
         data, self.classes = load_arrays(self.args.data_tar, self.args.cache_dir, self.log)
         xtr, ytr = subset(*data["train"], d.limit_train, self.cfg.train.seed)
@@ -456,6 +456,7 @@ class History(Callback):
         self.train_time = 0.0
 
     def on_train_start(self, run) -> None:
+        self.task.log.release()  # the engine has claimed (and locked) the run folder
         self.run_t0, self.start_epoch, self.done_here = time.time(), run.start_epoch, 0
 
     def on_epoch_end(self, run, epoch, row) -> None:

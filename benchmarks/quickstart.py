@@ -4,10 +4,12 @@ random-init control, through the normal ``vpt train`` path. Offline; a few minut
     python benchmarks/quickstart.py                     # bccd_cells: blood-cell type from BCCD box crops
     python benchmarks/quickstart.py --task mnist --epochs 10
 
-Four ``vpt train`` runs on the same data, recipe (benchmarks/transfer_configs/vit_tiny_cifar10.yaml), lr
-and seed: VPT-deep and a linear probe on ``vpt:vit_tiny_cifar10`` (CIFAR-10-pretrained), and the same two
-on a random-init copy of that ViT (the control: what prompts achieve without pretrained features). The
-best epoch is picked on val; test top-1 is read once. Prints a table and writes ``<out>/summary.json``.
+Four ``vpt train`` runs on the same data, recipe, lr and seed, all on the embedded default recipe (no -c:
+``vpt_deep_vit_tiny_cifar10``, the same run as the README's first ``vpt train --data DIR``): VPT-deep on
+``vpt:vit_tiny_cifar10`` (CIFAR-10-pretrained), the linear probe (the same recipe with
+``--set model.prompt=null``), and the same two on a random-init copy of that ViT (the control: what prompts
+achieve without pretrained features). The best epoch is picked on val; test top-1 is read once. Prints a
+table and writes ``<out>/summary.json``.
 """
 from __future__ import annotations
 
@@ -23,16 +25,26 @@ REPO = os.path.dirname(HERE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-RECIPE = os.path.join(HERE, "transfer_configs", "vit_tiny_cifar10.yaml")
-ARMS = {  # name -> extra `vpt train` arguments
-    "vpt_deep": ["--set", 'model.prompt={"kind": "vpt_deep", "num_tokens": 10}'],
-    "linear": [],
+ARMS = {  # name -> extra `vpt train` arguments (on the embedded default recipe: VPT-deep, 10 tokens)
+    "vpt_deep": [],
+    "linear": ["--set", "model.prompt=null"],
 }
-BACKBONES = {  # name -> extra `vpt train` arguments
-    "pretrained": ["--model", "vpt:vit_tiny_cifar10"],
-    "random-init control": ["--model", "vpt:vit_tiny_cifar10", "--set", "model.backbone.pretrained=false",
-                            "--set", "model.backbone.init_seed=0"],
+BACKBONES = {  # name -> extra `vpt train` arguments (the default recipe's backbone is vpt:vit_tiny_cifar10)
+    "pretrained": [],
+    "random-init control": ["--set", "model.backbone.pretrained=false", "--set", "model.backbone.init_seed=0"],
 }
+
+
+def train_commands(data: str, out_root: str, epochs: int, lr, seed: int):
+    """(backbone, arm, run folder, `vpt train` argv) of the four runs; none passes -c: the default recipe."""
+    runs = []
+    for bb, bb_args in BACKBONES.items():
+        for arm, arm_args in ARMS.items():
+            out = os.path.join(out_root, f"{arm}-{'control' if bb != 'pretrained' else 'pretrained'}")
+            cmd = ["train", "--data", data, "--output", out, "--overwrite", "--epochs", str(epochs),
+                   *(["--lr", repr(lr)] if lr is not None else []), "--seed", str(seed), *bb_args, *arm_args]
+            runs.append((bb, arm, out, cmd))
+    return runs
 
 
 def main(argv=None) -> int:
@@ -41,7 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--task", default="mnist", help="a task of benchmarks/transfer_data.py")
     ap.add_argument("--data-root", default=os.path.join("~", ".cache", "vpt", "datasets"))
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=3e-2, help="AdamW lr, the same for every run")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="AdamW lr, the same for every run (default: the default recipe's, 0.03)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/quickstart")
     args = ap.parse_args(argv)
@@ -61,25 +74,24 @@ def main(argv=None) -> int:
 
     from vpt.cli import main as vpt_main
     rows = []
-    for bb, bb_args in BACKBONES.items():
-        for arm, arm_args in ARMS.items():
-            out = os.path.join(args.out, args.task, f"{arm}-{'control' if bb != 'pretrained' else 'pretrained'}")
-            cmd = ["train", "-c", os.path.relpath(RECIPE), "--data", os.path.join(root, args.task),
-                   "--output", out, "--overwrite", "--epochs", str(args.epochs), "--lr", repr(args.lr),
-                   "--seed", str(args.seed), *bb_args, *arm_args]
-            print(f"\n$ vpt {' '.join(cmd)}", flush=True)
-            start = time.perf_counter()
-            if vpt_main(cmd) != 0:
-                print(f"error: the {arm} run on the {bb} backbone failed; see {out}/train.log", file=sys.stderr)
-                return 1
-            with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
-                res = json.load(f)
-            rows.append({"backbone": bb, "arm": arm, "val_top1": res["val"]["top1"], "test_top1": res["test"]["top1"],
-                         "best_epoch": res.get("best_epoch"), "trainable_params": res.get("trainable_params"),
-                         "wall_seconds": round(time.perf_counter() - start, 1), "run": out,
-                         "command": "vpt " + " ".join(cmd)})
+    for bb, arm, out, cmd in train_commands(os.path.join(root, args.task), os.path.join(args.out, args.task),
+                                            args.epochs, args.lr, args.seed):
+        print(f"\n$ vpt {' '.join(cmd)}", flush=True)
+        start = time.perf_counter()
+        if vpt_main(cmd) != 0:
+            print(f"error: the {arm} run on the {bb} backbone failed; see {out}/train.log", file=sys.stderr)
+            return 1
+        with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+            res = json.load(f)
+        lr = res["config"]["optim"]["lr"]
+        rows.append({"backbone": bb, "arm": arm, "lr": lr, "val_top1": res["val"]["top1"],
+                     "test_top1": res["test"]["top1"],
+                     "best_epoch": res.get("best_epoch"), "trainable_params": res.get("trainable_params"),
+                     "wall_seconds": round(time.perf_counter() - start, 1), "run": out,
+                     "command": "vpt " + " ".join(cmd)})
 
     by = {(r["backbone"], r["arm"]): r for r in rows}
+    args.lr = rows[0]["lr"]  # what ran (the recipe's unless --lr)
     lines = [f"\n{args.task}: {manifest['totals']} images (train/val/test), {args.epochs} epochs, lr {args.lr:g}, "
              f"seed {args.seed}; test top-1 (%)",
              f"{'':22s}{'vpt_deep':>10s}{'linear':>10s}{'vpt - linear':>14s}"]

@@ -16,7 +16,7 @@ from vpt.config import from_dict
 
 pytest.importorskip("open_clip")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_RECIPE = os.path.join(REPO, "configs", "clip_tiny_offline.yaml")
+TINY_RECIPE = os.path.join(REPO, "vpt", "recipes", "clip_tiny_offline.yaml")
 TINY_CLIP = yaml.safe_load(open(TINY_RECIPE))["model"]["backbone"]["model_kwargs"]
 
 
@@ -69,7 +69,7 @@ def test_train_clip_end_to_end(env, tmp_path, capsys, run):
 
 def test_zeroshot_recipe_with_local_weights(env, tmp_path, capsys):
     out = tmp_path / "zs.json"
-    argv = ["zeroshot", "-c", os.path.join(REPO, "configs", "zeroshot_vit_b32.yaml"), "--weights", env["weights"],
+    argv = ["zeroshot", "-c", os.path.join(REPO, "vpt", "recipes", "zeroshot_vit_b32.yaml"), "--weights", env["weights"],
             "--model-kwargs", json.dumps(TINY_CLIP), "--data", env["data"], "--no-cache", "--device", "cpu",
             "-j", "0", "--set", "templates=simple", "--output", str(out)]
     assert main(argv) == 0
@@ -85,7 +85,7 @@ def test_recipes_carry_published_hyperparameters():
     from vpt.prompts import PadPromptConfig
     from vpt.prompts.text import TextContextConfig
     from vpt.zeroshot import ZeroShotConfig
-    recipes = {os.path.basename(p): p for p in glob.glob(os.path.join(REPO, "configs", "*.yaml"))}
+    recipes = {os.path.basename(p): p for p in glob.glob(os.path.join(REPO, "vpt", "recipes", "*.yaml"))}
     for arch in ("32", "16"):
         pad = validate(from_dict(RunConfig, yaml.safe_load(open(recipes[f"clip_pad_vit_b{arch}.yaml"]))))
         assert pad.model.type == "clip" and pad.model.backbone.name == f"open_clip:ViT-B-{arch}/openai"

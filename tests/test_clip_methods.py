@@ -314,13 +314,13 @@ def test_shipped_method_recipes_hold_paper_settings():
                                       "gpa_mean": 15, "gpa_std": 1}),
     }
     for kind, (epochs, batch, lr, text) in expected.items():
-        cfg = from_dict(RunConfig, yaml.safe_load(open(os.path.join(repo, "configs", f"clip_{kind}_vit_b16.yaml"))))
+        cfg = from_dict(RunConfig, yaml.safe_load(open(os.path.join(repo, "vpt", "recipes", f"clip_{kind}_vit_b16.yaml"))))
         assert (cfg.train.epochs, cfg.train.batch_size, cfg.optim.lr, cfg.data.shots) == (epochs, batch, lr, 16)
         assert cfg.model.backbone.name == "open_clip:ViT-B-16/openai" and cfg.model.type == "clip"
         assert {k: getattr(cfg.model.text, k) for k in text} == text  # typed when the recipe is loaded
         assert cfg.sched.warmup_type == "constant" and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 5e-4
-        assert os.path.isfile(os.path.join(repo, "configs", f"clip_{kind}_tiny.yaml"))
-    vpt_cfg = from_dict(RunConfig, yaml.safe_load(open(os.path.join(repo, "configs", "clip_vpt_deep_vit_b16.yaml"))))
+        assert os.path.isfile(os.path.join(repo, "vpt", "recipes", f"clip_{kind}_tiny.yaml"))
+    vpt_cfg = from_dict(RunConfig, yaml.safe_load(open(os.path.join(repo, "vpt", "recipes", "clip_vpt_deep_vit_b16.yaml"))))
     assert (vpt_cfg.train.epochs, vpt_cfg.train.batch_size, vpt_cfg.optim.lr) == (5, 4, 0.0025)
     from vpt.prompts import DeepPromptConfig
     assert vpt_cfg.model.prompt == DeepPromptConfig(num_tokens=8, init="normal")

@@ -21,7 +21,7 @@ CLASSES = ("cat", "dog", "frog", "golden_retriever", "red_car")  # base: the fir
 
 
 def recipe(kind):
-    return os.path.join(REPO, "configs", f"clip_{kind}_tiny.yaml")
+    return os.path.join(REPO, "vpt", "recipes", f"clip_{kind}_tiny.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_protocol_bad_input(env, tmp_path, capsys):
         capsys.readouterr().err
     assert train(env, "maple", str(tmp_path / "b"), "--base-to-novel", "--test-fraction", "0") == 2
     assert "has no test split; add" in capsys.readouterr().err
-    assert main(["train", "-c", os.path.join(REPO, "configs", "tiny_offline.yaml"), "--data", env["data"],
+    assert main(["train", "-c", os.path.join(REPO, "vpt", "recipes", "tiny_offline.yaml"), "--data", env["data"],
                  "--output", str(tmp_path / "c"), "--base-to-novel", "--test-fraction", "0.5"]) == 2
     assert "need a CLIP model (model.type: clip)" in capsys.readouterr().err
     assert train(env, "kgcoop", str(tmp_path / "d"), "--shots", "3") == 2

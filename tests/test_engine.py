@@ -139,8 +139,9 @@ def test_run_dir_guard(tmp_path):
     d = str(tmp_path / "run")
     prepare_run_dir(d).release()
     open(os.path.join(d, "config.yaml"), "w").write("x: 1\n")
+    open(os.path.join(d, "metrics.csv"), "w").write("epoch,train_loss\n1,0.5\n")  # one finished epoch
     open(os.path.join(d, "mine.txt"), "w").write("keep me")
-    with pytest.raises(RunDirError, match="--resume.*--overwrite"):
+    with pytest.raises(RunDirError, match="1 epoch finished.*--resume.*--overwrite"):
         prepare_run_dir(d)
     prepare_run_dir(d, resume=True).release()
     prepare_run_dir(d, overwrite=True).release()

@@ -10,7 +10,7 @@ VPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 # bottom to top; a module may import its own layer and the layers below it (docs/ARCHITECTURE.md, "Layers")
 LAYERS = [
-    {"errors", "version", "io", "fonts"},  # leaves: exception classes, version, atomic writes, bundled fonts
+    {"errors", "version", "io", "fonts", "recipes"},  # leaves: exceptions, version, atomic writes, fonts, recipes
     {"registry"},  # name -> factory maps
     {"config"},  # typed configs (option / Checked / OneOf)
     {"schema"},  # what an adapter_config.json may say: data, never code

@@ -404,7 +404,7 @@ def test_two_sweep_processes_share_one_study(sweep_setup, tmp_path):
 @pytest.mark.sweep
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "spaces", "*.yaml"))))
 def test_shipped_spaces_fit_their_recipes(path, tmp_path):
-    recipe = os.path.join(REPO, "configs", os.path.basename(path))
+    recipe = os.path.join(REPO, "vpt", "recipes", os.path.basename(path))
     assert os.path.isfile(recipe), f"{path} has no recipe {recipe}"
     base = yaml.safe_load(open(recipe))
     base.setdefault("data", {})["root"] = str(tmp_path)

@@ -10,7 +10,7 @@ import yaml
 from helpers import TINY_VIT_NAME, make_image_folder, tiny_recipe
 from vpt.cli import main
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "vpt", "recipes")
 
 
 def make_split_folder(root):
@@ -143,7 +143,7 @@ def test_corrupt_image_skipped_or_fatal(tmp_path, capsys):
 
 
 def test_recipes_parse():
-    """Every `vpt train` recipe in configs/ (classification and CLIP; not det_* / zeroshot_*) is a valid
+    """Every packaged `vpt train` recipe (vpt/recipes/) (classification and CLIP; not det_* / zeroshot_*) is a valid
     RunConfig with resolvable prompt kinds."""
     import vpt  # noqa: F401
     from vpt.config import from_dict
@@ -154,7 +154,7 @@ def test_recipes_parse():
     names = {os.path.basename(p) for p in paths}
     assert {"tiny_offline.yaml", "vpt_deep_vitb16_in21k.yaml", "vpt_shallow_vitb16_in21k.yaml",
             "prefix_vitb16_in21k.yaml", "pixel_pad_vitb16_in21k.yaml", "linear_probe_vitb16_in21k.yaml",
-            "full_finetune_vitb16_in21k.yaml"} <= names
+            "full_finetune_vitb16_in21k.yaml", "vpt_deep_vit_tiny_cifar10.yaml"} <= names
     for p in paths:
         cfg = validate(from_dict(RunConfig, yaml.safe_load(open(p))))
         if cfg.model.type == "classifier" and cfg.model.prompt is not None:

@@ -172,15 +172,14 @@ def test_run_killed_in_epoch_1_resumes_to_the_same_result(tmp_path, data):
 @pytest.mark.slow
 def test_resume_refuses_other_data_or_model_config(tmp_path, data, capsys):
     run = str(tmp_path / "run")
-    assert main(_common(tmp_path, data, epochs=2) + ["--output", run, "--epochs", "1"]) == 0
+    assert main(_common(tmp_path, data, epochs=2) + ["--output", run]) == 0
     other = make_image_folder(tmp_path / "other", per_class=5, seed=3)
-    assert main(["train", "--resume", "--output", run, "--data", other, "--epochs", "2"]) == 2
+    assert main(["train", "--resume", "--output", run, "--data", other]) == 2
     err = capsys.readouterr().err
     assert "the data differs from the run's" in err and "train 21 -> 12" in err
-    assert main(["train", "--resume", "--output", run, "--epochs", "2",
-                 "--set", "model.prompt.num_tokens=3"]) == 2
+    assert main(["train", "--resume", "--output", run, "--set", "model.prompt.num_tokens=3"]) == 2
     assert "model.prompt.num_tokens: 2 in the run, 3 now" in capsys.readouterr().err
-    assert main(["train", "--resume", "--output", run, "--epochs", "2"]) == 0  # the same data and model: fine
+    assert main(["train", "--resume", "--output", run]) == 0  # the same data and model: fine
 
 
 def test_stale_tmp_files_cleaned_and_user_files_kept(tmp_path, data):
@@ -190,7 +189,7 @@ def test_stale_tmp_files_cleaned_and_user_files_kept(tmp_path, data):
     (run / ".best.x8f.tmp").mkdir()
     (run / ".best.x8f.tmp" / "adapter_config.json").write_text("{")
     (run / ".my_notes.tmp").write_text("the user's")
-    assert main(["train", "--resume", "--output", str(run), "--epochs", "2"]) == 0
+    assert main(["train", "--resume", "--output", str(run)]) == 0
     left = sorted(os.listdir(run))
     assert ".run_state.pt.k2j3.tmp" not in left and ".best.x8f.tmp" not in left
     assert (run / ".my_notes.tmp").read_text() == "the user's"

@@ -440,3 +440,44 @@ def math_prod(shape: Tuple[int, ...]) -> int:
     for s in shape:
         n *= int(s)
     return n
+
+
+def init_from_artifact(model: torch.nn.Module, path: str) -> int:
+    """``train.init_from``: copy an artifact's trainable tensors (a run folder means its best/) into ``model``,
+    which must hold the same trainable tensors on the same backbone; returns how many were loaded. The file is
+    read like any artifact (bounded config, safetensors header checked before a tensor is read, finite values)."""
+    from .engine.checkpoint import trainable_tensors
+    directory = path
+    if os.path.isdir(os.path.join(path, "best")) and not os.path.isfile(os.path.join(path, WEIGHTS_NAME)):
+        directory = os.path.join(path, "best")
+    try:
+        saved = read_config(directory)
+        header = read_header(os.path.join(directory, WEIGHTS_NAME))
+    except ArtifactError as e:
+        raise ConfigError(f"train.init_from {path!r}: {e}") from None
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and hasattr(backbone, "identity") and saved.get("backbone"):
+        try:
+            _check_same_backbone(saved["backbone"], backbone)
+        except ArtifactError as e:
+            raise ConfigError(f"train.init_from {path!r}: {e}") from None
+    mine = model.trainable_state_dict() if hasattr(model, "trainable_state_dict") else trainable_tensors(model)
+    want = {k: tuple(v.shape) for k, v in mine.items()}
+    have = {k: shape for k, (shape, _) in header.items()}
+    if want != have:
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want))
+        shapes = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+        raise ConfigError(f"train.init_from {path!r} does not fit this model's trainable tensors (missing "
+                          f"{missing[:4]}, unexpected {extra[:4]}, other shapes {shapes[:4]}): it was trained with "
+                          f"another prompt / head config or other classes; use the artifact's own settings "
+                          f"(its adapter_config.json) or drop --init-from")
+    from safetensors.torch import load_file
+    tensors = load_file(os.path.join(directory, WEIGHTS_NAME))
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ConfigError(f"train.init_from {path!r}: tensor(s) {', '.join(bad[:4])} hold NaN or inf values")
+    missing, _ = model.load_state_dict(tensors, strict=False)
+    _logger.info("init from %s: %d trainable tensors loaded (a new run: new optimizer and schedule)", directory,
+                 len(tensors))
+    return len(tensors)

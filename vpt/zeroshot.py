@@ -31,7 +31,7 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class ZeroShotConfig(Checked):
-    """A `vpt zeroshot` run (configs/zeroshot_*.yaml; flags override the file)."""
+    """A `vpt zeroshot` run (vpt/recipes/zeroshot_*.yaml, e.g. -c zeroshot_vit_b32; flags override the file)."""
     model: Optional[str] = None  # open_clip:ARCH/TAG (hub), open_clip:ARCH/FILE (local file) or open_clip:ARCH
     weights: Optional[str] = None  # local weights file for ARCH (safetensors or torch state dict)
     pretrained: bool = True  # False: random init (smoke tests; chance-level accuracy)

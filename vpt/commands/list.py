@@ -71,9 +71,21 @@ def list_backbones(fields: bool) -> None:
     print("shipped weights: " + (", ".join(f"vpt:{n}" for n in sorted(SHIPPED)) or "none"))
 
 
+def list_recipes(fields: bool) -> None:
+    """``vpt list recipes``: name, task and the first line of each packaged recipe's comment."""
+    from .. import recipes
+    infos = [recipes.describe(n) for n in recipes.names()]
+    width = max(len(i.name) for i in infos)
+    print(f"recipes (vpt train -c NAME; default: {recipes.DEFAULT}; a YAML path works too):")
+    for i in infos:
+        mark = "*" if i.name == recipes.DEFAULT else " "
+        print(f" {mark}{i.name:<{width}}  {i.task:<14} {i.description}")
+
+
 # name -> listing; `vpt list NAME` prints one, `vpt list` all in this order
 SECTIONS: Dict[str, Callable[[bool], None]] = {
     "prompts": list_prompts, "heads": list_heads, "models": list_model_types, "backbones": list_backbones,
+    "recipes": list_recipes,
 }
 
 

@@ -3,7 +3,7 @@
     vpt zeroshot --model open_clip:ViT-B-32/laion2b_s34b_b79k --data DIR
     vpt zeroshot --model open_clip:ViT-B-32/laion2b_s34b_b79k --data SPLIT_DIR --split all
     vpt zeroshot --model open_clip:ViT-B-32 --weights clip.safetensors --data DIR --templates simple
-    vpt zeroshot -c configs/zeroshot_vit_b32.yaml --weights clip.safetensors --data DIR --output r.json
+    vpt zeroshot -c zeroshot_vit_b32 --weights clip.safetensors --data DIR --output r.json
 
 The data is read as `vpt train` reads it: DIR/<class>/*, DIR/{train,val,test}/<class>/* (the classes are
 those under train/; by default the test split is evaluated when there is one, else every image) or a CSV
@@ -30,7 +30,7 @@ FLAG_FIELDS = ("model", "weights", "init_seed", "data", "split", "classnames", "
 def register(sub) -> None:
     p = sub.add_parser("zeroshot", help="CLIP zero-shot classification of an image folder (CLIP_benchmark JSON)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config", metavar="YAML", help="recipe file (configs/zeroshot_*.yaml)")
+    p.add_argument("-c", "--config", metavar="YAML", help="a packaged recipe (zeroshot_vit_b32, zeroshot_vit_b16) or a YAML file")
     p.add_argument("--model", help="open_clip:ARCH/TAG (hub tag), open_clip:ARCH/FILE (local weights) or "
                                    "open_clip:ARCH with --weights / --random-init")
     p.add_argument("--weights", metavar="FILE", help="local weights file (safetensors or torch state dict) for ARCH")

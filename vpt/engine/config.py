@@ -75,6 +75,8 @@ class TrainSection(Checked):
     log_interval: int = option(50, "log the running loss every N optimizer steps (0: off)", range=(0, None))
     progress: Optional[bool] = option(None, "progress bars (null: only on a TTY and on rank 0)")
     eval_every: int = option(1, "evaluate on val every N epochs (always after the last)", range=(1, None))
+    init_from: Optional[str] = option(None, "start from an artifact's trainable tensors (a new run: new optimizer "
+                                            "and schedule)")
 
     def check(self) -> None:
         self.amp_dtype = amp_dtype_name(self.amp_dtype)

@@ -8,6 +8,10 @@
 - An OS-level lock (``fcntl.flock`` on ``.vpt_run.lock``; ``filelock`` where fcntl is missing) is held for
   the run's life by rank 0: a second run on the folder is refused at once, naming the holder. The kernel
   drops the lock when its process dies, so a run killed with SIGKILL never blocks ``--resume``.
+- A folder is claimed (created, marker written) only when the run can start: ``check_run_dir`` refuses what
+  it can without writing, before the data is read and the model built; ``prepare_run_dir`` claims it after.
+- A run that never finished an epoch (no metrics.csv row, no results.json) left nothing worth keeping: the
+  next run there takes it over without --overwrite (its files are replaced, the takeover logged).
 - Leftover temporary files of an interrupted write (``.NAME.*.tmp``, ``best.old``) are cleaned on start.
 - Another vpt tool may claim a folder with the same marker (its own ``kind`` and a ``label`` naming the owner)
   and the same lock, held SHARED by its processes when they share the folder legitimately: a `vpt train`
@@ -153,19 +157,35 @@ class RunLock:
             self._filelock = None
 
 
-def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False, command: str = "") -> RunLock:
-    """Create ``path`` for a new run, or check it for a resume; returns the held lock (release it at the end).
+def finished_epochs(path: str) -> int:
+    """Epochs a run folder's metrics.csv records as finished (0 when it has none; a results.json counts as 1)."""
+    n = 0
+    try:
+        with open(os.path.join(path, "metrics.csv"), encoding="utf-8") as f:
+            n = max(0, sum(1 for line in f if line.strip()) - 1)  # minus the header
+    except OSError:
+        pass
+    if not n and os.path.isfile(os.path.join(path, "results.json")):
+        n = 1
+    return n
 
-    A folder that already holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (delete
-    the files an earlier `vpt train` wrote there; other files are left alone). A folder with other files is
-    refused unless ``overwrite``, and never written over where its names collide with vpt's.
-    """
+
+def check_run_dir(path: str, resume: bool = False, overwrite: bool = False) -> None:
+    """The refusals of ``prepare_run_dir`` that need no lock, made without writing anything: called before
+    the data is read and the model built, so a command refused for its folder costs nothing."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunDirError(f"output path {path!r} is a file, not a folder; choose another --output")
     is_run = holds_run(path)
     if resume and not is_run:
         raise RunDirError(f"--resume: {path!r} holds no run to resume; drop --resume to start a new run")
-    if os.path.isdir(path) and not is_run:
+    if not os.path.isdir(path):
+        return
+    marker = read_marker(path)
+    if marker.get("kind", "train") != "train":  # another vpt tool's folder, named by its marker
+        label = marker.get("label")
+        raise RunDirError(f"output folder {path!r} holds a vpt {marker['kind']}" + (f" ({label})" if label else "")
+                          + "; a run can't share its folder (--overwrite neither): choose another --output")
+    if not is_run:
         others = foreign_entries(path)
         clash = [e for e in others if e in RUN_FILES]
         if clash:
@@ -177,6 +197,34 @@ def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False, co
             raise RunDirError(f"output folder {path!r} is not a vpt run and holds other files ({listed}); choose "
                               f"a new or empty folder, or pass --overwrite to add the run beside them (they are "
                               f"kept)")
+    elif not resume and not overwrite and finished_epochs(path):
+        n = finished_epochs(path)
+        raise RunDirError(f"output folder {path!r} already holds a run ({n} epoch{'s' if n != 1 else ''} "
+                          f"finished); pass --resume to continue it, --overwrite to replace it, or choose another "
+                          f"--output")
+
+
+def _remove_run_files(path: str) -> None:
+    for name in RUN_FILES:
+        p = os.path.join(path, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.unlink(p)
+
+
+def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False, command: str = "") -> RunLock:
+    """Create ``path`` for a new run, or check it for a resume; returns the held lock (release it at the end).
+
+    A folder that already holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (delete
+    the files an earlier `vpt train` wrote there; other files are left alone). A folder with other files is
+    refused unless ``overwrite``, and never written over where its names collide with vpt's.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunDirError(f"output path {path!r} is a file, not a folder; choose another --output")
+    is_run = holds_run(path)
+    if not is_run or resume:
+        check_run_dir(path, resume=resume, overwrite=overwrite)
     os.makedirs(path, exist_ok=True)
     lock = RunLock(path).acquire(command)
     try:
@@ -187,16 +235,17 @@ def prepare_run_dir(path: str, resume: bool = False, overwrite: bool = False, co
                               + "; a run can't share its folder (--overwrite neither): choose another --output")
         clean_stale_tmp(path)
         if is_run and not resume:
-            if not overwrite:
-                raise RunDirError(f"output folder {path!r} already holds a run; pass --resume to continue it, "
-                                  f"--overwrite to replace it, or choose another --output")
-            for name in RUN_FILES:
-                p = os.path.join(path, name)
-                if os.path.isdir(p) and not os.path.islink(p):
-                    shutil.rmtree(p)
-                elif os.path.lexists(p):
-                    os.unlink(p)
-            _logger.warning("--overwrite: removed the previous run's files from %s (other files kept)", path)
+            done = finished_epochs(path)  # read under the lock: a run that holds it may be finishing an epoch
+            if done and not overwrite:
+                raise RunDirError(f"output folder {path!r} already holds a run ({done} epoch"
+                                  f"{'s' if done != 1 else ''} finished); pass --resume to continue it, --overwrite "
+                                  f"to replace it, or choose another --output")
+            _remove_run_files(path)
+            if done:
+                _logger.warning("--overwrite: removed the previous run's files from %s (other files kept)", path)
+            else:
+                _logger.info("%s held a run that never finished an epoch (it stopped or failed early): taking it "
+                             "over", path)
         from ..io import atomic_write_json
         from ..version import __version__
         if not os.path.isfile(os.path.join(path, MARKER)):

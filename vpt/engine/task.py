@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 # The ``run`` every hook receives is the engine's :class:`vpt.engine.trainer.Trainer` (its ``cfg``, ``device``,
 # ``info``, ``run_dir``, ``model`` ...). Named, not imported: the trainer imports this file, and the import graph
 # has no cycles (tests/test_layering.py).
@@ -59,6 +61,11 @@ class Task:
     def build_model(self, run: Run) -> nn.Module:
         """The model to train, with ``save_pretrained`` and ``param_roles`` (``vpt.model.AdapterMixin``)."""
         raise NotImplementedError
+
+    def load_init(self, run: Run, model: nn.Module, path: str) -> None:
+        """``train.init_from``: start this new run from the trainable tensors of the artifact at ``path``
+        (a task whose models are saved as vpt artifacts calls ``vpt.artifact.init_from_artifact``)."""
+        raise ConfigError(f"task {self.name!r} cannot start from an artifact (train.init_from); drop --init-from")
 
     def train_dataset(self, run: Run) -> torch.utils.data.Dataset:
         """The training samples; ``set_epoch(epoch)`` is called on it each epoch when it has one."""

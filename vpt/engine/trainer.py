@@ -36,7 +36,7 @@ from .config import validate_sections
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, resolve_device
 from .metrics import MetricsWriter
 from .optim import build_optimizer_and_scheduler
-from .rundir import holds_run, prepare_run_dir
+from .rundir import check_run_dir, holds_run, prepare_run_dir
 from .runlog import attach_file_log, detach_file_log, progress, tensorboard_writer
 from .sampler import GlobalBatchSampler
 from .seed import rng_state, seed_everything, set_rng_state
@@ -82,6 +82,41 @@ def _diff(old: Any, new: Any, where: str) -> List[str]:
     return [] if old == new else [f"{where}: {old!r} in the run, {new!r} now"]
 
 
+class LogBuffer(logging.Handler):
+    """Holds the ``vpt`` log records of a run until its folder is claimed, then copies them into train.log:
+    the folder is written only once the run can start, and its log still begins with the first line."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: List[logging.LogRecord] = []
+        self.active = False
+
+    @classmethod
+    def start(cls) -> "LogBuffer":
+        buf = cls()
+        root = logging.getLogger("vpt")
+        root.addHandler(buf)
+        if root.level == logging.NOTSET or root.level > logging.INFO:  # as attach_file_log: train.log gets INFO
+            root.setLevel(logging.INFO)
+        buf.active = True
+        return buf
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def replay(self, handler: logging.Handler) -> None:
+        for record in self.records:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+        self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            logging.getLogger("vpt").removeHandler(self)
+            self.active = False
+        self.records = []
+
+
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1009 + rank) % (2 ** 63)
 
@@ -95,7 +130,9 @@ class Trainer:
     """
 
     def __init__(self, task: Task, info: Optional[DistInfo] = None, resume: bool = False, overwrite: bool = False,
-                 callbacks: Sequence[Callback] = (), command: Optional[str] = None):
+                 callbacks: Sequence[Callback] = (), command: Optional[str] = None,
+                 log_buffer: Optional[LogBuffer] = None):
+        self.log_buffer = log_buffer
         self.task, self.cfg = task, task.cfg
         validate_sections(self.cfg)
         task.validate()
@@ -117,19 +154,18 @@ class Trainer:
         if t.batch_size % (info.world_size * t.grad_accum_steps):
             _logger.warning("train.batch_size %d is not a multiple of ranks x grad_accum_steps (%d); micro-batches "
                             "differ in size by one", t.batch_size, info.world_size * t.grad_accum_steps)
-        # guard the run folder on every rank first (read-only), then let rank 0 change it
+        # check the run folder on every rank (read-only); it is claimed only once everything below succeeded
         if not info.is_main:
             if self.resume and not holds_run(self.run_dir):
                 raise RunDirError(f"--resume: {self.run_dir!r} holds no run to resume")
         else:
-            self.run_lock = prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite,
-                                            command=self.command or "")
-        barrier()
-        self.log_handler = attach_file_log(os.path.join(self.run_dir, "train.log")) if info.is_main else None
+            check_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite)
         seed_everything(t.seed, t.deterministic)
         self.task.setup(self)
         seed_everything(t.seed, t.deterministic)  # the model's init does not depend on how the data was read
         self.model = self.task.build_model(self).to(self.device)
+        if t.init_from and not self.resume:
+            self.task.load_init(self, self.model, t.init_from)
         self.params = count_parameters(self.model)
         _logger.info("trainable params: %d || all params: %d || trainable%%: %.4f", self.params["trainable"],
                      self.params["total"], self.params["trainable_percent"])
@@ -143,9 +179,22 @@ class Trainer:
             raise ConfigError(f"train.batch_size {t.batch_size} is larger than the {len(self.train_ds)} training "
                               f"samples and task {self.task.name!r} uses whole batches only; lower train.batch_size")
         built = self.task.build_optimizer(self)
+        self.own_schedule = built is not None
         self.optimizer, self.scheduler, self.lr = built if built is not None else build_optimizer_and_scheduler(
             self.model, cfg.optim, cfg.sched, t.batch_size, self.steps_per_epoch, t.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp_dtype == "float16" else None
+
+        if self.resume:  # read-only checks of the saved state first: a refused resume writes nothing
+            self._check_state(load_run_state(os.path.join(self.run_dir, STATE_NAME)))
+        # the run can start: claim the folder (rank 0), then copy what was logged so far into its train.log
+        if info.is_main:
+            self.run_lock = prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite,
+                                            command=self.command or "")
+        barrier()
+        self.log_handler = attach_file_log(os.path.join(self.run_dir, "train.log")) if info.is_main else None
+        if self.log_handler is not None:
+            self.log_buffer.replay(self.log_handler)
+        self.log_buffer.stop()
 
         self.start_epoch, self.best = 0, {"epoch": -1, "score": -math.inf, "val": None}
         self.best_tensors: Optional[Dict[str, torch.Tensor]] = None
@@ -167,9 +216,53 @@ class Trainer:
                                          keep_before_epoch=self.start_epoch + 1 if self.resume else None)
             self.tb = tensorboard_writer(os.path.join(self.run_dir, "tb")) if cfg.output.tensorboard else None
 
+    def _check_state(self, state: Dict[str, Any]) -> None:
+        """What a resume must keep: the model config, the data, and the learning rate of every step taken."""
+        self._check_fingerprint(state.get("fingerprint"))
+        self._check_epochs(state["epoch"])
+
+    def _check_epochs(self, done: int) -> None:
+        """``train.epochs`` may change on resume only where the steps already taken had the same learning
+        rate under the new total (a constant schedule, or a cosine whose finished epochs were all warmup):
+        then the run continues to the new total and config.yaml says so; otherwise it is refused."""
+        import yaml
+        t = self.cfg.train
+        try:
+            with open(os.path.join(self.run_dir, "config.yaml"), encoding="utf-8") as f:
+                was = int(yaml.safe_load(f)["train"]["epochs"])
+        except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+            return  # no readable config.yaml (a library run): nothing to compare with
+        if was == t.epochs:
+            return
+        fix = (f"resume with the run's {was} epochs (drop --epochs), or start a new run from this run's best model: "
+               f"--init-from {os.path.join(self.run_dir, 'best')} --epochs {t.epochs} and another --output")
+        if t.epochs < done:
+            raise ResumeError(f"--resume: train.epochs {t.epochs} but the run already finished {done} epochs; {fix}")
+        if not self._same_schedule(was, t.epochs, done * self.steps_per_epoch):
+            raise ResumeError(
+                f"--resume: train.epochs {was} in the run, {t.epochs} now; the {done} finished epoch"
+                f"{'s' if done != 1 else ''} followed a {self.cfg.sched.sched} schedule that depends on the total, so "
+                f"the result would match neither config; {fix}")
+        _logger.info("--resume: train.epochs %d -> %d; the %d finished epochs ran the same learning rates under "
+                     "both totals, so the run continues to %d epochs (config.yaml and results.json say %d)", was,
+                     t.epochs, done, t.epochs, t.epochs)
+
+    def _same_schedule(self, old_epochs: int, new_epochs: int, steps: int) -> bool:
+        """Whether the first ``steps`` learning rates are equal for both epoch totals (False when the task
+        builds its own scheduler: it can't be recomputed here)."""
+        if self.own_schedule:
+            return False
+        from .optim import build_scheduler
+
+        def factors(epochs: int) -> List[float]:
+            opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            fn = build_scheduler(opt, self.cfg.sched, self.steps_per_epoch, epochs, float(self.lr)).lr_lambdas[0]
+            return [fn(s) for s in range(steps)]
+        return factors(old_epochs) == factors(new_epochs)
+
     def _load_state(self) -> None:
         state = load_run_state(os.path.join(self.run_dir, STATE_NAME))
-        self._check_fingerprint(state.get("fingerprint"))
+        self._check_state(state)
         load_trainable_tensors(self.model, state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -351,10 +444,13 @@ class Trainer:
 
     # --- the run ----------------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
+        if self.log_buffer is None:
+            self.log_buffer = LogBuffer.start()
         try:
             self._setup()
             return self._run()
         finally:
+            self.log_buffer.stop()
             if getattr(self, "run_lock", None) is not None:
                 self.run_lock.release()
             detach_file_log(getattr(self, "log_handler", None))
@@ -442,6 +538,9 @@ class Trainer:
 
 
 def train(task: Task, info: Optional[DistInfo] = None, resume: bool = False, overwrite: bool = False,
-          callbacks: Sequence[Callback] = (), command: Optional[str] = None) -> Dict[str, Any]:
-    """Run ``task`` (built from its run config) end to end; returns the results (also in results.json)."""
-    return Trainer(task, info, resume=resume, overwrite=overwrite, callbacks=callbacks, command=command).run()
+          callbacks: Sequence[Callback] = (), command: Optional[str] = None,
+          log_buffer: Optional[LogBuffer] = None) -> Dict[str, Any]:
+    """Run ``task`` (built from its run config) end to end; returns the results (also in results.json).
+    ``log_buffer``: records logged before the call, to copy into the run's train.log (the CLI's recipe line)."""
+    return Trainer(task, info, resume=resume, overwrite=overwrite, callbacks=callbacks, command=command,
+                   log_buffer=log_buffer).run()

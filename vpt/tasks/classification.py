@@ -227,6 +227,10 @@ class ClassificationTask(Task):
         return {"root": root, "classes": len(s.class_names), "train": len(s.train), "val": len(s.val),
                 "test": len(s.test), "sha256": h.hexdigest()}
 
+    def load_init(self, run, model, path: str) -> None:
+        from ..artifact import init_from_artifact
+        init_from_artifact(model, path)
+
     def build_model(self, run) -> torch.nn.Module:
         t = self.cfg.train
         model = self.create_model()

@@ -147,6 +147,10 @@ class DetectionTask(Task):
     def setup(self, run) -> None:
         self.classes, self.splits, self.stats = load_splits(self.cfg)
 
+    def load_init(self, run, model, path: str) -> None:
+        from ..artifact import init_from_artifact
+        init_from_artifact(model, path)
+
     def build_model(self, run) -> torch.nn.Module:
         cfg = self.cfg
         model = create_detector(cfg.model.backbone, self.classes, prompt=cfg.model.prompt, detector=cfg.detector)
