@@ -13,7 +13,7 @@ LAYERS = [
     {"errors", "version", "io", "registry", "config", "fonts"},
     {"data", "backbones", "heads", "metrics"},
     {"prompts"},
-    {"model", "encode", "timm_api", "artifact", "schema", "multitask", "clip", "lora", "zeroshot", "weights", "detection"},
+    {"model", "encode", "timm_api", "artifact", "hub", "schema", "multitask", "clip", "lora", "zeroshot", "weights", "detection"},
     {"engine"},
     {"tasks"},
     {"sweep"},
