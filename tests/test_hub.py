@@ -400,3 +400,63 @@ def test_network_down_falls_back_to_the_cache(fake, cached, monkeypatch):
     assert vpt.Artifact.open("hf://org/task").revision == cached
     with pytest.raises(vpt.ArtifactError, match="cannot reach the Hugging Face Hub and hf://org/other@main"):
         vpt.Artifact.open("hf://org/other")
+
+
+def test_bare_id_that_is_no_folder_says_both(cache):
+    with pytest.raises(vpt.ArtifactError, match="'runs/typo' is no local folder, and as a hub id: HF_HUB_OFFLINE"):
+        vpt.from_pretrained("runs/typo")
+
+
+def test_predict_tasks_mixes_hub_and_local(cached, run_dir, images, tmp_path):
+    out = tmp_path / "p.json"
+    assert main(["predict", "--tasks", "hub=hf://org/task", f"local={run_dir}/best", images, "--output", str(out)]) == 0
+    records = json.loads(out.read_text())
+    by_task = {t: [r for r in records if r["task"] == t] for t in ("hub", "local")}
+    assert all(r["artifact"] == f"hf://org/task@{cached}" for r in by_task["hub"])
+    assert all("artifact" not in r for r in by_task["local"])
+    assert [r["predictions"] for r in by_task["hub"]] == [r["predictions"] for r in by_task["local"]]
+
+
+# --- the card's base model ---------------------------------------------------------------------------
+@pytest.mark.slow  # imports timm's and open_clip's pretrained tables
+def test_base_model_ids_come_from_the_libraries():
+    from vpt.backbones.hub_ids import base_model_id
+    assert base_model_id({"name": "timm:vit_tiny_patch16_224.augreg_in21k", "weights_id": "hub:augreg_in21k"}) == \
+        "timm/vit_tiny_patch16_224.augreg_in21k"
+    assert base_model_id({"name": "open_clip:ViT-B-32/openai", "weights_id": "hub:openai"}) == \
+        "timm/vit_base_patch32_clip_224.openai"
+    assert base_model_id({"name": "open_clip:hf-hub:org/clip", "weights_id": "hub:default"}) == "org/clip"
+    for weights in ("random:0", "file:" + "0" * 64):
+        assert base_model_id({"name": "timm:vit_tiny_patch16_224.augreg_in21k", "weights_id": weights}) is None
+
+
+def test_card_names_the_base_model_and_a_matching_card_loads(cache, run_dir):
+    from vpt.hub import check_card, make_card
+    config = vpt.Artifact.open(os.path.join(run_dir, "best")).config
+    config["backbone"].update(name="timm:vit_tiny_patch16_224.augreg_in21k", tag="augreg_in21k",
+                              weights_id="hub:augreg_in21k", pretrained=True)
+    card = make_card(config, None, "org/t", "classification")
+    assert card.data.base_model == "timm/vit_tiny_patch16_224.augreg_in21k"
+    path = cache / "README.md"
+    card.save(str(path))
+    check_card(str(path), config, "hf://org/t@x")  # agrees: accepted
+    config["backbone"].update(name="timm:vit_small_patch16_224.augreg_in21k")
+    with pytest.raises(vpt.ArtifactError, match="card claims base_model 'timm/vit_tiny_patch16_224.augreg_in21k'"):
+        check_card(str(path), config, "hf://org/t@x")
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_offline_process_loads_from_the_cache_without_the_network(cached, images, tmp_path):
+    """A fresh process, as a user runs it: huggingface_hub reads HF_HUB_OFFLINE / HF_HUB_CACHE at import."""
+    import subprocess
+    import sys
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=os.environ["HF_HUB_CACHE"],
+               HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")  # any network use would fail
+    p = subprocess.run([sys.executable, "-m", "vpt", "predict", "hf://org/task", images, "--format", "csv"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("path,rank,label") and f"hf://org/task@{cached}" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "vpt", "inspect", "hf://org/absent"], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2 and "HF_HUB_OFFLINE is set and hf://org/absent@main" in p.stderr

@@ -460,9 +460,15 @@ def from_pretrained(directory: str, backbone: Union[None, str, BackboneAdapter] 
         max_params: refuse a model (backbone included) larger than this; the artifact can't raise it.
     """
     from .hub import as_hub_uri
-    spec = as_hub_uri(os.fspath(directory), revision)
-    return Artifact.open(spec, revision=revision, token=token).load(device=device, weights=weights,
-                                                                     max_params=max_params, backbone=backbone)
+    given = os.fspath(directory)
+    spec = as_hub_uri(given)
+    try:
+        art = Artifact.open(spec, revision=revision, token=token)
+    except ArtifactError as e:
+        if spec == given:
+            raise
+        raise ArtifactError(f"{given!r} is no local folder, and as a hub id: {e}") from None
+    return art.load(device=device, weights=weights, max_params=max_params, backbone=backbone)
 
 
 def _itemsize(dtype: torch.dtype) -> int:

@@ -48,7 +48,7 @@ def is_hub_uri(spec: str) -> bool:
     return isinstance(spec, str) and spec.startswith(PREFIX)
 
 
-def as_hub_uri(spec: str, revision: Optional[str] = None) -> str:
+def as_hub_uri(spec: str) -> str:
     """``vpt.from_pretrained``'s argument: a local folder stays one; ``org/name`` that is no local path
     becomes ``hf://org/name`` (peft's ``from_pretrained("user/repo")``)."""
     if is_hub_uri(spec) or os.path.exists(spec):

@@ -21,7 +21,8 @@ def register(sub) -> None:
     from .train import add_input_flags
     p = sub.add_parser("eval", help="evaluate an artifact on a data folder", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact", metavar="ARTIFACT", help="artifact folder (e.g. runs/x/best)")
+    p.add_argument("artifact", metavar="ARTIFACT", help="artifact folder (e.g. runs/x/best) or hub task "
+                                                        "(hf://ORG/NAME[@REVISION])")
     add_input_flags(p)
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="which split to evaluate (default: test)")

@@ -42,7 +42,8 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     # both positionals are optional to argparse: --tasks takes no ARTIFACT and may swallow the images after it
     p.add_argument("artifact", metavar="ARTIFACT",
-                   help="artifact folder (e.g. runs/x/best); not given with --tasks").required = False
+                   help="artifact folder (e.g. runs/x/best) or hub task (hf://ORG/NAME[@REVISION]); not "
+                        "given with --tasks").required = False
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                    help="image files and/or folders (searched recursively)").required = False
     p.add_argument("--tasks", nargs="+", metavar="NAME=ARTIFACT",
