@@ -460,3 +460,25 @@ def test_offline_process_loads_from_the_cache_without_the_network(cached, images
     p = subprocess.run([sys.executable, "-m", "vpt", "inspect", "hf://org/absent"], env=env, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 2 and "HF_HUB_OFFLINE is set and hf://org/absent@main" in p.stderr
+
+
+def test_push_names_no_local_folder_and_a_weights_file_backbone_loads_with_weights(fake, tmp_path):
+    from safetensors.torch import save_file
+    bb = vpt.create_backbone(TINY_VIT_NAME, pretrained=False, model_kwargs=dict(TINY_VIT))
+    wfile = tmp_path / "private" / "folders" / "bb.safetensors"
+    wfile.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(wfile))
+    m = vpt.create_model(TINY_VIT_NAME, weights=str(wfile), model_kwargs=dict(TINY_VIT), prompt="vpt_shallow",
+                         num_classes=2)
+    m.push_to_hub("me/filebb")
+    cfg = json.loads(fake.committed("me/filebb")["adapter_config.json"])
+    assert cfg["backbone"]["weights_file"] == "bb.safetensors"
+    with pytest.raises(vpt.ArtifactError, match="pass weights=PATH"):
+        vpt.from_pretrained("me/filebb")  # the backbone file is not on the hub (never fetched)
+    loaded = vpt.from_pretrained("me/filebb", weights=str(wfile))
+    torch.testing.assert_close(outputs(loaded), outputs(m.eval()), rtol=0, atol=0)
+
+
+def test_server_error_falls_back_to_the_cache(fake, cached):
+    fake.fail = _error(errors.HfHubHTTPError, "500 Server Error")
+    assert vpt.Artifact.open("hf://org/task").revision == cached

@@ -189,6 +189,14 @@ def _download(repo_id: str, name: str, commit: str, token, cache: str, local_onl
                             f"cache ({cache}); check the network and try again") from None
     except errors.EntryNotFoundError:
         return None
+    except errors.HfHubHTTPError as e:
+        raise ArtifactError(f"hf://{repo_id}@{commit[:12]}: downloading {name} failed ({str(e).splitlines()[0]}); "
+                            f"try again later") from None
+    except Exception as e:  # noqa: BLE001  (a dropped connection: a message, not a traceback)
+        if not _is_network_error(e):
+            raise
+        raise ArtifactError(f"hf://{repo_id}@{commit[:12]}: the network failed while downloading {name} "
+                            f"({type(e).__name__}); try again, or set HF_HUB_OFFLINE=1 to use what is cached") from None
 
 
 def _offline_message(repo_id: str, revision: str, cache: str, what: str = "") -> str:
@@ -248,10 +256,12 @@ def open_hub(cls, spec: str, revision: Optional[str] = None, token: Union[None, 
             commit, sizes = _resolve_online(repo_id, rev, token)
         except ArtifactError:
             raise
-        except Exception as e:  # noqa: BLE001  (only network failures fall back to the cache)
-            if not _is_network_error(e):
+        except Exception as e:  # noqa: BLE001  (only network / server failures fall back to the cache)
+            from huggingface_hub import errors
+            if not (_is_network_error(e) or isinstance(e, errors.HfHubHTTPError)):
                 raise
-            _logger.warning("cannot reach the Hugging Face Hub (%s); looking in the cache %s", type(e).__name__, cache)
+            _logger.warning("cannot reach the Hugging Face Hub (%s: %s); looking in the cache %s", type(e).__name__,
+                            str(e).splitlines()[0][:200] if str(e) else "", cache)
     if commit is None:
         commit = _cached_commit(repo_id, rev, cache)
     files = HubFiles(repo_id, commit, "", sizes, token, cache)
@@ -459,8 +469,14 @@ def push_to_hub(source, repo_id: str, private: Optional[bool] = None, revision: 
         card = make_card(art.config, results, repo_id, art.task)
         staged = os.path.join(tmp, "upload")
         os.makedirs(staged)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            shutil.copyfile(os.path.join(folder, name), os.path.join(staged, name))
+        shutil.copyfile(os.path.join(folder, WEIGHTS_NAME), os.path.join(staged, WEIGHTS_NAME))
+        with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as f:
+            raw = json.load(f)
+        bb = raw.get("backbone") or {}
+        if bb.get("weights_file"):  # a hint only (the sha256 decides): the upload names no local folders
+            bb["weights_file"] = os.path.basename(bb["weights_file"])
+        with open(os.path.join(staged, CONFIG_NAME), "w", encoding="utf-8") as f:
+            json.dump(raw, f, indent=2)
         if results_path:
             shutil.copyfile(results_path, os.path.join(staged, RESULTS_NAME))
         card.save(os.path.join(staged, CARD_NAME))
