@@ -93,7 +93,8 @@ def test_open_clip_step_after_partial_unlock_trains_prompts_and_the_last_group()
     opt.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     last = {n for n in changed if n.startswith("backbone.model.visual.")}
-    assert {n for n in changed if n.startswith("prompt.")} == {f"prompt.{n}" for n, _ in model.prompt.named_parameters()}
+    prompts = {f"prompt.{n}" for n, _ in model.prompt.named_parameters()}
+    assert {n for n in changed if n.startswith("prompt.")} == prompts
     assert any(".resblocks.2." in n for n in last) and any(n.endswith("visual.proj") for n in last)
     assert not any(".resblocks.0." in n for n in last)  # still locked
     assert changed == {n for n in changed if n.startswith(("prompt.", "backbone.model.visual."))}

@@ -126,8 +126,9 @@ class FakeHub:
                     raise hub.fail
                 repo, commit = hub._commit(repo_id, revision)
                 sizes = repo["sizes"][commit]
+                files = repo["commits"][commit]
                 return types.SimpleNamespace(sha=commit, siblings=[
-                    types.SimpleNamespace(rfilename=n, size=sizes.get(n, len(b))) for n, b in repo["commits"][commit].items()])
+                    types.SimpleNamespace(rfilename=n, size=sizes.get(n, len(b))) for n, b in files.items()])
 
             def create_repo(self, repo_id, private=None, exist_ok=False, token=None, **_):
                 hub.calls.append(("create_repo", repo_id, private))

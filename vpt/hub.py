@@ -404,7 +404,7 @@ def make_card(config: Dict[str, Any], results: Optional[Dict[str, Any]], repo_id
              f"{' + ' + text['kind'] + ' text context' if isinstance(text, dict) and text.get('kind') else ''} "
              f"on the frozen backbone `{bb.get('name')}` (weights `{bb.get('weights_id')}`). The files are data: "
              f"`adapter_config.json` + `adapter_model.safetensors`, loaded without unpickling anything.", "",
-             "```bash", f"pip install 'vpt[hub]'", f"vpt predict hf://{repo_id} IMAGE_OR_DIR", "```", "",
+             "```bash", "pip install 'vpt[hub]'", f"vpt predict hf://{repo_id} IMAGE_OR_DIR", "```", "",
              "```python", "import vpt", f"model = vpt.from_pretrained(\"{repo_id}\")", "```", "",
              f"## Classes ({len(classes)})", "", ", ".join(f"`{c}`" for c in classes[:200])
              + (f" ... ({len(classes) - 200} more)" if len(classes) > 200 else ""), ""]
