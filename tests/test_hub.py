@@ -116,11 +116,16 @@ class FakeHub:
         raise _error(errors.RevisionNotFoundError, f"404 revision {rev}")
 
     # huggingface_hub.HfApi
-    def api(self, token=None, **_):
+    def api(self, token=None, **kw):
+        import inspect
+        inspect.signature(REAL_API).bind(token=token, **kw)
         hub = self
 
         class Api:
-            def model_info(self, repo_id, revision=None, files_metadata=False, token=None, **_):
+            def model_info(self, repo_id, revision=None, files_metadata=False, token=None, **kw):
+                real_signature("model_info", self, repo_id, revision=revision, files_metadata=files_metadata,
+                               token=token, **kw)
+                assert files_metadata  # the sizes are what vpt checks before downloading
                 hub.calls.append(("model_info", repo_id, revision))
                 if hub.fail is not None:
                     raise hub.fail
@@ -130,16 +135,21 @@ class FakeHub:
                 return types.SimpleNamespace(sha=commit, siblings=[
                     types.SimpleNamespace(rfilename=n, size=sizes.get(n, len(b))) for n, b in files.items()])
 
-            def create_repo(self, repo_id, private=None, exist_ok=False, token=None, **_):
+            def create_repo(self, repo_id, private=None, exist_ok=False, token=None, **kw):
+                real_signature("create_repo", self, repo_id, private=private, exist_ok=exist_ok, token=token, **kw)
                 hub.calls.append(("create_repo", repo_id, private))
                 hub.repos.setdefault(repo_id, {"commits": {}, "refs": {}, "sizes": {}})
 
-            def create_branch(self, repo_id, branch, exist_ok=False, token=None, **_):
+            def create_branch(self, repo_id, branch, exist_ok=False, token=None, **kw):
+                real_signature("create_branch", self, repo_id, branch=branch, exist_ok=exist_ok, token=token, **kw)
                 hub.calls.append(("create_branch", repo_id, branch))
                 repo = hub.repos[repo_id]
                 repo["refs"].setdefault(branch, repo["refs"].get("main"))
 
-            def create_commit(self, repo_id, operations, commit_message, token=None, revision=None, **_):
+            def create_commit(self, repo_id, operations, commit_message, token=None, revision=None, **kw):
+                real_signature("create_commit", self, repo_id, operations=operations, commit_message=commit_message,
+                               token=token, revision=revision, **kw)
+                assert all(isinstance(op, hf.CommitOperationAdd) for op in operations)
                 hub.calls.append(("create_commit", repo_id, revision, commit_message))
                 files = {op.path_in_repo: open(op.path_or_fileobj, "rb").read() for op in operations}
                 commit = hub.add(repo_id, files, ref=revision or "main")
@@ -148,6 +158,9 @@ class FakeHub:
 
     # huggingface_hub.hf_hub_download
     def download(self, repo_id, filename, revision=None, cache_dir=None, token=None, local_files_only=False, **kw):
+        real_signature("hf_hub_download", repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
+                       local_files_only=local_files_only, **kw)
+        assert filename in ALLOWED, filename  # the allow-list, asked of the download itself
         if local_files_only:
             return REAL_DOWNLOAD(repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=True)
         repo, commit = self._commit(repo_id, revision)
@@ -163,6 +176,14 @@ class FakeHub:
 
 
 REAL_DOWNLOAD = hf.hf_hub_download
+REAL_API = hf.HfApi
+
+
+def real_signature(name, *args, **kwargs):
+    """The call vpt made must bind to the real huggingface_hub signature (the fake accepts anything)."""
+    import inspect
+    fn = REAL_DOWNLOAD if name == "hf_hub_download" else getattr(REAL_API, name)
+    inspect.signature(fn).bind(*args, **kwargs)
 
 
 @pytest.fixture
@@ -483,3 +504,86 @@ def test_push_names_no_local_folder_and_a_weights_file_backbone_loads_with_weigh
 def test_server_error_falls_back_to_the_cache(fake, cached):
     fake.fail = _error(errors.HfHubHTTPError, "500 Server Error")
     assert vpt.Artifact.open("hf://org/task").revision == cached
+
+
+# --- the real huggingface_hub download path, against a stub hub on a loopback port ---------------------
+@pytest.fixture
+def stub_hub(cache, monkeypatch):
+    """A tiny HTTP server answering the two calls a download makes (the model's metadata with file sizes,
+    and HEAD / GET of /ORG/NAME/resolve/REV/FILE); the real huggingface_hub client talks to it."""
+    import http.server
+    import threading
+    repos = {}  # repo_id -> (commit, {name: bytes}, {name: advertised size})
+    served = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, code, body=b"", headers=None, head=False):
+            self.send_response(code)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _route(self, head):
+            path = self.path.split("?")[0]
+            parts = path.strip("/").split("/")
+            if parts[:2] == ["api", "models"]:  # /api/models/ORG/NAME[/revision/REV]
+                repo_id = "/".join(parts[2:parts.index("revision")] if "revision" in parts else parts[2:])
+                if repo_id not in repos:
+                    return self._send(404, b'{"error": "Repository not found"}',
+                                      {"X-Error-Code": "RepoNotFound", "Content-Type": "application/json"})
+                commit, files, sizes = repos[repo_id]
+                body = json.dumps({"id": repo_id, "sha": commit, "siblings": [
+                    {"rfilename": n, "size": sizes.get(n, len(b))} for n, b in files.items()]}).encode()
+                return self._send(200, body, {"Content-Type": "application/json"})
+            if "resolve" in parts:
+                i = parts.index("resolve")
+                repo_id, name = "/".join(parts[:i]), "/".join(parts[i + 2:])
+                commit, files, _ = repos[repo_id]
+                if name not in files:
+                    return self._send(404, b"", {"X-Error-Code": "EntryNotFound"})
+                served.append((self.command, name))
+                data = files[name]
+                return self._send(200, data, {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                                              "Content-Type": "application/octet-stream"}, head=head)
+            self._send(404)
+
+        def do_GET(self):
+            self._route(head=False)
+
+        def do_HEAD(self):
+            self._route(head=True)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(hf.constants, "HF_HUB_OFFLINE", False)  # read at import; the session checks it
+    yield types.SimpleNamespace(repos=repos, served=served)
+    server.shutdown()
+    server.server_close()
+
+
+def test_real_client_downloads_only_the_allow_list_from_a_stub_hub(stub_hub, run_dir, model, cache):
+    files = artifact_files(os.path.join(run_dir, "best"), **{"pytorch_model.bin": b"pickle", "README.md": b"# t"})
+    commit = "ab" * 20
+    stub_hub.repos["org/live"] = (commit, files, {})
+    loaded = vpt.from_pretrained("org/live")
+    assert loaded.revision == commit
+    torch.testing.assert_close(outputs(loaded), outputs(model), rtol=0, atol=0)
+    assert {n for _, n in stub_hub.served} == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    assert os.path.isdir(cache / "models--org--live" / "snapshots" / commit)  # huggingface_hub's own cache
+
+    stub_hub.repos["org/big"] = (commit, files, {"adapter_model.safetensors": 1 << 40})
+    stub_hub.served.clear()
+    with pytest.raises(vpt.ArtifactError, match="checked before downloading"):
+        vpt.from_pretrained("org/big")
+    assert ("GET", "adapter_model.safetensors") not in stub_hub.served
+    with pytest.raises(vpt.ArtifactError, match="no hub repo hf://org/none"):
+        vpt.from_pretrained("org/none")

@@ -95,6 +95,11 @@ def offline() -> bool:
         return False
 
 
+def endpoint() -> Optional[str]:
+    """HF_ENDPOINT (a mirror, a private hub), read now; None: huggingface_hub's default."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
 def cache_dir() -> str:
     """The hub cache, with huggingface_hub's precedence, read now: HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE,
     HF_HOME/hub, XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub."""
@@ -179,7 +184,7 @@ def _download(repo_id: str, name: str, commit: str, token, cache: str, local_onl
     from huggingface_hub import errors
     try:
         return hub.hf_hub_download(repo_id, name, revision=commit, cache_dir=cache, token=token,
-                                   local_files_only=local_only)
+                                   local_files_only=local_only, endpoint=endpoint())
     except errors.LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: first)
         if local_only:
             if name in (CARD_NAME, RESULTS_NAME):
@@ -220,7 +225,7 @@ def _resolve_online(repo_id: str, revision: Optional[str], token) -> Tuple[str, 
     from huggingface_hub import errors
     rev = revision or "main"
     try:
-        info = hub.HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
+        info = hub.HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision, files_metadata=True, token=token)
     except errors.GatedRepoError:
         raise ArtifactError(f"hf://{repo_id} is gated: accept its conditions at https://huggingface.co/{repo_id} "
                             f"and log in (`hf auth login` or HF_TOKEN)") from None
@@ -482,7 +487,7 @@ def push_to_hub(source, repo_id: str, private: Optional[bool] = None, revision: 
         card.save(os.path.join(staged, CARD_NAME))
         ops = [hub.CommitOperationAdd(path_in_repo=n, path_or_fileobj=os.path.join(staged, n))
                for n in ALLOWED_FILES if os.path.isfile(os.path.join(staged, n))]
-        api = hub.HfApi(token=token)
+        api = hub.HfApi(token=token, endpoint=endpoint())
         from huggingface_hub import errors
         try:
             api.create_repo(repo_id, private=private, exist_ok=True, token=token)
