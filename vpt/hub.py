@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .errors import ArtifactError, UserError
@@ -140,8 +140,8 @@ class HubFiles:
     commit: str
     directory: str  # the cache snapshot folder the files land in
     sizes: Optional[Dict[str, int]]  # the repo's metadata (None offline: the cached files are the source)
-    token: Union[None, bool, str]
-    cache: str
+    token: Union[None, bool, str] = field(repr=False)  # never printed
+    cache: str = ""
 
     @property
     def uri(self) -> str:
