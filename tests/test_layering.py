@@ -15,8 +15,8 @@ LAYERS = [
     {"config"},  # typed configs (option / Checked / OneOf)
     {"schema"},  # what an adapter_config.json may say: data, never code
     {"data", "backbones", "heads", "metrics", "engine"},  # no model code: the engine imports no task or model
-    {"weights", "prompts", "encode", "timm_api", "zeroshot", "artifact"},
-    {"model"},  # PromptedModel: adapter + prompts + head
+    {"weights", "prompts", "encode", "timm_api", "zeroshot", "artifact", "hub"},
+    {"model", "hub_push"},  # PromptedModel: adapter + prompts + head; pushing a task (reads artifacts)
     {"clip", "lora", "multitask", "detection"},  # models built on PromptedModel
     {"tasks"},  # what is learned, for the engine
     {"sweep"},  # the experiment runner: nothing below imports it

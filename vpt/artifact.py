@@ -75,7 +75,8 @@ def read_config(directory: str) -> Dict[str, Any]:
     """The artifact's adapter_config.json, parsed and validated against the schema (``vpt.schema``)."""
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isdir(directory):
-        raise ArtifactError(f"artifact folder not found: {directory!r}; pass the folder that holds {CONFIG_NAME}")
+        raise ArtifactError(f"artifact folder not found: {directory!r}; pass the folder that holds {CONFIG_NAME} "
+                            f"(a task on the Hugging Face Hub: hf://ORG/NAME[@REVISION])")
     if not os.path.isfile(path):
         raise ArtifactError(f"{directory!r} has no {CONFIG_NAME}; is it a vpt artifact folder (e.g. runs/x/best)?")
     return check_config(parse_config(_read_bytes(path, MAX_CONFIG_BYTES), path), path)
@@ -243,22 +244,52 @@ class Artifact:
     >>> model = art.load(device="cuda")               # doctest: +SKIP
     """
 
-    def __init__(self, directory: str, config: Dict[str, Any]):
-        """Use :meth:`open`; ``config`` must already be validated (``read_config``)."""
+    def __init__(self, directory: str, config: Dict[str, Any], hub: Any = None):
+        """Use :meth:`open`; ``config`` must already be validated (``read_config``). ``hub``: the
+        ``vpt.hub.HubFiles`` a hub artifact fetches its weights through (None: a local folder)."""
         self.directory = directory
         self._config = config
+        self.hub = hub
         self._header: Optional[Dict[str, Tuple[Tuple[int, ...], str]]] = None
         self._measured: Optional[Tuple[int, Dict[str, Tuple[Tuple[int, ...], torch.dtype]], torch.nn.Module]] = None
 
     @classmethod
-    def open(cls, path: Union[str, "os.PathLike[str]"]) -> "Artifact":
-        """Read and validate ``path/adapter_config.json``; ArtifactError names the problem and the fix."""
-        directory = os.fspath(path)
-        return cls(directory, read_config(directory))
+    def open(cls, path: Union[str, "os.PathLike[str]"], revision: Optional[str] = None,
+             token: Union[None, bool, str] = None) -> "Artifact":
+        """Read and validate ``path/adapter_config.json``; ArtifactError names the problem and the fix.
+
+        ``path`` may be a task on the Hugging Face Hub, ``hf://ORG/NAME[@REVISION]`` (``revision=`` names
+        the branch, tag or commit too): only the artifact's own files are fetched (``vpt.hub``: an
+        allow-list, sizes checked against the repo's metadata before download, ``HF_HUB_OFFLINE`` and the
+        local cache honoured), the weights when they are first needed; the files then go through the same
+        checks as a local folder, and ``revision`` answers the commit they came from."""
+        spec = os.fspath(path)
+        from .hub import is_hub_uri
+        if is_hub_uri(spec):
+            from .hub import fetch_hub
+            files = fetch_hub(spec, revision=revision, token=token)
+            config = read_config(files.directory)
+            files.fetch_extras(config)
+            return cls(files.directory, config, hub=files)
+        if revision is not None:
+            raise ArtifactError(f"revision={revision!r} is for tasks on the Hugging Face Hub; {spec!r} is a local "
+                                f"folder (a hub task: hf://ORG/NAME, with revision= or @REVISION)")
+        return cls(spec, read_config(spec))
 
     def __repr__(self) -> str:
-        return (f"Artifact({self.directory!r}, model_type={self.model_type!r}, "
+        return (f"Artifact({self.source!r}, model_type={self.model_type!r}, "
                 f"backbone={self._config['backbone'].get('name')!r})")
+
+    @property
+    def source(self) -> str:
+        """Where the artifact came from: its absolute folder, or ``hf://ORG/NAME@COMMIT`` for a hub task
+        (the commit pinned, so a record of it reloads the same files)."""
+        return self.hub.uri if self.hub is not None else os.path.abspath(self.directory)
+
+    @property
+    def revision(self) -> Optional[str]:
+        """The hub commit (sha) the files came from; None for a local folder."""
+        return self.hub.commit if self.hub is not None else None
 
     # --- what the config says (no model built) ---------------------------------------------------------
     @property
@@ -316,6 +347,10 @@ class Artifact:
     # --- checks shared by inspect() and load(): header and meta model, each computed once ---------------
     def _header_checked(self) -> Dict[str, Tuple[Tuple[int, ...], str]]:
         if self._header is None:
+            if self.hub is not None:  # fetched now, its size checked against the model the config builds
+                _, expected, _ = self._measure()
+                self.hub.fetch_weights(sum(math_prod(s) * _itemsize(d) for s, d in expected.values()),
+                                       len(expected))
             if not os.path.isfile(self.weights_path):
                 raise ArtifactError(f"{self.directory!r} has {CONFIG_NAME} but no {WEIGHTS_NAME}; the artifact is "
                                     f"incomplete")
@@ -329,9 +364,9 @@ class Artifact:
 
     def _check(self, max_params: int) -> Tuple[int, Dict[str, Tuple[Tuple[int, ...], torch.dtype]]]:
         """Size within ``max_params`` and stored tensors == the model's trainable ones; no weight read."""
-        header = self._header_checked()
         total, expected, meta = self._measure()
-        _check_size(total, max_params, self.config_path)
+        _check_size(total, max_params, self.config_path)  # before any weight is read (or downloaded)
+        header = self._header_checked()
         check_tensors(upgrade_header(meta, header), expected, self.weights_path)
         return total, expected
 
@@ -355,7 +390,7 @@ class Artifact:
             wnote = f"MISSING: {e}"
         trainable = sum(math_prod(s) for s, _ in expected.values())
         return {
-            "artifact": os.path.abspath(self.directory), "format_version": config["format_version"],
+            "artifact": self.source, "revision": self.revision, "format_version": config["format_version"],
             "vpt_version": config.get("vpt_version"), "model_type": self.model_type, "task": self.task,
             "backbone": {k: bb.get(k) for k in ("name", "weights_id", "model_kwargs")}, "backbone_weights": wnote,
             "prompt": config.get("prompt"), "head": config.get("head"), "text": config.get("text"),
@@ -406,23 +441,41 @@ class Artifact:
             raise ArtifactError(f"{wpath}: tensor(s) {', '.join(bad[:5])} hold NaN or inf values; the artifact comes "
                                 f"from a run that diverged or was damaged. Use an earlier checkpoint")
         model.load_state_dict(tensors, strict=False)
+        model.name_or_path, model.revision = self.source, self.revision  # recorded in predictions / results
         return model if device is None else model.to(device)
 
 
 def from_pretrained(directory: str, backbone: Union[None, str, BackboneAdapter] = None,
                     weights: Optional[str] = None, device: Union[None, str, torch.device] = "cpu",
-                    max_params: int = DEFAULT_MAX_PARAMS):
+                    max_params: int = DEFAULT_MAX_PARAMS, revision: Optional[str] = None,
+                    token: Union[None, bool, str] = None):
     """Rebuild a model saved with ``save_pretrained``; safe for artifacts from strangers.
     ``Artifact.open(directory).load(...)``: see :class:`Artifact`.
 
     Args:
-        directory: the artifact folder.
+        directory: the artifact folder, or a task on the Hugging Face Hub: ``"org/name"`` (when no such
+            local folder exists) or ``"hf://org/name[@revision]"``.
+        revision: the hub branch, tag or commit (default: main); token: a hub token for private repos
+            (default: the logged-in one).
         backbone: an already built adapter to put the prompts on (checked against the artifact);
             default: rebuild the backbone the artifact names.
         weights: the backbone weights file, if the artifact was made from one that has moved.
         max_params: refuse a model (backbone included) larger than this; the artifact can't raise it.
     """
-    return Artifact.open(directory).load(device=device, weights=weights, max_params=max_params, backbone=backbone)
+    from .hub import as_hub_uri
+    given = os.fspath(directory)
+    spec = as_hub_uri(given)
+    try:
+        art = Artifact.open(spec, revision=revision, token=token)
+    except ArtifactError as e:
+        if spec == given:
+            raise
+        raise ArtifactError(f"{given!r} is no local folder, and as a hub id: {e}") from None
+    return art.load(device=device, weights=weights, max_params=max_params, backbone=backbone)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype, device="meta").element_size()
 
 
 def _st_name(dtype: torch.dtype) -> str:

@@ -327,6 +327,65 @@ class PromptedCLIP(AdapterMixin, nn.Module):
     def vocab_size(self) -> Optional[int]:
         return self.text.vocab_size
 
+    # --- open_clip's training switches (open_clip_train calls them) ----------------------------------
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False, *,
+                         train_prompts: bool = True) -> None:
+        """LiT's lock, as ``open_clip.CLIP.lock_image_tower`` (it runs open_clip's own ``visual.lock``): every
+        image-tower parameter is frozen except those of the last ``unlocked_groups`` groups (open_clip's
+        grouping: the stem, each block, the last block with ``ln_post``, the projection); ``freeze_bn_stats``
+        as open_clip. The visual prompts are not part of the tower: they stay trainable, unless
+        ``train_prompts=False`` freezes them too. Unlocking every group is full fine-tuning
+        (``train_backbone``); a model with some groups unlocked trains, but its artifact can't describe it
+        (``save_pretrained`` says so)."""
+        self.backbone.model.lock_image_tower(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
+        tower = [p for p in self.visual.backbone.parameters()]
+        self.train_backbone = self.visual.train_backbone = bool(tower) and all(p.requires_grad for p in tower)
+        self._prompts_trainable([self.visual.prompt], train_prompts)
+        self.train(self.training)  # a tower that trains again leaves eval() with the model (train_backbone)
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True, *,
+                        train_prompts: bool = True) -> None:
+        """As ``open_clip.CLIP.lock_text_tower`` (open_clip's own, its checks included: a CLIP refuses
+        ``freeze_layer_norm=False``): the text tower's parameters are frozen except its last
+        ``unlocked_layers`` layers. A learned text context (CoOp and its family) is not part of the tower: it
+        stays trainable, unless ``train_prompts=False`` freezes it too."""
+        self.backbone.model.lock_text_tower(unlocked_layers=unlocked_layers, freeze_layer_norm=freeze_layer_norm)
+        self._prompts_trainable([self.text_prompt], train_prompts)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """As ``open_clip.CLIP.set_grad_checkpointing``: recompute activations in backward, in both towers.
+        The prompted image loop is vpt's (its lean mode on every block, ``visual.set_grad_checkpointing``),
+        the text tower open_clip's flag (honoured by ``encode_text`` and by the learned text context)."""
+        self.backbone.model.set_grad_checkpointing(enable)
+        self.visual.set_grad_checkpointing(enable)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.visual.grad_checkpointing
+
+    @staticmethod
+    def _prompts_trainable(modules: Sequence[Optional[nn.Module]], trainable: bool) -> None:
+        for m in modules:
+            if m is not None:
+                for p in m.parameters():
+                    p.requires_grad_(bool(trainable))
+
+    def save_pretrained(self, save_directory: str) -> None:
+        """The artifact (``vpt.artifact.save_pretrained``); refused, naming the tensors, when a partial
+        ``lock_image_tower`` / ``lock_text_tower`` left backbone tensors trainable that it can't describe."""
+        from .errors import ArtifactError
+        described = {id(p) for p in self.visual.backbone.parameters()} if self.train_backbone else set()
+        extra = [n for n, p in self.named_parameters()
+                 if p.requires_grad and n.startswith("backbone.") and id(p) not in described]
+        if extra:
+            raise ArtifactError(f"refusing to save {save_directory!r}: {len(extra)} backbone tensor(s) are trainable "
+                                f"({', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}) after a partial "
+                                f"lock_image_tower / lock_text_tower, and a vpt artifact stores prompts, heads or "
+                                f"the whole image tower only; lock the towers fully (unlocked_groups=0, "
+                                f"unlocked_layers=0) or unlock every image group (full fine-tuning), or save the "
+                                f"weights yourself (safetensors.torch.save_file(model.state_dict(), PATH))")
+        super().save_pretrained(save_directory)
+
     def get_logits(self, image: torch.Tensor, text: torch.Tensor):
         """(image_logits (B, T), text_logits (T, B)) as open_clip's ``CLIP.get_logits``."""
         image_logits = self.logit_scale.exp() * self.encode_image(image, normalize=True) @ \

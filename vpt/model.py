@@ -76,6 +76,14 @@ class AdapterMixin:
         from .artifact import save_pretrained
         save_pretrained(self, save_directory)
 
+    def push_to_hub(self, repo_id: str, private: Optional[bool] = None, revision: Optional[str] = None,
+                    commit_message: Optional[str] = None, token: Optional[str] = None, create_pr: bool = False):
+        """Save this model's artifact and upload it with a model card (``vpt.hub_push.push_to_hub``; needs
+        ``pip install 'vpt[hub]'``). Returns the commit; ``vpt.from_pretrained("org/name")`` loads it."""
+        from .hub_push import push_to_hub
+        return push_to_hub(self, repo_id, private=private, revision=revision, commit_message=commit_message,
+                           token=token, create_pr=create_pr)
+
     # --- what a training loop asks besides the logits (methods with extra losses or epoch-end work) ----
     def auxiliary_loss(self) -> Optional[torch.Tensor]:
         """Loss terms of the last training forward besides cross-entropy (a batch mean), or None; taken once."""

@@ -11,6 +11,7 @@ from typing import Mapping, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError
 from .base import (BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias, merge_bias,
@@ -155,7 +156,10 @@ class OpenClipTextTower(nn.Module):
                 else:
                     p = p.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)  # (n, C, W)
                     x = torch.cat([x[:1], p, x[1 + n:]], dim=0)  # (L, C, W)
-            x = blk(x, attn_mask=t.attn_mask)
+            if getattr(tr, "grad_checkpointing", False) and torch.is_grad_enabled():  # open_clip's switch
+                x = checkpoint(blk, x, None, None, t.attn_mask, use_reentrant=False)
+            else:
+                x = blk(x, attn_mask=t.attn_mask)
         if not batch_first:
             x = x.transpose(0, 1)  # (C, L, W)
         x = self._pool(t, t.ln_final(x), tokens)  # (C, W)

@@ -21,7 +21,8 @@ def register(sub) -> None:
     from .train import add_input_flags
     p = sub.add_parser("eval", help="evaluate an artifact on a data folder", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact", metavar="ARTIFACT", help="artifact folder (e.g. runs/x/best)")
+    p.add_argument("artifact", metavar="ARTIFACT", help="artifact folder (e.g. runs/x/best) or hub task "
+                                                        "(hf://ORG/NAME[@REVISION])")
     add_input_flags(p)
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="which split to evaluate (default: test)")
@@ -40,8 +41,9 @@ def run_config_for(args, task_cls):
     """Run config for evaluation: the run's own config.yaml next to the artifact (or -c), then flags and --set."""
     from ..config import from_dict
     from ..engine.config import amp_dtype_name
+    from ..hub import is_hub_uri
     saved = os.path.join(os.path.dirname(os.path.abspath(args.artifact)), "config.yaml")
-    path = args.config or (saved if os.path.isfile(saved) else None)
+    path = args.config or (saved if os.path.isfile(saved) and not is_hub_uri(args.artifact) else None)
     data = load_yaml(path) if path else {}
     data.pop("task", None)
     apply_sets(data, args.set)
@@ -90,9 +92,10 @@ def run(args) -> int:
     device = resolve_device(cfg.train.device)
     model = artifact.load(device=device, weights=args.weights, max_params=args.max_params)
     if args.base_to_novel or args.transfer:
-        return run_protocol(args, cfg, path, model, device)
+        return run_protocol(args, cfg, path, model, device, artifact.source)
     metrics = task.evaluate_artifact(model, args.split, device)
-    out = {"artifact": os.path.abspath(args.artifact), "data": cfg.data.root, "run_config": path, **metrics}
+    out = {"artifact": artifact.source, "revision": artifact.revision, "data": cfg.data.root, "run_config": path,
+           **metrics}
     print(task.eval_summary(args.split, metrics))
     if args.json_out:
         from ..io import atomic_write_json
@@ -101,13 +104,13 @@ def run(args) -> int:
     return 0
 
 
-def run_protocol(args, cfg, path, model, device) -> int:
+def run_protocol(args, cfg, path, model, device, source: str) -> int:
     """``--base-to-novel`` / ``--transfer``: the learned prompts on other classes than the artifact's."""
     import copy
 
     from ..io import atomic_write_json
     from ..tasks import protocols
-    out = {"artifact": os.path.abspath(args.artifact), "split": args.split, "run_config": path}
+    out = {"artifact": source, "revision": getattr(model, "revision", None), "split": args.split, "run_config": path}
     if args.base_to_novel:
         res = protocols.base_to_novel(model, cfg.data, cfg.train, device, split=args.split)
         out.update(data=cfg.data.root, **res)

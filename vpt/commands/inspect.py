@@ -19,7 +19,8 @@ from ._artifact import add_artifact_flags, check_max_params
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="validate an artifact and show what it would build", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact", metavar="ARTIFACT", help="artifact folder (holds adapter_config.json)")
+    p.add_argument("artifact", metavar="ARTIFACT", help="artifact folder (holds adapter_config.json) or a hub task, "
+                                                        "hf://ORG/NAME[@REVISION]")
     add_artifact_flags(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)

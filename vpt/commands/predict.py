@@ -42,7 +42,8 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     # both positionals are optional to argparse: --tasks takes no ARTIFACT and may swallow the images after it
     p.add_argument("artifact", metavar="ARTIFACT",
-                   help="artifact folder (e.g. runs/x/best); not given with --tasks").required = False
+                   help="artifact folder (e.g. runs/x/best) or hub task (hf://ORG/NAME[@REVISION]); not "
+                        "given with --tasks").required = False
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                    help="image files and/or folders (searched recursively)").required = False
     p.add_argument("--tasks", nargs="+", metavar="NAME=ARTIFACT",
@@ -106,6 +107,8 @@ def run(args) -> int:
     paths = collect_images(args.inputs)  # a missing path or a folder without images: before any model is built
     device = resolve_device(args.device)
     model = artifact.load(device=device, weights=args.weights, max_params=args.max_params)
+    if artifact.revision:
+        print(f"vpt predict: {args.artifact} is {artifact.source}", file=sys.stderr)
     return writer(args, model, device, paths)
 
 
@@ -130,6 +133,9 @@ def predict_classes(args, model, device, paths: List[str]) -> int:
                        for r, (pi, ci) in enumerate(zip(p.tolist(), c.tolist()))]
     records = [{"path": path, "predictions": by_index[i]} if i in by_index else
                {"path": path, "error": image_error(path)} for i, path in enumerate(paths)]
+    if getattr(model, "revision", None):  # a hub task: the commit its files came from
+        for rec in records:
+            rec["artifact"] = model.name_or_path
     return finish(args, records)
 
 
@@ -381,6 +387,8 @@ def run_multitask(args) -> int:
     for j, (path, task) in enumerate(jobs):
         rec = {"path": path, "task": task}
         m = model.tasks[task] if task != BASE else None
+        if m is not None and getattr(m, "revision", None):
+            rec["artifact"] = m.name_or_path  # a hub task: the commit its files came from
         if j not in outputs:
             rec["error"] = image_error(path)
         elif m is None or not m.num_classes:

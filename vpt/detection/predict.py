@@ -59,7 +59,8 @@ def predict_images(model: PromptedDetector, paths: Sequence[str], out_dir: str, 
     images: List[Dict[str, Any]] = []
     used = set()
     paths, errors = readable_images(paths)
-    result = {"class_names": model.class_names, "label_map": model.label_map, "score_thresh": score_thresh,
+    result = {"artifact": getattr(model, "name_or_path", None), "revision": getattr(model, "revision", None),
+              "class_names": model.class_names, "label_map": model.label_map, "score_thresh": score_thresh,
               "box_format": "xyxy pixels of the input image", "images": images, "errors": errors}
     if not paths:
         return result
