@@ -112,7 +112,7 @@ def test_coop_split_file(tmp_path):
 
 def test_coop_missing_file_and_too_few_shots(tmp_path):
     root = make_coop(tmp_path / "oxford_pets")
-    with pytest.raises(DataError, match="fewer than 5 images.*Dassl would keep all"):
+    with pytest.raises(DataError, match="fewer than 5 training images.*Dassl would keep all"):
         load_splits(root, shots=5)
     os.remove(os.path.join(root, "images", "beagle", "test_1.jpg"))
     with pytest.raises(DataError, match=r"split_zhou_OxfordPets.json \(test\[\d+\]\) names .* does not exist"):

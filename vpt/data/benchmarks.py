@@ -318,26 +318,28 @@ def read_coop(root: str, check_files: bool = True):
 
 
 def dassl_fewshot(data_sources: Sequence[Sequence[Sample]], num_shots: Sequence[int], seed: int,
-                  where: str = "the data") -> List[List[Sample]]:
+                  where: str = "the data", strict: Sequence[bool] = ()) -> List[List[Sample]]:
     """Dassl's ``DatasetBase.generate_fewshot_dataset`` for each source in turn (``repeat=False``), drawing from
     one ``random.Random(seed)`` as Dassl draws from the global ``random`` after ``set_random_seed(seed)``:
     classes in order of first appearance, ``random.sample(items, k)`` per class. Dassl keeps every image of a
-    class that has fewer than k (silently); vpt refuses that instead, so a k-shot result is k-shot."""
+    class that has fewer than k (silently, drawing nothing for it); vpt refuses that for a source marked
+    ``strict`` (the training set: a k-shot result is k-shot) and keeps Dassl's behaviour for the others (val)."""
     rng = random.Random(seed)
     out = []
-    for source, k in zip(data_sources, num_shots):
+    strict = list(strict) + [True] * (len(data_sources) - len(strict))
+    for source, k, refuse in zip(data_sources, num_shots, strict):
         tracker: Dict[int, List[Sample]] = {}
         for item in source:
             tracker.setdefault(item[1], []).append(item)
         short = [f"label {y} ({len(v)})" for y, v in tracker.items() if len(v) < k]
-        if short:
-            raise DataError(f"{where}: {len(short)} class(es) have fewer than {k} images to draw {k} shots from: "
+        if short and refuse:
+            raise DataError(f"{where}: {len(short)} class(es) have fewer than {k} training images to draw {k} shots from: "
                             f"{', '.join(short[:5])}{' ...' if len(short) > 5 else ''}. Dassl would keep all of "
                             f"their images (fewer than {k} shots, silently); use --shots {min(len(v) for v in tracker.values())} "
                             f"or less, or add images")
         dataset: List[Sample] = []
         for items in tracker.values():
-            dataset.extend(rng.sample(items, k))
+            dataset.extend(rng.sample(items, k) if len(items) >= k else items)
         out.append(dataset)
     return out
 
@@ -370,7 +372,7 @@ def load_benchmark(root: str, fmt: str, benchmark_split: str = "final", shots: O
         train, val, test = lists["train"], lists["val"], lists["test"]
         src = {"train": "coop train", "val": "coop val", "test": "coop test"}
         if shots is not None:
-            train, val = dassl_fewshot([train, val], [shots, min(shots, 4)], seed, where=root)
+            train, val = dassl_fewshot([train, val], [shots, min(shots, 4)], seed, where=root, strict=[True, False])
             src["train"] += f", {shots}-shot (Dassl, seed {seed})"
             src["val"] += f", {min(shots, 4)}-shot (Dassl, seed {seed})"
         labels = sorted(label_names) if classes == "all" else [y for _, y in train]  # CoOp: the train labels
