@@ -107,3 +107,45 @@ def test_coop_too_few_images_for_the_shots_stops_before_any_run(tmp_path, capsys
     err = capsys.readouterr().err
     assert rc == 2 and "dtd: 2 class(es) have fewer than 2 training images" in err and "Dassl would keep all" in err
     assert not os.path.exists(tmp_path / "o" / "oxford_pets")
+
+
+@pytest.mark.slow
+@pytest.mark.sweep
+def test_space_sweeps_on_val_then_trains_the_best_setting_final(vtab, tmp_path):
+    pytest.importorskip("optuna")
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [0.01, 0.2]\n")
+    out = tmp_path / "suite"
+    assert main(["suite", "vtab1k", "--root", vtab, "-c", tiny_recipe(tmp_path / "r.yaml", epochs=1), "--output",
+                 str(out), "--tasks", "kitti", "--seeds", "0", "--device", "cpu", "--space", str(space)]) == 0
+    sweep = json.load(open(out / "kitti" / "sweep" / "results.json"))
+    trial = sweep["trials"][0]
+    assert len(sweep["trials"]) == 2
+    best_lr = sweep["best"]["params"]["optim.lr"]
+    final = json.load(open(out / "kitti" / "seed0" / "results.json"))
+    assert final["config"]["optim"]["lr"] == best_lr
+    assert final["data"]["sources"]["train"] == "train800val200.txt"  # the final protocol
+    assert final["data"]["sources"]["val"] == "-" and final["data"]["val"] == 0 and trial["params"]
+    tuned = [json.load(open(os.path.join(d, f))) for d, _, fs in os.walk(out / "kitti" / "sweep" / "trials")
+             for f in fs if f == "results.json"]
+    assert tuned and all(t["data"]["sources"]["val"] == "val200.txt" for t in tuned)  # trials select on val200
+    assert list(json.load(open(out / "suite.json"))["summary"]["group_means"]) == ["structured"]
+
+
+@pytest.mark.slow
+def test_coop_crossdataset_suite(tmp_path):
+    pytest.importorskip("open_clip")
+    root = tmp_path / "coop"
+    make_coop(root / "imagenet", per_class=(2, 1, 2))
+    make_coop(root / "dtd", name="DescribableTextures", classes=("banded", "blotchy", "braided"), per_class=(2, 1, 2))
+    out = tmp_path / "suite"
+    assert main(["suite", "coop-crossdataset", "--root", str(root), "-c",
+                 os.path.join(REPO, "configs", "clip_kgcoop_tiny.yaml"), "--output", str(out), "--seeds", "1",
+                 "--epochs", "1", "--device", "cpu"]) == 0
+    res = json.load(open(out / "suite.json"))
+    rows = {r["task"]: r for r in res["tasks"]}
+    transfer = json.load(open(out / "imagenet" / "seed1" / "eval_transfer.json"))["transfer"]
+    (dtd,) = transfer.values()
+    assert dtd["classes"] == ["banded", "blotchy", "braided"] and dtd["num_samples"] == 6
+    assert rows["dtd"]["role"] == "target" and rows["dtd"]["top1_mean"] == pytest.approx(dtd["top1"])
+    assert res["summary"]["target_mean"] == pytest.approx(dtd["top1"])
