@@ -247,7 +247,8 @@ class PromptedCLIP(AdapterMixin, nn.Module):
         side = TextSide(token_embedding=text.pieces.token_embedding, tokenizer=self.tokenizer,
                         class_names=[prompt_name(c) for c in self.class_names], text_depth=text.depth,
                         text_width=text.width, image_dim=int(bb.num_features),
-                        vision_layout=bb.layout if bb.token_refusal is None else None)
+                        vision_layout=bb.layout if bb.token_refusal is None else None,
+                        vision_ln_pre=getattr(getattr(bb, "visual", None), "ln_pre", None))
         self.text_prompt = PROMPTS.get(self.text_config.kind).factory(self.text_config, None, None, side=side)
         vision = self.text_prompt.vision_prompt()
         if vision is not None:
