@@ -493,8 +493,12 @@ def create_clip_model(backbone: Union[str, BackboneConfig, Mapping[str, Any], Ba
                       head: Union[str, Mapping[str, Any], None] = None, text: Optional[Mapping[str, Any]] = None,
                       train_backbone: bool = False, **backbone_kwargs: Any) -> PromptedCLIP:
     """Build a PromptedCLIP, e.g. ``create_clip_model('open_clip:ViT-B-32', names, prompt='pixel_pad',
-    head='linear_init', weights='clip.safetensors')``."""
-    if not isinstance(backbone, BackboneAdapter):
+    head='linear_init', weights='clip.safetensors')``; ``backbone`` may be an open_clip model already in memory
+    (``create_clip_model(model, names, name='open_clip:ViT-B-16')``, see :func:`vpt.backbones.wrap_module`)."""
+    if isinstance(backbone, torch.nn.Module) and not isinstance(backbone, BackboneAdapter):
+        from .backbones import wrap_module  # a timm / open_clip model built by the caller's code, used as is
+        backbone = wrap_module(backbone, **backbone_kwargs)
+    elif not isinstance(backbone, BackboneAdapter):
         backbone = create_backbone(backbone, **backbone_kwargs)
     elif backbone_kwargs:
         raise TypeError(f"backbone options {sorted(backbone_kwargs)} given with an already built backbone")
