@@ -11,6 +11,13 @@ classes, labels in shuffled first-appearance order). ``--coop``: a checkout of K
 (``tests/data/dassl_fewshot.json``) records the split, each selection and both repositories' commits;
 ``tests/test_benchmarks.py`` checks that vpt's coop reader selects the same items.
 
+``--maple``: a checkout of muzairkhattak/multimodal-prompt-learning; its ``clip/model.py``
+``VisionTransformer_MaPLe`` (the image encoder with the first prompts appended before ``ln_pre`` and the deeper
+ones replacing the last tokens) runs on a tiny open_clip ViT-B-32-quickgelu image tower (random init, seed in
+the file, its sha256 recorded) with given prompts; ``tests/data/maple_vision.safetensors`` holds the inputs,
+the prompts, the image features and their gradients (the reference casts prompts to fp16 with ``.half()``: the
+prompts are fp16-representable so the forward is exact, the gradients pass through that cast and are fp16-rounded).
+
 Only the modules holding those functions are loaded from the checkouts (``base_dataset.py``,
 ``datasets/oxford_pets.py``); their package-level imports that the functions never call (gdown downloads,
 Dassl's registry, file checks on the synthetic paths) are stubbed, so the checkouts need no installation.
@@ -110,10 +117,61 @@ def dassl_goldens(dassl_root: str, coop_root: str) -> dict:
             "python": sys.version.split()[0], "split": split, "cases": cases}
 
 
+MAPLE_TOWER = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=3, width=64, patch_size=8, head_width=32),
+                   text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=3))
+MAPLE_SEED, MAPLE_DEPTH, MAPLE_NCTX = 11, 2, 2
+
+
+def maple_tower():
+    """The tiny open_clip model both sides use (vpt's seeded random init)."""
+    import vpt
+    return vpt.create_backbone("open_clip:ViT-B-32-quickgelu", pretrained=False, init_seed=MAPLE_SEED,
+                               model_kwargs=MAPLE_TOWER)
+
+
+def maple_goldens(maple_root: str):
+    import torch
+    from vpt.backbones import state_sha256
+    path = os.path.join(maple_root, "clip", "model.py")
+    if not os.path.isfile(path):
+        raise SystemExit(f"--maple {maple_root!r}: no clip/model.py; pass a multimodal-prompt-learning checkout")
+    ref_model = _load(path, "maple_clip_model")
+    bb = maple_tower()
+    visual = bb.model.visual
+    v = MAPLE_TOWER["vision_cfg"]
+    design = {"trainer": "MaPLe", "vision_depth": 0, "language_depth": 0, "vision_ctx": 0, "language_ctx": 0,
+              "maple_length": MAPLE_NCTX}
+    ref = ref_model.VisionTransformer_MaPLe(v["image_size"], v["patch_size"], v["width"], v["layers"],
+                                            v["width"] // v["head_width"], MAPLE_TOWER["embed_dim"], design)
+    missing, unexpected = ref.load_state_dict(visual.state_dict(), strict=False)
+    if missing or unexpected:
+        raise SystemExit(f"the reference tower does not take open_clip's weights: missing {missing}, "
+                         f"unexpected {unexpected}")
+    ref.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, v["image_size"], v["image_size"], generator=g)
+    prompts = [(0.5 * torch.randn(MAPLE_NCTX, v["width"], generator=g)).half().float().requires_grad_()
+               for _ in range(MAPLE_DEPTH)]  # fp16-representable: the reference's .half() is exact on them
+    feats = ref(x, prompts[0], prompts[1:])
+    weights = torch.randn(feats.shape, generator=g)
+    (feats * weights).sum().backward()
+    tensors = {"x": x, "features": feats.detach(), "loss_weights": weights}
+    for j, p in enumerate(prompts):
+        tensors[f"prompt_{j}"] = p.detach()
+        tensors[f"grad_{j}"] = p.grad
+    meta = {"repo": "muzairkhattak/multimodal-prompt-learning", "commit": _commit(maple_root),
+            "backbone": "open_clip:ViT-B-32-quickgelu", "init_seed": str(MAPLE_SEED),
+            "model_kwargs": json.dumps(MAPLE_TOWER), "visual_sha256": state_sha256(visual),
+            "depth": str(MAPLE_DEPTH), "num_tokens": str(MAPLE_NCTX),
+            "loss": "sum(features * loss_weights); grads of the prompts (fp16-rounded by the reference's .half())"}
+    return {k: t.contiguous() for k, t in tensors.items()}, meta
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dassl", metavar="DIR", help="KaiyangZhou/Dassl.pytorch checkout")
     p.add_argument("--coop", metavar="DIR", help="KaiyangZhou/CoOp checkout")
+    p.add_argument("--maple", metavar="DIR", help="muzairkhattak/multimodal-prompt-learning checkout")
     p.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data"))
     args = p.parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
@@ -122,8 +180,16 @@ def main(argv=None) -> int:
         with open(out, "w") as f:
             json.dump(dassl_goldens(args.dassl, args.coop), f, separators=(",", ":"))
         print(f"wrote {out} ({os.path.getsize(out)} bytes)")
-    else:
-        p.error("pass --dassl DIR and --coop DIR (the few-shot and base/new goldens need both)")
+    elif args.dassl or args.coop:
+        p.error("pass --dassl DIR and --coop DIR together (the few-shot and base/new goldens need both)")
+    if args.maple:
+        from safetensors.torch import save_file
+        tensors, meta = maple_goldens(args.maple)
+        out = os.path.join(args.output, "maple_vision.safetensors")
+        save_file(tensors, out, metadata=meta)
+        print(f"wrote {out} ({os.path.getsize(out)} bytes)")
+    if not (args.dassl or args.maple):
+        p.error("pass at least one reference checkout (--dassl with --coop, --maple)")
     return 0
 
 

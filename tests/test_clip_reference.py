@@ -89,3 +89,44 @@ def test_promptsrc_uses_its_60_templates_by_default():
     openai = [f("{c}") for f in OPENAI_IMAGENET_TEMPLATES]
     assert len(t) == 60 and t[0] == PHOTO and set(t) == set(openai[:60]) and t[1:4] == openai[:3]
     assert len(load_templates("openai")) == 80
+
+
+GOLDEN = __import__("os").path.join(__import__("os").path.dirname(__file__), "data", "maple_vision.safetensors")
+
+
+def test_maple_image_encoder_equals_the_reference_repositorys_own_code():
+    """tests/data/maple_vision.safetensors was written by benchmarks/reference_goldens.py --maple, running
+    multimodal-prompt-learning's own VisionTransformer_MaPLe on this tiny tower: vpt's MaPLe, carrying the same
+    image prompts (F_j(P_j) set to them exactly), gives its features at 1e-5 and its prompt gradients up to the
+    reference's fp16 cast."""
+    import json
+
+    from safetensors import safe_open
+    from vpt.backbones import state_sha256
+    with safe_open(GOLDEN, "pt") as f:
+        meta = f.metadata()
+        g = {k: f.get_tensor(k) for k in f.keys()}
+    bb = vpt.create_backbone(meta["backbone"], pretrained=False, init_seed=int(meta["init_seed"]),
+                             model_kwargs=json.loads(meta["model_kwargs"]))
+    assert state_sha256(bb.model.visual) == meta["visual_sha256"], "open_clip's random init changed: regenerate"
+    depth, n = int(meta["depth"]), int(meta["num_tokens"])
+    torch.manual_seed(0)
+    model = create_clip_model(bb, NAMES, text={"kind": "maple", "depth": depth, "num_tokens": n}).eval()
+    tp = model.text_prompt
+    with torch.no_grad():
+        eye = torch.eye(n, tp.ctx.shape[1])
+        tp.ctx.copy_(eye)
+        for p in tp.text_deep:
+            p.copy_(eye)
+        for j, c in enumerate(tp.couplings):  # F_j(e_k) = W_j[:, k] = prompt_j[k], exactly
+            c.weight.zero_()
+            c.bias.zero_()
+            c.weight[:, :n] = g[f"prompt_{j}"].t()
+    feats = model.encode_image(g["x"])
+    torch.testing.assert_close(feats.detach(), g["features"], rtol=1e-5, atol=1e-5)
+    (feats * g["loss_weights"]).sum().backward()
+    for j, c in enumerate(tp.couplings):
+        grad = c.weight.grad[:, :n].t()  # d loss / d prompt_j
+        ref = g[f"grad_{j}"]  # fp16-rounded: half an fp16 step of the largest entry is the tolerance
+        torch.testing.assert_close(grad, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
+        assert float(ref.abs().max()) > 1e-3
