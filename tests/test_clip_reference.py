@@ -84,8 +84,8 @@ def test_promptsrc_uses_its_60_templates_by_default():
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
     from vpt.prompts.promptsrc import PromptSRCConfig
     from vpt.zeroshot import load_templates
-    assert PromptSRCConfig().templates == "promptsrc"
-    t = load_templates("promptsrc")
+    assert PromptSRCConfig().templates == "promptsrc60"
+    t = load_templates("promptsrc60")
     openai = [f("{c}") for f in OPENAI_IMAGENET_TEMPLATES]
     assert len(t) == 60 and t[0] == PHOTO and set(t) == set(openai[:60]) and t[1:4] == openai[:3]
     assert len(load_templates("openai")) == 80

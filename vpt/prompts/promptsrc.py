@@ -11,7 +11,7 @@ model on every training batch:
 and Gaussian prompt aggregation (GPA): after epoch e (1..E) the prompts are added to a running sum with
 weight w_e = N(e; gpa_mean, gpa_std) / sum_k N(k; gpa_mean, gpa_std); after the last epoch the prompts
 become that weighted sum. Paper settings: 4+4 tokens, depth 9+9, weights 25 and 10, GPA N(15, 1) over 20
-epochs. The frozen text templates: by default the paper's code's 60 (``templates: promptsrc``: the first
+epochs. The frozen text templates: by default the paper's code's 60 (``templates: promptsrc60``: the first
 60 of OpenAI's 80 ImageNet templates, "a photo of a {c}." first, in its order); ``openai`` takes all 80.
 As in the paper's code the block-0 image prompts pass through the tower's ``ln_pre`` (``vision_ln_pre``;
 false: they enter after it, like VPT-deep).
@@ -50,7 +50,7 @@ class PromptSRCConfig(TextContextConfig):
     text_weight: float = option(25.0, "weight of L_SCL-text (paper: 25)", range=(0.0, None))
     image_weight: float = option(10.0, "weight of L_SCL-image (paper: 10)", range=(0.0, None))
     logits_weight: float = option(1.0, "weight of L_SCL-logits (paper: 1)", range=(0.0, None))
-    templates: Union[str, List[str]] = option("promptsrc", "frozen text features: promptsrc (the paper's code's 60) | "
+    templates: Union[str, List[str]] = option("promptsrc60", "frozen text features: promptsrc60 (the paper's code's 60) | "
                                                            "openai (80) | simple | a file | a list")
     vision_ln_pre: bool = option(True, LN_PRE_HELP)
     gpa_mean: float = option(15.0, "Gaussian prompt aggregation: mean epoch (1-based; paper: 15 of 20)")
