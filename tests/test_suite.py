@@ -149,3 +149,9 @@ def test_coop_crossdataset_suite(tmp_path):
     assert dtd["classes"] == ["banded", "blotchy", "braided"] and dtd["num_samples"] == 6
     assert rows["dtd"]["role"] == "target" and rows["dtd"]["top1_mean"] == pytest.approx(dtd["top1"])
     assert res["summary"]["target_mean"] == pytest.approx(dtd["top1"])
+
+
+def test_the_command_offers_the_suites_the_runner_runs():
+    from vpt.commands.suite import SUITES as offered
+    from vpt.sweep.suite import SUITES
+    assert offered == SUITES

@@ -23,11 +23,13 @@ import os
 from ._common import UserError
 from .train import FLAG_FIELDS, add_training_flags
 
+# the suites vpt.sweep.suite runs (its SUITES; tests/test_suite.py checks they agree): named here so that
+# building the parser imports no runner and no data code
+SUITES = ("vtab1k", "fgvc", "coop-base2novel", "coop-fewshot", "coop-crossdataset")
 SUITE_OWNED = ("data", "output", "seed", "split_seed", "base_to_novel", "shots")
 
 
 def register(sub) -> None:
-    from ..sweep.suite import SUITES
     p = sub.add_parser("suite", help="run a benchmark suite (VTAB-1k, FGVC, CoOp) and write its tables",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=SUITES)
