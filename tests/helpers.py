@@ -222,3 +222,64 @@ def make_coco(root, n=6, size=(64, 64), seed=1, splits=("train", "val")):
         with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
             json.dump({"images": images, "annotations": anns, "categories": cats}, f)
     return str(root)
+
+
+# --- tiny published-format benchmark folders (vpt.data.benchmarks) ------------------------------------------
+def _tiny_image(path, label, rng, size=16):
+    from PIL import Image
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    base = np.zeros(3)
+    base[label % 3] = 60 + 60 * (label // 3 % 3)
+    arr = np.clip(base + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def make_vtab_task(root, name="patch_camelyon", labels=(0, 1), per_class=(3, 2, 2), seed=0):
+    """A VTAB-1k task folder as NOAH prepares it: root/<name>/{train800,val200,train800val200,test}.txt with
+    'images/<split>/<file>.jpg <label>' lines. per_class: images per class in train800, val200, test."""
+    rng = np.random.default_rng(seed)
+    task = os.path.join(root, name)
+    lists = {}
+    for split, n in zip(("train800", "val200", "test"), per_class):
+        lines = []
+        for y in labels:
+            for i in range(n):
+                rel = f"images/{split}/{y}_{i}.jpg"
+                _tiny_image(os.path.join(task, rel), y, rng)
+                lines.append(f"{rel} {y}")
+        lists[split] = lines
+    lists["train800val200"] = lists["train800"] + lists["val200"]
+    for split, lines in lists.items():
+        with open(os.path.join(task, f"{split}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return task
+
+
+def make_fgvc(root, class_ids=(3, 7, 11), per_class=(3, 2, 2), seed=0):
+    """An FGVC folder as KMnP/vpt prepares it: {train,val,test}.json mapping images/<path> to class ids."""
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "val", "test"), per_class):
+        mapping = {}
+        for j, cid in enumerate(class_ids):
+            for i in range(n):
+                rel = f"{cid:03d}.class/{split}_{i}.jpg"
+                _tiny_image(os.path.join(root, "images", rel), j, rng)
+                mapping[rel] = cid
+        with open(os.path.join(root, f"{split}.json"), "w") as f:
+            json.dump(mapping, f)
+    return str(root)
+
+
+def make_coop(root, split=None, name="OxfordPets", images="images", classes=("abyssinian", "beagle", "chihuahua",
+              "dachshund"), per_class=(4, 2, 2), seed=0):
+    """A CoOp dataset folder: split_zhou_<name>.json ({split: [[relpath, label, classname]]}) + its images."""
+    rng = np.random.default_rng(seed)
+    if split is None:
+        split = {s: [[f"{c}/{s}_{i}.jpg", y, c] for y, c in enumerate(classes) for i in range(n)]
+                 for s, n in zip(("train", "val", "test"), per_class)}
+    for items in split.values():
+        for rel, y, _ in items:
+            _tiny_image(os.path.join(root, images, rel), y, rng)
+    with open(os.path.join(root, f"split_zhou_{name}.json"), "w") as f:
+        json.dump(split, f)
+    return str(root)

@@ -142,7 +142,8 @@ def test_cocoop_text_features_change_with_the_image_as_published(bb, images):
 # --- MaPLe -----------------------------------------------------------------------------------------------
 def test_maple_vision_prompts_are_the_coupling_of_the_text_prompts(bb, images):
     x, _ = images
-    model = make(bb, {"kind": "maple", "depth": 2}).eval()
+    model = make(bb, {"kind": "maple", "depth": 2, "vision_ln_pre": False}).eval()  # vpt's placement (the
+    # reference placement, through ln_pre, is tests/test_clip_reference.py's)
     tp = model.text_prompt
     assert tp.num_tokens == 2 and model.prompt is not None and model.prompt.depth == 2
     with torch.no_grad():

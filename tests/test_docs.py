@@ -97,7 +97,7 @@ def commands(path):
     return out
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/clip.md"])
+@pytest.mark.parametrize("page", ["README.md", "docs/clip.md", "docs/benchmarks.md"])
 def test_documented_commands_parse(page):
     """Every `vpt` command the README and the CLIP page show is one the CLI accepts (flags, subcommands,
     positionals), so the page and `--help` cannot drift apart."""

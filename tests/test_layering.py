@@ -170,10 +170,11 @@ def test_the_checker_sees_imports_inside_functions():
 
 def test_only_the_sweep_command_imports_the_sweep_runner():
     """vpt.sweep (the experiment runner, the ``[sweep]`` extra) sits on the library's public hooks: no module
-    outside it imports it but the commands that start it (vpt/commands/sweep*.py)."""
+    outside it imports it but the commands that start it (vpt/commands/sweep*.py, and vpt/commands/suite.py: the
+    benchmark suites run on it)."""
     bad = [f"{m} (line {n}) imports {t}" for m, t, n in _imports()
            if _part(t) == "sweep" and _part(m) != "sweep"
-           and not (m.startswith("vpt.commands.sweep"))]
+           and not (m.startswith(("vpt.commands.sweep", "vpt.commands.suite")))]
     assert not bad, "the sweep runner is imported from outside it:\n" + "\n".join(bad)
 
 

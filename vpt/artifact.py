@@ -137,6 +137,12 @@ def _backbone_config(saved: Dict[str, Any], weights: Optional[str], pretrained: 
 
 
 def _backbone_from_saved(saved: Dict[str, Any], weights: Optional[str]) -> BackboneAdapter:
+    wid = str(saved.get("weights_id", ""))
+    if wid.startswith("memory:"):  # built by the user's code: vpt cannot rebuild those weights
+        raise ArtifactError(f"the artifact was trained on a backbone module built in memory ({saved.get('name')}, "
+                            f"model_kwargs={saved.get('model_kwargs')}, weights sha256 {wid[7:]}); build that module "
+                            f"again and pass it: vpt.from_pretrained(DIR, backbone=module) (the weights are checked "
+                            f"by their hash)")
     if str(saved.get("name", "")).startswith("vpt:"):  # weights shipped inside the package
         bb = create_backbone(_backbone_config(saved, None))
         _check_same_backbone(saved, bb)
@@ -385,7 +391,8 @@ class Artifact:
         try:
             wfile = self.backbone_weights(weights)
             wnote = wfile or {"hub": "downloaded from the hub by its tag", "random": "random init (seeded)",
-                              "file": "shipped with vpt"}.get(str(bb.get("weights_id", "")).split(":")[0], "-")
+                              "file": "shipped with vpt",
+                              "memory": "a module in memory: pass backbone= to load"}.get(str(bb.get("weights_id", "")).split(":")[0], "-")
         except ArtifactError as e:
             wnote = f"MISSING: {e}"
         trainable = sum(math_prod(s) for s, _ in expected.values())
@@ -417,6 +424,9 @@ class Artifact:
 
         self._check(max_params)
         saved_bb = self._config["backbone"]
+        if isinstance(backbone, torch.nn.Module) and not isinstance(backbone, BackboneAdapter):
+            from .backbones import wrap_module  # a timm / open_clip model in memory, named as the artifact names it
+            backbone = wrap_module(backbone, name=saved_bb.get("name"), model_kwargs=saved_bb.get("model_kwargs"))
         if isinstance(backbone, BackboneAdapter):
             _check_same_backbone(saved_bb, backbone)
         elif isinstance(backbone, str) and backbone != saved_bb.get("name"):

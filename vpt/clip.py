@@ -247,7 +247,8 @@ class PromptedCLIP(AdapterMixin, nn.Module):
         side = TextSide(token_embedding=text.pieces.token_embedding, tokenizer=self.tokenizer,
                         class_names=[prompt_name(c) for c in self.class_names], text_depth=text.depth,
                         text_width=text.width, image_dim=int(bb.num_features),
-                        vision_layout=bb.layout if bb.token_refusal is None else None)
+                        vision_layout=bb.layout if bb.token_refusal is None else None,
+                        vision_ln_pre=getattr(getattr(bb, "visual", None), "ln_pre", None))
         self.text_prompt = PROMPTS.get(self.text_config.kind).factory(self.text_config, None, None, side=side)
         vision = self.text_prompt.vision_prompt()
         if vision is not None:
@@ -551,8 +552,12 @@ def create_clip_model(backbone: Union[str, BackboneConfig, Mapping[str, Any], Ba
                       head: Union[str, Mapping[str, Any], None] = None, text: Optional[Mapping[str, Any]] = None,
                       train_backbone: bool = False, **backbone_kwargs: Any) -> PromptedCLIP:
     """Build a PromptedCLIP, e.g. ``create_clip_model('open_clip:ViT-B-32', names, prompt='pixel_pad',
-    head='linear_init', weights='clip.safetensors')``."""
-    if not isinstance(backbone, BackboneAdapter):
+    head='linear_init', weights='clip.safetensors')``; ``backbone`` may be an open_clip model already in memory
+    (``create_clip_model(model, names, name='open_clip:ViT-B-16')``, see :func:`vpt.backbones.wrap_module`)."""
+    if isinstance(backbone, torch.nn.Module) and not isinstance(backbone, BackboneAdapter):
+        from .backbones import wrap_module  # a timm / open_clip model built by the caller's code, used as is
+        backbone = wrap_module(backbone, **backbone_kwargs)
+    elif not isinstance(backbone, BackboneAdapter):
         backbone = create_backbone(backbone, **backbone_kwargs)
     elif backbone_kwargs:
         raise TypeError(f"backbone options {sorted(backbone_kwargs)} given with an already built backbone")

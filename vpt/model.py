@@ -405,7 +405,9 @@ def create_model(backbone: Union[str, BackboneConfig, Dict[str, Any], BackboneAd
 
     Args:
         backbone: ``'timm:ARCH[.TAG]'``, ``'open_clip:ARCH/TAG'``, ``'vpt:NAME'``, a BackboneConfig / dict,
-            or an adapter from :func:`vpt.backbones.create_backbone`.
+            an adapter from :func:`vpt.backbones.create_backbone`, or a timm / open_clip model already in memory
+            (used as is, frozen; then ``name=`` / ``model_kwargs=`` may say what it is: see
+            :func:`vpt.backbones.wrap_module`; its artifact loads with ``backbone=`` the same module).
         prompt: a kind name (``'vpt_deep'``), ``{'kind': 'vpt_deep', 'num_tokens': 10}`` or a config object;
             None for a linear probe or full fine-tuning.
         num_classes: classes of the head (0: no head, features only).
@@ -413,7 +415,10 @@ def create_model(backbone: Union[str, BackboneConfig, Dict[str, Any], BackboneAd
         train_backbone: unfreeze the backbone (full fine-tuning baseline).
         **backbone_kwargs: ``weights=PATH``, ``pretrained=False``, ``init_seed``, ``model_kwargs={...}``.
     """
-    if not isinstance(backbone, BackboneAdapter):
+    if isinstance(backbone, torch.nn.Module) and not isinstance(backbone, BackboneAdapter):
+        from .backbones import wrap_module  # a timm / open_clip model built by the caller's code, used as is
+        backbone = wrap_module(backbone, **backbone_kwargs)
+    elif not isinstance(backbone, BackboneAdapter):
         backbone = create_backbone(backbone, **backbone_kwargs)
     elif backbone_kwargs:
         raise TypeError(f"backbone options {sorted(backbone_kwargs)} given with an already built backbone")

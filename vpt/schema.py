@@ -336,8 +336,9 @@ def _check_backbone(bb: Any, where: str = "backbone") -> None:
         raise ArtifactError(f"{where}.name {_short(name)} is not 'library:architecture[.tag]'")
     _registered(BACKBONES, library, f"{where}.name (library)")
     wid = bb.get("weights_id", "")
-    if wid and not re.fullmatch(r"hub:[A-Za-z0-9_.\-]+|file:[0-9a-f]{64}|random:-?[0-9]+", wid):
-        raise ArtifactError(f"{where}.weights_id {_short(wid)} is not 'hub:TAG', 'file:SHA256' or 'random:SEED'")
+    if wid and not re.fullmatch(r"hub:[A-Za-z0-9_.\-]+|(?:file|memory):[0-9a-f]{64}|random:-?[0-9]+", wid):
+        raise ArtifactError(f"{where}.weights_id {_short(wid)} is not 'hub:TAG', 'file:SHA256', 'memory:SHA256' or "
+                            f"'random:SEED'")
     kwargs = bb.get("model_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise ArtifactError(f"{where}.model_kwargs must be a mapping, got {type(kwargs).__name__}")

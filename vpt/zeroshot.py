@@ -52,7 +52,8 @@ class ZeroShotConfig(Checked):
 
 
 ZS_SPLITS = ("all", "train", "val", "test")  # which images of the data are evaluated ('all': every split)
-TEMPLATE_SETS = ("openai", "simple")  # open_clip.zero_shot_metadata OPENAI_ / SIMPLE_IMAGENET_TEMPLATES
+TEMPLATE_SETS = ("openai", "simple", "promptsrc60")  # open_clip.zero_shot_metadata OPENAI_ / SIMPLE_IMAGENET_TEMPLATES;
+# promptsrc60: the 60 of PromptSRC's code (trainers/imagenet_templates.py): OpenAI's first 60, its 40th first
 CACHE_VERSION = 1  # bump when the cached classifier's meaning changes
 
 
@@ -91,7 +92,9 @@ def load_templates(spec: Union[str, Sequence[str]]) -> List[str]:
         return out
     if spec in TEMPLATE_SETS:
         meta = import_open_clip().zero_shot_metadata
-        fns = meta.OPENAI_IMAGENET_TEMPLATES if spec == "openai" else meta.SIMPLE_IMAGENET_TEMPLATES
+        fns = meta.SIMPLE_IMAGENET_TEMPLATES if spec == "simple" else meta.OPENAI_IMAGENET_TEMPLATES
+        if spec == "promptsrc60":
+            fns = [fns[39]] + list(fns[:39]) + list(fns[40:60])
         return [fn("{c}") for fn in fns]  # open_clip's lambdas -> '{c}' strings
     if not os.path.isfile(spec):
         from .registry import did_you_mean

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import torch
 
@@ -45,12 +45,6 @@ def _is_network_error(e: Exception) -> bool:
                                  "any other timm model (pixel prompts only)")
 def create_timm(cfg: BackboneConfig) -> BackboneAdapter:
     import timm
-    from timm.models.eva import Eva
-    from timm.models.vision_transformer import VisionTransformer
-
-    from .timm_eva import TimmEvaAdapter
-    from .timm_generic import TimmGenericAdapter
-    from .timm_vit import TimmViTAdapter
 
     spec = cfg.name.split(":", 1)[1]
     arch, _, tag = spec.partition(".")
@@ -73,13 +67,23 @@ def create_timm(cfg: BackboneConfig) -> BackboneAdapter:
             if _is_network_error(e):
                 raise BackboneError(_OFFLINE_HINT.format(name=cfg.name, err=e)) from None
             raise
+    return _timm_adapter(model, cfg, arch, tag or None)
+
+
+def _timm_adapter(model, cfg: BackboneConfig, arch: str, tag: Optional[str]) -> BackboneAdapter:
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import VisionTransformer
+
+    from .timm_eva import TimmEvaAdapter
+    from .timm_generic import TimmGenericAdapter
+    from .timm_vit import TimmViTAdapter
     model.reset_classifier(0)
     model.eval()
     if isinstance(model, Eva):
-        return TimmEvaAdapter(model, cfg, arch, tag or None)
+        return TimmEvaAdapter(model, cfg, arch, tag)
     if isinstance(model, VisionTransformer):
-        return TimmViTAdapter(model, cfg, arch, tag or None)
-    return TimmGenericAdapter(model, cfg, arch, tag or None)
+        return TimmViTAdapter(model, cfg, arch, tag)
+    return TimmGenericAdapter(model, cfg, arch, tag)
 
 
 def _load_matching(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], cfg: BackboneConfig) -> None:
@@ -167,6 +171,87 @@ def create_backbone(config: Union[str, BackboneConfig, Mapping[str, Any]], **ove
     except KeyError as e:
         raise BackboneError(str(e.args[0])) from None
     adapter = entry.factory(cfg)
+    for p in adapter.parameters():
+        p.requires_grad_(False)
+    return adapter
+
+
+def state_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes and bytes, in sorted order): which weights these are."""
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+_KWARGS_HINT = ("pass model_kwargs= (the keyword arguments the module was built with) so that an artifact can "
+                "describe it")
+
+
+def _check_rebuilds(build: Callable[[], torch.nn.Module], module: torch.nn.Module, name: str,
+                    kwargs: Dict[str, Any]) -> None:
+    """The architecture ``name`` with ``kwargs``, built on the meta device, has the module's tensor shapes."""
+    try:
+        with torch.device("meta"):
+            ref = build()
+    except Exception as e:  # the library's own errors for bad kwargs
+        raise BackboneError(f"cannot rebuild {name} with model_kwargs={kwargs} ({type(e).__name__}: {e}); "
+                            f"{_KWARGS_HINT}") from None
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    other = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    head = ("head.", "fc.", "classifier.", "head_dist.")
+    diff = sorted(k for k in set(own) ^ set(other) if not k.startswith(head)) + \
+        sorted(k for k in set(own) & set(other) if own[k] != other[k] and not k.startswith(head))
+    if diff:
+        raise BackboneError(f"the module given as backbone is not {name} with model_kwargs={kwargs} (tensors differ: "
+                            f"{', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); {_KWARGS_HINT}, and name= "
+                            f"when it is not the architecture timm / open_clip records")
+
+
+def wrap_module(module: torch.nn.Module, name: Optional[str] = None,
+                model_kwargs: Optional[Mapping[str, Any]] = None) -> BackboneAdapter:
+    """An adapter around a timm or open_clip model already in memory (weights loaded by the caller's own
+    code), used as is: frozen, its classifier removed, not copied. Its identity records what rebuilds it: the
+    name (timm: from the model's ``pretrained_cfg``; open_clip: pass ``name='open_clip:ARCH'``), the
+    ``model_kwargs`` (checked by building the architecture on the meta device) and ``memory:<sha256>`` of its
+    weights; an artifact of it loads with ``backbone=`` the same module (the hash is checked)."""
+    kwargs = dict(model_kwargs or {})
+    if isinstance(module, BackboneAdapter):
+        raise BackboneError("the backbone is already a vpt adapter; pass it as backbone= directly")
+    cfg_dict = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", None)
+    if name is None and isinstance(cfg_dict, Mapping) and cfg_dict.get("architecture"):
+        name = "timm:" + str(cfg_dict["architecture"])  # no tag: the weights are the module's, not the hub's
+    if name is None or ":" not in name:
+        raise BackboneError(f"cannot tell which architecture this {type(module).__name__} is; pass name= (e.g. "
+                            f"name='open_clip:ViT-B-32' or 'timm:vit_base_patch16_224') and model_kwargs= if it "
+                            f"was built with any")
+    library, _, spec = name.partition(":")
+    cfg = BackboneConfig(name=name, pretrained=False, model_kwargs=kwargs)
+    if library == "timm":
+        import timm
+        arch, _, tag = spec.partition(".")
+        _check_rebuilds(lambda: timm.create_model(arch, pretrained=False, **kwargs), module, name, kwargs)
+        adapter = _timm_adapter(module, cfg, arch, tag or None)
+    elif library == "open_clip":
+        import open_clip
+
+        from .open_clip_vit import OpenClipViTAdapter
+        arch, _, tag = spec.partition("/")
+        if not hasattr(module, "visual") or not hasattr(module, "encode_text"):
+            raise BackboneError(f"name {name!r} says open_clip, but {type(module).__name__} is not an open_clip "
+                                f"CLIP model (no visual / encode_text)")
+        _check_rebuilds(lambda: open_clip.create_model(arch, pretrained=None,
+                                                               device=torch.get_default_device(), **kwargs), module, name,
+                        kwargs)
+        module.eval()
+        adapter = OpenClipViTAdapter(module, cfg, arch, tag or None,
+                                     preprocess_cfg=getattr(module.visual, "preprocess_cfg", None) or {})
+    else:
+        raise BackboneError(f"backbone modules in memory can be timm or open_clip models; {name!r} is neither")
+    adapter._weights_id = "memory:" + state_sha256(module)
     for p in adapter.parameters():
         p.requires_grad_(False)
     return adapter

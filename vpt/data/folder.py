@@ -186,13 +186,16 @@ def _first_readable(paths: Sequence[str]) -> Optional[str]:
     return None
 
 
-def _check_usable(train: List[Sample], names: List[str], root: str) -> None:
-    """Every class must keep at least one readable training image (decoded until one is found)."""
+def _check_usable(train: List[Sample], names: List[str], root: str, missing_ok: bool = False) -> None:
+    """Every class must keep at least one readable training image (decoded until one is found); with
+    ``missing_ok`` (published lists, e.g. VTAB-1k's 800 images of 397 classes) a class without any is allowed."""
     by_class: Dict[int, List[str]] = {}
     for p, y in train:
         by_class.setdefault(y, []).append(p)
     for i, name in enumerate(names):
         paths = by_class.get(i, [])
+        if missing_ok and not paths:
+            continue
         if _first_readable(paths) is None:
             raise DataError(f"class {name!r} in {root!r} has no usable training image ({len(paths)} file(s), "
                             f"none readable as an image); replace the broken files or remove the class")
@@ -207,7 +210,7 @@ def _check_classes(class_names: List[str], where: str) -> None:
 def load_splits(root: str, val_fraction: float = 0.1, test_fraction: float = 0.0, split_seed: int = 0,
                 shots: Optional[int] = None, extensions: Sequence[str] = IMAGE_EXTENSIONS,
                 class_names: Optional[List[str]] = None, classes: str = "all", allow_outside_root: bool = False,
-                check_readable: bool = True) -> DataSplits:
+                check_readable: bool = True, format: str = "auto", benchmark_split: str = "final") -> DataSplits:
     """Find the images under ``root`` (folder or CSV) and return the train / val / test lists.
 
     Missing splits are carved out of train, stratified with ``split_seed``: first test, then val. The
@@ -216,7 +219,21 @@ def load_splits(root: str, val_fraction: float = 0.1, test_fraction: float = 0.0
     same in every subset), relabelled from 0.
     Files are identified by real path: repeats are dropped (``duplicates``), a file in two splits is an
     error, and (``check_readable``) so is a class whose training files are all unreadable.
+    ``format``: auto (detected from the folder) | folder | csv | vtab1k | fgvc | coop; the published benchmark
+    formats (``vpt.data.benchmarks``) keep their own splits (``benchmark_split``: final | tune), so the
+    fractions do not apply to them, and their few-shot draw and base/novel classes follow Dassl / CoOp.
     """
+    from .benchmarks import FORMATS, detect_format, load_benchmark
+    if format not in FORMATS:
+        raise DataError(f"unknown data.format {format!r}; use one of {', '.join(FORMATS)}")
+    fmt = detect_format(root) if (format == "auto" and root is not None) else format
+    if fmt in ("vtab1k", "fgvc", "coop"):
+        if root is None or not os.path.isdir(root):
+            raise DataError(f"data.format {fmt}: {root!r} is not a folder; pass the benchmark's task folder")
+        names, train, val, test, source = load_benchmark(root, fmt, benchmark_split, shots, split_seed, classes)
+        if check_readable:
+            _check_usable(train, names, root, missing_ok=True)
+        return DataSplits(names, train, val, test, source)
     if classes not in CLASS_SUBSETS:
         raise DataError(f"unknown class subset {classes!r}; available: {', '.join(CLASS_SUBSETS)}")
     if root is None:

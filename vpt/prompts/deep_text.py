@@ -33,16 +33,22 @@ class DrivenTokenPrompt(PromptModule):
 
     It owns no tensors: the text prompt that builds it holds them (so each is saved and trained once).
     Like VPT-deep, the tokens enter after the prefix at block 0 and are replaced at blocks 1..depth-1.
+    ``norm0``: applied to the block-0 tokens only: the image tower's ``ln_pre``, which MaPLe's and
+    PromptSRC's code (their ``clip/model.py``) run on the sequence after appending the first prompts, so
+    those prompts pass through it (LayerNorm is per token: normalising them alone is the same); the
+    deeper replacements enter raw, as there.
     """
 
     uses_tokens = True
 
-    def __init__(self, kind: str, depth: int, num_tokens: int, source: Callable[[int], torch.Tensor]):
+    def __init__(self, kind: str, depth: int, num_tokens: int, source: Callable[[int], torch.Tensor],
+                 norm0: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         super().__init__(config=None)
         self.kind = kind
         self.depth = int(depth)
         self.num_tokens = int(num_tokens)
         object.__setattr__(self, "_source", source)  # not a submodule: its owner registers the tensors
+        object.__setattr__(self, "_norm0", norm0)  # the frozen backbone's module: not registered here either
 
     @property
     def first_layer(self) -> int:
@@ -54,10 +60,22 @@ class DrivenTokenPrompt(PromptModule):
     def tokens(self, i: int, batch_size: int) -> Optional[torch.Tensor]:
         if i >= self.depth:
             return None
-        return self._source(i).unsqueeze(0).expand(batch_size, -1, -1)  # (B, P, D)
+        t = self._source(i)
+        if i == 0 and self._norm0 is not None:
+            t = self._norm0(t)
+        return t.unsqueeze(0).expand(batch_size, -1, -1)  # (B, P, D)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, num_tokens={self.num_tokens}, depth={self.depth}"
+
+
+LN_PRE_HELP = ("the image prompts of block 0 pass through the image tower's ln_pre, as in the paper's code "
+               "(reference); false: they enter after it, like VPT-deep (vpt's placement before 0.x; 1e-2 on the logits)")
+
+
+def first_layer_norm(side, config):
+    """The block-0 norm for a ``DrivenTokenPrompt`` (``config.vision_ln_pre``): the tower's ln_pre or None."""
+    return side.vision_ln_pre if getattr(config, "vision_ln_pre", False) else None
 
 
 def vision_layout_or_refuse(side, kind: str):

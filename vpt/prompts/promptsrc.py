@@ -11,8 +11,10 @@ model on every training batch:
 and Gaussian prompt aggregation (GPA): after epoch e (1..E) the prompts are added to a running sum with
 weight w_e = N(e; gpa_mean, gpa_std) / sum_k N(k; gpa_mean, gpa_std); after the last epoch the prompts
 become that weighted sum. Paper settings: 4+4 tokens, depth 9+9, weights 25 and 10, GPA N(15, 1) over 20
-epochs. The frozen text templates: open_clip's 80 OpenAI ImageNet templates (the paper's code uses the
-first 60 of them; give a list or a file to match it exactly).
+epochs. The frozen text templates: by default the paper's code's 60 (``templates: promptsrc60``: the first
+60 of OpenAI's 80 ImageNet templates, "a photo of a {c}." first, in its order); ``openai`` takes all 80.
+As in the paper's code the block-0 image prompts pass through the tower's ``ln_pre`` (``vision_ln_pre``;
+false: they enter after it, like VPT-deep).
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from torch import nn
 
 from ..config import ConfigError, option
 from .base import PromptModule
-from .deep_text import (DrivenTokenPrompt, check_depth, deep_text_dict, deep_text_parameters,
-                        vision_layout_or_refuse)
+from .deep_text import (LN_PRE_HELP, DrivenTokenPrompt, check_depth, deep_text_dict, deep_text_parameters,
+                        first_layer_norm, vision_layout_or_refuse)
 from .text import ClipStep, TextContext, TextContextConfig, TextSide, register_text_kind
 
 
@@ -48,7 +50,9 @@ class PromptSRCConfig(TextContextConfig):
     text_weight: float = option(25.0, "weight of L_SCL-text (paper: 25)", range=(0.0, None))
     image_weight: float = option(10.0, "weight of L_SCL-image (paper: 10)", range=(0.0, None))
     logits_weight: float = option(1.0, "weight of L_SCL-logits (paper: 1)", range=(0.0, None))
-    templates: Union[str, List[str]] = option("openai", "frozen text features: openai | simple | a file | a list")
+    templates: Union[str, List[str]] = option("promptsrc60", "frozen text features: promptsrc60 (the paper's code's 60) | "
+                                                           "openai (80) | simple | a file | a list")
+    vision_ln_pre: bool = option(True, LN_PRE_HELP)
     gpa_mean: float = option(15.0, "Gaussian prompt aggregation: mean epoch (1-based; paper: 15 of 20)")
     gpa_std: float = option(1.0, "Gaussian prompt aggregation: std in epochs (paper: 1)", range=(1e-6, None))
 
@@ -90,7 +94,7 @@ class PromptSRC(TextContext):
                 str(j): nn.Parameter(torch.empty(config.vision_tokens, D).normal_(std=config.deep_init_std))
                 for j in range(config.vision_depth)})
             vision = DrivenTokenPrompt(self.kind, config.vision_depth, config.vision_tokens,
-                                       lambda j: self.vision_prompts[str(j)])
+                                       lambda j: self.vision_prompts[str(j)], norm0=first_layer_norm(side, config))
         object.__setattr__(self, "_vision", vision)  # the CLIP model registers it as its image prompt
         self._gpa: Optional[Dict[str, torch.Tensor]] = None
 

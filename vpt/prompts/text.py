@@ -71,6 +71,8 @@ class TextSide:
     text_width: int  # W, the text transformer width
     image_dim: int  # E, the joint embedding size
     vision_layout: Any = None  # the image tower's TokenLayout (None: no token sequence)
+    vision_ln_pre: Any = None  # the image tower's ln_pre (open_clip), applied to the block-0 prompts of MaPLe /
+    # PromptSRC as their reference code does; None: the tower has none
 
 
 class TextContext(nn.Module):

@@ -66,6 +66,12 @@ class ModelSection(Checked):
 class DataSection(Checked):
     root: Optional[str] = option(None, "image folder (root/<class>/* or root/{train,val,test}/<class>/*) or a CSV "
                                        "file")
+    format: str = option("auto", "auto (from the folder) | folder | csv | vtab1k (NOAH's lists) | fgvc (KMnP's json) | "
+                                 "coop (split_zhou_*.json); docs/benchmarks.md",
+                         choices=("auto", "folder", "csv", "vtab1k", "fgvc", "coop"))
+    benchmark_split: str = option("final", "published formats: final = train on train+val (VTAB train800val200), "
+                                           "last epoch; tune = train on train, select on val (VTAB train800 / val200)",
+                                  choices=("final", "tune"))
     val_fraction: float = option(0.1, "without a val split: this share of train, stratified per class",
                                  range=(0.0, 1.0, "[)"))
     test_fraction: float = option(0.0, "without a test split: this share of the pool held out for the final test",
@@ -204,7 +210,8 @@ class ClassificationTask(Task):
     def setup(self, run) -> None:
         d = self.cfg.data
         self.splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions,
-                                  classes=d.classes, allow_outside_root=d.allow_outside_root)
+                                  classes=d.classes, allow_outside_root=d.allow_outside_root, format=d.format,
+                                  benchmark_split=d.benchmark_split)
         _logger.info("data %s: %s", d.root, self.splits.summary())
         if not self.splits.train:
             raise DataError(f"no training images left in {d.root!r}")
@@ -353,7 +360,8 @@ class ClassificationTask(Task):
         if not d.root:
             raise DataError("no data given: pass --data DIR")
         splits = load_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, d.shots, d.extensions,
-                             classes=d.classes, allow_outside_root=d.allow_outside_root)
+                             classes=d.classes, allow_outside_root=d.allow_outside_root, format=d.format,
+                                  benchmark_split=d.benchmark_split)
         if model.class_names is not None and list(model.class_names) != splits.class_names:
             raise DataError(class_mismatch_message(list(model.class_names), splits.class_names, d.root))
         samples = (splits.train + splits.val + splits.test) if split == "all" else getattr(splits, split)

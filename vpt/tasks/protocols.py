@@ -48,7 +48,8 @@ def evaluate_classes(model: Any, data: Any, classes: str, split: str, train: Any
     from ..data import DataError, EvalTransform, ImageDataset, load_splits
     from .evaluation import evaluate
     splits = load_splits(data.root, data.val_fraction, data.test_fraction, data.split_seed, None, data.extensions,
-                         classes=classes)
+                         classes=classes, format=getattr(data, "format", "auto"),
+                         benchmark_split=getattr(data, "benchmark_split", "final"))
     samples = (splits.train + splits.val + splits.test) if split == "all" else getattr(splits, split)
     if not samples:
         raise DataError(f"{data.root!r} has no {split} images of its {classes} classes ({splits.summary()}); add "
