@@ -16,7 +16,7 @@ LAYERS = [
     {"model", "encode", "timm_api", "artifact", "schema", "multitask", "clip", "lora", "zeroshot", "weights", "detection"},
     {"engine"},
     {"tasks"},
-    {"sweep"},
+    {"sweep", "serve"},
     {"commands", "cli", "__main__", "<root>"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -29,7 +29,7 @@ EXIT_CODES = """exit codes:
   141  the program reading vpt's output closed it early (e.g. `vpt list | head -1`); not an error
 """
 
-COMMANDS = ["list", "train", "eval", "predict", "zeroshot", "fewshot", "summarize", "sweep", "inspect"]
+COMMANDS = ["list", "train", "eval", "predict", "zeroshot", "fewshot", "summarize", "sweep", "inspect", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
