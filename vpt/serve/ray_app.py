@@ -88,8 +88,6 @@ def run_ray(fe: Frontend, tasks: Dict[str, str], host: str, port: int, device: s
 
     import ray
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"], include_dashboard=False, log_to_driver=False)
@@ -102,6 +100,8 @@ def run_ray(fe: Frontend, tasks: Dict[str, str], host: str, port: int, device: s
             tasks, device=device, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
             max_params=max_params, weights=weights, max_body=fe.max_body, max_pixels=fe.max_pixels, threads=threads)
         serve.run(app, name="vpt", route_prefix="/", blocking=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own (abort) handler
+            signal.signal(sig, lambda *_: stop.set())
         print(f"vpt serve: ray deployment ready on http://{host}:{port}", flush=True)
         while not stop.wait(0.5):
             pass
