@@ -93,6 +93,8 @@ def run_ray(fe: Frontend, tasks: Dict[str, str], host: str, port: int, device: s
             ray.init(address=os.environ["RAY_ADDRESS"], include_dashboard=False, log_to_driver=False)
         else:
             ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own (abort) handler
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port})
         app = deployment(replicas, num_cpus=min(1.0, (os.cpu_count() or 1) / max(1, replicas)),
@@ -100,8 +102,6 @@ def run_ray(fe: Frontend, tasks: Dict[str, str], host: str, port: int, device: s
             tasks, device=device, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
             max_params=max_params, weights=weights, max_body=fe.max_body, max_pixels=fe.max_pixels, threads=threads)
         serve.run(app, name="vpt", route_prefix="/", blocking=False)
-        for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own (abort) handler
-            signal.signal(sig, lambda *_: stop.set())
         print(f"vpt serve: ray deployment ready on http://{host}:{port}", flush=True)
         while not stop.wait(0.5):
             pass
