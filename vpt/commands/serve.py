@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Dict
 
 from ._artifact import add_artifact_flags, check_max_params
 from ._common import UserError
@@ -53,22 +52,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_task_flags(items) -> Dict[str, str]:
-    from ..serve.app import NAME_RE
-    tasks: Dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        name, path = name.strip(), path.strip()
-        if not sep or not name or not path:
-            raise UserError(f"--task {item!r}: write NAME=ARTIFACT (e.g. pets=runs/pets/best)")
-        if not NAME_RE.match(name) or name == "base":
-            raise UserError(f"--task {item!r}: a task name is 1-64 letters, digits, '_', '-', '.' and not 'base'")
-        if name in tasks:
-            raise UserError(f"--task: duplicate task name {name!r} ({tasks[name]} and {path}); give each its own NAME")
-        tasks[name] = path
-    return tasks
-
-
 def _check(args) -> None:
     if args.host not in HOSTS:
         raise UserError(f"--host {args.host!r}: use 127.0.0.1 (this machine only), 0.0.0.0 or ::")
@@ -101,6 +84,7 @@ def read_token(path: str) -> str:
 
 def run(args) -> int:
     _check(args)
+    from ..serve.app import parse_task_flags
     tasks = parse_task_flags(args.task)
     if not tasks and not args.task_root:
         raise UserError("nothing to serve: pass --task NAME=ARTIFACT (repeatable), or --task-root DIR with "

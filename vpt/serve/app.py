@@ -37,6 +37,23 @@ MAX_TOP_K = 1000
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def parse_task_flags(items) -> Dict[str, str]:
+    """``NAME=ARTIFACT`` strings (``--task``, Ray's ``tasks=``) -> {name: dir}; UserError naming the fix."""
+    from ..errors import UserError
+    tasks: Dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise UserError(f"--task {item!r}: write NAME=ARTIFACT (e.g. pets=runs/pets/best)")
+        if not NAME_RE.match(name) or name == "base":
+            raise UserError(f"--task {item!r}: a task name is 1-64 letters, digits, '_', '-', '.' and not 'base'")
+        if name in tasks:
+            raise UserError(f"--task: duplicate task name {name!r} ({tasks[name]} and {path}); give each its own NAME")
+        tasks[name] = path
+    return tasks
+
+
 class HttpError(Exception):
     def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None):
         super().__init__(message)

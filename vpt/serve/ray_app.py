@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 
 from ray import serve
 
-from .app import DEFAULT_MAX_BODY, Frontend, build_routes
+from .app import DEFAULT_MAX_BODY, Frontend, build_routes, parse_task_flags
 from .images import DEFAULT_MAX_PIXELS
 from .pool import TaskPool, handle_batch
 
@@ -70,7 +70,6 @@ def deployment(replicas: int = 1, num_cpus: float = 1.0, num_gpus: float = 0.0):
 
 def build_app(args: Dict[str, str]):
     """Ray Serve application builder (``serve run vpt.serve.ray_app:build_app tasks=NAME=DIR,...``)."""
-    from ..commands.serve import parse_task_flags  # noqa: F401  (same NAME=DIR rules as the CLI)
     raw = args.get("tasks", "")
     tasks = parse_task_flags([t for t in raw.split(",") if t])
     device = args.get("device", "cpu")
