@@ -26,7 +26,7 @@ from vpt.backbones import create_backbone
 from vpt.cli import main
 
 pytest.importorskip("litserve", reason="vpt serve needs the [serve] extra: pip install 'vpt[serve]'")
-pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+SERVER = [pytest.mark.subprocess, pytest.mark.slow]  # each starts real servers (about 30-60 s on 2 cores)
 
 TASKS = {"deep3": ({"kind": "vpt_deep", "num_tokens": 3}, ["cat", "dog", "frog"]),
          "deep5": ({"kind": "vpt_deep", "num_tokens": 5}, ["yes", "no"]),
@@ -138,6 +138,8 @@ def bomb_png(side=10000):
     return buf.getvalue()
 
 
+@SERVER[0]
+@SERVER[1]
 def test_litserve_server_end_to_end(setup, capsys, tmp_path):
     s, d = setup, setup["dirs"]
     log = open(tmp_path / "server.log", "w")
@@ -277,6 +279,8 @@ def test_litserve_server_end_to_end(setup, capsys, tmp_path):
         log.close()
 
 
+@SERVER[0]
+@SERVER[1]
 @pytest.mark.skipif(sys.platform == "win32", reason="Ray Serve on loopback, POSIX")
 def test_ray_engine_answers_as_litserve(setup, tmp_path):
     pytest.importorskip("ray.serve", reason="vpt serve --engine ray needs the [ray] extra: pip install 'vpt[ray]'")
