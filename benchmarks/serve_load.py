@@ -265,6 +265,8 @@ def main(argv=None):
     ap.add_argument("--resident", type=int, default=1000, help="tasks to load with PUT /tasks (0: skip)")
     ap.add_argument("--resident-time-limit", type=float, default=600.0)
     ap.add_argument("--soak-s", type=float, default=300.0, help="soak length (0: skip)")
+    ap.add_argument("--phases", nargs="+", choices=["load", "resident", "soak"], default=["load", "resident", "soak"],
+                    help="what to run (default all)")
     ap.add_argument("--soak-concurrency", type=int, default=8)
     args = ap.parse_args(argv)
     t_start = time.time()
@@ -294,7 +296,7 @@ def main(argv=None):
 
     pss, servers = {}, {}
     try:
-        for n in args.tasks:  # all running at once: rounds alternate between them, so machine-load drift cancels
+        for n in (args.tasks if "load" in args.phases else []):  # all running at once: rounds alternate between them, so machine-load drift cancels
             servers[n] = Server({f"t{i:04d}": dirs[i] for i in range(n)}, args,
                                 log=os.path.join(args.workdir, f"server_{n}.log"))
         for n, srv in servers.items():
@@ -341,12 +343,12 @@ def main(argv=None):
             "ratio": round(per / info["tensor_bytes"], 2), "target": "<= 2.0", "met": per <= 2 * info["tensor_bytes"]}
     save()
 
-    if args.resident:
+    if args.resident and "resident" in args.phases:
         result["resident"] = resident(args, dirs, root, info)
         result["targets"]["resident_tasks"] = {"loaded": result["resident"]["loaded"], "target": args.resident,
                                                "met": result["resident"]["loaded"] >= args.resident}
         save()
-    if args.soak_s:
+    if args.soak_s and "soak" in args.phases:
         result["soak"] = soak(args, dirs, root, images)
         s = result["soak"]
         result["targets"]["soak"] = {"failed_valid": s["failed"], "rss_growth_pct": s["pss_growth_pct"],

@@ -149,3 +149,12 @@ def test_clip_artifact_answers_as_vpt_predict(arts, tmp_path, capsys):
     for p, o in zip(paths, out):
         assert [x["label"] for x in o["predictions"]] == [w["label"] for w in cli[p]]
         assert [x["score"] for x in o["predictions"]] == pytest.approx([w["prob"] for w in cli[p]], abs=2e-6)
+
+
+def test_replacing_the_only_task_on_a_backbone_keeps_the_backbone(arts):
+    pool = TaskPool()
+    pool.load("x", arts["dirs"]["other"])
+    pool.load("x", arts["dirs"]["other"])  # replaced in place
+    assert len(pool.backbones) == 1 and pool.tasks["x"].model.backbone is next(iter(pool.backbones.values()))
+    pool.load("y", arts["dirs"]["other"])
+    assert pool.tasks["y"].model.backbone is pool.tasks["x"].model.backbone

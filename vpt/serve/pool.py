@@ -70,7 +70,7 @@ def _itemsize(dtype: str) -> int:
 @dataclass
 class _Task:
     name: str
-    artifact: Artifact
+    backbone: str  # backbone_key: the artifact itself is not kept (its meta-device model would cost memory)
     model: torch.nn.Module
     group: Optional[Tuple[str, str]]  # (backbone key, preprocessing) for classifiers sharing a MultiTaskModel
     transform: Any
@@ -88,12 +88,12 @@ class TaskPool:
         self.tasks: Dict[str, _Task] = {}
         self.backbones: Dict[str, Any] = {}  # backbone key -> the one adapter object
         self.groups: Dict[Tuple[str, str], Any] = {}  # (backbone key, preprocessing) -> MultiTaskModel
+        self._transforms: Dict[str, Any] = {}
         self._lock = threading.RLock()
 
     # --- loading ------------------------------------------------------------------------------------------
     def load(self, name: str, path: str) -> Dict[str, Any]:
         """Load (or replace) task ``name`` from the artifact folder ``path``; ArtifactError names the problem."""
-        from ..data.transforms import EvalTransform
         from ..model import PromptedModel
         from ..multitask import BASE, MultiTaskModel
         if name == BASE:
@@ -108,8 +108,10 @@ class TaskPool:
             if shared is None and getattr(model, "backbone", None) is not None:
                 self.backbones[key] = model.backbone.to(self.device)
             model.to(self.device)
-            if name in self.tasks:
+            if name in self.tasks:  # a replacement: the old one goes once the new one has loaded
                 self._drop(name)
+                if getattr(model, "backbone", None) is not None:
+                    self.backbones.setdefault(key, model.backbone)
             if isinstance(model, PromptedModel):
                 pre = repr(model.data_config)
                 gkey = (key, pre)
@@ -118,15 +120,23 @@ class TaskPool:
                     self.groups[gkey] = MultiTaskModel({name: model})
                 else:
                     group.tasks[name] = model
-                self.tasks[name] = _Task(name, art, model, gkey, EvalTransform(model.data_config), "classification",
+                self.tasks[name] = _Task(name, key, model, gkey, self._transform(model.data_config), "classification",
                                          list(model.class_names or [str(i) for i in range(model.num_classes)]))
             elif art.task == "detection":
-                self.tasks[name] = _Task(name, art, model, None, None, "detection")
+                self.tasks[name] = _Task(name, key, model, None, None, "detection")
             else:  # CLIP and other classifiers that are not PromptedModel: one forward per task
                 names = getattr(model, "class_names", None) or [str(i) for i in range(int(art.num_classes or 0))]
-                self.tasks[name] = _Task(name, art, model, None, EvalTransform(model.data_config), "classification",
+                self.tasks[name] = _Task(name, key, model, None, self._transform(model.data_config), "classification",
                                          list(names))
         return info
+
+    def _transform(self, data_config):
+        """One EvalTransform per preprocessing, shared by the tasks that use it."""
+        from ..data.transforms import EvalTransform
+        key = repr(data_config)
+        if key not in self._transforms:
+            self._transforms[key] = EvalTransform(data_config)
+        return self._transforms[key]
 
     def unload(self, name: str) -> bool:
         with self._lock:
@@ -142,7 +152,7 @@ class TaskPool:
             del group.tasks[name]
             if not len(group.tasks):
                 del self.groups[t.group]
-        used = {backbone_key(x.artifact) for x in self.tasks.values()}
+        used = {x.backbone for x in self.tasks.values()}
         for key in [k for k in self.backbones if k not in used]:
             del self.backbones[key]  # the last task on a backbone frees it
 
