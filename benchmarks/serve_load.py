@@ -100,7 +100,7 @@ class Server:
                                                           + sys.path))
         self.log = open(log or os.devnull, "w")
         t0 = time.time()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}; see {log}")
@@ -147,7 +147,7 @@ class Server:
         try:
             rc = self.proc.wait(120)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the server's workers too
             rc = None
         self.log.close()
         return rc

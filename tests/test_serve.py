@@ -72,8 +72,19 @@ def start(args, log):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "vpt", "serve", "--port", str(port), "--device", "cpu",
-                             "--threads", "1", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+                             "--threads", "1", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)  # its own process group: kill_tree reaches the workers
     return proc, f"http://127.0.0.1:{port}"
+
+
+def kill_tree(proc):
+    """After a failed test: the server and its HTTP / model worker processes (killing the main one alone
+    would leave them running)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
 
 
 def wait_ready(proc, url, log, timeout=240):
@@ -274,8 +285,7 @@ def test_litserve_server_end_to_end(setup, capsys, tmp_path):
         assert all(st == 200 for st, _ in results), results
         assert proc.wait(90) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_tree(proc)
         log.close()
 
 
@@ -317,8 +327,7 @@ def test_ray_engine_answers_as_litserve(setup, tmp_path):
         assert lit.wait(90) == 0 and ray.wait(120) == 0
     finally:
         for p in (lit, ray):
-            if p.poll() is None:
-                p.kill()
+            kill_tree(p)
         for f in logs:
             f.close()
 
