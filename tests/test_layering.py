@@ -19,7 +19,7 @@ LAYERS = [
     {"model", "hub_push"},  # PromptedModel: adapter + prompts + head; pushing a task (reads artifacts)
     {"clip", "lora", "multitask", "detection"},  # models built on PromptedModel
     {"tasks"},  # what is learned, for the engine
-    {"sweep"},  # the experiment runner: nothing below imports it
+    {"sweep", "serve"},  # the experiment runner and the server: nothing below imports them
     {"commands", "cli", "__main__", "<root>"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

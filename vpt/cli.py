@@ -29,7 +29,8 @@ EXIT_CODES = """exit codes:
   141  the program reading vpt's output closed it early (e.g. `vpt list | head -1`); not an error
 """
 
-COMMANDS = ["list", "train", "eval", "predict", "zeroshot", "fewshot", "summarize", "sweep", "suite", "inspect", "push"]
+COMMANDS = ["list", "train", "eval", "predict", "zeroshot", "fewshot", "summarize", "sweep", "suite", "inspect", "push",
+            "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
