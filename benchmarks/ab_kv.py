@@ -66,6 +66,7 @@ def summarise(times: Dict[str, list], batch: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="timm:vit_small_patch16_224")
+    ap.add_argument("--model-kwargs", default="{}", help="JSON dict for the library's create function")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=10)
     ap.add_argument("--tasks", type=int, default=8)
@@ -81,12 +82,13 @@ def main(argv=None) -> int:
     dev = torch.device(args.device)
     amp = None if args.dtype == "float32" else torch.bfloat16
     torch.manual_seed(0)
-    bb = vpt.create_backbone(args.model, pretrained=False)
+    kwargs = json.loads(args.model_kwargs)
+    bb = vpt.create_backbone(args.model, pretrained=False, model_kwargs=kwargs)
     x = torch.randn(args.batch, *bb.data_config().input_size, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
     res = {"command": " ".join(["python"] + sys.argv), "config": vars(args),
            "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()], "torch": torch.__version__}
-    models = {a: build_arm(a, args.model, 10, args.tokens, {}).to(dev) for a in ("vpt_deep", "vpt_prefix")}
+    models = {a: build_arm(a, args.model, 10, args.tokens, kwargs).to(dev) for a in ("vpt_deep", "vpt_prefix")}
     for a, m in models.items():
         step = TrainStep(m, x, y, amp)
         res[f"train_{a}"] = summarise(interleaved(ab(step), args.warmup, args.steps, dev), args.batch)
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
             res[f"infer_{a}"] = summarise(interleaved(ab(lambda: m(x)), args.warmup, args.steps, dev), args.batch)
         print(a, "infer", round(res[f"infer_{a}"]["after_over_before_throughput"], 3), flush=True)
     if args.tasks:
-        bb = vpt.create_backbone(args.model, pretrained=False).to(dev)
+        bb = vpt.create_backbone(args.model, pretrained=False, model_kwargs=kwargs).to(dev)
         tasks = {f"t{i}": vpt.create_model(bb, prompt={"kind": "vpt_deep", "num_tokens": args.tokens},
                                            num_classes=10).to(dev) for i in range(args.tasks)}
         mt = vpt.MultiTaskModel(tasks)
@@ -112,6 +114,8 @@ def main(argv=None) -> int:
             k: single / statistics.median(v) for k, v in times.items()}
         print("mixed", res["infer_mixed_tasks"]["after_over_before_throughput"],
               res["infer_mixed_tasks"]["mixed_over_single_throughput"], flush=True)
+    if dev.type == "cuda":
+        res["device"] = torch.cuda.get_device_name(dev)
     if args.out:
         from vpt.io import atomic_write_text
         atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
