@@ -43,12 +43,12 @@ if [ "$SMOKE" = 0 ]; then
   fi
   DEV=cuda
   MODEL=timm:vit_base_patch16_224; KW='{}'; B=128; DT=bfloat16
-  STEPS=8; ESTEPS=20; EBLOCKS=3; TASKS=8
+  STEPS=8; WARM=2; ESTEPS=20; EBLOCKS=3; TASKS=8
   nvidia-smi -q > "$OUT/nvidia_smi.txt" 2>&1 || true
 else
   DEV=cpu
   MODEL=timm:vit_tiny_patch16_224; KW='{"img_size": 32}'; B=2; DT=float32
-  STEPS=1; ESTEPS=1; EBLOCKS=1; TASKS=2
+  STEPS=1; WARM=0; ESTEPS=1; EBLOCKS=1; TASKS=2
 fi
 
 START=$(date +%s)
@@ -63,6 +63,7 @@ stage() {  # stage NAME EST_SECONDS OUTFILE CMD...
     return
   fi
   [ "$left" -lt 30 ] && left=30
+  [ "$SMOKE" = 1 ] && left=1200  # toy sizes on a (possibly shared) CPU: checks the stages, not the budget
   echo "== $name: $*" >&2
   t0=$(date +%s)
   timeout "$left" "$@" > "$OUT/$name.log" 2>&1
@@ -74,11 +75,11 @@ stage() {  # stage NAME EST_SECONDS OUTFILE CMD...
 }
 
 stage ab_kv 60 ab_kv_$DEV.json "$PY" "$HERE/ab_kv.py" --model "$MODEL" --model-kwargs "$KW" --batch "$B" \
-  --dtype "$DT" --device "$DEV" --steps "$STEPS" --tasks "$TASKS" --out "$OUT/ab_kv_$DEV.json"
+  --dtype "$DT" --device "$DEV" --steps "$STEPS" --warmup "$WARM" --tasks "$TASKS" --out "$OUT/ab_kv_$DEV.json"
 stage speed 150 speed_$DEV.json "$PY" "$HERE/speed.py" --model "$MODEL" --model-kwargs "$KW" --batch "$B" \
-  --dtype "$DT" --device "$DEV" --steps "$STEPS" --infer-steps "$STEPS" --tasks "$TASKS" --out "$OUT/speed_$DEV.json"
+  --dtype "$DT" --device "$DEV" --steps "$STEPS" --warmup "$WARM" --infer-steps "$STEPS" --tasks "$TASKS" --out "$OUT/speed_$DEV.json"
 stage energy 90 energy_$DEV.json "$PY" "$HERE/energy.py" --model "$MODEL" --model-kwargs "$KW" --batch "$B" \
-  --dtype "$DT" --device "$DEV" --steps "$ESTEPS" --blocks "$EBLOCKS" --out "$OUT/energy_$DEV.json"
+  --dtype "$DT" --device "$DEV" --steps "$ESTEPS" --blocks "$EBLOCKS" --warmup "$WARM" --out "$OUT/energy_$DEV.json"
 if [ "$SMOKE" = 0 ]; then
   stage speed_compile 150 speed_${DEV}_compile.json "$PY" "$HERE/speed.py" --model "$MODEL" --batch "$B" \
     --dtype "$DT" --device "$DEV" --compile --arms full linear vpt_deep --tasks 0 --out "$OUT/speed_${DEV}_compile.json"
