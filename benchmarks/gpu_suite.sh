@@ -44,11 +44,13 @@ if [ "$SMOKE" = 0 ]; then
   DEV=cuda
   MODEL=timm:vit_base_patch16_224; KW='{}'; B=128; DT=bfloat16
   STEPS=8; WARM=2; ESTEPS=20; EBLOCKS=3; TASKS=8
+  ARMS="full linear lora vpt_shallow vpt_deep vpt_prefix pixel_pad vpt_deep_lean vpt_deep_lean50"
   nvidia-smi -q > "$OUT/nvidia_smi.txt" 2>&1 || true
 else
   DEV=cpu
   MODEL=timm:vit_tiny_patch16_224; KW='{"img_size": 32}'; B=2; DT=float32
   STEPS=1; WARM=0; ESTEPS=1; EBLOCKS=1; TASKS=2
+  ARMS="full linear vpt_deep vpt_prefix"  # pixel_pad's 30 px frame needs more than 32 px images
 fi
 
 START=$(date +%s)
@@ -77,7 +79,7 @@ stage() {  # stage NAME EST_SECONDS OUTFILE CMD...
 stage ab_kv 60 ab_kv_$DEV.json "$PY" "$HERE/ab_kv.py" --model "$MODEL" --model-kwargs "$KW" --batch "$B" \
   --dtype "$DT" --device "$DEV" --steps "$STEPS" --warmup "$WARM" --tasks "$TASKS" --out "$OUT/ab_kv_$DEV.json"
 stage speed 150 speed_$DEV.json "$PY" "$HERE/speed.py" --model "$MODEL" --model-kwargs "$KW" --batch "$B" \
-  --dtype "$DT" --device "$DEV" --steps "$STEPS" --warmup "$WARM" --infer-steps "$STEPS" --tasks "$TASKS" --out "$OUT/speed_$DEV.json"
+  --dtype "$DT" --device "$DEV" --steps "$STEPS" --warmup "$WARM" --infer-steps "$STEPS" --tasks "$TASKS" --arms $ARMS --out "$OUT/speed_$DEV.json"
 stage energy 90 energy_$DEV.json "$PY" "$HERE/energy.py" --model "$MODEL" --model-kwargs "$KW" --batch "$B" \
   --dtype "$DT" --device "$DEV" --steps "$ESTEPS" --blocks "$EBLOCKS" --warmup "$WARM" --out "$OUT/energy_$DEV.json"
 if [ "$SMOKE" = 0 ]; then
