@@ -124,10 +124,18 @@ class FastBlocks:
         """Block ``i`` on h (B, k+N, D) with prompt tokens t (B, P, D) as keys/values only."""
         bb, prompt, k = self.bb, self.prompt, self.k
         run = t.shape[0] if t.stride(0) == 0 else prompt.token_runs(i)
-        if run:  # runs of `run` samples share their prompt (one for the whole batch): project each once
+        table = None if run else prompt.token_table(i)
+        if table is not None:  # per-sample rows of T tasks' tokens: project the T tasks' tokens once, gather
+            tab, index = table
+            tk, tv = bb.token_kv(i, tab)  # (T, P, A)
+            tk, tv = tk.index_select(0, index), tv.index_select(0, index)  # (B, P, A)
+        elif run:  # runs of `run` samples share their prompt (one for the whole batch): project each once
             pairs = [bb.token_kv(i, t[j:j + 1]) for j in range(0, t.shape[0], run)]
-            tk = torch.cat([k_.expand(run, -1, -1) for k_, _ in pairs])  # (B, P, A)
-            tv = torch.cat([v_.expand(run, -1, -1) for _, v_ in pairs])
+            if len(pairs) == 1:  # one prompt for the batch: stays a stride-0 view (the block joins it once)
+                tk, tv = (p.expand(t.shape[0], -1, -1) for p in pairs[0])  # (B, P, A)
+            else:
+                tk = torch.cat([k_.expand(run, -1, -1) for k_, _ in pairs])  # (B, P, A)
+                tv = torch.cat([v_.expand(run, -1, -1) for _, v_ in pairs])
         else:
             tk, tv = bb.token_kv(i, t)
         Pkv = 0

@@ -44,6 +44,7 @@ class PromptMix(PromptModule):
         super().__init__(None)
         self.tasks, self.index, self.k, self.block = list(prompts), index, num_prefix, block
         self._runs: Dict[int, Optional[int]] = {}  # block i -> samples per run of shared tokens (block mode)
+        self._tables: Dict[int, torch.Tensor] = {}  # block i -> the tasks' tokens (T, P, D) (per-sample mode)
         if block is not None and index.shape[0] != block * len(self.tasks):
             raise ValueError(f"block={block} needs {block * len(self.tasks)} samples, got {index.shape[0]}")
         self.uses_pixels = any(p is not None and p.uses_pixels for p in self.tasks)
@@ -74,13 +75,17 @@ class PromptMix(PromptModule):
             return -1
         return min(self.token_layers | self.kv_layers, default=1 << 30)
 
-    def _gather(self, rows: List[Optional[torch.Tensor]], length: int) -> torch.Tensor:
+    @staticmethod
+    def _padded(rows: List[Optional[torch.Tensor]], length: int) -> List[torch.Tensor]:
         like = next(r for r in rows if r is not None)
-        padded = [F.pad(r, (0, 0, 0, length - r.shape[0])) if r is not None else like.new_zeros(length, like.shape[1])
-                  for r in rows]
+        return [F.pad(r, (0, 0, 0, length - r.shape[0])) if r is not None else like.new_zeros(length, like.shape[1])
+                for r in rows]  # T x (L, D)
+
+    def _gather(self, rows: List[Optional[torch.Tensor]], length: int) -> torch.Tensor:
+        padded = self._padded(rows, length)
         if self.block is not None:
             return torch.cat([r.expand(self.block, -1, -1) for r in padded])  # T x (n, L, D) -> (B, L, D)
-        return torch.stack(padded)[self.index]  # (T, L, D) -> (B, L, D)
+        return torch.stack(padded).index_select(0, self.index)  # (T, L, D) -> (B, L, D)
 
     def pixels(self, x):
         deltas = [p.delta(x.shape[-2:]) if p is not None and p.uses_pixels else None for p in self.tasks]
@@ -107,7 +112,12 @@ class PromptMix(PromptModule):
             return torch.cat([F.pad(r, (0, 0, 0, self.P - r.shape[1])) if r is not None
                               else like.new_zeros(self.block, self.P, like.shape[2]) for r in rows])  # (B, P, D)
         rows = [p.tokens(i, 1)[0] if p is not None and p.uses_tokens else None for p in self.tasks]  # (P_t, D)
-        return self._gather(rows, self.P)  # (B, P, D)
+        self._tables[i] = table = torch.stack(self._padded(rows, self.P))  # (T, P, D)
+        return table.index_select(0, self.index)  # (B, P, D)
+
+    def token_table(self, i):
+        table = self._tables.get(i)
+        return None if table is None else (table, self.index)
 
     def kv(self, i, batch_size):
         if i not in self.kv_layers:
@@ -221,7 +231,7 @@ class MultiTaskModel(nn.Module):
             prompts = [self.tasks[n].prompt if n != BASE else None for n in group]
             first_only = all(self.backbone.pool_reads_prefix_only() if n == BASE
                              else self.tasks[n].reads_prefix_only() for n in group)
-            feats = self._features(x[rows], prompts, index, first_only)
+            feats = self._features(x if len(rows) == len(names) else x[rows], prompts, index, first_only)
             for n in group:
                 sel = [j for j, i in enumerate(rows) if names[i] == n]
                 f = feats[sel]

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ConfigError
 from .base import (BackboneAdapter, BackboneError, DataConfig, EmbedContext, TokenLayout, mask_bias, merge_bias,
                    residual_branch)
-from .timm_vit import _to_2tuple
+from .timm_vit import _to_2tuple, prefixed_kv
 
 
 def _visual_refusal(visual: nn.Module) -> Optional[str]:
@@ -47,10 +47,7 @@ def mha_with_prefix(attn: nn.MultiheadAttention, x: torch.Tensor, pk: Optional[t
     nq = N if num_queries is None else num_queries
     w, b = attn.in_proj_weight, attn.in_proj_bias
     q = F.linear(x[:, :nq], w[:D], None if b is None else b[:D])  # (B, nq, D)
-    k, v = F.linear(x, w[D:], None if b is None else b[D:]).chunk(2, dim=-1)  # 2 x (B, N, D)
-    if pk is not None:
-        k = torch.cat([pk.to(k.dtype), k], dim=1)  # (B, P+N, D)
-        v = torch.cat([pv.to(v.dtype), v], dim=1)
+    k, v = prefixed_kv(F.linear(x, w[D:], None if b is None else b[D:]), pk, pv)  # 2 x (B, P+N, D)
     q, k, v = (t.reshape(B, t.shape[1], H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=attn.dropout if attn.training else 0.0)
     out = out.transpose(1, 2).reshape(B, nq, D)  # (B, nq, D)

@@ -88,7 +88,25 @@ def key_values(attn: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
         kv = F.linear(x, w[A:], None if b is None else b[A:])  # (B, L, 2A)
     else:
         kv = attn.qkv(x)[..., A:]
-    return kv[..., :A], kv[..., A:]
+    return kv.split(A, dim=-1)  # one split: its backward writes both gradients into one tensor
+
+
+def prefixed_kv(kv: torch.Tensor, pk: Optional[torch.Tensor] = None,
+                pv: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (B, P+N, A) of a sequence whose keys|values are the halves of kv (B, N, 2A), behind the
+    extra keys/values pk, pv (B, P, A) (None: the sequence's own).
+
+    One concatenation of the whole key|value tensor (B, P+N, 2A), of which keys and values are the two halves
+    (views SDPA reads with their strides), instead of a strided copy of each half in every block; a prefix
+    shared by the whole batch (stride 0 over it) has its halves joined once, before the batch expansion."""
+    A = kv.shape[-1] // 2
+    if pk is None:
+        return kv.split(A, dim=-1)
+    if pk.stride(0) == 0 and pv.stride(0) == 0:
+        pkv = torch.cat([pk[:1], pv[:1]], dim=-1).to(kv.dtype).expand(kv.shape[0], -1, -1)  # (B, P, 2A)
+    else:
+        pkv = torch.cat([pk, pv], dim=-1).to(kv.dtype)  # (B, P, 2A)
+    return torch.cat([pkv, kv], dim=1).split(A, dim=-1)  # 2 x (B, P+N, A)
 
 
 def attention_with_prefix(attn: nn.Module, x: torch.Tensor, pk: Optional[torch.Tensor] = None,
@@ -109,13 +127,11 @@ def attention_with_prefix(attn: nn.Module, x: torch.Tensor, pk: Optional[torch.T
         # keep all of it alive next to the concatenated keys/values
         w, b = attn.qkv.weight, attn.qkv.bias
         q = F.linear(x[:, :nq], w[:A], None if b is None else b[:A])  # (B, nq, A)
-        k, v = key_values(attn, x)  # (B, N, A) each
+        kv = F.linear(x, w[A:], None if b is None else b[A:])  # (B, N, 2A)
     else:
-        q, k, v = attn.qkv(x).split(A, dim=-1)
+        q, kv = attn.qkv(x).split([A, 2 * A], dim=-1)
         q = q[:, :nq]
-    if pk is not None:
-        k = torch.cat([pk.to(k.dtype), k], dim=1)  # (B, P+N, A)
-        v = torch.cat([pv.to(v.dtype), v], dim=1)
+    k, v = prefixed_kv(kv, pk, pv)  # (B, P+N, A) each
     q = q.reshape(B, nq, H, Dh).transpose(1, 2)  # (B, H, nq, Dh)
     k = k.reshape(B, k.shape[1], H, Dh).transpose(1, 2)  # (B, H, P+N, Dh)
     v = v.reshape(B, v.shape[1], H, Dh).transpose(1, 2)

@@ -66,7 +66,10 @@ class TrainSection(Checked):
     grad_accum_steps: int = option(1, "micro-batches per optimizer step (per-rank micro-batch = "
                                       "batch / (ranks * accum))", range=(1, None))
     amp_dtype: str = option("float32", "float32 | bfloat16 | float16 (float16 uses a GradScaler)")
-    compile: bool = option(False, "torch.compile the training forward (timm --torchcompile); evaluation runs eager")
+    compile: bool = option(False, "torch.compile the training forward (timm --torchcompile), kept only if its step is "
+                                  "faster than eager on the first batch (results.json: compile); evaluation runs eager")
+    fp8: bool = option(False, "FP8 forward and input-gradient matmuls in the frozen linears (torchao float8 training; "
+                              "GPUs with compute capability 8.9+, pip install 'vpt[fp8]')")
     seed: int = option(0, "seed of init, sampling order, augmentation (per sample) and dropout")
     deterministic: bool = option(False, "torch.use_deterministic_algorithms (slower on GPU)")
     device: Optional[str] = option(None, "cpu | cuda | cuda:N (null: cuda if available, cuda:LOCAL_RANK under "

@@ -39,6 +39,7 @@ from .optim import build_optimizer_and_scheduler
 from .rundir import check_run_dir, holds_run, prepare_run_dir
 from .runlog import attach_file_log, detach_file_log, progress, tensorboard_writer
 from .sampler import GlobalBatchSampler
+from .speedups import choose_compiled, convert_fp8, fp8_refusal
 from .seed import rng_state, seed_everything, set_rng_state
 from .task import Callback, CallbackList, Task
 
@@ -151,6 +152,10 @@ class Trainer:
     # --- setup ------------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg, info, t = self.cfg, self.info, self.cfg.train
+        if t.fp8:
+            refusal = fp8_refusal(self.device)
+            if refusal:
+                raise ConfigError(refusal)
         if t.batch_size % (info.world_size * t.grad_accum_steps):
             _logger.warning("train.batch_size %d is not a multiple of ranks x grad_accum_steps (%d); micro-batches "
                             "differ in size by one", t.batch_size, info.world_size * t.grad_accum_steps)
@@ -166,6 +171,7 @@ class Trainer:
         self.model = self.task.build_model(self).to(self.device)
         if t.init_from and not self.resume:
             self.task.load_init(self, self.model, t.init_from)
+        self.fp8 = convert_fp8(self.model) if t.fp8 else None
         self.params = count_parameters(self.model)
         _logger.info("trainable params: %d || all params: %d || trainable%%: %.4f", self.params["trainable"],
                      self.params["total"], self.params["trainable_percent"])
@@ -207,8 +213,9 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.task.find_unused_parameters)
+        self.net_eager, self.compile_choice = self.net, None
         if t.compile:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net)  # kept only if faster (_choose_compiled, on the first batch)
         self.metrics = self.tb = None
         if info.is_main:
             atomic_write_text(os.path.join(self.run_dir, "config.yaml"), config_yaml(cfg))
@@ -336,6 +343,8 @@ class Trainer:
             step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
             for a in range(t.grad_accum_steps):
                 batch = next(it)
+                if t.compile and self.compile_choice is None:
+                    self._choose_compiled(batch)
                 sync = (a == t.grad_accum_steps - 1 or not info.distributed)
                 with (contextlib.nullcontext() if sync else self.net.no_sync()):
                     with autocast(self.device, t.amp_dtype):
@@ -372,6 +381,23 @@ class Trainer:
         row["epoch_seconds"] = elapsed
         self.task.train_epoch_end(self, epoch + 1, row)
         return row
+
+    def _choose_compiled(self, batch: Any) -> None:
+        """train.compile: keep the compiled forward only if its step is faster than eager on this batch (timed
+        with gradients discarded and random state and buffers restored); rank 0's choice holds on every rank."""
+        def step(net):
+            def run():
+                with autocast(self.device, self.cfg.train.amp_dtype):
+                    out = self.task.train_step(self, net, batch)
+                out.loss.float().backward()
+            return run
+        choice = choose_compiled(step(self.net_eager), step(self.net), self.model, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.compile_choice = choice = broadcast_object(choice)
+        if not choice["used"]:
+            self.net = self.net_eager
+        if self.info.is_main:
+            _logger.info("train.compile: %s", choice["reason"])
 
     def _optimizer_step(self) -> Optional[torch.Tensor]:
         """One optimizer step; returns the gradient norm (a device tensor) to check, or None under the fp16
@@ -523,6 +549,10 @@ class Trainer:
             "throughput": {"train_images_per_second": (sum(train_ips) / len(train_ips)) if train_ips else None,
                            "eval_images_per_second": test.get("images_per_second") if test else None},
         })
+        if self.compile_choice is not None:
+            results["compile"] = self.compile_choice
+        if self.fp8 is not None:
+            results["fp8"] = self.fp8
         results.update(task.results(self, self.model))  # may refine the keys below (e.g. more versions)
         if self.stop_reason:
             results["stopped"] = self.stop_reason

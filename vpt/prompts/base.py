@@ -55,6 +55,12 @@ class PromptModule(nn.Module):
         mix of whole-batch prompts), so the model projects each run's tokens once; None: no such runs."""
         return None
 
+    def token_table(self, i: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(table (T, P, D), index (B,)) when the tokens of block ``i`` are rows of a small table chosen per
+        sample (a per-sample mix of T tasks), so the model projects the T rows once and gathers their
+        keys/values; None: no such table."""
+        return None
+
     def key_mask(self, i: int, num_prompts: int, seq_len: int) -> Optional[torch.Tensor]:
         """bool (B, P_kv + seq_len) of attendable keys at block ``i``; None: all. Only per-sample prompt
         mixes (vpt.multitask) need one."""
