@@ -71,14 +71,21 @@ def _read_bytes(path: str, limit: int) -> bytes:
         raise ArtifactError(f"cannot read {path} ({e.strerror or e}); check the path and its permissions") from None
 
 
-def read_config(directory: str) -> Dict[str, Any]:
-    """The artifact's adapter_config.json, parsed and validated against the schema (``vpt.schema``)."""
+def read_config(directory: str, backbone: Any = None) -> Dict[str, Any]:
+    """The artifact's adapter_config.json, parsed and validated against the schema (``vpt.schema``). An
+    adapter that peft saved (``peft_type``, no vpt keys) becomes the vpt config that loads it
+    (``vpt.peft_model.vpt_config_from_peft``; ``backbone`` when its base model is not named)."""
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isdir(directory):
         raise ArtifactError(f"artifact folder not found: {directory!r}; pass the folder that holds {CONFIG_NAME}")
     if not os.path.isfile(path):
         raise ArtifactError(f"{directory!r} has no {CONFIG_NAME}; is it a vpt artifact folder (e.g. runs/x/best)?")
-    return check_config(parse_config(_read_bytes(path, MAX_CONFIG_BYTES), path), path)
+    config = parse_config(_read_bytes(path, MAX_CONFIG_BYTES), path)
+    if isinstance(config, dict) and "format" not in config and "peft_type" in config:
+        from .peft_model import vpt_config_from_peft
+        config = vpt_config_from_peft(config, directory, read_header(os.path.join(directory, WEIGHTS_NAME)),
+                                      backbone)
+    return check_config(config, path)
 
 
 def _check_same_backbone(saved: Dict[str, Any], backbone: BackboneAdapter) -> None:
@@ -251,10 +258,11 @@ class Artifact:
         self._measured: Optional[Tuple[int, Dict[str, Tuple[Tuple[int, ...], torch.dtype]], torch.nn.Module]] = None
 
     @classmethod
-    def open(cls, path: Union[str, "os.PathLike[str]"]) -> "Artifact":
-        """Read and validate ``path/adapter_config.json``; ArtifactError names the problem and the fix."""
+    def open(cls, path: Union[str, "os.PathLike[str]"], backbone: Any = None) -> "Artifact":
+        """Read and validate ``path/adapter_config.json``; ArtifactError names the problem and the fix.
+        ``backbone``: the base model of an adapter peft saved without naming one (vpt's own name it)."""
         directory = os.fspath(path)
-        return cls(directory, read_config(directory))
+        return cls(directory, read_config(directory, backbone))
 
     def __repr__(self) -> str:
         return (f"Artifact({self.directory!r}, model_type={self.model_type!r}, "
@@ -422,7 +430,8 @@ def from_pretrained(directory: str, backbone: Union[None, str, BackboneAdapter] 
         weights: the backbone weights file, if the artifact was made from one that has moved.
         max_params: refuse a model (backbone included) larger than this; the artifact can't raise it.
     """
-    return Artifact.open(directory).load(device=device, weights=weights, max_params=max_params, backbone=backbone)
+    return Artifact.open(directory, backbone=backbone).load(device=device, weights=weights, max_params=max_params,
+                                                            backbone=backbone)
 
 
 def _st_name(dtype: torch.dtype) -> str:

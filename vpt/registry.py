@@ -190,7 +190,8 @@ BACKBONES: Registry[Any] = Registry("backbone library", lazy={"timm": "vpt.backb
                                                               "vpt": "vpt.weights"})
 # artifact model_type -> class with from_config and its ``config_sections`` (the artifact fields it adds)
 MODEL_TYPES: Registry[Any] = Registry("model type", lazy={"classifier": "vpt.model", "clip": "vpt.clip",
-                                                          "detection": "vpt.detection.model", "lora": "vpt.lora"})
+                                                          "detection": "vpt.detection.model", "lora": "vpt.lora",
+                                                          "peft": "vpt.peft_model"})
 # task name -> vpt.engine.task.Task subclass; each task file registers itself when imported
 TASKS: Registry[Any] = Registry("task", lazy={"classification": "vpt.tasks.classification", "clip": "vpt.tasks.clip",
                                               "detection": "vpt.tasks.detection"})

@@ -27,7 +27,7 @@ _logger = logging.getLogger(__name__)
 
 # --- config ---------------------------------------------------------------------------------------
 # sections of a model section whose config class depends on model.type (its class's ``config_sections``)
-TYPED_SECTIONS = ("head", "text", "lora")
+TYPED_SECTIONS = ("head", "text", "lora", "peft")
 
 
 @dataclass
@@ -41,6 +41,8 @@ class ModelSection(Checked):
     train_backbone: bool = option(False, "unfreeze the backbone (full fine-tuning baseline)")
     text: Optional[Any] = option(None, "CLIP learnable text context (model.type clip only)")
     lora: Optional[Any] = option(None, "model.type lora only: {r, alpha, dropout, target_modules} (needs peft)")
+    peft: Optional[Any] = option(None, "model.type peft only: {peft_type: LORA | IA3 | LOHA | ..., ...peft's fields} "
+                                       "(needs peft)")
 
     def check(self) -> None:
         """Type head / text / lora by the model type's own sections (its class's ``config_sections``), so a
@@ -57,7 +59,7 @@ class ModelSection(Checked):
             if f is None:
                 if value is not None and name != "head":
                     raise FieldError(name, f" is not used by model.type {self.type!r}; remove it "
-                                           f"({'model.type: clip' if name == 'text' else 'model.type: lora'} takes it)")
+                                           f"(model.type: {dict(text='clip').get(name, name)} takes it)")
                 continue
             setattr(self, name, resolve_section(f, value, name))
 
@@ -130,6 +132,10 @@ def resolve_section(f: dataclasses.Field, value: Any, where: str) -> Any:
     cls = _field_class(f)
     if value is None or isinstance(value, cls):
         return value
+    if cls is dict:  # a free mapping (model.peft: peft's own fields), checked by the model type when it builds
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of fields, got {type(value).__name__} {str(value)[:60]!r}")
+        return dict(value)
     if isinstance(value, str):
         value = {"kind": value}
     return from_dict(_field_class(f), value, where=where)
