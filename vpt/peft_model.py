@@ -126,7 +126,7 @@ def build_peft_config(spec: Dict[str, Any], module_names: Sequence[str], where: 
             raise ConfigError(f"{where}.{key} is not taken by vpt: {REFUSED_KEYS[key]}; remove it")
         if key not in fields or key == "peft_type":
             from .registry import did_you_mean
-            allowed = sorted(fields - set(REFUSED_KEYS) - {"peft_type"})
+            allowed = sorted(fields - set(REFUSED_KEYS) - {"peft_type", "peft_version"})
             raise ConfigError(f"unknown key {where}.{key} for peft_type {name} ({cls.__name__}); allowed: "
                               f"{', '.join(allowed)}{did_you_mean(key, allowed)}")
     init = spec.get("init_lora_weights")
@@ -471,6 +471,15 @@ def vpt_config_from_peft(config: Dict[str, Any], directory: str, header: Dict[st
                 f"rebuild; pass the backbone: vpt.from_pretrained(DIR, backbone='timm:ARCH.TAG'), or set "
                 f"base_model_name_or_path in the file to the timm hub id (e.g. 'timm/vit_base_patch16_224.augreg_in21k')")
         bb = {"name": name}
+        if name.startswith("vpt:"):  # vpt's shipped weights: the identity vpt checks them by
+            from .weights import SHIPPED, resolve_shipped
+            try:
+                resolved, sha = resolve_shipped(BackboneConfig(name=name))
+            except Exception as e:  # BackboneError: unknown name, missing file
+                raise ArtifactError(f"{path}: base_model_name_or_path {name!r}: {e}") from None
+            arch = SHIPPED[name.split(":", 1)[1]]["arch"]
+            bb = {"name": name, "library": "timm", "arch": arch, "tag": None, "weights_id": f"file:{sha}",
+                  "weights_file": None, "pretrained": True, "init_seed": 0, "model_kwargs": {}}
     elif isinstance(backbone, BackboneAdapter):
         bb = backbone.identity()
     else:
