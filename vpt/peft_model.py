@@ -399,6 +399,9 @@ class PeftClassifier(PromptedModel):
 def _check_section(section: Any, name: str) -> None:
     if section.train_backbone:
         raise ConfigError(f"model.type '{name}' trains the adapter and the head only; set model.train_backbone: false")
+    if getattr(section, "method", None) is not None:
+        raise ConfigError(f"model.type '{name}' takes no model.method (peft's tuner is its method); remove "
+                          f"model.method, or use model.type: classifier for vpt's methods")
     if section.prompt is not None:
         raise ConfigError(f"model.type '{name}' takes no prompt (peft's tuners replace the layers vpt's prompts run "
                           f"through); remove model.prompt, or use model.type: classifier for prompts")

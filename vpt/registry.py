@@ -184,6 +184,8 @@ class Registry(Generic[T]):
 # Prompt kinds and heads: every module of the package registers its own (one decorator line each).
 PROMPTS: Registry[Any] = Registry("prompt kind", package="vpt.prompts", stamp_kind=True)
 HEADS: Registry[Any] = Registry("head kind", package="vpt.heads")
+# vision PEFT methods peft lacks (adapters, SSF, BitFit, ...): one module each in vpt/methods/
+METHODS: Registry[Any] = Registry("method", package="vpt.methods", stamp_kind=True)
 # These name the module of each built-in entry, so a lookup imports only that one (a classifier never
 # imports the detection stack).
 BACKBONES: Registry[Any] = Registry("backbone library", lazy={"timm": "vpt.backbones", "open_clip": "vpt.backbones",
