@@ -143,6 +143,7 @@ def test_merge_alpha_interpolates_between_frozen_and_tuned():
     ({"peft_type": "LORA", "target_modules": ["nope"]}, r"match no module.*qkv"),
     ({"peft_type": "LORA", "target_modules": "blocks.("}, "not a valid regular expression"),
     ({"peft_type": "VERA", "r": 4}, "shared by all layers.*use LORA"),
+    ({"peft_type": "VBLORA"}, "shared by all layers.*use LORA"),
     ({"peft_type": "BOFT", "boft_block_size": 5}, "peft cannot put BOFT on this backbone's layers"),
 ])
 def test_bad_peft_configs_are_refused_with_the_reason(bad, match):

@@ -58,6 +58,21 @@ REFUSED = {
     "XLORA": "X-LoRA mixes adapters through a transformers model's hidden states; use peft_type LORA",
     "POLY": "Poly routes adapters by task_ids passed to forward; vpt's model takes images only",
     "TRAINABLE_TOKENS": "it trains rows of a word embedding, which an image backbone has not",
+    "VERA": "VeRA's random projections are shared by all layers and kept on peft's tuner object, which peft's "
+            "inject_adapter_in_model (how vpt puts a tuner on the backbone it owns) does not support; use LORA, "
+            "LOHA, LOKR, OFT, BOFT, IA3, FOURIERFT, HRA or LN_TUNING",
+}
+# one line per tuner for `vpt list` (peft's own docs have the details)
+TUNER_HELP = {
+    "LORA": "low-rank update B A of each target layer (use_dora: DoRA, use_rslora: rsLoRA); mergeable",
+    "IA3": "learned scaling of activations (feedforward_modules: scaled on their input); mergeable",
+    "LOHA": "low-rank Hadamard product update; mergeable",
+    "LOKR": "low-rank Kronecker product update; mergeable",
+    "BOFT": "butterfly-factorised orthogonal rotation of the weights; mergeable",
+    "OFT": "block-diagonal orthogonal rotation of the weights; mergeable",
+    "HRA": "Householder reflections of the weights; mergeable",
+    "FOURIERFT": "update learned as a sparse spectrum (random start, as the paper); mergeable",
+    "LN_TUNING": "tunes copies of the LayerNorms (default: every norm in the blocks); mergeable (alpha 1)",
 }
 # peft config keys a vpt recipe / artifact may not set, with the reason
 REFUSED_KEYS = {
@@ -263,8 +278,8 @@ class PeftClassifier(PromptedModel):
                                   f"the backbone it owns) does not support; use LORA, LOHA, LOKR, OFT, BOFT, IA3, "
                                   f"FOURIERFT, HRA or LN_TUNING") from None
             raise ConfigError(f"{where}: peft cannot put {self.peft_spec['peft_type']} on this backbone's layers: "
-                              f"{str(e).splitlines()[0][:300]}; choose target_modules of a layer type it supports "
-                              f"(nn.Linear layers such as qkv, proj, fc1, fc2 on timm ViTs)") from None
+                              f"{str(e).splitlines()[0][:300]}; change its settings to fit these layers, or choose other "
+                              f"target_modules (nn.Linear layers such as qkv, proj, fc1, fc2 on timm ViTs)") from None
         self._merged: Optional[Dict[str, Dict[str, torch.Tensor]]] = None
         self.register_load_state_dict_pre_hook(_load_peft_tensors)
 
