@@ -33,10 +33,11 @@ def _wrap(parent: nn.Module, name: str, wrapper: nn.Module) -> nn.Module:
 class Adapter(MethodModule):
     def attach(self) -> None:
         c, bb = self.config, self.backbone
+        blocks = blocks_of(bb, self.kind)
         dim = bb.layout.embed_dim
         self._wrappers: List[nn.Module] = []
         paths = (("attn.proj", "mlp") if c.placement == "houlsby" else ("mlp",))
-        for blk in blocks_of(bb, self.kind):
+        for blk in blocks:
             for path in paths:
                 parent, name, mod = require(blk, (path,), self.kind, "attention output projection" if "attn" in path
                                             else "MLP", bb)
@@ -59,9 +60,10 @@ class AdaptFormerConfig(Checked):
 class AdaptFormer(MethodModule):
     def attach(self) -> None:
         c, bb = self.config, self.backbone
+        blocks = blocks_of(bb, self.kind)
         dim = bb.layout.embed_dim
         self._wrappers = []
-        for blk in blocks_of(bb, self.kind):
+        for blk in blocks:
             parent, name, mod = require(blk, ("mlp",), self.kind, "MLP", bb)
             self._wrappers.append(_wrap(parent, name, Parallel(mod, Bottleneck(dim, c.bottleneck, dropout=c.dropout),
                                                                c.scale)))

@@ -1,5 +1,6 @@
 """SSF (Lian et al., 2022): a learned per-channel scale and shift after each linear and norm layer of the
-blocks (and the final norm). Linear in the layer's output, so it folds into the layer's weight and bias
+blocks (and the final norm); on timm's Eva, whose attention reads its fused qkv weight instead of calling the
+layer, and on torch's MultiheadAttention (open_clip), whose out_proj is read too, after every other one. Linear in the layer's output, so it folds into the layer's weight and bias
 (``model.merge()``)."""
 from __future__ import annotations
 
@@ -33,8 +34,13 @@ class SSF(MethodModule):
         kinds = (nn.Linear, nn.LayerNorm) if c.norms else (nn.Linear,)
         targets = []
         for i, blk in enumerate(blocks_of(bb, self.kind)):
+            owners = dict(blk.named_modules())
             for name, mod in blk.named_modules():
-                if name and isinstance(mod, kinds):
+                parent = owners[name.rsplit(".", 1)[0]] if "." in name else blk
+                # layers whose weights are read, never called: timm's Eva attention runs F.linear(x, qkv.weight,
+                # q/v biases); torch's MultiheadAttention (open_clip) reads out_proj.weight
+                read = isinstance(parent, nn.MultiheadAttention) or (name.endswith("qkv") and hasattr(parent, "q_bias"))
+                if name and isinstance(mod, kinds) and not read:
                     targets.append((blk, name))
         final = getattr(bb.model, "norm", None)
         if c.norms and isinstance(final, nn.LayerNorm):
