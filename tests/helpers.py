@@ -65,9 +65,10 @@ METHODS = {
     "ssf": {"kind": "ssf", "init_std": 0.0},  # 0: the exact identity start (the paper's default is 0.02)
     "bitfit": {"kind": "bitfit"},
     "partial": {"kind": "partial", "last_k": 1},
+    "fact": {"kind": "fact", "rank": 4, "dropout": 0.0},
 }
 # methods that fold into the backbone's weights (model.merge)
-MERGEABLE = ("ssf", "bitfit")
+MERGEABLE = ("ssf", "bitfit", "fact")
 
 
 def declared_refusal(adapter, prompt):

@@ -37,7 +37,7 @@ class ClassifierSections:
     train_backbone: bool = option(False, "unfreeze the backbone (full fine-tuning baseline)")
     preprocessing: DataConfig = option(default_factory=DataConfig, help="the input the backbone expects")
     method: Any = one_of(METHOD_SECTION, help="a vision PEFT method on the frozen backbone ({kind: adapter | "
-                                              "adaptformer | ssf | bitfit | partial, ...}; vpt.methods); null: none")
+                                              "adaptformer | ssf | bitfit | fact | partial, ...}; vpt.methods); null: none")
 
 
 _OWN = object()  # sentinel: "this model's own prompt"
