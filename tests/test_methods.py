@@ -205,3 +205,16 @@ def test_vpt_train_with_a_method_and_a_prompt(tmp_path):
     cfg["model"]["prompt"] = None
     recipe.write_text(yaml.safe_dump(cfg))
     assert main(["train", "-c", str(recipe), "--data", data, "--output", str(tmp_path / "r3")]) == 2
+
+
+def test_an_artifact_of_one_method_loaded_as_another_is_refused(tmp_path):
+    import json
+
+    from vpt.errors import ArtifactError
+    build("vit", "ssf").save_pretrained(str(tmp_path))
+    cfg_path = tmp_path / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["method"] = {"kind": "adaptformer", "bottleneck": 4}
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match=r"does not match its config: missing \[.*adapter.*unexpected \[.*gamma"):
+        vpt.from_pretrained(str(tmp_path))
