@@ -71,8 +71,9 @@ HEAD_GRID = [1e-2, 3e-2, 1e-1]
 # setup -> recipe, input side, arms; the control runs the same backbone random-initialised
 SETUPS = {
     "vit_tiny_cifar10": {"recipe": "vit_tiny_cifar10.yaml", "side": 32,
-                         "arms": ["linear", "full", "lora", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad",
-                                  *METHOD_ARMS],
+                         "arms": ["linear", "full", "lora", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad"],
+                         # the PEFT baselines: named explicitly in --cells (not part of 'all' until their cells ran)
+                         "method_arms": METHOD_ARMS,
                          "control_arms": ["linear", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad"]},
     "effnet_lite0": {"recipe": "effnet_lite0.yaml", "side": 128, "arms": ["linear", "full", "pixel_pad"],
                      "control_arms": ["linear", "pixel_pad"]},

@@ -76,6 +76,8 @@ def parse_cells(specs: List[str], control: bool = False) -> List[Tuple[str, str,
         own = SETUPS[setup]["control_arms" if control else "arms"]
         tasks_l = TASKS if tasks == "all" else [t for t in tasks.split(",") if t]
         arms_l = own if arms == "all" else [a for a in arms.split(",") if a]
+        if not control:  # the PEFT baselines run when named
+            own = own + list(SETUPS[setup].get("method_arms", []))
         for name, known in [(t, TASKS) for t in tasks_l] + [(a, own) for a in arms_l]:
             if name not in known:
                 raise SystemExit(f"error: --cells {spec!r}: unknown task or arm {name!r} for {setup}; "
