@@ -13,6 +13,11 @@ Arms (random weights: speed does not depend on their values; each arm owns its o
 - ``vpt_shallow``, ``vpt_deep``, ``vpt_prefix``, ``pixel_pad``: vpt's prompted models;
 - ``vpt_deep_lean``, ``vpt_deep_lean50``: ``vpt_deep`` in lean mode (the MLPs' hidden activations are
   recomputed in backward) in every block / in every other block.
+- the PEFT baselines (opt in with ``--arms``, or ``--arms methods`` for all): vpt's methods ``adapter``
+  (Houlsby, bottleneck 8), ``adaptformer`` (bottleneck 64), ``ssf``, ``bitfit``, ``fact`` (rank 8),
+  ``partial1`` (the last block), ``ssf_merged`` (SSF folded into the weights: the plain model's speed), and
+  peft's tuners through ``model.type: peft``: ``peft_ia3`` (qkv, fc2), ``peft_loha`` (r 8 on qkv),
+  ``peft_dora`` (LoRA r 8 with DoRA on qkv).
 
 Per arm: median training step (AdamW, cross-entropy; bf16/fp16 via autocast) timed interleaved with the
 other arms (ABC ABC ...) so background load hits all alike; img/s; ratio to ``full``; peak memory of a
@@ -47,6 +52,19 @@ from vpt.version import source_commit  # noqa: E402
 
 ALL_ARMS = ["full", "linear", "lora", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad", "vpt_deep_lean",
             "vpt_deep_lean50"]
+# the PEFT baselines: vpt's methods (model.method) and peft's tuners (model.type: peft)
+METHOD_ARMS = {
+    "adapter": {"method": {"kind": "adapter", "bottleneck": 8}},
+    "adaptformer": {"method": {"kind": "adaptformer", "bottleneck": 64}},
+    "ssf": {"method": {"kind": "ssf"}},
+    "ssf_merged": {"method": {"kind": "ssf"}, "merge": True},
+    "bitfit": {"method": {"kind": "bitfit"}},
+    "fact": {"method": {"kind": "fact", "rank": 8}},
+    "partial1": {"method": {"kind": "partial", "last_k": 1}},
+    "peft_ia3": {"peft": {"peft_type": "IA3", "target_modules": ["qkv", "fc2"]}},
+    "peft_loha": {"peft": {"peft_type": "LOHA", "r": 8, "target_modules": ["qkv"]}},
+    "peft_dora": {"peft": {"peft_type": "LORA", "r": 8, "use_dora": True, "target_modules": ["qkv"]}},
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -64,6 +82,15 @@ class PlainClassifier(nn.Module):
 
 def build_arm(arm: str, backbone_name: str, num_classes: int, tokens: int, model_kwargs: dict) -> nn.Module:
     bb = vpt.create_backbone(backbone_name, pretrained=False, model_kwargs=model_kwargs)
+    if arm in METHOD_ARMS:
+        spec = METHOD_ARMS[arm]
+        if "peft" in spec:
+            from vpt.peft_model import PeftClassifier
+            return PeftClassifier(bb, peft=spec["peft"], num_classes=num_classes)
+        model = vpt.create_model(bb, num_classes=num_classes, method=spec["method"])
+        if spec.get("merge"):
+            model.merge()  # trains nothing of the method any more: inference speed is the point
+        return model
     if arm in ("full", "lora"):
         lib = bb.model
         if not hasattr(lib, "reset_classifier"):
@@ -197,7 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", choices=list(DTYPES), default="float32", help="autocast dtype (float32: none)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tokens", type=int, default=10, help="prompt tokens (shallow, deep, prefix)")
-    ap.add_argument("--arms", nargs="+", default=ALL_ARMS, choices=ALL_ARMS)
+    ap.add_argument("--arms", nargs="+", default=ALL_ARMS, choices=ALL_ARMS + list(METHOD_ARMS) + ["methods"],
+                    help="arms to run; 'methods': every PEFT baseline (with full and linear to compare)")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per arm")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--infer-steps", type=int, default=8)
@@ -212,12 +240,14 @@ def main(argv=None) -> int:
     amp = None if args.dtype == "float32" else DTYPES[args.dtype]
     kwargs = json.loads(args.model_kwargs)
     arms = list(args.arms)
+    if "methods" in arms:
+        arms = list(dict.fromkeys(["full", "linear", "lora"] + [a for a in arms if a != "methods"] + list(METHOD_ARMS)))
     if "lora" in arms:
         try:
             import peft  # noqa: F401
         except ImportError:
-            print("peft is not installed: skipping the lora arm (pip install peft)", file=sys.stderr)
-            arms.remove("lora")
+            print("peft is not installed: skipping the lora and peft_* arms (pip install peft)", file=sys.stderr)
+            arms = [a for a in arms if a != "lora" and not a.startswith("peft_")]
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -50,8 +50,20 @@ ARMS: Dict[str, Dict[str, object]] = {
     "vpt_deep": {"model.prompt": {"kind": "vpt_deep", "num_tokens": 10}},
     "vpt_prefix": {"model.prompt": {"kind": "vpt_prefix", "num_tokens": 10}},
     "pixel_pad": {"model.prompt": {"kind": "pixel_pad", "width": "{pad}"}},
+    # the PEFT baselines: vpt's methods (model.method) and a peft tuner besides LoRA (model.type: peft)
+    "adapter": {"model.method": {"kind": "adapter", "placement": "houlsby", "bottleneck": 8}},
+    "adaptformer": {"model.method": {"kind": "adaptformer", "bottleneck": 64, "scale": 0.1}},
+    "ssf": {"model.method": {"kind": "ssf"}},
+    "bitfit": {"model.method": {"kind": "bitfit"}},
+    "fact": {"model.method": {"kind": "fact", "rank": 8}},
+    "partial1": {"model.method": {"kind": "partial", "last_k": 1}},
+    "peft_loha": {"model.type": "peft", "model.peft": {"peft_type": "LOHA", "r": 8, "alpha": 8,
+                                                       "target_modules": ["qkv"]}},
 }
-DEFAULT_GRID = {"full": [1e-4, 3e-4, 1e-3], "lora": [1e-3, 3e-3, 1e-2]}  # every other arm: HEAD_GRID
+METHOD_ARMS = ["adapter", "adaptformer", "ssf", "bitfit", "fact", "partial1", "peft_loha"]
+DEFAULT_GRID = {"full": [1e-4, 3e-4, 1e-3], "lora": [1e-3, 3e-3, 1e-2],  # every other arm: HEAD_GRID
+                **{a: [1e-3, 3e-3, 1e-2] for a in ["adapter", "adaptformer", "ssf", "bitfit", "fact", "peft_loha"]},
+                "partial1": [1e-4, 3e-4, 1e-3]}
 # AdamW, 800 images, 10-30 epochs: head and prompts need 1e-2..1e-1 (an MNIST probe at 10 epochs, seed 0: linear
 # probe val 46.0 / 55.0 / 56.5 / 60.5 and VPT-deep 53.0 / 60.0 / 62.5 / 62.5 at lr 3e-3 / 1e-2 / 3e-2 / 1e-1)
 HEAD_GRID = [1e-2, 3e-2, 1e-1]
@@ -60,6 +72,8 @@ HEAD_GRID = [1e-2, 3e-2, 1e-1]
 SETUPS = {
     "vit_tiny_cifar10": {"recipe": "vit_tiny_cifar10.yaml", "side": 32,
                          "arms": ["linear", "full", "lora", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad"],
+                         # the PEFT baselines: named explicitly in --cells (not part of 'all' until their cells ran)
+                         "method_arms": METHOD_ARMS,
                          "control_arms": ["linear", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad"]},
     "effnet_lite0": {"recipe": "effnet_lite0.yaml", "side": 128, "arms": ["linear", "full", "pixel_pad"],
                      "control_arms": ["linear", "pixel_pad"]},

@@ -40,7 +40,10 @@ SWEEP_RESULTS = os.path.join(RESULTS, "sweep")
 SWEEPS_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "vpt", "transfer_sweeps")
 SPACES_DIR = os.path.join(HERE, "transfer_configs", "spaces")
 SPACES = {"linear": "head.yaml", "vpt_shallow": "head.yaml", "vpt_deep": "head.yaml", "vpt_prefix": "head.yaml",
-          "pixel_pad": "head.yaml", "lora": "lora.yaml", "full": "full.yaml"}
+          "pixel_pad": "head.yaml", "lora": "lora.yaml", "full": "full.yaml",
+          # the PEFT baselines: the same 7-lr budget, from LoRA's range (adapters) / full's (partial tuning)
+          **{a: "methods.yaml" for a in ("adapter", "adaptformer", "ssf", "bitfit", "fact", "peft_loha")},
+          "partial1": "full.yaml"}
 PACK_ARMS = ("linear", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad")  # frozen backbone: packable
 # pixel prompts on a CNN share no backbone work between packed trials (vpt.sweep.packed: the K prompted
 # copies of the batch run the whole network) and would hold K batches' activations at once: run them alone
@@ -73,6 +76,8 @@ def parse_cells(specs: List[str], control: bool = False) -> List[Tuple[str, str,
         own = SETUPS[setup]["control_arms" if control else "arms"]
         tasks_l = TASKS if tasks == "all" else [t for t in tasks.split(",") if t]
         arms_l = own if arms == "all" else [a for a in arms.split(",") if a]
+        if not control:  # the PEFT baselines run when named
+            own = own + list(SETUPS[setup].get("method_arms", []))
         for name, known in [(t, TASKS) for t in tasks_l] + [(a, own) for a in arms_l]:
             if name not in known:
                 raise SystemExit(f"error: --cells {spec!r}: unknown task or arm {name!r} for {setup}; "

@@ -57,6 +57,19 @@ PROMPTS = {
 # one prompt per kind: what the peer-library tests run
 KINDS = ("none", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad")
 
+# the vision PEFT methods (model.method, vpt.methods): one row each, with the settings the matrix runs
+METHODS = {
+    "adapter_houlsby": {"kind": "adapter", "placement": "houlsby", "bottleneck": 4},
+    "adapter_pfeiffer": {"kind": "adapter", "placement": "pfeiffer", "bottleneck": 4},
+    "adaptformer": {"kind": "adaptformer", "bottleneck": 4},
+    "ssf": {"kind": "ssf", "init_std": 0.0},  # 0: the exact identity start (the paper's default is 0.02)
+    "bitfit": {"kind": "bitfit"},
+    "partial": {"kind": "partial", "last_k": 1},
+    "fact": {"kind": "fact", "rank": 4, "dropout": 0.0},
+}
+# methods that fold into the backbone's weights (model.merge)
+MERGEABLE = ("ssf", "bitfit", "fact")
+
 
 def declared_refusal(adapter, prompt):
     """The refusal ``vpt.create_model(adapter, prompt=prompt)`` must raise, from what the two sides declare:

@@ -123,7 +123,8 @@ def test_every_model_type_names_a_registered_task():
     assert {"classifier", "detection"} <= {e.name for e in entries}
     for e in entries:
         assert e.factory.task in TASKS.names(), f"{e.name}: {e.factory.task!r}"
-    want = {"classifier": "classification", "lora": "classification", "clip": "clip", "detection": "detection"}
+    want = {"classifier": "classification", "lora": "classification", "peft": "classification", "clip": "clip",
+            "detection": "detection"}
     assert {e.name: e.factory.task for e in entries} == {k: v for k, v in want.items() if k in {e.name for e in entries}}
 
 

@@ -15,9 +15,9 @@ LAYERS = [
     {"config"},  # typed configs (option / Checked / OneOf)
     {"schema"},  # what an adapter_config.json may say: data, never code
     {"data", "backbones", "heads", "metrics", "engine"},  # no model code: the engine imports no task or model
-    {"weights", "prompts", "encode", "timm_api", "zeroshot", "artifact", "hub"},
+    {"weights", "prompts", "methods", "encode", "timm_api", "zeroshot", "artifact", "hub", "peft_format"},
     {"model", "hub_push"},  # PromptedModel: adapter + prompts + head; pushing a task (reads artifacts)
-    {"clip", "lora", "multitask", "detection"},  # models built on PromptedModel
+    {"clip", "lora", "peft_model", "multitask", "detection"},  # models built on PromptedModel
     {"tasks"},  # what is learned, for the engine
     {"sweep", "serve"},  # the experiment runner and the server: nothing below imports them
     {"commands", "cli", "__main__", "<root>"},

@@ -128,9 +128,33 @@ def test_lora_artifact_keys_are_peft_saved_names(tmp_path):
     from safetensors.torch import load_file
     model = saved_as_trained(tmp_path / "a")
     saved = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
-    peft_names = {"backbone.model." + k for k in get_peft_model_state_dict(model.backbone.model)}
-    assert set(saved) == peft_names | {"head.fc.weight", "head.fc.bias"}
+    # peft's PeftModel names: the adapter under base_model.model., the linear head as peft's modules_to_save head
+    peft_names = {"base_model.model." + k for k in get_peft_model_state_dict(model.backbone.model)}
+    assert set(saved) == peft_names | {"base_model.model.head.weight", "base_model.model.head.bias"}
     assert not any(".default." in k for k in saved)  # no in-memory adapter name
     loaded = vpt.from_pretrained(str(tmp_path / "a"))
     for k, v in get_peft_model_state_dict(loaded.backbone.model).items():
-        assert torch.equal(v, saved["backbone.model." + k])
+        assert torch.equal(v, saved["base_model.model." + k])
+
+
+def test_lora_artifact_of_the_old_layout_still_loads(tmp_path):
+    """vpt <= 0.x: tensors under backbone.model. and head.fc., no peft keys in adapter_config.json."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+    model = saved_as_trained(tmp_path / "a")
+    path = tmp_path / "a" / "adapter_model.safetensors"
+    old = {k.replace("base_model.model.head.", "head.fc.").replace("base_model.model.", "backbone.model."): v
+           for k, v in load_file(str(path)).items()}
+    save_file(old, str(path))
+    cfg_path = tmp_path / "a" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    keep = ("format", "format_version", "vpt_version", "model_type", "backbone", "prompt", "head", "num_classes",
+            "class_names", "train_backbone", "preprocessing")
+    cfg = {k: cfg[k] for k in keep if k in cfg}
+    cfg["lora"] = {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["qkv"]}
+    cfg_path.write_text(json.dumps(cfg))
+    loaded = vpt.from_pretrained(str(tmp_path / "a"))
+    x = torch.randn(2, 3, *model.data_config.input_size[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

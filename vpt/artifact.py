@@ -71,15 +71,22 @@ def _read_bytes(path: str, limit: int) -> bytes:
         raise ArtifactError(f"cannot read {path} ({e.strerror or e}); check the path and its permissions") from None
 
 
-def read_config(directory: str) -> Dict[str, Any]:
-    """The artifact's adapter_config.json, parsed and validated against the schema (``vpt.schema``)."""
+def read_config(directory: str, backbone: Any = None) -> Dict[str, Any]:
+    """The artifact's adapter_config.json, parsed and validated against the schema (``vpt.schema``). An
+    adapter that peft saved (``peft_type``, no vpt keys) becomes the vpt config that loads it
+    (``vpt.peft_format.vpt_config_from_peft``; ``backbone`` when its base model is not named)."""
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isdir(directory):
         raise ArtifactError(f"artifact folder not found: {directory!r}; pass the folder that holds {CONFIG_NAME} "
                             f"(a task on the Hugging Face Hub: hf://ORG/NAME[@REVISION])")
     if not os.path.isfile(path):
         raise ArtifactError(f"{directory!r} has no {CONFIG_NAME}; is it a vpt artifact folder (e.g. runs/x/best)?")
-    return check_config(parse_config(_read_bytes(path, MAX_CONFIG_BYTES), path), path)
+    config = parse_config(_read_bytes(path, MAX_CONFIG_BYTES), path)
+    if isinstance(config, dict) and "format" not in config and "peft_type" in config:
+        from .peft_format import vpt_config_from_peft
+        config = vpt_config_from_peft(config, directory, read_header(os.path.join(directory, WEIGHTS_NAME)),
+                                      backbone)
+    return check_config(config, path)
 
 
 def _check_same_backbone(saved: Dict[str, Any], backbone: BackboneAdapter) -> None:
@@ -261,26 +268,28 @@ class Artifact:
 
     @classmethod
     def open(cls, path: Union[str, "os.PathLike[str]"], revision: Optional[str] = None,
-             token: Union[None, bool, str] = None) -> "Artifact":
+             token: Union[None, bool, str] = None, backbone: Any = None) -> "Artifact":
         """Read and validate ``path/adapter_config.json``; ArtifactError names the problem and the fix.
 
         ``path`` may be a task on the Hugging Face Hub, ``hf://ORG/NAME[@REVISION]`` (``revision=`` names
         the branch, tag or commit too): only the artifact's own files are fetched (``vpt.hub``: an
         allow-list, sizes checked against the repo's metadata before download, ``HF_HUB_OFFLINE`` and the
         local cache honoured), the weights when they are first needed; the files then go through the same
-        checks as a local folder, and ``revision`` answers the commit they came from."""
+        checks as a local folder, and ``revision`` answers the commit they came from.
+
+        ``backbone``: the base model of an adapter peft saved without naming one (vpt's own name it)."""
         spec = os.fspath(path)
         from .hub import is_hub_uri
         if is_hub_uri(spec):
             from .hub import fetch_hub
             files = fetch_hub(spec, revision=revision, token=token)
-            config = read_config(files.directory)
+            config = read_config(files.directory, backbone)
             files.fetch_extras(config)
             return cls(files.directory, config, hub=files)
         if revision is not None:
             raise ArtifactError(f"revision={revision!r} is for tasks on the Hugging Face Hub; {spec!r} is a local "
                                 f"folder (a hub task: hf://ORG/NAME, with revision= or @REVISION)")
-        return cls(spec, read_config(spec))
+        return cls(spec, read_config(spec, backbone))
 
     def __repr__(self) -> str:
         return (f"Artifact({self.source!r}, model_type={self.model_type!r}, "
@@ -401,7 +410,8 @@ class Artifact:
             "vpt_version": config.get("vpt_version"), "model_type": self.model_type, "task": self.task,
             "backbone": {k: bb.get(k) for k in ("name", "weights_id", "model_kwargs")}, "backbone_weights": wnote,
             "prompt": config.get("prompt"), "head": config.get("head"), "text": config.get("text"),
-            "lora": config.get("lora"), "detector": config.get("detector"),
+            "lora": config.get("lora"), "peft": config.get("peft"), "method": config.get("method"),
+            "detector": config.get("detector"),
             "num_classes": config.get("num_classes"), "class_names": config.get("class_names"),
             "preprocessing": config.get("preprocessing"),
             "parameters": {"total": total, "trainable": trainable, "limit": max_params},
@@ -476,7 +486,7 @@ def from_pretrained(directory: str, backbone: Union[None, str, BackboneAdapter] 
     given = os.fspath(directory)
     spec = as_hub_uri(given)
     try:
-        art = Artifact.open(spec, revision=revision, token=token)
+        art = Artifact.open(spec, revision=revision, token=token, backbone=backbone)
     except ArtifactError as e:
         if spec == given:
             raise

@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
-from .registry import HEADS, PROMPTS, Registry, did_you_mean
+from .registry import HEADS, METHODS, PROMPTS, Registry, did_you_mean
 
 _logger = logging.getLogger(__name__)
 C = TypeVar("C")
@@ -237,6 +237,7 @@ def text_prompt_only(cls: type) -> Optional[str]:
 PROMPT_SECTION = OneOf(PROMPTS, accept=image_prompt_only)  # model.prompt of every model type
 TEXT_SECTION = OneOf(PROMPTS, default_kind="coop", accept=text_prompt_only, what="text prompt kind")  # CLIP model.text
 HEAD_SECTION = OneOf(HEADS, default_kind="linear")  # model.head of a classifier
+METHOD_SECTION = OneOf(METHODS)  # model.method of a classifier (vpt.methods)
 
 
 def _unwrap_optional(tp):

@@ -20,7 +20,7 @@ from torch import nn
 
 from .backbones import BackboneAdapter, BackboneConfig, BackboneError, create_backbone
 from .backbones.base import NEVER, DataConfig, fx_tracing, take_indices  # noqa: F401  (take_indices re-exported)
-from .config import HEAD_SECTION, ConfigError, one_of, option, to_dict
+from .config import HEAD_SECTION, METHOD_SECTION, ConfigError, one_of, option, to_dict
 from .encode import FanOut, choose_blocks, strip_prompts
 from .heads import HeadConfig
 from .prompts import build_prompt, prompt_to_dict, resolve_prompt_config
@@ -36,6 +36,8 @@ class ClassifierSections:
                        help="the classification head ({kind: linear | mlp, pool, ...})")
     train_backbone: bool = option(False, "unfreeze the backbone (full fine-tuning baseline)")
     preprocessing: DataConfig = option(default_factory=DataConfig, help="the input the backbone expects")
+    method: Any = one_of(METHOD_SECTION, help="a vision PEFT method on the frozen backbone ({kind: adapter | "
+                                              "adaptformer | ssf | bitfit | fact | partial, ...}; vpt.methods); null: none")
 
 
 _OWN = object()  # sentinel: "this model's own prompt"
@@ -106,8 +108,10 @@ class AdapterMixin:
         'backbone', 'head'; what no role claims is 'backbone'. Models with other parts override this."""
         from .prompts.base import PromptModule
         head = getattr(self, "head", None)
+        method = getattr(self, "method", None)
         return {"prompt": [m for m in self.modules() if isinstance(m, PromptModule)],
-                "head": [head] if isinstance(head, nn.Module) else []}
+                "head": [head] if isinstance(head, nn.Module) else [],
+                "adapter": method.modules() if method is not None else []}
 
     def param_roles(self) -> Dict[str, Tuple[str, ...]]:
         """Parameter name -> its roles: the part it belongs to ('prompt' | 'head' | 'backbone') and, for
@@ -142,7 +146,7 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
 
     def __init__(self, backbone: BackboneAdapter, prompt: Any = None, num_classes: int = 0,
                  head: Union[str, Dict[str, Any], HeadConfig, None] = None, class_names: Optional[List[str]] = None,
-                 train_backbone: bool = False):
+                 train_backbone: bool = False, method: Any = None):
         super().__init__()
         self.backbone = backbone
         self.train_backbone = bool(train_backbone)
@@ -169,6 +173,12 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
 
         for p in self.backbone.parameters():
             p.requires_grad_(self.train_backbone)
+        self.method_config = METHOD_SECTION.resolve(method, where="method")
+        if self.method_config is not None and self.train_backbone:
+            raise ConfigError(f"method {self.method_config.kind!r} tunes part of a frozen backbone, and "
+                              f"train_backbone unfreezes all of it; set train_backbone: false, or drop the method")
+        from .methods import build_method  # wraps backbone submodules; its tensors live in the backbone
+        self.__dict__["method"] = build_method(self.method_config, backbone) if self.method_config else None
         self.fast = True  # False: the reference path (prompts always in the sequence; tests compare both)
         self.lean = 0.0  # share of blocks in lean mode (set_lean)
         self.train(False)
@@ -195,6 +205,25 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         super().train(mode)
         if not self.train_backbone:
             self.backbone.eval()  # frozen: no dropout / drop-path / patch-dropout noise
+            for m in (self.method.modules() if getattr(self, "method", None) is not None else ()):
+                m.train(mode)  # ... but a method's own layers (their dropout) train
+        return self
+
+    # --- merge (methods that fold into the backbone's weights: vpt.methods) -----------------------
+    def merge(self, alpha: float = 1.0) -> "PromptedModel":
+        """Fold the model's method into the backbone's weights (SSF, BitFit): the plain backbone's speed.
+        ``alpha`` in [0, 1] interpolates WiSE-style between the frozen (0) and tuned (1) weights."""
+        if self.method is None:
+            raise ConfigError("this model has no method to merge (model.method is null); prompts stay in the "
+                              "sequence and cannot fold into weights")
+        self.method.merge(alpha)
+        return self
+
+    def unmerge(self) -> "PromptedModel":
+        """Undo :meth:`merge`: the backbone's frozen weights back exactly."""
+        if self.method is None:
+            raise ConfigError("this model has no method to unmerge (model.method is null)")
+        self.method.unmerge()
         return self
 
     @property
@@ -385,13 +414,14 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
             "class_names": self.class_names,
             "train_backbone": self.train_backbone,
             "preprocessing": to_dict(self.data_config),
+            **({"method": to_dict(self.method_config)} if self.method_config is not None else {}),
         }
 
     @classmethod
     def from_config(cls, config: Dict[str, Any], backbone: BackboneAdapter) -> "PromptedModel":
         return cls(backbone, prompt=config.get("prompt"), num_classes=config.get("num_classes", 0),
                    head=config.get("head"), class_names=config.get("class_names"),
-                   train_backbone=config.get("train_backbone", False))
+                   train_backbone=config.get("train_backbone", False), method=config.get("method"))
 
 
 MODEL_TYPES.register("classifier")(PromptedModel)
@@ -399,7 +429,7 @@ MODEL_TYPES.register("classifier")(PromptedModel)
 
 def create_model(backbone: Union[str, BackboneConfig, Dict[str, Any], BackboneAdapter], prompt: Any = None,
                  num_classes: int = 0, head: Union[str, Dict[str, Any], HeadConfig, None] = None,
-                 class_names: Optional[List[str]] = None, train_backbone: bool = False,
+                 class_names: Optional[List[str]] = None, train_backbone: bool = False, method: Any = None,
                  **backbone_kwargs: Any) -> PromptedModel:
     """Build a prompted model.
 
@@ -413,6 +443,7 @@ def create_model(backbone: Union[str, BackboneConfig, Dict[str, Any], BackboneAd
         num_classes: classes of the head (0: no head, features only).
         head: ``'linear'``, ``'mlp'`` or a head config dict (``kind``, ``pool``, ...).
         train_backbone: unfreeze the backbone (full fine-tuning baseline).
+        method: a vision PEFT method (``'ssf'``, ``{'kind': 'adaptformer', 'bottleneck': 16}``; vpt.methods).
         **backbone_kwargs: ``weights=PATH``, ``pretrained=False``, ``init_seed``, ``model_kwargs={...}``.
     """
     if isinstance(backbone, torch.nn.Module) and not isinstance(backbone, BackboneAdapter):
@@ -423,4 +454,4 @@ def create_model(backbone: Union[str, BackboneConfig, Dict[str, Any], BackboneAd
     elif backbone_kwargs:
         raise TypeError(f"backbone options {sorted(backbone_kwargs)} given with an already built backbone")
     return PromptedModel(backbone, prompt=prompt, num_classes=num_classes, head=head, class_names=class_names,
-                         train_backbone=train_backbone)
+                         train_backbone=train_backbone, method=method)

@@ -184,13 +184,16 @@ class Registry(Generic[T]):
 # Prompt kinds and heads: every module of the package registers its own (one decorator line each).
 PROMPTS: Registry[Any] = Registry("prompt kind", package="vpt.prompts", stamp_kind=True)
 HEADS: Registry[Any] = Registry("head kind", package="vpt.heads")
+# vision PEFT methods peft lacks (adapters, SSF, BitFit, ...): one module each in vpt/methods/
+METHODS: Registry[Any] = Registry("method", package="vpt.methods", stamp_kind=True)
 # These name the module of each built-in entry, so a lookup imports only that one (a classifier never
 # imports the detection stack).
 BACKBONES: Registry[Any] = Registry("backbone library", lazy={"timm": "vpt.backbones", "open_clip": "vpt.backbones",
                                                               "vpt": "vpt.weights"})
 # artifact model_type -> class with from_config and its ``config_sections`` (the artifact fields it adds)
 MODEL_TYPES: Registry[Any] = Registry("model type", lazy={"classifier": "vpt.model", "clip": "vpt.clip",
-                                                          "detection": "vpt.detection.model", "lora": "vpt.lora"})
+                                                          "detection": "vpt.detection.model", "lora": "vpt.lora",
+                                                          "peft": "vpt.peft_model"})
 # task name -> vpt.engine.task.Task subclass; each task file registers itself when imported
 TASKS: Registry[Any] = Registry("task", lazy={"classification": "vpt.tasks.classification", "clip": "vpt.tasks.clip",
                                               "detection": "vpt.tasks.detection"})

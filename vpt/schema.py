@@ -375,6 +375,10 @@ def check_config(config: Any, path: str = "adapter_config.json") -> Dict[str, An
         "class_names": lambda v, w: v is None or _typed(v, typing.List[str], w),
         **{name: (lambda v, w: None) for name in section_names},  # walked below, as one dataclass
     }
+    # keys a model type writes for another library's loader (peft's adapter_config keys) and ignores itself
+    foreign = getattr(sections, "foreign_keys", None)
+    for name in (foreign(config) if foreign is not None else ()):
+        fields.setdefault(name, lambda v, w: None)
     _check_keys(config, fields, "adapter_config")
     if "backbone" not in config:
         raise ArtifactError(f"{path} names no backbone; re-save the artifact with vpt")

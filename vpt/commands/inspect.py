@@ -46,7 +46,7 @@ def run(args) -> int:
             f"backbone     {bb['name']}  weights {bb['weights_id']}  model_kwargs {_fmt(bb['model_kwargs'])}",
             f"weights      {report['backbone_weights']}",
         ]
-        for key in ("prompt", "head", "text", "lora", "detector"):
+        for key in ("prompt", "method", "head", "text", "lora", "peft", "detector"):
             if report.get(key) is not None:
                 lines.append(f"{key:<12} {_fmt(report[key])}")
         lines += [

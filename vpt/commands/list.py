@@ -10,7 +10,8 @@ from typing import Callable, Dict
 
 
 def register(sub) -> None:
-    p = sub.add_parser("list", help="list prompt kinds (with their fields), heads, model types and backbones")
+    p = sub.add_parser("list", help="list prompt kinds (with their fields), heads, methods and peft "
+                                           "tuners, model types and backbones")
     p.add_argument("what", nargs="?", choices=sorted(SECTIONS), help="list only this (default: all)")
     p.add_argument("--fields", action="store_true", help="also show every field of each kind with its help")
     p.set_defaults(func=run)
@@ -41,6 +42,25 @@ def list_heads(fields: bool) -> None:
     from ..registry import HEADS
     print("heads (model.head of a classifier):")
     _entries(HEADS, fields)
+
+
+def list_methods(fields: bool) -> None:
+    from ..registry import METHODS
+    print("methods (model.method of a classifier: vision PEFT methods peft lacks):")
+    _entries(METHODS, fields)
+    print("peft tuners (model.type: peft, model.peft: {peft_type: ..., ...peft's own fields}):")
+    try:
+        from ..peft_format import REFUSED, supported_types
+        from ..peft_model import TUNER_HELP
+        types = supported_types()
+    except ImportError as e:
+        print(f"  (unavailable: {e})")
+        return
+    for name in types:
+        print(f"  {name:<14} {TUNER_HELP.get(name, 'peft tuner, built as peft defines it (not in vpt tests; see peft docs)')}")
+    if fields:
+        for name, why in sorted(REFUSED.items()):
+            print(f"  {name:<14} refused: {why}")
 
 
 def list_model_types(fields: bool) -> None:
@@ -84,7 +104,8 @@ def list_recipes(fields: bool) -> None:
 
 # name -> listing; `vpt list NAME` prints one, `vpt list` all in this order
 SECTIONS: Dict[str, Callable[[bool], None]] = {
-    "prompts": list_prompts, "heads": list_heads, "models": list_model_types, "backbones": list_backbones,
+    "prompts": list_prompts, "heads": list_heads, "methods": list_methods, "models": list_model_types,
+    "backbones": list_backbones,
     "recipes": list_recipes,
 }
 

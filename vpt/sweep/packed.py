@@ -141,6 +141,9 @@ def build_packed_model(section: Any, class_names: List[str], num_trials: int) ->
     from ..backbones import create_backbone
     if section.type != "classifier":
         raise ConfigError(f"--pack trains classifiers; model.type {section.type!r} is not packable: drop --pack")
+    if getattr(section, "method", None) is not None:
+        raise ConfigError(f"--pack shares one frozen backbone between trials, and model.method "
+                          f"{section.method.kind!r} changes the backbone itself: drop --pack")
     backbone_cfg = section.backbone
     if dataclasses.is_dataclass(backbone_cfg):
         backbone_cfg = dataclasses.replace(backbone_cfg)

@@ -81,7 +81,7 @@ def check_space(space: SearchSpace, task_cls: type, base: Mapping[str, Any]) -> 
     dataclasses and the recipe's prompt kind), a value that makes an invalid config, or a field that the
     recipe overrides (optim.lr_base while optim.lr is set)."""
     from ..heads import HeadConfig
-    schemas: Dict[str, Optional[type]] = {"model.head": HeadConfig, "model.lora": None, "model.text": None,
+    schemas: Dict[str, Optional[type]] = {"model.head": HeadConfig, "model.lora": None, "model.peft": None, "model.text": None,
                                           "model.backbone.model_kwargs": None}
     prompt = _prompt_schema(base)
     if any(n.startswith("model.prompt.") for n in space.names) and prompt is None:

@@ -16,7 +16,7 @@ from ..data import IMAGE_EXTENSIONS, ImageDataset, build_transforms, collate, lo
 from ..engine.build import memory_format
 from ..engine.config import OptimSection, OutputSection, SchedSection, TrainSection
 from ..engine.task import StepOutput, Task
-from ..config import PROMPT_SECTION, Checked, FieldError, from_dict, one_of, option
+from ..config import METHOD_SECTION, PROMPT_SECTION, Checked, FieldError, from_dict, one_of, option
 from ..errors import ConfigError, DataError
 from ..metrics import draw_confusion_matrix
 from ..registry import MODEL_TYPES, TASKS
@@ -27,7 +27,7 @@ _logger = logging.getLogger(__name__)
 
 # --- config ---------------------------------------------------------------------------------------
 # sections of a model section whose config class depends on model.type (its class's ``config_sections``)
-TYPED_SECTIONS = ("head", "text", "lora")
+TYPED_SECTIONS = ("head", "text", "lora", "peft", "method")
 
 
 @dataclass
@@ -40,7 +40,11 @@ class ModelSection(Checked):
                        default_factory=lambda: {"kind": "linear"})
     train_backbone: bool = option(False, "unfreeze the backbone (full fine-tuning baseline)")
     text: Optional[Any] = option(None, "CLIP learnable text context (model.type clip only)")
+    method: Optional[Any] = one_of(METHOD_SECTION, help="a vision PEFT method ({kind: adapter | adaptformer | ssf | "
+                                                        "bitfit | partial, ...}; vpt list shows them)")
     lora: Optional[Any] = option(None, "model.type lora only: {r, alpha, dropout, target_modules} (needs peft)")
+    peft: Optional[Any] = option(None, "model.type peft only: {peft_type: LORA | IA3 | LOHA | ..., ...peft's fields} "
+                                       "(needs peft)")
 
     def check(self) -> None:
         """Type head / text / lora by the model type's own sections (its class's ``config_sections``), so a
@@ -57,7 +61,7 @@ class ModelSection(Checked):
             if f is None:
                 if value is not None and name != "head":
                     raise FieldError(name, f" is not used by model.type {self.type!r}; remove it "
-                                           f"({'model.type: clip' if name == 'text' else 'model.type: lora'} takes it)")
+                                           f"(model.type: {dict(text='clip', method='classifier').get(name, name)} takes it)")
                 continue
             setattr(self, name, resolve_section(f, value, name))
 
@@ -136,6 +140,10 @@ def resolve_section(f: dataclasses.Field, value: Any, where: str) -> Any:
     cls = _field_class(f)
     if value is None or isinstance(value, cls):
         return value
+    if cls is dict:  # a free mapping (model.peft: peft's own fields), checked by the model type when it builds
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of fields, got {type(value).__name__} {str(value)[:60]!r}")
+        return dict(value)
     if isinstance(value, str):
         value = {"kind": value}
     return from_dict(_field_class(f), value, where=where)
@@ -178,7 +186,8 @@ def build_model(section: Any, class_names: Sequence[str]) -> torch.nn.Module:
         if dataclasses.is_dataclass(backbone):
             backbone = dataclasses.replace(backbone)
         return create_model(backbone, prompt=section.prompt, num_classes=len(class_names), head=section.head,
-                            class_names=list(class_names), train_backbone=section.train_backbone)
+                            class_names=list(class_names), train_backbone=section.train_backbone,
+                            method=section.method)
     ensure_model_type(section.type)
     try:
         entry = MODEL_TYPES.get(section.type)
