@@ -91,6 +91,12 @@ def key_values(attn: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
     return kv.split(A, dim=-1)  # one split: its backward writes both gradients into one tensor
 
 
+def _shared_over_batch(t: torch.Tensor) -> bool:
+    """One tensor expanded over the batch (stride 0). Never asked of an FX proxy: symbolic tracing has no
+    strides (and can't branch on them), so a traced model takes the general path, which gives the same values."""
+    return not isinstance(t, torch.fx.Proxy) and t.stride(0) == 0
+
+
 def prefixed_kv(kv: torch.Tensor, pk: Optional[torch.Tensor] = None,
                 pv: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Keys and values (B, P+N, A) of a sequence whose keys|values are the halves of kv (B, N, 2A), behind the
@@ -102,7 +108,7 @@ def prefixed_kv(kv: torch.Tensor, pk: Optional[torch.Tensor] = None,
     A = kv.shape[-1] // 2
     if pk is None:
         return kv.split(A, dim=-1)
-    if pk.stride(0) == 0 and pv.stride(0) == 0:
+    if _shared_over_batch(pk) and _shared_over_batch(pv):
         pkv = torch.cat([pk[:1], pv[:1]], dim=-1).to(kv.dtype).expand(kv.shape[0], -1, -1)  # (B, P, 2A)
     else:
         pkv = torch.cat([pk, pv], dim=-1).to(kv.dtype)  # (B, P, 2A)
