@@ -106,23 +106,21 @@ def apply_sets(data: Dict[str, Any], sets: Optional[Iterable[str]]) -> Dict[str,
     return data
 
 
-# a section's last name -> (the registry of its kinds, the module that registers the built-in ones); the kind's
-# config class says which fields it has
-_KIND_SECTIONS = {"prompt": ("PROMPTS", "vpt.prompts"), "head": ("HEADS", "vpt.heads")}
+# a section's last name -> the registry of its kinds (a lookup imports the built-in ones); the kind's config
+# class says which fields it has
+_KIND_SECTIONS = {"prompt": "PROMPTS", "head": "HEADS"}
 
 
 def _kind_fields(section: str, kind: Any) -> Optional[set]:
     """The field names of ``kind``'s config class in ``section`` (None when unknown: leave the data alone)."""
     import dataclasses
-    import importlib
 
     from .. import registry
     entry = _KIND_SECTIONS.get(section.rsplit(".", 1)[-1])
     if entry is None or not isinstance(kind, str):
         return None
-    importlib.import_module(entry[1])
     try:
-        cls = getattr(registry, entry[0]).get(kind).config_cls
+        cls = getattr(registry, entry).get(kind).config_cls
     except Exception:  # an unknown kind: the config check names it and the available ones
         return None
     if cls is None or not dataclasses.is_dataclass(cls):
