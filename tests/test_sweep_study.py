@@ -501,3 +501,18 @@ def test_the_sweep_widens_step_by_step_up_to_its_limit_and_a_rerun_follows(tmp_p
     again = Sweep(cls, base, space, SweepOptions(sampler="grid", pruner="median"))
     assert again._widen(storage, study).study_name == "sweep/widened_2" and trained == []
     assert again.searched == sweep.searched and [w["study"] for w in again.widenings] == ["sweep/widened_1", "sweep/widened_2"]
+
+
+def test_two_workers_that_draw_the_same_grid_point_at_once_leave_it_to_the_first():
+    """Two RUNNING trials on one grid point (two workers asked at the same moment): the later one is the
+    duplicate, the earlier one keeps the point. (Each used to see the other as the duplicate, so both were
+    closed as surplus and the point never ran: test_two_sweep_processes_share_one_study failed now and then.)"""
+    from vpt.sweep.study import duplicate_of
+    study = optuna.create_study(direction="maximize")
+    dist = {"optim.lr": optuna.distributions.CategoricalDistribution([0.3, 0.1])}
+    study.enqueue_trial({"optim.lr": 0.3})
+    study.enqueue_trial({"optim.lr": 0.3})
+    first, second = study.ask(dist), study.ask(dist)
+    assert first.params == second.params == {"optim.lr": 0.3}
+    assert duplicate_of(study, first, first.params) is None
+    assert duplicate_of(study, second, second.params) == first.number

@@ -395,8 +395,10 @@ def budget_left(study, budget: int) -> int:
 
 
 def duplicate_of(study, trial, params: Mapping[str, Any]) -> Optional[int]:
-    """The number of another trial that ran (or runs) the same grid point, if any. A failed trial that was
-    queued again, and the queued copy itself, do not count."""
+    """The number of an EARLIER trial that ran (or runs) the same grid point, if any. A failed trial that was
+    queued again, and the queued copy itself, do not count. Only earlier trials count, so when two workers
+    draw the same point at once the first keeps it and the second is surplus (each seeing the other's trial
+    made both surplus, and the point never ran)."""
     optuna = require_optuna()
     S = optuna.trial.TrialState
     if is_retry(study._storage.get_trial(trial._trial_id)):
@@ -404,7 +406,7 @@ def duplicate_of(study, trial, params: Mapping[str, Any]) -> Optional[int]:
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
     for t in trials:
-        if t.number == trial.number or is_surplus(t) or t.state == S.WAITING:
+        if t.number >= trial.number or is_surplus(t) or t.state == S.WAITING:
             continue
         if t.state == S.FAIL and t.number in retried:
             continue
