@@ -296,3 +296,28 @@ def make_coop(root, split=None, name="OxfordPets", images="images", classes=("ab
     with open(os.path.join(root, f"split_zhou_{name}.json"), "w") as f:
         json.dump(split, f)
     return str(root)
+
+
+def perturb_trainable(model, scale: float = 0.05, seed: int = 1):
+    """The model with its trainable tensors moved off their init (as after training), seeded."""
+    import torch
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+def train_eval_reload(cfg, data, tmp_path):
+    """``vpt train`` on the recipe dict ``cfg`` (1 run), ``vpt eval`` of its best/ on val, then the artifact
+    reloaded with ``vpt.from_pretrained``; each command must exit 0."""
+    import vpt
+    from vpt.cli import main
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(cfg))
+    out = str(tmp_path / "run")
+    assert main(["train", "-c", str(recipe), "--data", data, "--output", out]) == 0
+    assert main(["eval", os.path.join(out, "best"), "--data", data, "--split", "val"]) == 0
+    return vpt.from_pretrained(os.path.join(out, "best"))
+

@@ -1,12 +1,9 @@
 """model.type 'lora': peft LoRA on the frozen backbone, trained and saved through the same engine."""
-import os
-
 import pytest
 import torch
-import yaml
 
 import vpt
-from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder, train_eval_reload
 from vpt.backbones import create_backbone
 from vpt.config import ConfigError
 
@@ -69,19 +66,13 @@ def test_lora_config_errors():
 
 
 def test_vpt_train_lora(tmp_path, one_thread):
-    from vpt.cli import main
     data = make_image_folder(tmp_path / "data", per_class=6)
     cfg = {"model": {"type": "lora", "backbone": {"name": TINY_VIT_NAME, "pretrained": False,
                                                   "model_kwargs": dict(TINY_VIT)},
                      "lora": {"r": 2, "target_modules": ["qkv", "fc1"]}},
            "optim": {"opt": "adamw", "lr": 0.01},
            "train": {"epochs": 1, "batch_size": 8, "workers": 0, "log_interval": 0}}
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(cfg))
-    out = str(tmp_path / "run")
-    assert main(["train", "-c", str(recipe), "--data", data, "--output", out]) == 0
-    assert main(["eval", os.path.join(out, "best"), "--data", data, "--split", "val"]) == 0
-    loaded = vpt.from_pretrained(os.path.join(out, "best"))
+    loaded = train_eval_reload(cfg, data, tmp_path)
     assert loaded.lora_config.target_modules == ["qkv", "fc1"]
 
 

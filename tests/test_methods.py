@@ -1,13 +1,13 @@
 """model.method: the vision PEFT methods peft lacks (vpt.methods) on the backbone matrix: identity start, own
 tensors only in the artifact, prompts beside them, input gradients, FX and forward_intermediates, merge."""
-import os
 
 import pytest
 import torch
 import yaml
 
 import vpt
-from helpers import MATRIX, MERGEABLE, METHODS, TINY_VIT, TINY_VIT_NAME, make_image_folder
+from helpers import (MATRIX, MERGEABLE, METHODS, TINY_VIT, TINY_VIT_NAME, make_image_folder, perturb_trainable,
+                     train_eval_reload)
 from vpt.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,16 +22,6 @@ CASES = [(b, m) for b in FAMILIES for m in METHODS if (b, m) not in REFUSED]
 def build(bb, method, prompt="none", seed=0):
     torch.manual_seed(seed)
     return vpt.create_model(MATRIX.fresh(bb), prompt=MATRIX.prompts[prompt], num_classes=3, method=METHODS[method])
-
-
-def tuned(model):
-    """Trainable tensors moved off their init (as after training)."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    return model
 
 
 def images(n=2):
@@ -51,7 +41,7 @@ def test_method_starts_as_the_backbone_and_saves_its_own_tensors(bb, method, tmp
     assert any(not n.startswith("head.") for n in trainable)
     if method not in ("bitfit", "partial"):  # added layers: the 'adapter' role, nothing of the backbone trains
         assert all(roles[n][0] == "adapter" for n in trainable if not n.startswith("head."))
-    tuned(model).save_pretrained(str(tmp_path))
+    perturb_trainable(model).save_pretrained(str(tmp_path))
     from safetensors.torch import load_file
     saved = load_file(str(tmp_path / "adapter_model.safetensors"))
     assert set(saved) == trainable  # only the method's (and the head's) tensors
@@ -64,7 +54,7 @@ def test_method_starts_as_the_backbone_and_saves_its_own_tensors(bb, method, tmp
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("prompt", ["vpt_deep", "vpt_prefix", "vpt_deep_last1"])
 def test_method_beside_prompts_fast_path_equals_reference(method, prompt):
-    model = tuned(build("vit", method, prompt))
+    model = perturb_trainable(build("vit", method, prompt))
     x = images()
     with torch.no_grad():
         fast = model(x)
@@ -77,7 +67,7 @@ def test_method_beside_prompts_fast_path_equals_reference(method, prompt):
 def test_method_keeps_input_gradients_fx_and_intermediates(method):
     from timm.models._features_fx import get_graph_node_names
     from torchvision.models.feature_extraction import create_feature_extractor
-    model = tuned(build("vit", method)).eval()
+    model = perturb_trainable(build("vit", method)).eval()
     x = images().requires_grad_(True)
     model(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0  # saliency through the method's layers
@@ -95,7 +85,7 @@ def test_method_keeps_input_gradients_fx_and_intermediates(method):
 
 @pytest.mark.parametrize("method", MERGEABLE)
 def test_merge_is_exact_and_unmerge_restores_the_backbone(method):
-    model = tuned(build("vit", method))
+    model = perturb_trainable(build("vit", method))
     before_state = {k: v.clone() for k, v in model.backbone.model.state_dict().items()}
     x = images()
     with torch.no_grad():
@@ -110,7 +100,7 @@ def test_merge_is_exact_and_unmerge_restores_the_backbone(method):
 
 @pytest.mark.parametrize("method", MERGEABLE)
 def test_wise_interpolation_between_frozen_and_tuned(method):
-    model = tuned(build("vit", method))
+    model = perturb_trainable(build("vit", method))
     probe = vpt.create_model(MATRIX.fresh("vit"), num_classes=3)
     probe.head.load_state_dict(model.head.state_dict())
     x = images()
@@ -190,14 +180,10 @@ def test_vpt_train_with_a_method_and_a_prompt(tmp_path):
                      "method": {"kind": "adaptformer", "bottleneck": 4}},
            "optim": {"opt": "adamw", "lr": 0.01},
            "train": {"epochs": 1, "batch_size": 8, "workers": 0, "log_interval": 0}}
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(cfg))
-    out = str(tmp_path / "run")
-    assert main(["train", "-c", str(recipe), "--data", data, "--output", out]) == 0
-    assert main(["eval", os.path.join(out, "best"), "--data", data, "--split", "val"]) == 0
-    loaded = vpt.from_pretrained(os.path.join(out, "best"))
+    loaded = train_eval_reload(cfg, data, tmp_path)
     assert loaded.method_config.kind == "adaptformer" and loaded.prompt_config.kind == "vpt_shallow"
     cfg["model"]["method"] = {"kind": "adaptformer", "bottlenek": 4}
+    recipe = tmp_path / "r.yaml"  # the recipe train_eval_reload wrote, edited below
     recipe.write_text(yaml.safe_dump(cfg))
     assert main(["train", "-c", str(recipe), "--data", data, "--output", str(tmp_path / "r2")]) == 2
     cfg["model"]["method"] = "ssf"

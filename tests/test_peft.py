@@ -1,6 +1,5 @@
 """model.type 'peft': peft's own tuners on vpt's backbones, their artifacts in peft's layout (both ways), merge."""
 import json
-import os
 import warnings
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 import yaml
 
 import vpt
-from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder
+from helpers import TINY_VIT, TINY_VIT_NAME, make_image_folder, perturb_trainable, train_eval_reload
 from vpt.backbones import BackboneConfig, create_backbone
 from vpt.config import ConfigError
 from vpt.errors import ArtifactError
@@ -45,16 +44,6 @@ def backbone():
 def build(peft_spec, **kw):
     torch.manual_seed(0)
     return PeftClassifier(backbone(), peft=peft_spec, num_classes=3, **kw)
-
-
-def perturbed(model):
-    """The model with its trainable tensors moved off their init (as after training)."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
 
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -95,7 +84,7 @@ def test_tuner_trains_saves_and_reloads(name, tmp_path):
 @pytest.mark.parametrize("name", ["LORA", "DORA", "IA3", "LOHA", "LOKR", "OFT", "BOFT", "HRA", "FOURIERFT",
                                   "LN_TUNING"])
 def test_merge_is_exact_and_unmerge_restores_the_frozen_weights(name):
-    model = perturbed(build(spec(name)))
+    model = perturb_trainable(build(spec(name)), scale=0.1)
     frozen = {k: v.clone() for k, v in model.backbone.model.state_dict().items()}
     with torch.no_grad():
         before = model(X)
@@ -108,7 +97,7 @@ def test_merge_is_exact_and_unmerge_restores_the_frozen_weights(name):
 
 
 def test_merge_alpha_interpolates_between_frozen_and_tuned():
-    model = perturbed(build(spec("LORA")))
+    model = perturb_trainable(build(spec("LORA")), scale=0.1)
     probe = vpt.create_model(backbone(), num_classes=3)
     probe.head.load_state_dict(model.head.state_dict())
     half = build(spec("LORA"))
@@ -183,7 +172,7 @@ def timm_twin(adapter, num_classes):
 def test_vpt_lora_artifact_loads_in_peft_with_the_same_outputs(tmp_path):
     from vpt.lora import LoraClassifier
     torch.manual_seed(0)
-    model = perturbed(LoraClassifier(backbone(), lora={"r": 4, "target_modules": ["qkv", "fc1"]}, num_classes=3))
+    model = perturb_trainable(LoraClassifier(backbone(), lora={"r": 4, "target_modules": ["qkv", "fc1"]}, num_classes=3), scale=0.1)
     model.save_pretrained(str(tmp_path))
     base = timm_twin(backbone(), 3)
     with warnings.catch_warnings():
@@ -269,14 +258,10 @@ def test_vpt_train_peft_tuner_and_eval(tmp_path, one_thread):
                      "peft": {"peft_type": "LOHA", "r": 2, "target_modules": ["qkv", "fc1"]}},
            "optim": {"opt": "adamw", "lr": 0.01},
            "train": {"epochs": 1, "batch_size": 8, "workers": 0, "log_interval": 0}}
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(cfg))
-    out = str(tmp_path / "run")
-    assert main(["train", "-c", str(recipe), "--data", data, "--output", out]) == 0
-    assert main(["eval", os.path.join(out, "best"), "--data", data, "--split", "val"]) == 0
-    loaded = vpt.from_pretrained(os.path.join(out, "best"))
+    loaded = train_eval_reload(cfg, data, tmp_path)
     assert loaded.peft_spec["peft_type"] == "LOHA" and loaded.peft_spec["target_modules"] == ["qkv", "fc1"]
     # a recipe error is a user error (exit code 2) that names the field
     cfg["model"]["peft"] = {"peft_type": "LOHA", "rnak": 2}
+    recipe = tmp_path / "r.yaml"  # the recipe train_eval_reload wrote, edited below
     recipe.write_text(yaml.safe_dump(cfg))
     assert main(["train", "-c", str(recipe), "--data", data, "--output", str(tmp_path / "run2")]) == 2
