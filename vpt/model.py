@@ -379,7 +379,13 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
             raise ValueError(f"output_fmt must be NCHW or NLC, got {output_fmt!r}")
         bb = self.backbone
         if bb.token_refusal is not None:
-            raise BackboneError(f"forward_intermediates needs a token backbone: {bb.token_refusal}")
+            if not hasattr(bb, "forward_intermediates") or output_fmt != "NCHW" or not intermediates_only:
+                raise BackboneError(f"forward_intermediates needs a token backbone: {bb.token_refusal} (a timm CNN "
+                                    f"gives its feature maps with output_fmt='NCHW', intermediates_only=True)")
+            if self.prompt is not None:  # pixel prompts only (check_prompt refused the rest)
+                x = self.prompt.pixels(x)
+            with torch.set_grad_enabled(self.autograd_from(x) < NEVER):
+                return bb.forward_intermediates(x, take_indices(len(bb.feature_info()), indices)[0], stop_early)
         take, max_index = take_indices(bb.layout.depth, indices)
         h, inter, ctx = self._encode(x, take=take, stop=max_index if stop_early else None, attn_mask=attn_mask)
         if norm:

@@ -1,7 +1,7 @@
 """Any other timm model (CNNs, hierarchical and relative-position transformers): pixel prompts only."""
 from __future__ import annotations
 
-from .base import BackboneAdapter, DataConfig
+from .base import BackboneAdapter, BackboneError, DataConfig
 from .timm_vit import timm_data_config, timm_pretrained_cfg
 
 _WHY = {
@@ -46,3 +46,12 @@ class TimmGenericAdapter(BackboneAdapter):
 
     def unpooled_refusal(self):
         return None  # timm's forward_features: the unpooled (B, C, H, W) map
+
+    def forward_intermediates(self, x, indices, stop_early: bool = True):
+        """Feature maps (B, C_i, H/r_i, W/r_i) at ``feature_info`` positions ``indices`` (timm's own
+        ``forward_intermediates``; a CNN's stage ends, e.g. strides 8, 16, 32 for a detector's FPN)."""
+        if not hasattr(self.model, "forward_intermediates"):
+            raise BackboneError(f"timm model {type(self.model).__name__} ('{self.config.name}') has no "
+                                f"forward_intermediates; use a timm model that has one (EfficientNet, ResNet, ...)")
+        return self.model.forward_intermediates(x, indices=list(indices), stop_early=stop_early,
+                                                intermediates_only=True)

@@ -20,6 +20,9 @@ class PyramidConfig(Checked):
     blocks: Optional[List[int]] = option(None, "ViT block per scale (negatives count back); null: the last block "
                                                "for all", range=(-4096, 4096))
     norm: bool = option(False, "apply the ViT's final norm to the block outputs first (ViTDet: no)")
+    strides: Optional[List[int]] = option(None, "input pixels per cell of each pyramid map, finest first. CNN "
+                                                "backbones: the feature strides the FPN takes (null: 8, 16, 32); "
+                                                "ViTs: if set, must equal patch size / scale", range=(1, 4096))
 
 
 @dataclass
@@ -29,6 +32,9 @@ class DetectorConfig(Checked):
     pyramid: PyramidConfig = option(default_factory=PyramidConfig, help="the simple feature pyramid")
     min_size: int = option(512, "torchvision transform: shorter image side after resizing", range=(1, 8192))
     max_size: int = option(683, "torchvision transform: longer side never exceeds this", range=(1, 8192))
+    fixed_size: Optional[List[int]] = option(None, "[H, W]: resize every image to exactly this (torchvision's "
+                                                   "fixed_size) instead of min_size / max_size; pixel prompts "
+                                                   "need it", range=(1, 8192))
     anchor_scale: Optional[float] = option(None, "anchor size / level stride (null: per-detector default 1, 4, 8)",
                                            range=(1e-3, 1e3))
     head_convs: int = option(4, "conv layers in the FCOS head tower (torchvision default 4)", range=(0, 64))
@@ -38,6 +44,8 @@ class DetectorConfig(Checked):
     detections_per_img: int = option(100, "maximum detections per image", range=(1, 100_000))
 
     def check(self) -> None:
+        if self.fixed_size is not None and len(self.fixed_size) != 2:
+            raise FieldError("fixed_size", f" must be two numbers [H, W], got {list(self.fixed_size)}")
         from .detectors import DETECTORS  # the registry of detector kinds (its builders import torchvision lazily)
         if self.kind not in DETECTORS:
             names = DETECTORS.names()
@@ -74,3 +82,5 @@ class DetModelSection:
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(name="timm:vit_base_patch16_224"))  # frozen ViT
     prompt: Optional[Any] = one_of(PROMPT_SECTION, help="image prompt, e.g. {kind: vpt_deep, num_tokens: 10}; null: "
                                                         "the unprompted frozen ViT")
+    train_backbone: bool = option(False, "unfreeze the backbone (full fine-tuning baseline; a CNN's BatchNorm "
+                                         "statistics stay frozen)")

@@ -90,6 +90,11 @@ class ViTFeaturePyramid(nn.Module):
                                                                     "pool": ["pool"]}[extra]
 
     @property
+    def prompted(self) -> PromptedModel:
+        """The prompted backbone (``vpt.detection.PromptedDetector.vit``)."""
+        return self.vit
+
+    @property
     def num_maps(self) -> int:
         """Feature maps per image: what a detector's anchor generator must have sizes for."""
         return len(self.level_names)

@@ -153,7 +153,8 @@ class DetectionTask(Task):
 
     def build_model(self, run) -> torch.nn.Module:
         cfg = self.cfg
-        model = create_detector(cfg.model.backbone, self.classes, prompt=cfg.model.prompt, detector=cfg.detector)
+        model = create_detector(cfg.model.backbone, self.classes, prompt=cfg.model.prompt, detector=cfg.detector,
+                                train_backbone=cfg.model.train_backbone)
         _logger.info("%s on %s: classes %s (label map %s)", cfg.detector.kind, cfg.model.backbone.name, self.classes,
                      model.label_map)
         self.label_offset = model.label_offset
