@@ -137,6 +137,22 @@ class AdapterMixin:
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
 
 
+def sample_patch_tokens(backbone: BackboneAdapter, data_config: DataConfig, n: int) -> torch.Tensor:
+    """``n`` patch tokens (n, D) as the frozen backbone's own embedding makes them (patch embedding + position,
+    prefix tokens dropped) from images of standard normal noise in normalised pixel units, drawn at random
+    positions with the global RNG: what prompt ``init: patch_embed`` starts from."""
+    C, H, W = data_config.input_size
+    k = backbone.layout.num_prefix
+    gh, gw = backbone.layout.grid
+    images = -(-n // (gh * gw)) + 1  # enough tokens to draw n distinct ones
+    param = next(backbone.parameters(), None)
+    x = torch.randn(images, C, H, W, device=param.device if param is not None else None)
+    with torch.no_grad():
+        h, _ = backbone.embed(x)  # (images, k+N, D)
+    tokens = h[:, k:].reshape(-1, h.shape[-1])  # (images*N, D)
+    return tokens[torch.randperm(tokens.shape[0], device=tokens.device)[:n]].float().cpu()
+
+
 class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
     """Frozen backbone + prompts + head. Build with :func:`vpt.create_model`."""
 
@@ -156,6 +172,8 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         if cfg is not None:
             backbone.check_prompt(cfg.kind, cfg.needs)
         facts = {"kv_dim": backbone.kv_dim()} if hasattr(backbone, "kv_dim") and backbone.supports_tokens else {}
+        if backbone.supports_tokens:
+            facts["patch_tokens"] = lambda n: sample_patch_tokens(backbone, self.data_config, n)
         self.prompt = build_prompt(cfg, backbone.layout, self.data_config, **facts)
 
         self.head_config = HEAD_SECTION.resolve(head or {}, where="head")

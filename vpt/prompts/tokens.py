@@ -17,7 +17,15 @@ from ..registry import PROMPTS
 from .base import PromptModule, resolve_layers, split_per_layer, xavier_bound
 
 
-INITS = ("xavier_uniform", "normal", "zeros")
+INITS = ("xavier_uniform", "normal", "zeros", "patch_embed")
+INIT_HELP = ("prompt init: xavier_uniform (VPT), normal (std 0.02), zeros, or patch_embed (patch tokens the frozen "
+             "backbone's own embedding makes, position included, from noise images)")
+
+
+def _check_init(cfg) -> None:
+    if cfg.init == "patch_embed" and cfg.project_dim:
+        raise FieldError("init", f" patch_embed copies patch tokens of the backbone's width, and project_dim "
+                                 f"{cfg.project_dim} learns prompts in another; drop project_dim or use another init")
 
 
 @dataclass
@@ -27,8 +35,10 @@ class ShallowPromptConfig(Checked):
     dropout: float = option(0.0, "dropout on the prompt tokens (VPT used 0.1 on some tasks)", range=(0.0, 1.0))
     project_dim: Optional[int] = option(None, "learn prompts in this dim, project to the width with a Linear "
                                               "(null: the width)", range=(1, 65536))
-    init: str = option("xavier_uniform", "prompt init: xavier_uniform (VPT), normal (std 0.02) or zeros",
-                       choices=INITS)
+    init: str = option("xavier_uniform", INIT_HELP, choices=INITS)
+
+    def check(self) -> None:
+        _check_init(self)
 
 
 @dataclass
@@ -40,10 +50,10 @@ class DeepPromptConfig(Checked):
     dropout: float = option(0.0, "dropout on the prompt tokens", range=(0.0, 1.0))
     project_dim: Optional[int] = option(None, "learn prompts in this dim, project to the width with a Linear "
                                               "(null: the width)", range=(1, 65536))
-    init: str = option("xavier_uniform", "prompt init: xavier_uniform (VPT), normal (std 0.02) or zeros",
-                       choices=INITS)
+    init: str = option("xavier_uniform", INIT_HELP, choices=INITS)
 
     def check(self) -> None:
+        _check_init(self)
         if self.layers is not None and self.last_k is not None:
             raise FieldError("last_k", " and layers are both set; set either layers or last_k, not both")
 
@@ -51,7 +61,7 @@ class DeepPromptConfig(Checked):
 class TokenPrompt(PromptModule):
     uses_tokens = True
 
-    def __init__(self, config, layout, data_config):
+    def __init__(self, config, layout, data_config, patch_tokens=None):
         super().__init__(config)
         if layout is None:
             raise ConfigError("token prompts need a ViT-style backbone")
@@ -73,6 +83,13 @@ class TokenPrompt(PromptModule):
                 nn.init.uniform_(p, -b, b)
             elif config.init == "normal":
                 nn.init.normal_(p, std=0.02)
+        if config.init == "patch_embed" and self.num_tokens:
+            if patch_tokens is None:
+                raise ConfigError("prompt init patch_embed needs a backbone that embeds patches (a token backbone)")
+            with torch.no_grad():
+                sample = patch_tokens(self.num_tokens * len(layers))  # (P * layers, D)
+                for j, p in enumerate(self.prompts.values()):
+                    p.copy_(sample[j * self.num_tokens:(j + 1) * self.num_tokens])
         if config.project_dim:
             self.proj = nn.Linear(d, D)
             nn.init.kaiming_normal_(self.proj.weight, a=0, mode="fan_out")
@@ -107,5 +124,5 @@ class TokenPrompt(PromptModule):
 
 @PROMPTS.register("vpt_shallow", ShallowPromptConfig, help="VPT-shallow: P learnable tokens at the first block")
 @PROMPTS.register("vpt_deep", DeepPromptConfig, help="VPT-deep: P learnable tokens re-inserted at every (or chosen) block")
-def _tokens(config, layout, data_config, **_):
-    return TokenPrompt(config, layout, data_config)
+def _tokens(config, layout, data_config, patch_tokens=None, **_):
+    return TokenPrompt(config, layout, data_config, patch_tokens=patch_tokens)
