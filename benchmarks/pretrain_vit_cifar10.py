@@ -522,6 +522,10 @@ def parse_args(argv=None):
                    help="start from a weights file this script exported (a new schedule from there)")
     p.add_argument("--eval-only", type=Path, default=None, metavar="WEIGHTS",
                    help="evaluate a safetensors weights file on the test set and exit")
+    p.add_argument("--model-kwargs", type=json.loads, default=None, metavar="JSON",
+                   help="timm kwargs replacing the shipped architecture's, e.g. '{\"embed_dim\": 384, "
+                        "\"num_heads\": 6, \"depth\": 12, \"mlp_ratio\": 4}' (benchmarks/scale_study.py)")
+    p.add_argument("--weights-name", default=None, help=f"exported file name (default: {WEIGHTS_NAME})")
     p.add_argument("--log-every", type=int, default=100,
                    help="progress line to stdout every N steps (0: off)")
     # hidden, for smoke tests
@@ -702,10 +706,17 @@ def _chain_time(init: dict | None) -> float:
 
 
 def main(argv=None) -> int:
+    global MODEL_KWARGS, WEIGHTS_NAME
     args = parse_args(argv)
-    if args.eval_only is not None:
-        return run_eval_only(args)
-    return train(args)
+    saved = MODEL_KWARGS, WEIGHTS_NAME
+    MODEL_KWARGS = {**MODEL_KWARGS, **(args.model_kwargs or {})}  # another size of the same recipe
+    WEIGHTS_NAME = args.weights_name or WEIGHTS_NAME
+    try:
+        if args.eval_only is not None:
+            return run_eval_only(args)
+        return train(args)
+    finally:
+        MODEL_KWARGS, WEIGHTS_NAME = saved
 
 
 if __name__ == "__main__":

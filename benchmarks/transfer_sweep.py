@@ -50,6 +50,13 @@ PACK_ARMS = ("linear", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad")  # 
 NO_PACK = {("effnet_lite0", "pixel_pad")}
 
 
+def space_path(args, arm: str) -> str:
+    """The arm's search space (``args.spaces_dir``, when set, replaces transfer_configs/spaces: smoke runs)."""
+    root = getattr(args, "spaces_dir", None)
+    return os.path.join(root, SPACES[arm]) if root else os.path.join("benchmarks", "transfer_configs", "spaces",
+                                                                      SPACES[arm])
+
+
 def pack_of(args, setup: str, arm: str) -> int:
     return args.pack if arm in PACK_ARMS and (setup, arm) not in NO_PACK else 1
 EFFNET_FILE = os.path.join(WEIGHTS_DIR, "tf_efficientnet_lite0_in1k.safetensors")
@@ -105,6 +112,9 @@ def weights_for(args, setup: str) -> Tuple[List[str], Optional[str]]:
     """The backbone flags for a setup and the sha256 of the weights file they load (None: random init)."""
     if args.control:
         return ["--set", "model.backbone.pretrained=false", "--set", "model.backbone.init_seed=0"], None
+    conf = SETUPS[setup]
+    if conf.get("weights"):  # a setup registered at run time with its own file (benchmarks/scale_study.py)
+        return ["--weights", conf["weights"]], _sha256(conf["weights"])
     if setup == "effnet_lite0":
         if not os.path.isfile(args.effnet_weights):
             raise SystemExit(f"error: {args.effnet_weights} is missing: run `python benchmarks/transfer.py "
@@ -118,7 +128,7 @@ def sweep_args(args, setup: str, task: str, arm: str, out_dir: str, study: str) 
     conf = SETUPS[setup]
     argv = ["-c", os.path.join("benchmarks", "transfer_configs", conf["recipe"]),
             "--data", os.path.join(args.data_root, task), "--output", out_dir,
-            "--space", os.path.join("benchmarks", "transfer_configs", "spaces", SPACES[arm]),
+            "--space", space_path(args, arm),
             "--sampler", "grid", "--pruner", args.pruner, "--study", study,
             "--seeds", str(args.seeds), "--seed", "0", "--epochs", str(args.epochs)]
     if pack_of(args, setup, arm) > 1:
@@ -126,6 +136,8 @@ def sweep_args(args, setup: str, task: str, arm: str, out_dir: str, study: str) 
     if args.extend_edges:
         argv += ["--extend-edges", str(args.extend_edges)]
     argv += weights_for(args, setup)[0]
+    for key, value in conf.get("set", {}).items():  # a run-time setup's own overrides (its architecture)
+        argv += ["--set", f"{key}={json.dumps(value)}"]
     pad = max(1, round(conf["side"] * 30 / 224))
     for key, value in ARMS[arm].items():
         if isinstance(value, dict):
@@ -171,7 +183,7 @@ def make_record(args, setup: str, task: str, arm: str, out_dir: str, cmd: List[s
     return {
         "benchmark": "transfer_sweep", "scale": args.scale, "tag": tag_of(setup, args.control), "setup": setup,
         "control": args.control, "task": task, "arm": arm, "epochs": args.epochs,
-        "space_file": os.path.relpath(os.path.join(SPACES_DIR, SPACES[arm]), REPO),
+        "space_file": os.path.relpath(os.path.join(REPO, space_path(args, arm)), REPO),
         "space": res.get("space_given", res["space"]), "space_searched": res["space"],
         "extend_edges": args.extend_edges, "widened": res.get("widened", []),
         "sampler": res["sampler"], "pruner": res["pruner"], "budget": res["budget"],
@@ -202,7 +214,7 @@ def load_record(path: str, args, weights_sha: Optional[str], arm: str) -> Option
     with open(path, encoding="utf-8") as f:
         rec = json.load(f)
     from vpt.sweep.space import load_space
-    space = load_space(os.path.join(SPACES_DIR, SPACES[arm])).to_dict()
+    space = load_space(os.path.join(REPO, space_path(args, arm))).to_dict()
     if rec["epochs"] != args.epochs or rec.get("backbone_weights_sha256") != weights_sha or rec["space"] != space:
         raise SystemExit(f"error: {path} was made with other epochs, backbone weights or space; use another "
                          f"--scale for this sweep, or move the old record away")
