@@ -238,7 +238,8 @@ def render(args) -> str:
 def table_cmd(args) -> int:
     from make_table import replace_block
     text = render(args)
-    png = plot(collect(args), references(args), args.plot)
+    recs = collect(args)
+    png = plot(recs, references(args), args.plot) if any(p != "base" for p in recs) else None  # not base alone
     if png:
         text += f"\n\n![VPT-deep ablation]({os.path.relpath(png, os.path.dirname(os.path.abspath(args.readme)))})"
     if not args.write:

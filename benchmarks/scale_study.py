@@ -89,6 +89,8 @@ def pretrain(args) -> int:
             print(f"pretrain {size}: done ({weights_path(args, size)})")
         else:
             recipe = PRETRAIN_SMOKE if args.cpu_smoke else PRETRAIN_GPU
+            if args.pretrain_epochs is not None:
+                recipe = [*recipe, "--epochs", str(args.pretrain_epochs)]  # the later flag wins (argparse)
             argv = ["--out", out, "--data-tar", args.data_tar, "--cache-dir", args.cache_dir, "--device", args.device,
                     "--model-kwargs", json.dumps(kw), "--weights-name", os.path.basename(weights_path(args, size)),
                     *recipe, *(["--resume"] if os.path.isdir(out) else [])]
@@ -263,6 +265,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=WORK, help="pretraining runs and sweep folders (outside the repo)")
     ap.add_argument("--out", default=OUT, help="result records")
     ap.add_argument("--device", default="auto", help="pretraining device (cuda: bf16 autocast)")
+    ap.add_argument("--pretrain-epochs", type=int, default=None,
+                    help="override the recipe's 200 pretraining epochs (the same for every size: say so in results)")
     ap.add_argument("--data-tar", default=os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz"))
     ap.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "vpt", "cifar10"))
     ap.add_argument("--data-root", default=DATA_ROOT, help="prepared transfer tasks (transfer_data.py prepare)")
