@@ -2,6 +2,7 @@
 into torchvision FCOS / RetinaNet, frozen or fully fine-tuned, with pixel prompts applied where the detector's
 transform puts the image; and the refusals: strides the backbone lacks, pixel prompts without one input size."""
 import json
+import os
 
 import pytest
 import timm
@@ -165,3 +166,34 @@ def test_strides_the_backbone_lacks_are_refused_with_the_ones_it_has():
             "out_channels": 32, "scales": [2.0, 1.0], "strides": [4, 16]}}, **vit)
     create_detector(TINY_VIT_NAME, ["a"], detector={"kind": "fcos", "pyramid": {
         "out_channels": 32, "scales": [2.0, 1.0], "strides": [4, 8]}}, **vit)
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "detection")
+
+
+@pytest.mark.parametrize("name", sorted(f[:-5] for f in os.listdir(CONFIGS) if f.endswith(".yaml")))
+def test_detection_configs_build_the_detector_they_name(name):
+    """Every configs/detection recipe parses strictly and builds (weights left out: random init here)."""
+    import dataclasses
+
+    import yaml
+
+    from vpt.config import from_dict
+    from vpt.tasks.detection import DetectionRunConfig
+    with open(os.path.join(CONFIGS, name + ".yaml"), encoding="utf-8") as f:
+        cfg = from_dict(DetectionRunConfig, yaml.safe_load(f), where=name)
+    bb, det = cfg.model.backbone, cfg.detector
+    assert cfg.output.dir.endswith(name) and det.kind in name
+    torch.manual_seed(0)
+    model = create_detector(dataclasses.replace(bb, pretrained=False), ["Platelets", "RBC", "WBC"],
+                            prompt=cfg.model.prompt, detector=det, train_backbone=cfg.model.train_backbone)
+    arm = name.split("_", 2)[2]
+    kind = None if model.prompt_config is None else model.prompt_config.kind
+    assert kind == {"head": None, "full": None, "pixel_pad": "pixel_pad", "pixel_patch": "pixel_patch",
+                    "vpt_deep": "vpt_deep", "random_vpt_deep": "vpt_deep"}[arm]
+    assert model.train_backbone == (arm == "full")
+    if name.startswith("effnet"):
+        assert model.pyramid.strides[:3] == [8, 16, 32] and bb.name == "timm:tf_efficientnet_lite0" and bb.pretrained
+    else:
+        assert model.pyramid.strides[:2] == [8, 16] and bb.name == "vpt:vit_tiny_cifar10"
+        assert bb.pretrained == (arm != "random_vpt_deep")
