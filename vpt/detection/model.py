@@ -1,7 +1,8 @@
 """PromptedDetector: frozen prompted ViT -> simple feature pyramid -> a torchvision detector.
 
-Trainable: the prompts, the pyramid and the detector's heads; the ViT stays frozen (and in eval mode).
-Saved as a vpt artifact with ``model_type: detection``, its class list and label mapping.
+Trainable: the prompts, the pyramid and the detector's heads; the ViT stays frozen (and in eval mode). A CNN
+backbone (no token sequence: pixel prompts only) feeds an FPN instead (``cnn_pyramid``); ``train_backbone``
+unfreezes either (full fine-tuning). Saved as a vpt artifact with ``model_type: detection``, its class list and label mapping.
 """
 from __future__ import annotations
 
