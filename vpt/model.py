@@ -397,9 +397,11 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
             raise ValueError(f"output_fmt must be NCHW or NLC, got {output_fmt!r}")
         bb = self.backbone
         if bb.token_refusal is not None:
-            if not hasattr(bb, "forward_intermediates") or output_fmt != "NCHW" or not intermediates_only:
+            if (not hasattr(bb, "forward_intermediates") or output_fmt != "NCHW" or not intermediates_only
+                    or output_dict or norm):
                 raise BackboneError(f"forward_intermediates needs a token backbone: {bb.token_refusal} (a timm CNN "
-                                    f"gives its feature maps with output_fmt='NCHW', intermediates_only=True)")
+                                    f"gives its feature maps with output_fmt='NCHW', intermediates_only=True and "
+                                    f"neither norm nor output_dict)")
             if self.prompt is not None:  # pixel prompts only (check_prompt refused the rest)
                 x = self.prompt.pixels(x)
             with torch.set_grad_enabled(self.autograd_from(x) < NEVER):

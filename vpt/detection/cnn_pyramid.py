@@ -1,4 +1,4 @@
-"""A frozen CNN (any timm model with ``feature_info``) as a torchvision detection backbone: its stage ends through an FPN.
+"""A frozen CNN (a timm model with ``feature_info``) as a torchvision detection backbone: stage ends through an FPN.
 
 Data through the backbone::
 

@@ -1,8 +1,9 @@
 """PromptedDetector: frozen prompted ViT -> simple feature pyramid -> a torchvision detector.
 
-Trainable: the prompts, the pyramid and the detector's heads; the ViT stays frozen (and in eval mode). A CNN
-backbone (no token sequence: pixel prompts only) feeds an FPN instead (``cnn_pyramid``); ``train_backbone``
-unfreezes either (full fine-tuning). Saved as a vpt artifact with ``model_type: detection``, its class list and label mapping.
+Trainable: the prompts, the pyramid and the detector's heads; the ViT stays frozen (and in eval mode). A
+CNN backbone (no token sequence: pixel prompts only) feeds an FPN instead (``cnn_pyramid``);
+``train_backbone`` unfreezes either (full fine-tuning). Saved as a vpt artifact with ``model_type:
+detection``, its class list and label mapping.
 """
 from __future__ import annotations
 
@@ -69,8 +70,9 @@ def check_strides(pyramid: ViTFeaturePyramid, strides: Optional[List[int]], back
     have = pyramid.strides[:len(pyramid.stages)]
     if [float(s) for s in strides] != have:
         scales = [pyramid.patch_size[0] / s for s in strides]
+        given = [pyramid.patch_size[0] / h for h in have]
         raise ConfigError(f"detector.pyramid.strides {list(strides)} do not match backbone '{backbone.config.name}': "
-                          f"its patch size {pyramid.patch_size[0]} with scales {[pyramid.patch_size[0] / h for h in have]} "
+                          f"its patch size {pyramid.patch_size[0]} with scales {given} "
                           f"gives strides {[int(h) if h == int(h) else h for h in have]}; set detector.pyramid.scales "
                           f"to {scales} for those strides, or drop detector.pyramid.strides")
 
