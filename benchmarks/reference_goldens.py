@@ -26,6 +26,7 @@ Nothing of them is copied into vpt.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -167,29 +168,149 @@ def maple_goldens(maple_root: str):
     return {k: t.contiguous() for k, t in tensors.items()}, meta
 
 
+VIT_NAME = "timm:vit_tiny_patch16_224"
+VIT_KWARGS = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
+VIT_SEED, VIT_NTOK, VIT_CLASSES = 13, 3, 5
+
+
+def vit_tower():
+    """The tiny timm ViT both sides use (vpt's seeded random init)."""
+    import vpt
+    return vpt.create_backbone(VIT_NAME, pretrained=False, init_seed=VIT_SEED, model_kwargs=VIT_KWARGS)
+
+
+class _AttrDict(dict):
+    """ml_collections.ConfigDict as KMnP's vit_configs uses it (item and attribute access)."""
+    __getattr__ = dict.__getitem__
+
+    def __setattr__(self, k, v):
+        self[k] = v
+
+
+def load_kmnp(root: str):
+    """KMnP/vpt's src/models/vit_prompt/vit.py (and the ViT it extends) without its logging / config deps."""
+    path = os.path.join(root, "src", "models", "vit_prompt", "vit.py")
+    if not os.path.isfile(path):
+        raise SystemExit(f"--kmnp {root!r}: no src/models/vit_prompt/vit.py; pass a KMnP/vpt checkout")
+    ml = types.ModuleType("ml_collections")
+    ml.ConfigDict = lambda d=None: _AttrDict(d or {})
+    sys.modules.setdefault("ml_collections", ml)
+    log = types.ModuleType("src.utils.logging")  # termcolor / simplejson / iopath: only its logger is used
+    log.get_logger = lambda name: __import__("logging").getLogger(name)
+    sys.modules["src.utils.logging"] = log
+    if importlib.util.find_spec("turtle") is None or importlib.util.find_spec("tkinter") is None:
+        turtle = types.ModuleType("turtle")  # vit_backbones/vit.py imports turtle.forward and never uses it
+        turtle.forward = None
+        sys.modules.setdefault("turtle", turtle)
+    sys.path.insert(0, root)
+    try:
+        return importlib.import_module("src.models.vit_prompt.vit")
+    finally:
+        sys.path.remove(root)
+
+
+def timm_to_kmnp(sd: dict) -> dict:
+    """A timm VisionTransformer state dict under KMnP's (jeonsworld ViT-pytorch) names: the fused qkv split."""
+    out = {"transformer.embeddings.patch_embeddings.weight": sd["patch_embed.proj.weight"],
+           "transformer.embeddings.patch_embeddings.bias": sd["patch_embed.proj.bias"],
+           "transformer.embeddings.cls_token": sd["cls_token"],
+           "transformer.embeddings.position_embeddings": sd["pos_embed"],
+           "transformer.encoder.encoder_norm.weight": sd["norm.weight"],
+           "transformer.encoder.encoder_norm.bias": sd["norm.bias"]}
+    for i in range(VIT_KWARGS["depth"]):
+        src, dst = f"blocks.{i}.", f"transformer.encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            for name, part in zip(("query", "key", "value"), sd[src + f"attn.qkv.{kind}"].chunk(3)):
+                out[dst + f"attn.{name}.{kind}"] = part
+            pairs = (("norm1", "attention_norm"), ("norm2", "ffn_norm"), ("attn.proj", "attn.out"),
+                     ("mlp.fc1", "ffn.fc1"), ("mlp.fc2", "ffn.fc2"))
+            for a, b in pairs:
+                out[dst + f"{b}.{kind}"] = sd[src + f"{a}.{kind}"]
+    return out
+
+
+def kmnp_goldens(kmnp_root: str, deep: bool):
+    """KMnP's PromptedVisionTransformer (prompts after the class token; deep: block i >= 1 replaces them with
+    its own) with a head of VIT_CLASSES on the tiny timm ViT's weights: logits, cross-entropy and its gradients
+    of the prompts and the head."""
+    import torch
+    import torch.nn.functional as F
+    from vpt.backbones import state_sha256
+    ref_vit = load_kmnp(kmnp_root)
+    k = VIT_KWARGS
+    cfg = _AttrDict(patches=_AttrDict(size=(k["patch_size"],) * 2), hidden_size=k["embed_dim"], classifier="token",
+                    representation_size=None,
+                    transformer=_AttrDict(mlp_dim=4 * k["embed_dim"], num_heads=k["num_heads"],
+                                          num_layers=k["depth"], attention_dropout_rate=0.0, dropout_rate=0.0))
+    ref_vit.CONFIGS["golden_tiny"] = cfg
+    # KMnP's _C.MODEL.PROMPT defaults (src/configs/config.py) with NUM_TOKENS and DEEP set
+    prompt_cfg = _AttrDict(LOCATION="prepend", INITIATION="random", NUM_DEEP_LAYERS=None, DEEP_SHARED=False,
+                           NUM_TOKENS=VIT_NTOK, DROPOUT=0.0, PROJECT=-1, DEEP=deep, VIT_POOL_TYPE="original")
+    bb = vit_tower()
+    torch.manual_seed(0)  # the reference's own prompt and head init
+    ref = ref_vit.PromptedVisionTransformer(prompt_cfg, "golden_tiny", img_size=k["img_size"],
+                                            num_classes=VIT_CLASSES)
+    sd = timm_to_kmnp(bb.model.state_dict())
+    missing, unexpected = ref.load_state_dict(sd, strict=False)
+    expected_missing = {"head.weight", "head.bias", "transformer.prompt_embeddings"} | (
+        {"transformer.deep_prompt_embeddings"} if deep else set())
+    if set(missing) != expected_missing or unexpected:
+        raise SystemExit(f"KMnP's ViT does not take timm's weights: missing {missing}, unexpected {unexpected}")
+    ref.eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, k["img_size"], k["img_size"], generator=g)
+    labels = torch.randint(0, VIT_CLASSES, (4,), generator=g)
+    logits = ref(x)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    t = ref.transformer
+    prompts = [t.prompt_embeddings[0]] + (list(t.deep_prompt_embeddings) if deep else [])
+    grads = [t.prompt_embeddings.grad[0]] + (list(t.deep_prompt_embeddings.grad) if deep else [])
+    tensors = {"x": x, "labels": labels, "logits": logits.detach(), "loss": loss.detach().reshape(1),
+               "head_weight": ref.head.weight.detach(), "head_bias": ref.head.bias.detach(),
+               "grad_head_weight": ref.head.weight.grad, "grad_head_bias": ref.head.bias.grad}
+    for i, (p, gr) in enumerate(zip(prompts, grads)):
+        tensors[f"prompt_{i}"] = p.detach()
+        tensors[f"grad_prompt_{i}"] = gr
+    meta = {"repo": "KMnP/vpt", "commit": _commit(kmnp_root), "reference": "src/models/vit_prompt/vit.py "
+            "PromptedVisionTransformer", "backbone": VIT_NAME, "init_seed": str(VIT_SEED),
+            "model_kwargs": json.dumps(VIT_KWARGS), "backbone_sha256": state_sha256(bb.model),
+            "kind": "vpt_deep" if deep else "vpt_shallow", "num_tokens": str(VIT_NTOK),
+            "loss": "cross_entropy(logits, labels); grads of the prompts (prompt_i: block i) and the head"}
+    return {n: v.contiguous() for n, v in tensors.items()}, meta
+
+
+def write_golden(output: str, name: str, tensors: dict, meta: dict) -> None:
+    from safetensors.torch import save_file
+    out = os.path.join(output, name)
+    save_file(tensors, out, metadata=meta)
+    print(f"wrote {out} ({os.path.getsize(out)} bytes)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dassl", metavar="DIR", help="KaiyangZhou/Dassl.pytorch checkout")
+    p.add_argument("--dassl", metavar="DIR", help="KaiyangZhou/Dassl.pytorch checkout (with --coop)")
     p.add_argument("--coop", metavar="DIR", help="KaiyangZhou/CoOp checkout")
     p.add_argument("--maple", metavar="DIR", help="muzairkhattak/multimodal-prompt-learning checkout")
+    p.add_argument("--kmnp", metavar="DIR", help="KMnP/vpt checkout")
     p.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data"))
     args = p.parse_args(argv)
+    if not (args.dassl or args.coop or args.maple or args.kmnp):
+        p.error("pass at least one reference checkout (--kmnp, --coop [with --dassl], --maple)")
+    if args.dassl and not args.coop:
+        p.error("pass --dassl DIR with --coop DIR (the few-shot and base/new goldens need both)")
     os.makedirs(args.output, exist_ok=True)
-    if args.dassl and args.coop:
+    if args.dassl:
         out = os.path.join(args.output, "dassl_fewshot.json")
         with open(out, "w") as f:
             json.dump(dassl_goldens(args.dassl, args.coop), f, separators=(",", ":"))
         print(f"wrote {out} ({os.path.getsize(out)} bytes)")
-    elif args.dassl or args.coop:
-        p.error("pass --dassl DIR and --coop DIR together (the few-shot and base/new goldens need both)")
     if args.maple:
-        from safetensors.torch import save_file
-        tensors, meta = maple_goldens(args.maple)
-        out = os.path.join(args.output, "maple_vision.safetensors")
-        save_file(tensors, out, metadata=meta)
-        print(f"wrote {out} ({os.path.getsize(out)} bytes)")
-    if not (args.dassl or args.maple):
-        p.error("pass at least one reference checkout (--dassl with --coop, --maple)")
+        write_golden(args.output, "maple_vision.safetensors", *maple_goldens(args.maple))
+    if args.kmnp:
+        for deep in (False, True):
+            write_golden(args.output, f"kmnp_vpt_{'deep' if deep else 'shallow'}.safetensors",
+                         *kmnp_goldens(args.kmnp, deep))
     return 0
 
 
