@@ -280,6 +280,166 @@ def kmnp_goldens(kmnp_root: str, deep: bool):
     return {n: v.contiguous() for n, v in tensors.items()}, meta
 
 
+CLIP_NAME = "open_clip:ViT-B-32-quickgelu"  # the reference CLIP's QuickGELU
+# vision width 64 = one head: the reference CLIP derives its vision heads as width // 64
+CLIP_TOWER = dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=3, width=64, patch_size=8, head_width=64),
+                  text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=3))
+CLIP_SEED = 17
+CLASS_NAMES = ["golden_retriever", "cat", "sea lion"]  # an underscore and a two-token name
+
+
+def clip_tower():
+    """The tiny open_clip model the CoOp-family goldens use (vpt's seeded random init)."""
+    import vpt
+    return vpt.create_backbone(CLIP_NAME, pretrained=False, init_seed=CLIP_SEED, model_kwargs=CLIP_TOWER)
+
+
+def _stub_dassl_trainer_imports():
+    """The Dassl names the trainers' modules import: the registry decorator is kept; the rest (optimiser, checkpoint
+    and accuracy helpers of the training loop) is never called by the model classes."""
+    def module(name, **attrs):
+        m = sys.modules.get(name) or types.ModuleType(name)
+        for k, v in attrs.items():
+            setattr(m, k, v)
+        sys.modules[name] = m
+    never = lambda *a, **k: None  # noqa: E731
+    module("dassl")
+    module("dassl.engine", TRAINER_REGISTRY=types.SimpleNamespace(register=lambda: (lambda cls: cls)),
+           TrainerX=object)
+    module("dassl.metrics", compute_accuracy=never)
+    module("dassl.utils", load_pretrained_weights=never, load_checkpoint=never)
+    module("dassl.optim", build_optimizer=never, build_lr_scheduler=never)
+
+
+def load_trainer(root: str, trainer: str, flag: str):
+    """A reference repository's ``trainers/<trainer>.py`` with its own ``clip`` package (model, tokenizer), fresh:
+    each repository ships its own clip, so an earlier one is dropped from sys.modules first."""
+    path = os.path.join(root, "trainers", f"{trainer}.py")
+    if not os.path.isfile(path) or not os.path.isdir(os.path.join(root, "clip")):
+        raise SystemExit(f"{flag} {root!r}: no trainers/{trainer}.py and clip/; pass its checkout")
+    for name in [n for n in sys.modules if n == "clip" or n.startswith("clip.") or n.startswith("trainers")]:
+        del sys.modules[name]
+    _stub_dassl_trainer_imports()
+    sys.path.insert(0, root)
+    try:
+        clip_pkg = importlib.import_module("clip.clip")
+        model = importlib.import_module("clip.model")
+        trainer_mod = importlib.import_module(f"trainers.{trainer}")
+    finally:
+        sys.path.remove(root)
+    return trainer_mod, model, clip_pkg
+
+
+def reference_clip(model_module, open_clip_model, *design):
+    """The reference repository's clip/model.py CLIP at CLIP_TOWER's sizes, carrying the open_clip model's weights."""
+    v, t = CLIP_TOWER["vision_cfg"], CLIP_TOWER["text_cfg"]
+    ref = model_module.CLIP(CLIP_TOWER["embed_dim"], v["image_size"], v["layers"], v["width"], v["patch_size"],
+                            t["context_length"], t["vocab_size"], t["width"], t["heads"], t["layers"], *design)
+    sd = {k: v for k, v in open_clip_model.state_dict().items() if k != "attn_mask"}
+    missing, unexpected = ref.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise SystemExit(f"the reference CLIP does not take open_clip's weights: missing {missing}, "
+                         f"unexpected {unexpected}")
+    return ref.float().eval()
+
+
+class _CudaIsCpu:
+    """The reference code moves tensors and models with ``.cuda()``: here that stays on the CPU (fp32)."""
+
+    def __enter__(self):
+        import torch
+        self.saved = torch.Tensor.cuda, torch.nn.Module.cuda
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        torch.nn.Module.cuda = lambda self, *a, **k: self
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        torch.Tensor.cuda, torch.nn.Module.cuda = self.saved
+
+
+def _cfg(trainer_section: str, **fields):
+    """The yacs config the reference PromptLearner reads: INPUT.SIZE, DATASET.NAME and its trainer section."""
+    v = CLIP_TOWER["vision_cfg"]
+    return _AttrDict(INPUT=_AttrDict(SIZE=(v["image_size"], v["image_size"])),
+                     DATASET=_AttrDict(NAME="ImageNet"), OPTIM=_AttrDict(MAX_EPOCH=1),
+                     TRAINER=_AttrDict({trainer_section: _AttrDict(fields)}))
+
+
+def _clip_inputs():
+    import torch
+    g = torch.Generator().manual_seed(1)
+    v = CLIP_TOWER["vision_cfg"]
+    x = torch.randn(4, 3, v["image_size"], v["image_size"], generator=g)
+    return x, torch.randint(0, len(CLASS_NAMES), (4,), generator=g)
+
+
+def _clip_meta(repo, root, reference, bb, text, loss):
+    from vpt.backbones import state_sha256
+    return {"repo": repo, "commit": _commit(root), "reference": reference, "backbone": CLIP_NAME,
+            "init_seed": str(CLIP_SEED), "model_kwargs": json.dumps(CLIP_TOWER),
+            "backbone_sha256": state_sha256(bb.model), "class_names": json.dumps(CLASS_NAMES),
+            "text": json.dumps(text), "loss": loss}
+
+
+COOP_CASES = {  # golden name -> (CoOp's TRAINER.COOP fields, the vpt text config computing the same)
+    "coop": (dict(N_CTX=16, CTX_INIT="", CSC=False, CLASS_TOKEN_POSITION="end", PREC="fp32"),
+             {"kind": "coop", "num_tokens": 16}),
+    "coop_csc_middle": (dict(N_CTX=4, CTX_INIT="", CSC=True, CLASS_TOKEN_POSITION="middle", PREC="fp32"),
+                        {"kind": "coop", "num_tokens": 4, "class_specific": True, "position": "middle"}),
+}
+
+
+def coop_goldens(coop_root: str, case: str):
+    """CoOp's own CustomCLIP (trainers/coop.py: PromptLearner, TextEncoder) on the tiny CLIP: logits,
+    cross-entropy and its gradient of the context."""
+    import torch
+    import torch.nn.functional as F
+    fields, text = COOP_CASES[case]
+    coop, model_module, _ = load_trainer(coop_root, "coop", "--coop")
+    bb = clip_tower()
+    torch.manual_seed(0)  # the reference's own context init
+    ref = coop.CustomCLIP(_cfg("COOP", **fields), CLASS_NAMES, reference_clip(model_module, bb.model)).eval()
+    x, labels = _clip_inputs()
+    logits = ref(x)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    ctx = ref.prompt_learner.ctx
+    tensors = {"x": x, "labels": labels, "logits": logits.detach(), "loss": loss.detach().reshape(1),
+               "ctx": ctx.detach(), "grad_ctx": ctx.grad,
+               "tokens": ref.tokenized_prompts}  # the reference tokenizer's ids of the prompts
+    meta = _clip_meta("KaiyangZhou/CoOp", coop_root, "trainers/coop.py CustomCLIP", bb, text,
+                      "cross_entropy(logits, labels); grad of the context")
+    return {n: v.contiguous() for n, v in tensors.items()}, meta
+
+
+def cocoop_goldens(coop_root: str):
+    """CoCoOp's own CustomCLIP (trainers/cocoop.py: the meta-net shifts the context per image; its training
+    forward returns the cross-entropy): logits, loss and the gradients of the context and the meta-net."""
+    import torch
+    cocoop, model_module, _ = load_trainer(coop_root, "cocoop", "--coop")
+    bb = clip_tower()
+    torch.manual_seed(0)
+    cfg = _cfg("COCOOP", N_CTX=4, CTX_INIT="a photo of a", PREC="fp32")
+    ref = cocoop.CustomCLIP(cfg, CLASS_NAMES, reference_clip(model_module, bb.model)).eval()
+    x, labels = _clip_inputs()
+    with torch.no_grad():
+        logits = ref(x)
+    ref.train()
+    loss = ref(x, labels)
+    loss.backward()
+    pl = ref.prompt_learner
+    tensors = {"x": x, "labels": labels, "logits": logits, "loss": loss.detach().reshape(1),
+               "ctx": pl.ctx.detach(), "grad_ctx": pl.ctx.grad, "tokens": ref.tokenized_prompts}
+    for name, p in pl.meta_net.named_parameters():
+        tensors[f"meta_net.{name}"] = p.detach()
+        tensors[f"grad_meta_net.{name}"] = p.grad
+    meta = _clip_meta("KaiyangZhou/CoOp", coop_root, "trainers/cocoop.py CustomCLIP", bb,
+                      {"kind": "cocoop"}, "CustomCLIP(x, labels) in training (its cross-entropy); grads of the "
+                      "context and the meta-net (linear1, linear2)")
+    return {n: v.contiguous() for n, v in tensors.items()}, meta
+
+
 def write_golden(output: str, name: str, tensors: dict, meta: dict) -> None:
     from safetensors.torch import save_file
     out = os.path.join(output, name)
@@ -307,6 +467,10 @@ def main(argv=None) -> int:
         print(f"wrote {out} ({os.path.getsize(out)} bytes)")
     if args.maple:
         write_golden(args.output, "maple_vision.safetensors", *maple_goldens(args.maple))
+    if args.coop:
+        for case in COOP_CASES:
+            write_golden(args.output, f"{case}.safetensors", *coop_goldens(args.coop, case))
+        write_golden(args.output, "cocoop.safetensors", *cocoop_goldens(args.coop))
     if args.kmnp:
         for deep in (False, True):
             write_golden(args.output, f"kmnp_vpt_{'deep' if deep else 'shallow'}.safetensors",

@@ -58,3 +58,55 @@ def test_vpt_equals_kmnp_prompted_vision_transformer(kind):
         torch.testing.assert_close(p.grad, g[f"grad_prompt_{i}"], **TOL)
     torch.testing.assert_close(model.head.fc.weight.grad, g["grad_head_weight"], **TOL)
     torch.testing.assert_close(model.head.fc.bias.grad, g["grad_head_bias"], **TOL)
+
+
+def clip_golden(name):
+    from vpt.clip import create_clip_model
+    g, meta = load_golden(name)
+    bb = golden_backbone(meta)
+    torch.manual_seed(0)
+    model = create_clip_model(bb, json.loads(meta["class_names"]), text=json.loads(meta["text"])).eval()
+    tp = model.text_prompt
+    torch.testing.assert_close(tp.tokens, g["tokens"], rtol=0, atol=0)  # open_clip's tokenizer = the reference's
+    return g, meta, model, tp
+
+
+@pytest.mark.parametrize("name", ["coop", "coop_csc_middle"])
+def test_coop_equals_coops_own_custom_clip(name):
+    """CoOp's CustomCLIP (KaiyangZhou/CoOp trainers/coop.py) with its random context, generic at the end and
+    class-specific in the middle: vpt's coop text prompt gives its logits, cross-entropy and context gradient."""
+    g, meta, model, tp = clip_golden(f"{name}.safetensors")
+    assert meta["repo"] == "KaiyangZhou/CoOp"
+    with torch.no_grad():
+        tp.ctx.copy_(g["ctx"])
+    logits = model(g["x"])
+    torch.testing.assert_close(logits.detach(), g["logits"], **TOL)
+    loss = F.cross_entropy(logits, g["labels"])
+    torch.testing.assert_close(loss.detach().reshape(1), g["loss"], **TOL)
+    loss.backward()
+    assert float(g["grad_ctx"].abs().max()) > 1e-4
+    torch.testing.assert_close(tp.ctx.grad, g["grad_ctx"], **TOL)
+
+
+def test_cocoop_equals_cocoops_own_custom_clip():
+    """CoCoOp's CustomCLIP (CoOp's trainers/cocoop.py): context from 'a photo of a', the meta-net's bias per image;
+    vpt's cocoop gives its logits, its training loss and the gradients of the context and the meta-net."""
+    g, meta, model, tp = clip_golden("cocoop.safetensors")
+    torch.testing.assert_close(tp.ctx.detach(), g["ctx"], **TOL)  # the same init from the same words
+    names = {"linear1.weight": "0.weight", "linear1.bias": "0.bias", "linear2.weight": "2.weight",
+             "linear2.bias": "2.bias"}
+    params = dict(tp.meta_net.named_parameters())
+    with torch.no_grad():
+        tp.ctx.copy_(g["ctx"])
+        for ref, mine in names.items():
+            params[mine].copy_(g[f"meta_net.{ref}"])
+        torch.testing.assert_close(model(g["x"]), g["logits"], **TOL)
+    model.train()
+    loss = F.cross_entropy(model(g["x"]), g["labels"])
+    assert model.auxiliary_loss() is None
+    torch.testing.assert_close(loss.detach().reshape(1), g["loss"], **TOL)
+    loss.backward()
+    torch.testing.assert_close(tp.ctx.grad, g["grad_ctx"], **TOL)
+    for ref, mine in names.items():
+        assert float(g[f"grad_meta_net.{ref}"].abs().max()) > 1e-5
+        torch.testing.assert_close(params[mine].grad, g[f"grad_meta_net.{ref}"], **TOL)
