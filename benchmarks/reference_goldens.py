@@ -440,6 +440,43 @@ def cocoop_goldens(coop_root: str):
     return {n: v.contiguous() for n, v in tensors.items()}, meta
 
 
+KGCOOP_WEIGHT = 8.0  # scripts/base2new_train.sh's WEIGHT (TRAINER.COOP.W)
+
+
+def kgcoop_goldens(kgcoop_root: str):
+    """KgCoOp's own CustomCLIP (trainers/kgcoop.py: context from 'a photo of a'; its forward returns the logits and
+    1 - mean cos(learned, hand-crafted class embeddings)), the trainer's loss CE + W * score with W = 8.0 and
+    DATASET.NAME ImageNet (its hand-crafted template 'a photo of a {}.'): logits, score, loss, context gradient.
+    The hand-crafted features come from the reference's load_clip_to_cpu, which here returns the same tiny CLIP."""
+    import torch
+    import torch.nn.functional as F
+    if os.path.isdir(os.path.join(kgcoop_root, "KgCoOp", "trainers")):
+        kgcoop_root = os.path.join(kgcoop_root, "KgCoOp")  # the repository root holds the code in KgCoOp/
+    kgcoop, model_module, _ = load_trainer(kgcoop_root, "kgcoop", "--kgcoop")
+    bb = clip_tower()
+    kgcoop.load_clip_to_cpu = lambda cfg: reference_clip(model_module, bb.model)  # no download: the tiny CLIP
+    cfg = _cfg("COOP", N_CTX=4, CTX_INIT="a photo of a", CSC=False, CLASS_TOKEN_POSITION="end", PREC="fp32",
+               W=KGCOOP_WEIGHT)
+    cfg.TRAINER.COCOOP = _AttrDict(PREC="fp32")
+    torch.manual_seed(0)
+    with _CudaIsCpu():
+        ref = kgcoop.CustomCLIP(cfg, CLASS_NAMES, reference_clip(model_module, bb.model)).eval()
+    x, labels = _clip_inputs()
+    ctx = ref.prompt_learner.ctx
+    with torch.no_grad():  # as after some training: at the init the learned prompts are the hand-crafted ones
+        ctx.add_(0.05 * torch.randn(ctx.shape, generator=torch.Generator().manual_seed(2)))
+    logits, score = ref(x)
+    loss = F.cross_entropy(logits, labels) + cfg.TRAINER.COOP.W * score
+    loss.backward()
+    tensors = {"x": x, "labels": labels, "logits": logits.detach(), "score": score.detach().reshape(1),
+               "loss": loss.detach().reshape(1), "ctx": ctx.detach(), "grad_ctx": ctx.grad,
+               "tokens": ref.tokenized_prompts}
+    meta = _clip_meta("htyao89/KgCoOp", kgcoop_root, "KgCoOp/trainers/kgcoop.py CustomCLIP", bb,
+                      {"kind": "kgcoop", "weight": KGCOOP_WEIGHT},
+                      "cross_entropy(logits, labels) + 8.0 * score (KgCoOp.forward_backward); grad of the context")
+    return {n: v.contiguous() for n, v in tensors.items()}, meta
+
+
 def write_golden(output: str, name: str, tensors: dict, meta: dict) -> None:
     from safetensors.torch import save_file
     out = os.path.join(output, name)
@@ -453,10 +490,11 @@ def main(argv=None) -> int:
     p.add_argument("--coop", metavar="DIR", help="KaiyangZhou/CoOp checkout")
     p.add_argument("--maple", metavar="DIR", help="muzairkhattak/multimodal-prompt-learning checkout")
     p.add_argument("--kmnp", metavar="DIR", help="KMnP/vpt checkout")
+    p.add_argument("--kgcoop", metavar="DIR", help="htyao89/KgCoOp checkout")
     p.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data"))
     args = p.parse_args(argv)
-    if not (args.dassl or args.coop or args.maple or args.kmnp):
-        p.error("pass at least one reference checkout (--kmnp, --coop [with --dassl], --maple)")
+    if not (args.dassl or args.coop or args.maple or args.kmnp or args.kgcoop):
+        p.error("pass at least one reference checkout (--kmnp, --coop [with --dassl], --kgcoop, --maple)")
     if args.dassl and not args.coop:
         p.error("pass --dassl DIR with --coop DIR (the few-shot and base/new goldens need both)")
     os.makedirs(args.output, exist_ok=True)
@@ -471,6 +509,8 @@ def main(argv=None) -> int:
         for case in COOP_CASES:
             write_golden(args.output, f"{case}.safetensors", *coop_goldens(args.coop, case))
         write_golden(args.output, "cocoop.safetensors", *cocoop_goldens(args.coop))
+    if args.kgcoop:
+        write_golden(args.output, "kgcoop.safetensors", *kgcoop_goldens(args.kgcoop))
     if args.kmnp:
         for deep in (False, True):
             write_golden(args.output, f"kmnp_vpt_{'deep' if deep else 'shallow'}.safetensors",

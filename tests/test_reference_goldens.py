@@ -110,3 +110,23 @@ def test_cocoop_equals_cocoops_own_custom_clip():
     for ref, mine in names.items():
         assert float(g[f"grad_meta_net.{ref}"].abs().max()) > 1e-5
         torch.testing.assert_close(params[mine].grad, g[f"grad_meta_net.{ref}"], **TOL)
+
+
+def test_kgcoop_equals_kgcoops_own_custom_clip():
+    """KgCoOp's CustomCLIP (htyao89/KgCoOp trainers/kgcoop.py) and its trainer's loss CE + 8 * (1 - mean cos of the
+    learned to the hand-crafted class embeddings, 'a photo of a {}.'), at a context moved off its init: vpt's kgcoop
+    gives its logits, its knowledge-guided term (the auxiliary loss), the total and the context gradient."""
+    g, meta, model, tp = clip_golden("kgcoop.safetensors")
+    assert meta["repo"] == "htyao89/KgCoOp"
+    with torch.no_grad():
+        tp.ctx.copy_(g["ctx"])
+        torch.testing.assert_close(model(g["x"]), g["logits"], **TOL)
+    model.train()
+    logits = model(g["x"])
+    aux = model.auxiliary_loss()
+    assert float(g["score"]) > 1e-4  # the term is not zero here
+    torch.testing.assert_close(aux.detach().reshape(1), json.loads(meta["text"])["weight"] * g["score"], **TOL)
+    loss = F.cross_entropy(logits, g["labels"]) + aux  # what vpt's training step minimises (a batch mean)
+    torch.testing.assert_close(loss.detach().reshape(1), g["loss"], **TOL)
+    loss.backward()
+    torch.testing.assert_close(tp.ctx.grad, g["grad_ctx"], **TOL)
