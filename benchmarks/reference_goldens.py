@@ -330,13 +330,14 @@ def load_trainer(root: str, trainer: str, flag: str):
     return trainer_mod, model, clip_pkg
 
 
-def reference_clip(model_module, open_clip_model, *design):
+def reference_clip(model_module, open_clip_model, *design, prompted: bool = False):
     """The reference repository's clip/model.py CLIP at CLIP_TOWER's sizes, carrying the open_clip model's weights."""
     v, t = CLIP_TOWER["vision_cfg"], CLIP_TOWER["text_cfg"]
     ref = model_module.CLIP(CLIP_TOWER["embed_dim"], v["image_size"], v["layers"], v["width"], v["patch_size"],
                             t["context_length"], t["vocab_size"], t["width"], t["heads"], t["layers"], *design)
     sd = {k: v for k, v in open_clip_model.state_dict().items() if k != "attn_mask"}
     missing, unexpected = ref.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not (prompted and "VPT" in k)]  # its prompts keep their own init
     if missing or unexpected:
         raise SystemExit(f"the reference CLIP does not take open_clip's weights: missing {missing}, "
                          f"unexpected {unexpected}")
@@ -477,6 +478,100 @@ def kgcoop_goldens(kgcoop_root: str):
     return {n: v.contiguous() for n, v in tensors.items()}, meta
 
 
+# PromptSRC's base-to-novel settings (configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml) at this tower's
+# depth: every block prompted, 4 + 4 tokens, the text context from 'a photo of a', loss weights 25 and 10
+PROMPTSRC_CFG = dict(N_CTX_TEXT=4, N_CTX_VISION=4, CTX_INIT="a photo of a", PROMPT_DEPTH_TEXT=3,
+                     PROMPT_DEPTH_VISION=3, TEXT_LOSS_WEIGHT=25.0, IMAGE_LOSS_WEIGHT=10.0, GPA_MEAN=15, GPA_STD=1,
+                     PREC="fp32")
+
+
+class _CudaIsCpuFp32(_CudaIsCpu):
+    """PromptSRC's code runs in fp16 on a GPU only (its zero-shot image encoder stays fp16 whatever PREC says);
+    for an fp32 run ``.cuda()`` keeps tensors on the CPU and brings the fp16 it casts to back to fp32 (exact), so
+    its ``.half()`` casts (the prompts in every block, ``fixed_embeddings`` in the zero-shot logits) still round
+    to fp16 as the reference does. ``fp16_casts=False``: ``Tensor.half`` is the identity too, the all-fp32 run."""
+
+    def __init__(self, fp16_casts: bool = True):
+        self.fp16_casts = fp16_casts
+
+    def __enter__(self):
+        import torch
+        super().__enter__()
+        self.half = torch.Tensor.half
+        torch.Tensor.cuda = lambda self, *a, **k: self.float() if self.dtype == torch.half else self
+        if not self.fp16_casts:
+            torch.Tensor.half = lambda self, *a, **k: self
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        torch.Tensor.half = self.half
+        super().__exit__(*exc)
+
+
+def promptsrc_goldens(promptsrc_root: str, fp16_casts: bool = True):
+    """PromptSRC's own CustomCLIP (trainers/promptsrc.py: VLPromptLearner, IVLP deep prompts in both encoders of
+    its clip/model.py, frozen features from its 60 templates) and one step of its trainer's own forward_backward
+    (CE + L_SCL-text + L_SCL-image + L_SCL-logits; the optimiser step is a no-op so the gradients stay): logits,
+    loss, the gradients of every prompt. Its prompts pass through ``.half()`` in the forward: they are set
+    fp16-representable (the forward is then exact) and their gradients are fp16-rounded; its zero-shot logits use
+    the frozen text features rounded to fp16. ``fp16_casts=False``: the same code with ``.half()`` made the
+    identity (see _CudaIsCpuFp32), the fp32 computation vpt must equal at 1e-5."""
+    import torch
+    promptsrc, model_module, _ = load_trainer(promptsrc_root, "promptsrc", "--promptsrc")
+    bb = clip_tower()
+    c = PROMPTSRC_CFG
+
+    def design(zero_shot):
+        return {"trainer": "IVLP", "vision_depth": 0 if zero_shot else c["PROMPT_DEPTH_VISION"],
+                "language_depth": 0 if zero_shot else c["PROMPT_DEPTH_TEXT"],
+                "vision_ctx": 0 if zero_shot else c["N_CTX_VISION"], "language_ctx": 0 if zero_shot else c["N_CTX_TEXT"]}
+
+    def load_clip_to_cpu(cfg, zero_shot_model=False):  # the tiny CLIP built by its own clip.model, no download
+        return reference_clip(model_module, bb.model, design(zero_shot_model), prompted=not zero_shot_model)
+
+    promptsrc.load_clip_to_cpu = load_clip_to_cpu
+    cfg = _cfg("PROMPTSRC", **c)
+    cfg.OPTIM.MAX_EPOCH = 20
+    torch.manual_seed(0)  # the reference's own prompt init
+    with _CudaIsCpuFp32(fp16_casts):
+        ref = promptsrc.CustomCLIP(cfg, CLASS_NAMES, load_clip_to_cpu(cfg)).eval()
+        visual, text = ref.image_encoder, ref.text_encoder.transformer
+        prompts = {"vision_0": visual.VPT}
+        prompts.update({f"vision_{i}": visual.transformer.resblocks[i].VPT_shallow
+                        for i in range(1, c["PROMPT_DEPTH_VISION"])})
+        prompts.update({f"text_{i}": text.resblocks[i].VPT_shallow for i in range(1, c["PROMPT_DEPTH_TEXT"])})
+        prompts["ctx"] = ref.prompt_learner.ctx
+        if fp16_casts:
+            with torch.no_grad():
+                for p in prompts.values():  # fp16-representable: the reference's .half() is exact on them
+                    p.copy_(p.half().float())
+        x, labels = _clip_inputs()
+        with torch.no_grad():
+            logits = ref(x)
+        ref.train()
+        trainer = types.SimpleNamespace(  # what PromptSRC.forward_backward reads of its trainer, one mid-epoch batch
+            cfg=cfg, model=ref, scaler=None, device="cpu", batch_idx=0, num_batches=2, step_counter=1,
+            parse_batch_train=lambda b: (b["img"], b["label"]),
+            optim=types.SimpleNamespace(zero_grad=lambda: ref.zero_grad(set_to_none=True), step=lambda: None))
+        summary = promptsrc.PromptSRC.forward_backward(trainer, {"img": x, "label": labels})
+    tensors = {"x": x, "labels": labels, "logits": logits, "loss": torch.tensor([summary["loss"]]),
+               "tokens": ref.tokenized_prompts}
+    for name, p in prompts.items():
+        tensors[f"prompt_{name}"] = p.detach()
+        tensors[f"grad_{name}"] = p.grad
+    text_cfg = {"kind": "promptsrc", "num_tokens": c["N_CTX_TEXT"], "init": c["CTX_INIT"],
+                "text_depth": c["PROMPT_DEPTH_TEXT"], "vision_depth": c["PROMPT_DEPTH_VISION"],
+                "vision_tokens": c["N_CTX_VISION"], "text_weight": c["TEXT_LOSS_WEIGHT"],
+                "image_weight": c["IMAGE_LOSS_WEIGHT"]}
+    meta = _clip_meta("muzairkhattak/PromptSRC", promptsrc_root, "trainers/promptsrc.py CustomCLIP + "
+                      "PromptSRC.forward_backward", bb, text_cfg,
+                      "PromptSRC.forward_backward's loss (a Python float: fp64 of the fp32 value); grads of the "
+                      "prompts" + (" (all but ctx pass the reference's .half(): fp16-rounded)" if fp16_casts else ""))
+    meta["fp16_casts"] = str(fp16_casts).lower()
+    return {n: v.contiguous() for n, v in tensors.items()}, meta
+
+
 def write_golden(output: str, name: str, tensors: dict, meta: dict) -> None:
     from safetensors.torch import save_file
     out = os.path.join(output, name)
@@ -491,10 +586,11 @@ def main(argv=None) -> int:
     p.add_argument("--maple", metavar="DIR", help="muzairkhattak/multimodal-prompt-learning checkout")
     p.add_argument("--kmnp", metavar="DIR", help="KMnP/vpt checkout")
     p.add_argument("--kgcoop", metavar="DIR", help="htyao89/KgCoOp checkout")
+    p.add_argument("--promptsrc", metavar="DIR", help="muzairkhattak/PromptSRC checkout")
     p.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data"))
     args = p.parse_args(argv)
-    if not (args.dassl or args.coop or args.maple or args.kmnp or args.kgcoop):
-        p.error("pass at least one reference checkout (--kmnp, --coop [with --dassl], --kgcoop, --maple)")
+    if not (args.dassl or args.coop or args.maple or args.kmnp or args.kgcoop or args.promptsrc):
+        p.error("pass at least one reference checkout (--kmnp, --coop [with --dassl], --kgcoop, --promptsrc, --maple)")
     if args.dassl and not args.coop:
         p.error("pass --dassl DIR with --coop DIR (the few-shot and base/new goldens need both)")
     os.makedirs(args.output, exist_ok=True)
@@ -511,6 +607,9 @@ def main(argv=None) -> int:
         write_golden(args.output, "cocoop.safetensors", *cocoop_goldens(args.coop))
     if args.kgcoop:
         write_golden(args.output, "kgcoop.safetensors", *kgcoop_goldens(args.kgcoop))
+    if args.promptsrc:
+        write_golden(args.output, "promptsrc.safetensors", *promptsrc_goldens(args.promptsrc))
+        write_golden(args.output, "promptsrc_fp32.safetensors", *promptsrc_goldens(args.promptsrc, fp16_casts=False))
     if args.kmnp:
         for deep in (False, True):
             write_golden(args.output, f"kmnp_vpt_{'deep' if deep else 'shallow'}.safetensors",

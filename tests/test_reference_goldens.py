@@ -130,3 +130,43 @@ def test_kgcoop_equals_kgcoops_own_custom_clip():
     torch.testing.assert_close(loss.detach().reshape(1), g["loss"], **TOL)
     loss.backward()
     torch.testing.assert_close(tp.ctx.grad, g["grad_ctx"], **TOL)
+
+
+def promptsrc_step(name):
+    """vpt's PromptSRC carrying the golden's prompts: eval logits, then one training step's loss and gradients."""
+    g, meta, model, tp = clip_golden(name)
+    assert meta["repo"] == "muzairkhattak/PromptSRC"
+    params = {"ctx": tp.ctx, **{f"text_{i + 1}": p for i, p in enumerate(tp.text_deep)},
+              **{f"vision_{j}": p for j, p in tp.vision_prompts.items()}}
+    assert sorted(params) == sorted(k[len("prompt_"):] for k in g if k.startswith("prompt_"))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(g[f"prompt_{n}"])
+        torch.testing.assert_close(model(g["x"]), g["logits"], **TOL)
+    model.train()
+    logits = model(g["x"])
+    loss = F.cross_entropy(logits, g["labels"]) + model.auxiliary_loss()  # what vpt's training step minimises
+    torch.testing.assert_close(loss.detach().double().reshape(1), g["loss"].double(), **TOL)
+    loss.backward()
+    return g, params
+
+
+def test_promptsrc_equals_promptsrcs_own_code_in_fp32():
+    """PromptSRC's CustomCLIP (its trainers/promptsrc.py with its clip/model.py IVLP prompts in both encoders, the
+    60-template frozen text features) and one step of its trainer's own forward_backward (CE + the three L_SCL
+    terms), run in fp32 (its .half() casts made no-ops): vpt's promptsrc, at the reference defaults (vision_ln_pre,
+    promptsrc60), gives the same logits, loss and gradient of every text and image prompt at 1e-5."""
+    g, params = promptsrc_step("promptsrc_fp32.safetensors")
+    for n, p in params.items():
+        assert float(g[f"grad_{n}"].abs().max()) > 1e-3
+        torch.testing.assert_close(p.grad, g[f"grad_{n}"], **TOL)
+
+
+def test_promptsrc_equals_promptsrcs_own_code_with_its_fp16_casts():
+    """The same code as published: its prompts pass .half() in the forward (here fp16-representable, so the forward
+    is exact and logits and loss still agree at 1e-5) and the zero-shot logits use the frozen text features rounded
+    to fp16; so the gradients agree up to fp16 rounding (1e-3 of the largest entry), not 1e-5."""
+    g, params = promptsrc_step("promptsrc.safetensors")
+    for n, p in params.items():
+        ref = g[f"grad_{n}"]
+        torch.testing.assert_close(p.grad, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
