@@ -16,6 +16,14 @@ from vpt.backbones import state_sha256
 pytestmark = pytest.mark.usefixtures("one_thread")
 DATA = os.path.join(os.path.dirname(__file__), "data")
 TOL = dict(rtol=1e-5, atol=1e-5)
+DIFFS = {}  # golden file -> the largest |vpt - reference| over everything compared (``python THIS_FILE`` prints it)
+
+
+def check(golden, got, want, **tol):
+    """assert_close at ``tol`` (default TOL), recording the largest absolute difference for the parity table."""
+    got, want = got.detach().double(), want.detach().double()
+    DIFFS[golden] = max(DIFFS.get(golden, 0.0), float((got - want).abs().max()))
+    torch.testing.assert_close(got, want, **(tol or TOL))
 
 
 def load_golden(name):
@@ -35,7 +43,8 @@ def test_vpt_equals_kmnp_prompted_vision_transformer(kind):
     """KMnP/vpt's PromptedVisionTransformer (its src/models/vit_prompt/vit.py) on the tiny ViT's weights, its own
     random prompts and head: vpt's prompts (block i's prompts replace the previous block's after the class token)
     give its logits, cross-entropy and gradients of every prompt and of the head."""
-    g, meta = load_golden(f"kmnp_{kind}.safetensors")
+    name = f"kmnp_{kind}.safetensors"
+    g, meta = load_golden(name)
     assert meta["repo"] == "KMnP/vpt" and meta["kind"] == kind
     bb = golden_backbone(meta)
     model = vpt.create_model(bb, prompt={"kind": kind, "num_tokens": int(meta["num_tokens"])},
@@ -49,15 +58,15 @@ def test_vpt_equals_kmnp_prompted_vision_transformer(kind):
         model.head.fc.weight.copy_(g["head_weight"])
         model.head.fc.bias.copy_(g["head_bias"])
     logits = model(g["x"])
-    torch.testing.assert_close(logits.detach(), g["logits"], **TOL)
+    check(name, logits.detach(), g["logits"])
     loss = F.cross_entropy(logits, g["labels"])
-    torch.testing.assert_close(loss.detach().reshape(1), g["loss"], **TOL)
+    check(name, loss.detach().reshape(1), g["loss"])
     loss.backward()
     for i, p in prompts.items():
         assert float(g[f"grad_prompt_{i}"].abs().max()) > 1e-4  # a gradient that can be told apart from zero
-        torch.testing.assert_close(p.grad, g[f"grad_prompt_{i}"], **TOL)
-    torch.testing.assert_close(model.head.fc.weight.grad, g["grad_head_weight"], **TOL)
-    torch.testing.assert_close(model.head.fc.bias.grad, g["grad_head_bias"], **TOL)
+        check(name, p.grad, g[f"grad_prompt_{i}"])
+    check(name, model.head.fc.weight.grad, g["grad_head_weight"])
+    check(name, model.head.fc.bias.grad, g["grad_head_bias"])
 
 
 def clip_golden(name):
@@ -67,7 +76,7 @@ def clip_golden(name):
     torch.manual_seed(0)
     model = create_clip_model(bb, json.loads(meta["class_names"]), text=json.loads(meta["text"])).eval()
     tp = model.text_prompt
-    torch.testing.assert_close(tp.tokens, g["tokens"], rtol=0, atol=0)  # open_clip's tokenizer = the reference's
+    assert torch.equal(tp.tokens, g["tokens"])  # open_clip's tokenizer = the reference's
     return g, meta, model, tp
 
 
@@ -75,24 +84,26 @@ def clip_golden(name):
 def test_coop_equals_coops_own_custom_clip(name):
     """CoOp's CustomCLIP (KaiyangZhou/CoOp trainers/coop.py) with its random context, generic at the end and
     class-specific in the middle: vpt's coop text prompt gives its logits, cross-entropy and context gradient."""
-    g, meta, model, tp = clip_golden(f"{name}.safetensors")
+    name = f"{name}.safetensors"
+    g, meta, model, tp = clip_golden(name)
     assert meta["repo"] == "KaiyangZhou/CoOp"
     with torch.no_grad():
         tp.ctx.copy_(g["ctx"])
     logits = model(g["x"])
-    torch.testing.assert_close(logits.detach(), g["logits"], **TOL)
+    check(name, logits.detach(), g["logits"])
     loss = F.cross_entropy(logits, g["labels"])
-    torch.testing.assert_close(loss.detach().reshape(1), g["loss"], **TOL)
+    check(name, loss.detach().reshape(1), g["loss"])
     loss.backward()
     assert float(g["grad_ctx"].abs().max()) > 1e-4
-    torch.testing.assert_close(tp.ctx.grad, g["grad_ctx"], **TOL)
+    check(name, tp.ctx.grad, g["grad_ctx"])
 
 
 def test_cocoop_equals_cocoops_own_custom_clip():
     """CoCoOp's CustomCLIP (CoOp's trainers/cocoop.py): context from 'a photo of a', the meta-net's bias per image;
     vpt's cocoop gives its logits, its training loss and the gradients of the context and the meta-net."""
-    g, meta, model, tp = clip_golden("cocoop.safetensors")
-    torch.testing.assert_close(tp.ctx.detach(), g["ctx"], **TOL)  # the same init from the same words
+    name = "cocoop.safetensors"
+    g, meta, model, tp = clip_golden(name)
+    check(name, tp.ctx.detach(), g["ctx"])  # the same init from the same words
     names = {"linear1.weight": "0.weight", "linear1.bias": "0.bias", "linear2.weight": "2.weight",
              "linear2.bias": "2.bias"}
     params = dict(tp.meta_net.named_parameters())
@@ -100,36 +111,37 @@ def test_cocoop_equals_cocoops_own_custom_clip():
         tp.ctx.copy_(g["ctx"])
         for ref, mine in names.items():
             params[mine].copy_(g[f"meta_net.{ref}"])
-        torch.testing.assert_close(model(g["x"]), g["logits"], **TOL)
+        check(name, model(g["x"]), g["logits"])
     model.train()
     loss = F.cross_entropy(model(g["x"]), g["labels"])
     assert model.auxiliary_loss() is None
-    torch.testing.assert_close(loss.detach().reshape(1), g["loss"], **TOL)
+    check(name, loss.detach().reshape(1), g["loss"])
     loss.backward()
-    torch.testing.assert_close(tp.ctx.grad, g["grad_ctx"], **TOL)
+    check(name, tp.ctx.grad, g["grad_ctx"])
     for ref, mine in names.items():
         assert float(g[f"grad_meta_net.{ref}"].abs().max()) > 1e-5
-        torch.testing.assert_close(params[mine].grad, g[f"grad_meta_net.{ref}"], **TOL)
+        check(name, params[mine].grad, g[f"grad_meta_net.{ref}"])
 
 
 def test_kgcoop_equals_kgcoops_own_custom_clip():
     """KgCoOp's CustomCLIP (htyao89/KgCoOp trainers/kgcoop.py) and its trainer's loss CE + 8 * (1 - mean cos of the
     learned to the hand-crafted class embeddings, 'a photo of a {}.'), at a context moved off its init: vpt's kgcoop
     gives its logits, its knowledge-guided term (the auxiliary loss), the total and the context gradient."""
-    g, meta, model, tp = clip_golden("kgcoop.safetensors")
+    name = "kgcoop.safetensors"
+    g, meta, model, tp = clip_golden(name)
     assert meta["repo"] == "htyao89/KgCoOp"
     with torch.no_grad():
         tp.ctx.copy_(g["ctx"])
-        torch.testing.assert_close(model(g["x"]), g["logits"], **TOL)
+        check(name, model(g["x"]), g["logits"])
     model.train()
     logits = model(g["x"])
     aux = model.auxiliary_loss()
     assert float(g["score"]) > 1e-4  # the term is not zero here
-    torch.testing.assert_close(aux.detach().reshape(1), json.loads(meta["text"])["weight"] * g["score"], **TOL)
+    check(name, aux.detach().reshape(1), json.loads(meta["text"])["weight"] * g["score"])
     loss = F.cross_entropy(logits, g["labels"]) + aux  # what vpt's training step minimises (a batch mean)
-    torch.testing.assert_close(loss.detach().reshape(1), g["loss"], **TOL)
+    check(name, loss.detach().reshape(1), g["loss"])
     loss.backward()
-    torch.testing.assert_close(tp.ctx.grad, g["grad_ctx"], **TOL)
+    check(name, tp.ctx.grad, g["grad_ctx"])
 
 
 def promptsrc_step(name):
@@ -142,11 +154,11 @@ def promptsrc_step(name):
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(g[f"prompt_{n}"])
-        torch.testing.assert_close(model(g["x"]), g["logits"], **TOL)
+        check(name, model(g["x"]), g["logits"])
     model.train()
     logits = model(g["x"])
     loss = F.cross_entropy(logits, g["labels"]) + model.auxiliary_loss()  # what vpt's training step minimises
-    torch.testing.assert_close(loss.detach().double().reshape(1), g["loss"].double(), **TOL)
+    check(name, loss.detach().double().reshape(1), g["loss"].double())
     loss.backward()
     return g, params
 
@@ -156,17 +168,32 @@ def test_promptsrc_equals_promptsrcs_own_code_in_fp32():
     60-template frozen text features) and one step of its trainer's own forward_backward (CE + the three L_SCL
     terms), run in fp32 (its .half() casts made no-ops): vpt's promptsrc, at the reference defaults (vision_ln_pre,
     promptsrc60), gives the same logits, loss and gradient of every text and image prompt at 1e-5."""
-    g, params = promptsrc_step("promptsrc_fp32.safetensors")
+    name = "promptsrc_fp32.safetensors"
+    g, params = promptsrc_step(name)
     for n, p in params.items():
         assert float(g[f"grad_{n}"].abs().max()) > 1e-3
-        torch.testing.assert_close(p.grad, g[f"grad_{n}"], **TOL)
+        check(name, p.grad, g[f"grad_{n}"])
 
 
 def test_promptsrc_equals_promptsrcs_own_code_with_its_fp16_casts():
     """The same code as published: its prompts pass .half() in the forward (here fp16-representable, so the forward
     is exact and logits and loss still agree at 1e-5) and the zero-shot logits use the frozen text features rounded
     to fp16; so the gradients agree up to fp16 rounding (1e-3 of the largest entry), not 1e-5."""
-    g, params = promptsrc_step("promptsrc.safetensors")
+    name = "promptsrc.safetensors"
+    g, params = promptsrc_step(name)
     for n, p in params.items():
         ref = g[f"grad_{n}"]
-        torch.testing.assert_close(p.grad, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
+        check(name, p.grad, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
+
+
+if __name__ == "__main__":  # the parity table of docs/benchmarks.md: python tests/test_reference_goldens.py
+    import inspect
+    for fn_name, fn in list(globals().items()):
+        if fn_name.startswith("test_"):
+            params = inspect.signature(fn).parameters
+            marks = [m for m in getattr(fn, "pytestmark", []) if m.name == "parametrize"]
+            for arg in (marks[0].args[1] if marks else [None]):
+                fn(arg) if params else fn()
+    for golden, diff in DIFFS.items():
+        meta = load_golden(golden)[1]
+        print(f"| {golden} | {meta['repo']}@{meta['commit'][:7]} | {diff:.1e} |")
