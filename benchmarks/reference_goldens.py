@@ -1,27 +1,44 @@
 """Write golden files from the reference repositories' own code, so the tests compare vpt to them without a
 reference checkout (CI needs none).
 
-    python benchmarks/reference_goldens.py --dassl /tmp/Dassl.pytorch --coop /tmp/CoOp [--output tests/data]
+    python benchmarks/reference_goldens.py --kmnp /tmp/ref/vpt --coop /tmp/ref/CoOp --dassl /tmp/ref/Dassl.pytorch \
+        --kgcoop /tmp/ref/KgCoOp --promptsrc /tmp/ref/PromptSRC --maple /tmp/ref/multimodal-prompt-learning
 
-``--dassl``: a checkout of KaiyangZhou/Dassl.pytorch; its ``DatasetBase.generate_fewshot_dataset`` draws the
-few-shot subsets (train, then val with min(shots, 4), one ``random`` stream seeded as Dassl's
-``set_random_seed`` seeds it), for seeds 1-3 and several shot counts, from a small synthetic split (uneven
-classes, labels in shuffled first-appearance order). ``--coop``: a checkout of KaiyangZhou/CoOp; its
-``OxfordPets.subsample_classes`` (the one every CoOp dataset calls) splits base / new classes. The file
-(``tests/data/dassl_fewshot.json``) records the split, each selection and both repositories' commits;
-``tests/test_benchmarks.py`` checks that vpt's coop reader selects the same items.
+Each flag takes a checkout of that repository (any subset of the flags; ``--dassl`` needs ``--coop``) and writes
+its goldens under ``--output`` (default tests/data), each with the repository and its commit:
 
-``--maple``: a checkout of muzairkhattak/multimodal-prompt-learning; its ``clip/model.py``
-``VisionTransformer_MaPLe`` (the image encoder with the first prompts appended before ``ln_pre`` and the deeper
-ones replacing the last tokens) runs on a tiny open_clip ViT-B-32-quickgelu image tower (random init, seed in
-the file, its sha256 recorded) with given prompts; ``tests/data/maple_vision.safetensors`` holds the inputs,
-the prompts, the image features and their gradients (the reference casts prompts to fp16 with ``.half()``: the
-prompts are fp16-representable so the forward is exact, the gradients pass through that cast and are fp16-rounded).
+``--kmnp`` (KMnP/vpt): its ``PromptedVisionTransformer`` (src/models/vit_prompt/vit.py), shallow and deep, with
+its own prompt and head init, on a tiny seeded timm ViT whose weights are mapped to its names (the fused qkv
+split): ``kmnp_vpt_{shallow,deep}.safetensors`` (inputs, labels, prompts, head, logits, cross-entropy, gradients of
+every prompt and the head).
 
-Only the modules holding those functions are loaded from the checkouts (``base_dataset.py``,
-``datasets/oxford_pets.py``); their package-level imports that the functions never call (gdown downloads,
-Dassl's registry, file checks on the synthetic paths) are stubbed, so the checkouts need no installation.
-Nothing of them is copied into vpt.
+``--coop`` (KaiyangZhou/CoOp): its ``CustomCLIP`` of trainers/coop.py (random generic context at the end; a
+class-specific one in the middle) and of trainers/cocoop.py (context from 'a photo of a', the meta-net), built on its
+own clip/model.py ``CLIP`` carrying a tiny seeded open_clip ViT-B-32-quickgelu's weights: ``coop.safetensors``,
+``coop_csc_middle.safetensors``, ``cocoop.safetensors`` (inputs, the tokenised prompts, logits, loss, gradients
+of the context and meta-net). With ``--dassl`` (KaiyangZhou/Dassl.pytorch) also ``dassl_fewshot.json``: Dassl's
+``DatasetBase.generate_fewshot_dataset`` draws (train, then val with min(shots, 4), one ``random`` stream seeded
+as ``set_random_seed`` seeds it; seeds 1-3, several shot counts) on a synthetic split, and CoOp's
+``OxfordPets.subsample_classes`` base / new halves (tests/test_benchmarks.py).
+
+``--kgcoop`` (htyao89/KgCoOp): its ``CustomCLIP`` (trainers/kgcoop.py) and its trainer's loss CE + 8 * score,
+DATASET.NAME ImageNet, the context moved off its init (there the term is zero): ``kgcoop.safetensors``.
+
+``--promptsrc`` (muzairkhattak/PromptSRC): its ``CustomCLIP`` (IVLP prompts of its clip/model.py in both encoders,
+the frozen features of its 60 templates) and one call of its trainer's own ``PromptSRC.forward_backward`` (CE and
+the three L_SCL terms; the optimiser step a no-op): ``promptsrc.safetensors`` as published (its ``.half()``
+casts: prompts fp16-representable, gradients and the zero-shot logits' text features fp16-rounded) and
+``promptsrc_fp32.safetensors`` with those casts made the identity.
+
+``--maple`` (muzairkhattak/multimodal-prompt-learning): its ``VisionTransformer_MaPLe`` (clip/model.py) on a tiny
+image tower with given prompts: ``maple_vision.safetensors`` (features and prompt gradients, fp16-rounded by
+its ``.half()``; tests/test_clip_reference.py).
+
+tests/test_reference_goldens.py compares vpt to them at 1e-5 in fp32 (``python tests/test_reference_goldens.py``
+prints the largest difference per file). Only the reference modules that hold those classes are imported, from
+the checkout's path; what they import and the classes never call is stubbed here as test scaffolding (Dassl's
+registry, config, optimiser and checkpoint helpers; KMnP's logger, ``ml_collections`` and ``turtle``; the CLIP
+downloads, which return the tiny model; ``.cuda()``, which stays on the CPU). Nothing of them is copied into vpt.
 """
 from __future__ import annotations
 
