@@ -32,7 +32,8 @@ casts: prompts fp16-representable, gradients and the zero-shot logits' text feat
 
 ``--maple`` (muzairkhattak/multimodal-prompt-learning): its ``VisionTransformer_MaPLe`` (clip/model.py) on a tiny
 image tower with given prompts: ``maple_vision.safetensors`` (features and prompt gradients, fp16-rounded by
-its ``.half()``; tests/test_clip_reference.py).
+its ``.half()``; tests/test_clip_reference.py); and its whole ``CustomCLIP`` (trainers/maple.py) in fp32, its
+``.half()`` casts the identity and its ViT-B/16 width literals this tower's: ``maple_fp32.safetensors``.
 
 tests/test_reference_goldens.py compares vpt to them at 1e-5 in fp32 (``python tests/test_reference_goldens.py``
 prints the largest difference per file). Only the reference modules that hold those classes are imported, from
@@ -589,6 +590,63 @@ def promptsrc_goldens(promptsrc_root: str, fp16_casts: bool = True):
     return {n: v.contiguous() for n, v in tensors.items()}, meta
 
 
+class _Namespace:
+    """A module seen through a few replaced names (what the reference's module-level ``nn`` / ``torch`` resolve to)."""
+
+    def __init__(self, module, **replaced):
+        self._module, self._replaced = module, replaced
+
+    def __getattr__(self, name):
+        return self._replaced[name] if name in self._replaced else getattr(self._module, name)
+
+
+def maple_model_goldens(maple_root: str):
+    """MaPLe's own CustomCLIP (trainers/maple.py: MultiModalPromptLearner, its clip/model.py MaPLe encoders), N_CTX 2
+    from 'a photo of a', depth 3 (every block of this tower), its training forward (the cross-entropy): logits,
+    loss, gradients of the context, the deeper text prompts and the couplings. Its code runs in fp16 only (the
+    coupling ``proj`` is made fp16 whatever PREC says); here the ``.half()`` casts are the identity (fp32), and the
+    ViT-B/16 widths it writes as literals (``nn.Linear(ctx_dim, 768)``, ``torch.empty(n_ctx, 512)``) are this
+    tower's widths."""
+    import torch
+    maple, model_module, _ = load_trainer(maple_root, "maple", "--maple")
+    bb = clip_tower()
+    v, t = CLIP_TOWER["vision_cfg"], CLIP_TOWER["text_cfg"]
+    n_ctx, depth = 2, 3
+    maple.nn = _Namespace(torch.nn, Linear=lambda i, o, **k: torch.nn.Linear(i, v["width"] if o == 768 else o, **k))
+    maple.torch = _Namespace(torch, empty=lambda *s, **k: torch.empty(*[t["width"] if d == 512 else d for d in s], **k))
+    design = {"trainer": "MaPLe", "vision_depth": 0, "language_depth": 0, "vision_ctx": 0, "language_ctx": 0,
+              "maple_length": n_ctx}
+    cfg = _cfg("MAPLE", N_CTX=n_ctx, CTX_INIT="a photo of a", PROMPT_DEPTH=depth, PREC="fp32")
+    torch.manual_seed(0)  # the reference's own init of the deeper prompts and the couplings
+    with _CudaIsCpuFp32(fp16_casts=False):
+        module_half = torch.nn.Module.half
+        torch.nn.Module.half = lambda self: self
+        try:
+            ref = maple.CustomCLIP(cfg, CLASS_NAMES, reference_clip(model_module, bb.model, design)).eval()
+            x, labels = _clip_inputs()
+            with torch.no_grad():
+                logits = ref(x)
+            ref.train()
+            loss = ref(x, labels)
+            loss.backward()
+        finally:
+            torch.nn.Module.half = module_half
+    pl = ref.prompt_learner
+    tensors = {"x": x, "labels": labels, "logits": logits, "loss": loss.detach().reshape(1),
+               "tokens": ref.tokenized_prompts, "ctx": pl.ctx.detach(), "grad_ctx": pl.ctx.grad}
+    for j, p in enumerate(pl.compound_prompts_text):
+        tensors[f"text_{j + 1}"], tensors[f"grad_text_{j + 1}"] = p.detach(), p.grad
+    for j, layer in enumerate([pl.proj, *pl.compound_prompt_projections]):
+        for name in ("weight", "bias"):
+            p = getattr(layer, name)
+            tensors[f"coupling_{j}.{name}"], tensors[f"grad_coupling_{j}.{name}"] = p.detach(), p.grad
+    meta = _clip_meta("muzairkhattak/multimodal-prompt-learning", maple_root, "trainers/maple.py CustomCLIP", bb,
+                      {"kind": "maple", "num_tokens": n_ctx, "depth": depth},
+                      "CustomCLIP(x, labels) in training (its cross-entropy), fp32 (.half() the identity); grads of "
+                      "ctx, the deeper text prompts (text_j: block j) and the couplings (coupling_0: proj)")
+    return {n: v.contiguous() for n, v in tensors.items()}, meta
+
+
 def write_golden(output: str, name: str, tensors: dict, meta: dict) -> None:
     from safetensors.torch import save_file
     out = os.path.join(output, name)
@@ -618,6 +676,7 @@ def main(argv=None) -> int:
         print(f"wrote {out} ({os.path.getsize(out)} bytes)")
     if args.maple:
         write_golden(args.output, "maple_vision.safetensors", *maple_goldens(args.maple))
+        write_golden(args.output, "maple_fp32.safetensors", *maple_model_goldens(args.maple))
     if args.coop:
         for case in COOP_CASES:
             write_golden(args.output, f"{case}.safetensors", *coop_goldens(args.coop, case))

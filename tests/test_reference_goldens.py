@@ -186,6 +186,34 @@ def test_promptsrc_equals_promptsrcs_own_code_with_its_fp16_casts():
         check(name, p.grad, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
 
 
+def test_maple_equals_maples_own_custom_clip_in_fp32():
+    """MaPLe's CustomCLIP (multimodal-prompt-learning trainers/maple.py, its clip/model.py MaPLe encoders: the text
+    prompts of block j coupled to the image prompts by a Linear, the first ones through ln_pre) with 2 tokens from
+    'a photo of a' at depth 3, its training forward (the cross-entropy), in fp32 (its .half() casts the identity):
+    vpt's maple at the reference defaults gives its logits, loss and the gradients of the context, the deeper text
+    prompts and every coupling at 1e-5."""
+    name = "maple_fp32.safetensors"
+    g, meta, model, tp = clip_golden(name)
+    assert meta["repo"] == "muzairkhattak/multimodal-prompt-learning"
+    check(name, tp.ctx.detach(), g["ctx"])  # the same init from the same words
+    params = {"ctx": tp.ctx, **{f"text_{j + 1}": p for j, p in enumerate(tp.text_deep)}}
+    for j, c in enumerate(tp.couplings):
+        params.update({f"coupling_{j}.weight": c.weight, f"coupling_{j}.bias": c.bias})
+    assert sorted(params) == sorted(k[len("grad_"):] for k in g if k.startswith("grad_"))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(g[n])
+        check(name, model(g["x"]), g["logits"])
+    model.train()
+    loss = F.cross_entropy(model(g["x"]), g["labels"])
+    assert model.auxiliary_loss() is None
+    check(name, loss.detach().reshape(1), g["loss"])
+    loss.backward()
+    for n, p in params.items():
+        assert float(g[f"grad_{n}"].abs().max()) > 1e-5
+        check(name, p.grad, g[f"grad_{n}"])
+
+
 if __name__ == "__main__":  # the parity table of docs/benchmarks.md: python tests/test_reference_goldens.py
     import inspect
     for fn_name, fn in list(globals().items()):
