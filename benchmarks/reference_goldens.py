@@ -188,7 +188,7 @@ def maple_goldens(maple_root: str):
 
 VIT_NAME = "timm:vit_tiny_patch16_224"
 VIT_KWARGS = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
-VIT_SEED, VIT_NTOK, VIT_CLASSES = 13, 3, 5
+VIT_SEED, VIT_NTOK, VIT_CLASSES, VIT_HEAD_SEED = 13, 3, 5, 7
 
 
 def vit_tower():
@@ -284,7 +284,17 @@ def kmnp_goldens(kmnp_root: str, deep: bool):
     t = ref.transformer
     prompts = [t.prompt_embeddings[0]] + (list(t.deep_prompt_embeddings) if deep else [])
     grads = [t.prompt_embeddings.grad[0]] + (list(t.deep_prompt_embeddings.grad) if deep else [])
+    # the head KMnP trains (src/models/vit_models.py setup_head: its MLP with MODEL.MLP_NUM 0, special_bias) as
+    # seeded torch.manual_seed(VIT_HEAD_SEED) builds it
+    sys.path.insert(0, kmnp_root)
+    try:
+        mlp = importlib.import_module("src.models.mlp")
+    finally:
+        sys.path.remove(kmnp_root)
+    torch.manual_seed(VIT_HEAD_SEED)
+    train_head = mlp.MLP(input_dim=k["embed_dim"], mlp_dims=[VIT_CLASSES], special_bias=True).last_layer
     tensors = {"x": x, "labels": labels, "logits": logits.detach(), "loss": loss.detach().reshape(1),
+               "train_head_weight": train_head.weight.detach(), "train_head_bias": train_head.bias.detach(),
                "head_weight": ref.head.weight.detach(), "head_bias": ref.head.bias.detach(),
                "grad_head_weight": ref.head.weight.grad, "grad_head_bias": ref.head.bias.grad}
     for i, (p, gr) in enumerate(zip(prompts, grads)):
@@ -294,6 +304,7 @@ def kmnp_goldens(kmnp_root: str, deep: bool):
             "PromptedVisionTransformer", "backbone": VIT_NAME, "init_seed": str(VIT_SEED),
             "model_kwargs": json.dumps(VIT_KWARGS), "backbone_sha256": state_sha256(bb.model),
             "kind": "vpt_deep" if deep else "vpt_shallow", "num_tokens": str(VIT_NTOK),
+            "train_head_seed": str(VIT_HEAD_SEED),
             "loss": "cross_entropy(logits, labels); grads of the prompts (prompt_i: block i) and the head"}
     return {n: v.contiguous() for n, v in tensors.items()}, meta
 

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 from safetensors import safe_open
 
@@ -213,6 +214,24 @@ def test_maple_equals_maples_own_custom_clip_in_fp32():
         assert float(g[f"grad_{n}"].abs().max()) > 1e-5
         check(name, p.grad, g[f"grad_{n}"])
 
+
+
+def test_vpt_recipes_head_starts_as_kmnps_trained_head():
+    """The head KMnP/vpt trains (src/models/vit_models.py: its MLP with no hidden layer, special_bias), as its code
+    builds it after torch.manual_seed: head.init vpt builds the same tensors, and the VPT paper's recipes use it."""
+    from vpt.heads.classification import HeadConfig, LinearHead
+    from vpt.recipes import find
+    g, meta = load_golden("kmnp_vpt_deep.safetensors")
+    C, D = g["train_head_weight"].shape
+    torch.manual_seed(int(meta["train_head_seed"]))
+    head = LinearHead(D, C, HeadConfig(init="vpt"))
+    assert torch.equal(head.fc.weight.detach(), g["train_head_weight"])
+    assert torch.equal(head.fc.bias.detach(), g["train_head_bias"])
+    torch.manual_seed(int(meta["train_head_seed"]))
+    assert not torch.equal(LinearHead(D, C, HeadConfig()).fc.weight.detach(), g["train_head_weight"])
+    for recipe in ("vpt_deep_vitb16_in21k", "vpt_shallow_vitb16_in21k", "linear_probe_vitb16_in21k",
+                   "full_finetune_vitb16_in21k"):
+        assert yaml.safe_load(open(find(recipe)))["model"]["head"]["init"] == "vpt", recipe
 
 if __name__ == "__main__":  # the parity table of docs/benchmarks.md: python tests/test_reference_goldens.py
     import inspect
