@@ -28,7 +28,9 @@ DATASET.NAME ImageNet, the context moved off its init (there the term is zero): 
 the frozen features of its 60 templates) and one call of its trainer's own ``PromptSRC.forward_backward`` (CE and
 the three L_SCL terms; the optimiser step a no-op): ``promptsrc.safetensors`` as published (its ``.half()``
 casts: prompts fp16-representable, gradients and the zero-shot logits' text features fp16-rounded) and
-``promptsrc_fp32.safetensors`` with those casts made the identity.
+``promptsrc_fp32.safetensors`` with those casts made the identity; and ``promptsrc_gpa_fp32.safetensors``: its
+trainer's own ``build_model`` and four epochs of ``forward_backward`` (plain SGD), whose Gaussian prompt aggregation
+replaces the model after the last (initial and final prompts, per-epoch losses, final logits).
 
 ``--maple`` (muzairkhattak/multimodal-prompt-learning): its ``VisionTransformer_MaPLe`` (clip/model.py) on a tiny
 image tower with given prompts: ``maple_vision.safetensors`` (features and prompt gradients, fp16-rounded by
@@ -658,6 +660,74 @@ def maple_model_goldens(maple_root: str):
     return {n: v.contiguous() for n, v in tensors.items()}, meta
 
 
+PROMPTSRC_GPA = dict(epochs=4, mean=3.0, std=1.0, lr=0.01)
+
+
+def promptsrc_gpa_goldens(promptsrc_root: str):
+    """PromptSRC's own trainer for PROMPTSRC_GPA['epochs'] epochs of one batch each, in fp32: ``PromptSRC.build_model``
+    (its CustomCLIP, its Gaussian epoch weights), then ``forward_backward`` per epoch (the loss, the optimiser step,
+    and at each epoch's end the weighted sum of its state dict; after the last the model takes it). The optimiser is
+    plain SGD (Dassl's build_optimizer is not loaded). Holds the initial prompts, the prompts after training
+    (the aggregate), the per-epoch losses and the final logits."""
+    import torch
+    promptsrc, model_module, _ = load_trainer(promptsrc_root, "promptsrc", "--promptsrc")
+    bb = clip_tower()
+    c, gpa = PROMPTSRC_CFG, PROMPTSRC_GPA
+
+    def load_clip_to_cpu(cfg, zero_shot=False):
+        design = {"trainer": "IVLP", "vision_depth": 0 if zero_shot else c["PROMPT_DEPTH_VISION"],
+                  "language_depth": 0 if zero_shot else c["PROMPT_DEPTH_TEXT"],
+                  "vision_ctx": 0 if zero_shot else c["N_CTX_VISION"],
+                  "language_ctx": 0 if zero_shot else c["N_CTX_TEXT"]}
+        return reference_clip(model_module, bb.model, design, prompted=not zero_shot)
+
+    promptsrc.load_clip_to_cpu = load_clip_to_cpu
+    cfg = _cfg("PROMPTSRC", **dict(c, GPA_MEAN=gpa["mean"], GPA_STD=gpa["std"]))
+    cfg.OPTIM.MAX_EPOCH = gpa["epochs"]
+    cfg.MODEL = _AttrDict(INIT_WEIGHTS="", BACKBONE=_AttrDict(NAME="ViT-B/16"))
+
+    class Trainer(promptsrc.PromptSRC):  # Dassl's TrainerX (data, loops, checkpoints) is not loaded
+        def __init__(self):
+            self.cfg, self.device, self.batch_idx, self.num_batches = cfg, "cpu", 0, 1
+            self.dm = types.SimpleNamespace(dataset=types.SimpleNamespace(classnames=CLASS_NAMES))
+
+        def register_model(self, *a, **k):
+            pass
+
+        def update_lr(self):
+            pass
+
+    torch.manual_seed(0)
+    with _CudaIsCpuFp32(fp16_casts=False):
+        trainer = Trainer()
+        trainer.build_model()
+        ref = trainer.model
+        trainer.optim = torch.optim.SGD([p for p in ref.parameters() if p.requires_grad], lr=gpa["lr"])
+        names = [n for n, p in ref.named_parameters() if p.requires_grad]
+        start = {n: p.detach().clone() for n, p in ref.named_parameters() if p.requires_grad}
+        x, labels = _clip_inputs()
+        ref.train()
+        losses = [trainer.forward_backward({"img": x, "label": labels})["loss"] for _ in range(gpa["epochs"])]
+        ref.eval()
+        with torch.no_grad():
+            logits = ref(x)
+    params = dict(ref.named_parameters())
+    tensors = {"x": x, "labels": labels, "logits": logits, "losses": torch.tensor(losses, dtype=torch.float64),
+               "tokens": ref.tokenized_prompts,
+               "gauss": torch.tensor(trainer.gauss, dtype=torch.float64)}
+    for n in names:
+        tensors[f"start.{n}"], tensors[f"end.{n}"] = start[n], params[n].detach().clone()
+    text_cfg = {"kind": "promptsrc", "num_tokens": c["N_CTX_TEXT"], "init": c["CTX_INIT"],
+                "text_depth": c["PROMPT_DEPTH_TEXT"], "vision_depth": c["PROMPT_DEPTH_VISION"],
+                "vision_tokens": c["N_CTX_VISION"], "text_weight": c["TEXT_LOSS_WEIGHT"],
+                "image_weight": c["IMAGE_LOSS_WEIGHT"], "gpa_mean": gpa["mean"], "gpa_std": gpa["std"]}
+    meta = _clip_meta("muzairkhattak/PromptSRC", promptsrc_root, "trainers/promptsrc.py PromptSRC.build_model + "
+                      "forward_backward per epoch (Gaussian prompt aggregation)", bb, text_cfg,
+                      f"{gpa['epochs']} epochs of one batch, SGD lr {gpa['lr']}, fp32 (.half() the identity)")
+    meta.update(epochs=str(gpa["epochs"]), lr=str(gpa["lr"]))
+    return {n: v.contiguous() for n, v in tensors.items()}, meta
+
+
 def write_golden(output: str, name: str, tensors: dict, meta: dict) -> None:
     from safetensors.torch import save_file
     out = os.path.join(output, name)
@@ -697,6 +767,7 @@ def main(argv=None) -> int:
     if args.promptsrc:
         write_golden(args.output, "promptsrc.safetensors", *promptsrc_goldens(args.promptsrc))
         write_golden(args.output, "promptsrc_fp32.safetensors", *promptsrc_goldens(args.promptsrc, fp16_casts=False))
+        write_golden(args.output, "promptsrc_gpa_fp32.safetensors", *promptsrc_gpa_goldens(args.promptsrc))
     if args.kmnp:
         for deep in (False, True):
             write_golden(args.output, f"kmnp_vpt_{'deep' if deep else 'shallow'}.safetensors",

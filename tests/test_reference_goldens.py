@@ -233,6 +233,44 @@ def test_vpt_recipes_head_starts_as_kmnps_trained_head():
                    "full_finetune_vitb16_in21k"):
         assert yaml.safe_load(open(find(recipe)))["model"]["head"]["init"] == "vpt", recipe
 
+
+def test_promptsrc_training_and_gaussian_prompt_aggregation_equal_promptsrcs_trainer():
+    """PromptSRC's own trainer (build_model, then forward_backward once per epoch: its loss, an SGD step, and the
+    Gaussian-weighted sum of the model after each epoch, loaded after the last), fp32: vpt's promptsrc trained the same
+    way (SGD, the model's end_epoch) has the same epoch weights, per-epoch losses, aggregated prompts and logits."""
+    from vpt.prompts.promptsrc import gpa_weights
+    name = "promptsrc_gpa_fp32.safetensors"
+    g, meta, model, tp = clip_golden(name)
+    text = json.loads(meta["text"])
+    epochs, lr = int(meta["epochs"]), float(meta["lr"])
+    check(name, torch.tensor(gpa_weights(epochs, text["gpa_mean"], text["gpa_std"]), dtype=torch.float64), g["gauss"],
+          rtol=1e-12, atol=1e-12)
+    params = {"prompt_learner.ctx": tp.ctx, "image_encoder.VPT": tp.vision_prompts["0"]}
+    for i in range(1, text["text_depth"]):
+        params[f"text_encoder.transformer.resblocks.{i}.VPT_shallow"] = tp.text_deep[i - 1]
+    for i in range(1, text["vision_depth"]):
+        params[f"image_encoder.transformer.resblocks.{i}.VPT_shallow"] = tp.vision_prompts[str(i)]
+    assert sorted(params) == sorted(k[len("start."):] for k in g if k.startswith("start."))
+    assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in params.values()}
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(g[f"start.{n}"])
+    opt = torch.optim.SGD(list(params.values()), lr=lr)
+    model.train()
+    for epoch in range(epochs):
+        loss = F.cross_entropy(model(g["x"]), g["labels"]) + model.auxiliary_loss()
+        check(name, loss.detach().double().reshape(1), g["losses"][epoch:epoch + 1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.end_epoch(epoch, epochs)
+    for n, p in params.items():
+        assert float((g[f"end.{n}"] - g[f"start.{n}"]).abs().max()) > 1e-4  # the prompts moved
+        check(name, p.detach(), g[f"end.{n}"])
+    model.eval()
+    with torch.no_grad():
+        check(name, model(g["x"]), g["logits"])
+
 if __name__ == "__main__":  # the parity table of docs/benchmarks.md: python tests/test_reference_goldens.py
     import inspect
     for fn_name, fn in list(globals().items()):
