@@ -540,6 +540,24 @@ class _CudaIsCpuFp32(_CudaIsCpu):
         super().__exit__(*exc)
 
 
+def load_promptsrc(promptsrc_root: str):
+    """PromptSRC's trainers/promptsrc.py whose ``load_clip_to_cpu`` builds the tiny CLIP with its own clip/model.py
+    (IVLP prompts as PROMPTSRC_CFG sets them; none for the zero-shot model) instead of downloading one."""
+    promptsrc, model_module, _ = load_trainer(promptsrc_root, "promptsrc", "--promptsrc")
+    bb = clip_tower()
+    c = PROMPTSRC_CFG
+
+    def load_clip_to_cpu(cfg, zero_shot_model=False):
+        on = not zero_shot_model
+        design = {"trainer": "IVLP", "vision_depth": c["PROMPT_DEPTH_VISION"] if on else 0,
+                  "language_depth": c["PROMPT_DEPTH_TEXT"] if on else 0,
+                  "vision_ctx": c["N_CTX_VISION"] if on else 0, "language_ctx": c["N_CTX_TEXT"] if on else 0}
+        return reference_clip(model_module, bb.model, design, prompted=on)
+
+    promptsrc.load_clip_to_cpu = load_clip_to_cpu
+    return promptsrc, bb
+
+
 def promptsrc_goldens(promptsrc_root: str, fp16_casts: bool = True):
     """PromptSRC's own CustomCLIP (trainers/promptsrc.py: VLPromptLearner, IVLP deep prompts in both encoders of
     its clip/model.py, frozen features from its 60 templates) and one step of its trainer's own forward_backward
@@ -549,24 +567,13 @@ def promptsrc_goldens(promptsrc_root: str, fp16_casts: bool = True):
     the frozen text features rounded to fp16. ``fp16_casts=False``: the same code with ``.half()`` made the
     identity (see _CudaIsCpuFp32), the fp32 computation vpt must equal at 1e-5."""
     import torch
-    promptsrc, model_module, _ = load_trainer(promptsrc_root, "promptsrc", "--promptsrc")
-    bb = clip_tower()
+    promptsrc, bb = load_promptsrc(promptsrc_root)
     c = PROMPTSRC_CFG
-
-    def design(zero_shot):
-        return {"trainer": "IVLP", "vision_depth": 0 if zero_shot else c["PROMPT_DEPTH_VISION"],
-                "language_depth": 0 if zero_shot else c["PROMPT_DEPTH_TEXT"],
-                "vision_ctx": 0 if zero_shot else c["N_CTX_VISION"], "language_ctx": 0 if zero_shot else c["N_CTX_TEXT"]}
-
-    def load_clip_to_cpu(cfg, zero_shot_model=False):  # the tiny CLIP built by its own clip.model, no download
-        return reference_clip(model_module, bb.model, design(zero_shot_model), prompted=not zero_shot_model)
-
-    promptsrc.load_clip_to_cpu = load_clip_to_cpu
     cfg = _cfg("PROMPTSRC", **c)
     cfg.OPTIM.MAX_EPOCH = 20
     torch.manual_seed(0)  # the reference's own prompt init
     with _CudaIsCpuFp32(fp16_casts):
-        ref = promptsrc.CustomCLIP(cfg, CLASS_NAMES, load_clip_to_cpu(cfg)).eval()
+        ref = promptsrc.CustomCLIP(cfg, CLASS_NAMES, promptsrc.load_clip_to_cpu(cfg)).eval()
         visual, text = ref.image_encoder, ref.text_encoder.transformer
         prompts = {"vision_0": visual.VPT}
         prompts.update({f"vision_{i}": visual.transformer.resblocks[i].VPT_shallow
@@ -670,18 +677,8 @@ def promptsrc_gpa_goldens(promptsrc_root: str):
     plain SGD (Dassl's build_optimizer is not loaded). Holds the initial prompts, the prompts after training
     (the aggregate), the per-epoch losses and the final logits."""
     import torch
-    promptsrc, model_module, _ = load_trainer(promptsrc_root, "promptsrc", "--promptsrc")
-    bb = clip_tower()
+    promptsrc, bb = load_promptsrc(promptsrc_root)
     c, gpa = PROMPTSRC_CFG, PROMPTSRC_GPA
-
-    def load_clip_to_cpu(cfg, zero_shot=False):
-        design = {"trainer": "IVLP", "vision_depth": 0 if zero_shot else c["PROMPT_DEPTH_VISION"],
-                  "language_depth": 0 if zero_shot else c["PROMPT_DEPTH_TEXT"],
-                  "vision_ctx": 0 if zero_shot else c["N_CTX_VISION"],
-                  "language_ctx": 0 if zero_shot else c["N_CTX_TEXT"]}
-        return reference_clip(model_module, bb.model, design, prompted=not zero_shot)
-
-    promptsrc.load_clip_to_cpu = load_clip_to_cpu
     cfg = _cfg("PROMPTSRC", **dict(c, GPA_MEAN=gpa["mean"], GPA_STD=gpa["std"]))
     cfg.OPTIM.MAX_EPOCH = gpa["epochs"]
     cfg.MODEL = _AttrDict(INIT_WEIGHTS="", BACKBONE=_AttrDict(NAME="ViT-B/16"))
