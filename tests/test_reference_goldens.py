@@ -271,6 +271,17 @@ def test_promptsrc_training_and_gaussian_prompt_aggregation_equal_promptsrcs_tra
     with torch.no_grad():
         check(name, model(g["x"]), g["logits"])
 
+
+def test_goldens_name_their_reference_and_stay_small():
+    """Every golden names the repository and commit that wrote it; tests/data stays under 1 MB (issue #34)."""
+    import re
+    names = sorted(f for f in os.listdir(DATA) if f.endswith(".safetensors"))
+    assert len(names) >= 11
+    for f in names:
+        meta = load_golden(f)[1]
+        assert "/" in meta["repo"] and re.fullmatch(r"[0-9a-f]{40}", meta["commit"]), f
+    assert sum(os.path.getsize(os.path.join(DATA, f)) for f in os.listdir(DATA)) < 1_000_000
+
 if __name__ == "__main__":  # the parity table of docs/benchmarks.md: python tests/test_reference_goldens.py
     import inspect
     for fn_name, fn in list(globals().items()):
