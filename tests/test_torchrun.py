@@ -113,7 +113,8 @@ def test_detection_two_gloo_processes(ddp):
 def test_suite_under_torchrun_runs_every_task_in_one_process_group(tmp_path):
     """`torchrun -m vpt suite` (two gloo ranks) on tests/test_suite.py's two-task VTAB fixture: every run trains
     with both ranks and the tables are written. The suite joins the process group once for all its runs; a group
-    destroyed and created again in the same process hung the second run (4 launches of 8 before the fix; 0 of 6 after)."""
+    destroyed and created again in the same process hung the second run (4 launches of 8 before the fix; 0 of 6
+    after)."""
     root = tmp_path / "vtab-1k"
     make_vtab_task(root, "patch_camelyon")
     make_vtab_task(root, "kitti", labels=(0, 1, 2, 3), seed=1)
