@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 import toy_task
-from helpers import make_image_folder, make_voc, tiny_recipe
+from helpers import make_image_folder, make_voc, make_vtab_task, tiny_recipe
 from test_detection_cli import RECIPE as DETECTION_RECIPE, _check_metrics
 from vpt.cli import main
 from vpt.engine import train
@@ -106,3 +106,37 @@ def test_detection_two_gloo_processes(ddp):
     assert res["val"]["num_images"] == 2 and res["test"]["num_images"] == 2  # sharded, then gathered: every image once
     rows = open(os.path.join(out["detect"], "metrics.csv")).read().splitlines()
     assert len(rows) == 2  # rank 0 writes, once per epoch
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_suite_under_torchrun_runs_every_task_in_one_process_group(tmp_path):
+    """`torchrun -m vpt suite` (two gloo ranks) on tests/test_suite.py's two-task VTAB fixture: every run trains
+    with both ranks and the tables are written. The suite joins the process group once for all its runs; a group
+    destroyed and created again in the same process hung the second run (4 launches of 8 before the fix; 0 of 6
+    after)."""
+    root = tmp_path / "vtab-1k"
+    make_vtab_task(root, "patch_camelyon")
+    make_vtab_task(root, "kitti", labels=(0, 1, 2, 3), seed=1)
+    recipe = tiny_recipe(tmp_path / "r.yaml", epochs=1)
+    out = tmp_path / "suite"
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "torchrun.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "-m", "vpt", "suite", "vtab1k", "--root", str(root), "-c", recipe, "--output",
+                                 str(out), "--seeds", "0", "--device", "cpu", "--set", "train.log_interval=100"],
+                                cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # torchrun passes SIGTERM on to its ranks (each runs in its own session)
+            proc.wait(timeout=60)
+            pytest.fail("vpt suite under torchrun did not finish in 180 s (hung ranks):\n" + log.read_text()[-3000:])
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    res = json.load(open(out / "suite.json"))
+    assert [r["task"] for r in res["tasks"]] == ["patch_camelyon", "kitti"]
+    for r in res["tasks"]:
+        assert r["runs"] == 1
+        assert json.load(open(os.path.join(r["run_dirs"][0], "results.json")))["world_size"] == 2
+    assert res["summary"]["task_mean"] is not None

@@ -82,9 +82,16 @@ def run(args) -> int:
     fixed = fixed_flags(args)
     if args.suite_shots and args.suite != "coop-fewshot":
         raise UserError("--suite-shots applies to coop-fewshot; the other suites use the recipe's data.shots")
-    result = run_suite(args.suite, os.path.abspath(args.root), args.config, os.path.abspath(args.output), seeds,
-                       execute, fixed=fixed, sets=args.set, tasks=tasks,
-                       space=args.space, shots=args.suite_shots or FEW_SHOTS)
+    from ..engine import init_distributed, teardown_distributed
+    # under torchrun every rank runs the suite; the process group is joined once here and each run uses it as
+    # it is: a group destroyed and created again in the same process hung the next run's first collective
+    group = init_distributed(args.device)
+    try:
+        result = run_suite(args.suite, os.path.abspath(args.root), args.config, os.path.abspath(args.output), seeds,
+                           execute, fixed=fixed, sets=args.set, tasks=tasks,
+                           space=args.space, shots=args.suite_shots or FEW_SHOTS)
+    finally:
+        teardown_distributed(group)
     print(open(os.path.join(args.output, "suite.md")).read(), end="")
     if result["missing_runs"]:
         print(f"{len(result['missing_runs'])} run(s) have no results yet; run the same command again")

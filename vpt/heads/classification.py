@@ -1,6 +1,7 @@
 """Light classification heads over pooled backbone features."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,6 +22,9 @@ class HeadConfig(Checked):
     hidden_dim: Optional[int] = option(None, "mlp: hidden width (null: the feature width)", range=(1, 65536))
     num_layers: int = option(2, "mlp: number of Linear layers", range=(1, 64))
     dropout: float = option(0.0, "dropout before each Linear", range=(0.0, 1.0))
+    init: str = option("small", "linear: weight init; small (trunc normal std 0.01, zero bias: timm's heads) | vpt "
+                                "(KMnP/vpt's head: kaiming normal over fan_out, std sqrt(2 / classes), every bias "
+                                "-log(99))", choices=("small", "vpt"))
 
     def check(self) -> None:
         if self.kind not in HEADS:
@@ -34,8 +38,12 @@ class LinearHead(nn.Module):
         super().__init__()
         self.drop = nn.Dropout(config.dropout)
         self.fc = nn.Linear(in_features, num_classes)
-        nn.init.trunc_normal_(self.fc.weight, std=0.01)  # small init, as timm's heads (and VPT) do
-        nn.init.zeros_(self.fc.bias)
+        if config.init == "vpt":  # KMnP/vpt's MLP head with no hidden layer (src/models/mlp.py, special_bias)
+            nn.init.kaiming_normal_(self.fc.weight, a=0, mode="fan_out")
+            nn.init.constant_(self.fc.bias, -math.log((1 - 0.01) / 0.01))
+        else:  # small init, as timm's heads do
+            nn.init.trunc_normal_(self.fc.weight, std=0.01)
+            nn.init.zeros_(self.fc.bias)
 
     def forward(self, x):
         return self.fc(self.drop(x))
@@ -46,6 +54,8 @@ class MLPHead(nn.Module):
         super().__init__()
         if config.num_layers < 2:
             raise ConfigError("head.num_layers must be >= 2 for an mlp head (use kind: linear for one layer)")
+        if config.init != "small":
+            raise ConfigError(f"head.init {config.init!r} is for kind: linear; drop it for an mlp head")
         hidden = config.hidden_dim or in_features
         layers, width = [], in_features
         for _ in range(config.num_layers - 1):
