@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import yaml
 
 from helpers import make_coop, make_vtab_task, tiny_recipe
 from vpt.cli import main
@@ -95,6 +96,86 @@ def test_coop_base2novel_suite(tmp_path, capsys):
     s = res["summary"]
     assert s["base"] == pytest.approx((rows["dtd"]["base_mean"] + rows["oxford_pets"]["base_mean"]) / 2)
     assert "HM of the averages" in open(out / "suite.md").read()
+    # each dataset's run trained with KgCoOp's hand-crafted prompt of that dataset (its code's CUSTOM_TEMPLATES)
+    for task, template in (("oxford_pets", "a photo of a {c}, a type of pet."),
+                           ("dtd", "a photo of a {c}, a type of texture.")):
+        saved = yaml.safe_load(open(os.path.join(rows[task]["run_dirs"][0], "config.yaml")))
+        assert saved["model"]["text"]["templates"] == [template]
+
+
+def _resolved(argv):
+    from vpt.cli import build_parser
+    from vpt.commands.train import resolve_run_config
+    return resolve_run_config(build_parser().parse_args(["train", *argv])).model
+
+
+@pytest.fixture(scope="module")
+def coop_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coop")
+    return {"pets": make_coop(root / "oxford_pets", per_class=(1, 1, 1)),
+            "dtd": make_coop(root / "dtd", name="DescribableTextures", classes=("banded", "blotchy"),
+                             per_class=(1, 1, 1)),
+            "aircraft_named_pets": make_coop(root / "fgvc_aircraft", per_class=(1, 1, 1))}
+
+
+def test_coop_dataset_gets_the_papers_hand_crafted_prompt(coop_folders, image_folder, tmp_path):
+    from vpt.data.benchmarks import coop_dataset_name
+    assert coop_dataset_name(coop_folders["pets"]) == "OxfordPets"
+    assert coop_dataset_name(coop_folders["aircraft_named_pets"]) == "OxfordPets"  # the split file names it
+    assert coop_dataset_name(image_folder) is None
+    kg = ["-c", "clip_kgcoop_tiny", "--output", str(tmp_path / "o")]
+    assert _resolved(kg + ["--data", coop_folders["pets"]]).text.templates == ["a photo of a {c}, a type of pet."]
+    # KgCoOp and CoOp's zero-shot CLIP differ on DTD
+    assert _resolved(kg + ["--data", coop_folders["dtd"]]).text.templates == ["a photo of a {c}, a type of texture."]
+    zs = ["-c", "clip_kgcoop_tiny", "--output", str(tmp_path / "o"), "--set", "model.text=null"]
+    assert _resolved(zs + ["--data", coop_folders["dtd"]]).head.templates == ["{c} texture."]
+    # the explicit choice wins, in the recipe or with --set
+    assert _resolved(kg + ["--data", coop_folders["pets"], "--set", "model.text.templates=['a {c}.']"]
+                     ).text.templates == ["a {c}."]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(open(os.path.join(REPO, "vpt", "recipes", "clip_kgcoop_tiny.yaml")).read().replace(
+        "    weight: 8.0\n", "    weight: 8.0\n    templates: ['itap of a {c}.']\n"))
+    assert _resolved(["-c", str(recipe), "--data", coop_folders["pets"], "--output", str(tmp_path / "o")]
+                     ).text.templates == ["itap of a {c}."]
+    head = _resolved(zs + ["--data", coop_folders["dtd"], "--set", "model.head.templates=simple"]).head
+    assert head.templates == "simple"
+    # not a CoOp folder: the defaults; a trained image prompt or CoOp's learned text: no hand-crafted prompt set
+    assert _resolved(kg + ["--data", image_folder]).text.templates == ["a photo of a {c}."]
+    coop = _resolved(zs + ["--data", coop_folders["pets"], "--set", "model.text={kind: coop, num_tokens: 4}"])
+    assert coop.head.templates == "openai" and coop.text.kind == "coop"
+    vis = _resolved(zs + ["--data", coop_folders["pets"], "--set", "model.prompt={kind: vpt_shallow, num_tokens: 2}"])
+    assert vis.head.templates == "openai"
+
+
+def test_suite_process_group_follows_the_resolved_device(vtab, tmp_path, monkeypatch):
+    """The backend comes from the device the runs use: a recipe's train.device cpu joins gloo on a GPU machine."""
+    import torch
+    from vpt import engine
+    from vpt.engine import distributed
+    from vpt.sweep.suite import resolved_device
+    recipe = tiny_recipe(tmp_path / "r.yaml", device="cpu")
+    assert resolved_device(recipe) == "cpu"
+    assert resolved_device(recipe, sets=["train.device=cuda:1"]) == "cuda:1"
+    assert resolved_device(recipe, ["--device", "cuda"], ["train.device=cpu"]) == "cuda"
+    assert resolved_device("vpt_deep_vit_tiny_cifar10") is None  # the recipe leaves it to the library
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_init(device=None, **kw):
+        seen.append(device)
+        raise Stop
+    monkeypatch.setattr(engine, "init_distributed", fake_init)
+    with pytest.raises(Stop):
+        main(["suite", "vtab1k", "--root", vtab, "-c", recipe, "--output", str(tmp_path / "o")])
+    assert seen == ["cpu"]
+    # and the backend init_distributed picks for that device, with CUDA present and two ranks
+    backends = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: backends.append(backend))
+    distributed.init_distributed("cpu", env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
+    assert backends == ["gloo"]
 
 
 def test_coop_too_few_images_for_the_shots_stops_before_any_run(tmp_path, capsys):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from torch import nn
 from .backbones import BackboneAdapter, BackboneConfig, create_backbone
 from .backbones.base import DataConfig
 from .config import TEXT_SECTION, Checked, ConfigError, FieldError, from_dict, one_of, option, to_dict
+from .data.benchmarks import COOP_ZEROSHOT_TEMPLATES, KGCOOP_TEMPLATES
 from .model import AdapterMixin, PromptedModel
 from .prompts import prompt_to_dict
 from .prompts.text import ClipStep, TextContext, TextSide, resolve_text_config, text_config_to_dict
@@ -70,6 +71,24 @@ class ClipSections:
             raise FieldError("head.templates", f" {templates[:80]!r} is not a template set "
                                                f"({', '.join(TEMPLATE_SETS)}); an artifact stores its templates as a "
                                                f"list of strings, never a file name")
+
+
+def reference_prompt(model: Mapping[str, Any], dataset: str) -> Optional[Tuple[str, List[str]]]:
+    """The hand-crafted prompt the paper's code uses on CoOp's ``dataset`` (Dassl's name) for a recipe's model
+    section (the raw mapping, before typing), as (field under ``model``, templates): KgCoOp's ``text.templates``
+    (its per-dataset table) or, for zero-shot CLIP (nothing trained), ``head.templates`` (CoOp's ZeroshotCLIP
+    table). None when the section sets that field itself (the documented opt-out), when ``dataset`` is not one of
+    CoOp's, or when the method uses no per-dataset hand-crafted text (CoOp, CoCoOp, MaPLe, PromptSRC)."""
+    if not isinstance(model, Mapping) or model.get("type") != "clip" or dataset not in COOP_ZEROSHOT_TEMPLATES:
+        return None
+    text, head = model.get("text"), model.get("head")
+    if text is not None:
+        if isinstance(text, Mapping) and text.get("kind") == "kgcoop" and "templates" not in text:
+            return "text.templates", [KGCOOP_TEMPLATES[dataset]]
+        return None
+    zero_shot = (isinstance(head, Mapping) and head.get("kind", "zeroshot") == "zeroshot" and "templates" not in head
+                 and all(model.get(k) is None for k in ("prompt", "method")) and not model.get("train_backbone"))
+    return ("head.templates", [COOP_ZEROSHOT_TEMPLATES[dataset]]) if zero_shot else None
 
 
 class ClipHead(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Type, TypeVar
 
 from ..config import from_dict, set_dotted
 from ..errors import ConfigError, UserError
@@ -191,11 +191,14 @@ def deep_merge(base: Dict[str, Any], override: Mapping[str, Any]) -> Dict[str, A
 
 
 def resolve_config(cls: Type[C], config_path: Optional[str], flags: Mapping[str, Any],
-                   sets: Optional[Iterable[str]]) -> C:
-    """Recipe file (defaults) <- dotted flags that were given <- --set; then typed, unknown keys refused."""
+                   sets: Optional[Iterable[str]], fill: Optional[Callable[[Dict[str, Any]], None]] = None) -> C:
+    """Recipe file (defaults) <- dotted flags that were given <- --set; then ``fill`` may set what the merged
+    mapping leaves unset; then typed, unknown keys refused."""
     data = load_yaml(config_path) if config_path else {}
     for dotted, value in flags.items():
         if value is not None:
             set_dotted(data, dotted, value)
     apply_sets(data, sets)
+    if fill is not None:
+        fill(data)
     return from_dict(cls, data)

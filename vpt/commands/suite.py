@@ -70,7 +70,7 @@ def fixed_flags(args) -> list:
 
 def run(args) -> int:
     from ..cli import build_parser
-    from ..sweep.suite import FEW_SHOTS, run_suite
+    from ..sweep.suite import FEW_SHOTS, resolved_device, run_suite
     parser = build_parser()
 
     def execute(argv):
@@ -85,7 +85,8 @@ def run(args) -> int:
     from ..engine import init_distributed, teardown_distributed
     # under torchrun every rank runs the suite; the process group is joined once here and each run uses it as
     # it is: a group destroyed and created again in the same process hung the next run's first collective
-    group = init_distributed(args.device)
+    # (its backend follows the device the runs use: --device, else the recipe's train.device with --set applied)
+    group = init_distributed(resolved_device(args.config, fixed, args.set))
     try:
         result = run_suite(args.suite, os.path.abspath(args.root), args.config, os.path.abspath(args.output), seeds,
                            execute, fixed=fixed, sets=args.set, tasks=tasks,

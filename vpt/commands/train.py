@@ -12,6 +12,8 @@ a folder whose run never finished an epoch is taken over. ``--resume`` continues
 its saved config, exactly: a flag that would change what it computes is refused (start a new run with
 ``--init-from RUN/best`` instead); ``--epochs`` may grow only where the finished epochs' learning rates do
 not depend on the total (a constant schedule, or epochs that were all warmup).
+On one of CoOp's dataset folders a CLIP recipe that leaves KgCoOp's ``text.templates`` (or zero-shot CLIP's
+``head.templates``) unset gets the hand-crafted prompt the paper's code uses there (docs/benchmarks.md).
 The recipe's ``task`` (or ``--task``) picks the task: classification, clip or detection (``vpt list``).
 Under ``torchrun --nproc_per_node=N -m vpt train ...`` the run is data-parallel (DDP) over N processes.
 """
@@ -217,10 +219,29 @@ def resolve_run_config(args, task_cls=None):
         data = load_yaml(recipe) if recipe else {}
         replace_backbone(data, model, os.path.abspath(os.path.expanduser(weights)) if weights else None)
         flags["model.backbone"] = data["model"]["backbone"]
-    cfg = resolve_config(task_cls.config_cls, recipe, flags, args.set)
+    cfg = resolve_config(task_cls.config_cls, recipe, flags, args.set, fill=None if resume else reference_templates)
     if resume:
         check_resume(args, task_cls, recipe, cfg)
     return cfg
+
+
+def reference_templates(data: Dict[str, Any]) -> None:
+    """On one of CoOp's datasets, set the hand-crafted prompt the method's paper code uses for it (KgCoOp's text,
+    zero-shot CLIP's head: ``vpt.clip.reference_prompt``) where the merged recipe + flags + --set leave it unset;
+    a value set there is kept (the opt-out, docs/benchmarks.md). The run's config.yaml records the choice."""
+    from ..clip import reference_prompt
+    from ..data.benchmarks import coop_dataset_name
+    section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    root = section.get("root")
+    if not isinstance(root, str) or section.get("format", "auto") not in ("auto", "coop"):
+        return
+    dataset = coop_dataset_name(os.path.expanduser(root))
+    found = reference_prompt(data.get("model") or {}, dataset) if dataset else None
+    if found:
+        field, templates = found
+        data["model"].setdefault(field.split(".")[0], {})[field.split(".")[1]] = templates
+        _logger.info("CoOp's %s: model.%s = %s, the hand-crafted prompt of the paper's code for it (set "
+                     "model.%s to choose another)", dataset, field, templates, field)
 
 
 def check_resume(args, task_cls, saved_path: str, cfg) -> None:

@@ -62,6 +62,20 @@ COOP_DATASETS: Dict[str, Tuple[Optional[str], str]] = {
     "ucf101": ("split_zhou_UCF101.json", "UCF-101-midframes"),
 }
 
+# The hand-crafted prompt of each CoOp dataset in the papers' code, by Dassl's DATASET.NAME (data facts, '{c}' for
+# the class name): CoOp's zero-shot CLIP baseline (KaiyangZhou/CoOp trainers/zsclip.py, CUSTOM_TEMPLATES) and
+# KgCoOp's knowledge-guided text (htyao89/KgCoOp trainers/kgcoop.py, CUSTOM_TEMPLATES). They differ only on
+# DescribableTextures. CoCoOp and MaPLe use no hand-crafted text; PromptSRC uses its 60 templates on every dataset.
+COOP_ZEROSHOT_TEMPLATES: Dict[str, str] = {
+    "OxfordPets": "a photo of a {c}, a type of pet.", "OxfordFlowers": "a photo of a {c}, a type of flower.",
+    "FGVCAircraft": "a photo of a {c}, a type of aircraft.", "DescribableTextures": "{c} texture.",
+    "EuroSAT": "a centered satellite photo of {c}.", "StanfordCars": "a photo of a {c}.",
+    "Food101": "a photo of {c}, a type of food.", "SUN397": "a photo of a {c}.", "Caltech101": "a photo of a {c}.",
+    "UCF101": "a photo of a person doing {c}.", "ImageNet": "a photo of a {c}.",
+}
+KGCOOP_TEMPLATES: Dict[str, str] = dict(COOP_ZEROSHOT_TEMPLATES,
+                                        DescribableTextures="a photo of a {c}, a type of texture.")
+
 
 def did_you_mean(name: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
@@ -218,6 +232,21 @@ def _coop_image_dir(root: str, split_file: str) -> str:
         if fname == os.path.basename(split_file):
             return os.path.join(root, images) if images else root
     return os.path.join(root, "images") if os.path.isdir(os.path.join(root, "images")) else root
+
+
+def coop_dataset_name(root: str) -> Optional[str]:
+    """Dassl's DATASET.NAME of a CoOp dataset folder, by its split file (``split_zhou_<Name>.json``), FGVCAircraft's
+    ``variants.txt`` or ImageNet's ``classnames.txt``; None when ``root`` is not a CoOp folder or names another."""
+    if detect_format(root) != "coop":
+        return None
+    split_file = _coop_split_file(root)
+    if split_file is not None:
+        name = os.path.basename(split_file)[len("split_zhou_"):-len(".json")]
+    elif os.path.isfile(os.path.join(root, "images_variant_train.txt")):
+        name = "FGVCAircraft"
+    else:
+        name = "ImageNet"
+    return name if name in COOP_ZEROSHOT_TEMPLATES else None
 
 
 def _read_zhou(path: str, image_dir: str, check_files: bool):

@@ -3,8 +3,9 @@
 CoOp plus a term that keeps each learned class embedding close to the hand-crafted prompt's frozen one:
     L = CE + lambda * (1 - mean_i cos(w_i, w_i^clip))
 with w_i the unit-norm learned-prompt text feature of class i and w_i^clip that of the hand-crafted
-prompt ("a photo of a {c}."). On unit vectors 1 - cos = ||w - w^clip||^2 / 2: the paper's squared
-distance, written as its code computes it. lambda = 8.0 (base-to-novel), context "a photo of a" (4 tokens).
+prompt ("a photo of a {c}."; on CoOp's datasets ``vpt train`` sets the paper's code's prompt of the dataset,
+``vpt.data.benchmarks.KGCOOP_TEMPLATES``, unless the recipe sets ``text.templates``). On unit vectors
+1 - cos = ||w - w^clip||^2 / 2: the paper's squared distance, written as its code computes it. lambda = 8.0 (base-to-novel), context "a photo of a" (4 tokens).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from .text import ClipStep, TextContext, TextContextConfig, TextSide, register_t
 class KgCoOpConfig(TextContextConfig):
     init: Optional[str] = option("a photo of a", "context init (paper: 'a photo of a', 4 tokens)")
     weight: float = option(8.0, "lambda, the weight of the knowledge-guided term (paper: 8.0)", range=(0.0, None))
-    templates: List[str] = option(help="the hand-crafted prompt(s), '{c}' for the class name",
+    templates: List[str] = option(help="the hand-crafted prompt(s), '{c}' for the class name (unset on a "
+                                       "CoOp dataset: the paper's code's prompt of that dataset)",
                                   default_factory=lambda: ["a photo of a {c}."])
 
 

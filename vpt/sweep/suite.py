@@ -120,23 +120,39 @@ def train_argv(job: Job, recipe: str, fixed: Sequence[str], sets: Sequence[str] 
     return argv
 
 
-def _data_settings(recipe: str, sets: Sequence[str]) -> Dict[str, Any]:
-    """The recipe's data section with the ``--set data.*`` overrides (enough to read every task's data)."""
+def _section_settings(recipe: str, sets: Sequence[str], section: str = "data") -> Dict[str, Any]:
+    """The recipe's ``section`` with the ``--set <section>.*`` overrides (data: enough to read every task's data)."""
     import yaml
     with open(recipe, encoding="utf-8") as f:
-        data = dict((yaml.safe_load(f) or {}).get("data") or {})
+        data = dict((yaml.safe_load(f) or {}).get(section) or {})
+    prefix = section + "."
     for item in sets:
         key, sep, value = item.partition("=")
-        if sep and key.startswith("data.") and key.count(".") == 1:
-            data[key[5:]] = yaml.safe_load(value)
+        if sep and key.startswith(prefix) and key.count(".") == 1:
+            data[key[len(prefix):]] = yaml.safe_load(value)
     return data
+
+
+def resolved_device(recipe: str, fixed: Sequence[str] = (), sets: Sequence[str] = ()) -> Optional[str]:
+    """The device every run of the suite trains on, resolved as ``vpt train`` resolves it: ``--device``, else
+    ``--set train.device=``, else the recipe's ``train.device``; None (the library's choice: cuda if available)
+    when none says. The suite's process group and the transfer evaluations follow it (gloo for cpu)."""
+    flag = _device(fixed)
+    if flag:
+        return flag[0]
+    from .. import recipes
+    found = recipes.find(recipe)
+    if found is None:
+        return None  # run_suite names the missing recipe
+    device = _section_settings(found, sets, "train").get("device")
+    return None if device is None else str(device)
 
 
 def preflight(suite: str, jobs: Sequence[Job], recipe: str, sets: Sequence[str]) -> None:
     """Read every job's data (lists, files, few-shot draw) before the first run starts, so a broken task
     folder or too few images for the shots stops the suite before anything trains."""
     from ..data import load_splits
-    data = _data_settings(recipe, sets)
+    data = _section_settings(recipe, sets)
     seen = set()
     for job in jobs:
         shots = job.shots if job.shots is not None else data.get("shots")
@@ -212,9 +228,9 @@ def run_suite(suite: str, root: str, recipe: str, output: str, seeds: Sequence[i
             targets = [f for t, f in found.items() if t != CROSS_SOURCE]
             out = os.path.join(job.run_dir, "eval_transfer.json")
             if targets and not os.path.isfile(out):
-                dev = _device(fixed)
+                dev = resolved_device(recipe, fixed, sets)
                 rc = execute(["eval", os.path.join(job.run_dir, "best"), "--transfer", *targets, "--split", "test",
-                              "--json", out] + (["--device", dev[0]] if dev else []))
+                              "--json", out] + (["--device", dev] if dev else []))
                 if rc:
                     raise UserError(f"evaluating {job.run_dir!r} on the target datasets failed (exit {rc})")
     return write_tables(suite, found, jobs, output)
