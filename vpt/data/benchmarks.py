@@ -63,9 +63,10 @@ COOP_DATASETS: Dict[str, Tuple[Optional[str], str]] = {
 }
 
 # The hand-crafted prompt of each CoOp dataset in the papers' code, by Dassl's DATASET.NAME (data facts, '{c}' for
-# the class name): CoOp's zero-shot CLIP baseline (KaiyangZhou/CoOp trainers/zsclip.py, CUSTOM_TEMPLATES) and
-# KgCoOp's knowledge-guided text (htyao89/KgCoOp trainers/kgcoop.py, CUSTOM_TEMPLATES). They differ only on
-# DescribableTextures. CoCoOp and MaPLe use no hand-crafted text; PromptSRC uses its 60 templates on every dataset.
+# the class name): CoOp's zero-shot CLIP baseline (KaiyangZhou/CoOp@ff61507 trainers/zsclip.py, CUSTOM_TEMPLATES)
+# and KgCoOp's knowledge-guided text (htyao89/KgCoOp@c43ccc3 KgCoOp/trainers/kgcoop.py, CUSTOM_TEMPLATES). They
+# differ only on DescribableTextures. CoCoOp and MaPLe use no hand-crafted text; PromptSRC uses its 60 templates on
+# every dataset.
 COOP_ZEROSHOT_TEMPLATES: Dict[str, str] = {
     "OxfordPets": "a photo of a {c}, a type of pet.", "OxfordFlowers": "a photo of a {c}, a type of flower.",
     "FGVCAircraft": "a photo of a {c}, a type of aircraft.", "DescribableTextures": "{c} texture.",
