@@ -216,6 +216,28 @@ def test_vpt_train_with_a_method_and_a_prompt(tmp_path):
     assert main(["train", "-c", str(recipe), "--data", data, "--output", str(tmp_path / "r3")]) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method,prompt", [("convpass", None), ("repadapter", None),
+                                           ("e2vpt", {"kind": "vpt_shallow", "num_tokens": 2})])
+def test_vpt_train_evaluates_and_reloads_each_method(tmp_path, method, prompt):
+    """The new rows through ``vpt train`` / ``vpt eval`` / from_pretrained: the reloaded artifact computes what
+    the trained model's best tensors compute (a merged RepAdapter too)."""
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    cfg = {"model": {"backbone": {"name": TINY_VIT_NAME, "pretrained": False, "model_kwargs": dict(TINY_VIT)},
+                     "prompt": prompt, "method": METHODS[method]},
+           "optim": {"opt": "adamw", "lr": 0.01},
+           "train": {"epochs": 1, "batch_size": 6, "workers": 0, "log_interval": 0}}
+    loaded = train_eval_reload(cfg, data, tmp_path)
+    assert loaded.method_config.kind == METHODS[method]["kind"]
+    trained = {n: p for n, p in loaded.named_parameters() if p.requires_grad and not n.startswith("head.")}
+    assert trained and any(p.abs().sum() > 0 for p in trained.values())
+    if loaded.method.mergeable:
+        x = images()
+        with torch.no_grad():
+            before = loaded(x)
+            torch.testing.assert_close(loaded.merge()(x), before, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("saved,loaded_as,match", [
     ("ssf", "adaptformer", r"missing \[.*adapter.*unexpected \[.*gamma"),
     ("repadapter", "convpass", r"missing \[.*bypass.*unexpected \[.*norm1.*up"),
@@ -233,3 +255,143 @@ def test_an_artifact_of_one_method_loaded_as_another_is_refused(tmp_path, saved,
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ArtifactError, match="does not match its config: " + match):
         vpt.from_pretrained(str(tmp_path))
+
+
+# --- Convpass: the reference's bypass, the class token as a 1x1 image ---------------------------------------
+def test_convpass_block_is_the_reference_formula():
+    """Block 0 with Convpass equals x + attn(n1) + s * bypass(n1), then the same beside the MLP, where bypass
+    is written out as the reference does it: the patch grid through the 3x3 conv, the class token through the
+    same conv as a 1x1 image (padding 1)."""
+    import torch.nn.functional as F
+    model = perturb_trainable(vpt.create_model(MATRIX.fresh("vit"), num_classes=3,
+                                               method={"kind": "convpass", "bottleneck": 4, "scale": 0.5,
+                                                       "dropout": 0.0, "xavier_conv": True}))
+    blk, s = model.backbone.model.blocks[0], 0.5
+
+    def quick_gelu(z):
+        return z * torch.sigmoid(1.702 * z)
+
+    def bypass(cp, x):  # the reference's Convpass.forward, on a 4x4 grid behind one class token
+        B = x.shape[0]
+        z = quick_gelu(cp.down(x))
+        patch = z[:, 1:].reshape(B, 4, 4, 4).permute(0, 3, 1, 2)
+        patch = F.conv2d(patch, cp.conv.weight, cp.conv.bias, padding=1).permute(0, 2, 3, 1).reshape(B, 16, 4)
+        cls = z[:, :1].reshape(B, 1, 1, 4).permute(0, 3, 1, 2)
+        cls = F.conv2d(cls, cp.conv.weight, cp.conv.bias, padding=1).permute(0, 2, 3, 1).reshape(B, 1, 4)
+        return cp.up(quick_gelu(torch.cat([cls, patch], dim=1)))
+
+    x = images()
+    with torch.no_grad():
+        h, _ = model.backbone.embed(x)
+        n1 = blk.norm1.base(h)
+        h1 = h + blk.attn(n1) + s * bypass(blk.ls1.bypass, n1)
+        n2 = blk.norm2.base(h1)
+        want = h1 + blk.mlp(n2) + s * bypass(blk.ls2.bypass, n2)
+        got = model.forward_intermediates(x, indices=[0], output_fmt="NLC", intermediates_only=True,
+                                          return_prefix_tokens=True)[0]
+    torch.testing.assert_close(torch.cat([got[1], got[0]], dim=1), want, rtol=1e-5, atol=1e-5)
+
+
+def test_convpass_refuses_a_backbone_of_any_input_size():
+    from helpers import TINY_VIT
+    with pytest.raises(ConfigError, match="convolves over the fixed patch grid.*dynamic_img_size"):
+        vpt.create_model({"name": TINY_VIT_NAME, "pretrained": False,
+                          "model_kwargs": dict(TINY_VIT, dynamic_img_size=True)}, num_classes=3, method="convpass")
+
+
+# --- RepAdapter: group-wise, mergeable -----------------------------------------------------------------------
+def test_repadapter_up_projection_is_group_wise():
+    model = perturb_trainable(build("vit", "repadapter"))
+    w = model.method.modules()[0]
+    dense = torch.block_diag(*w.up.detach())  # (D, r): group g's outputs read group g's hidden units only
+    assert dense.shape == (32, 4) and torch.count_nonzero(dense[:16, 2:]) == 0 and torch.count_nonzero(dense[16:, :2]) == 0
+    with pytest.raises(ConfigError, match="bottleneck.*not a multiple of groups"):
+        vpt.create_model(MATRIX.fresh("vit"), num_classes=3, method={"kind": "repadapter", "bottleneck": 5})
+
+
+# --- E2VPT: what it defines instead of a zero start ----------------------------------------------------------
+def _e2vpt(pruned_tokens=None, pruned_segments=None, seed=0, prompt="vpt_deep"):
+    torch.manual_seed(seed)
+    return vpt.create_model(MATRIX.fresh("vit"), prompt=MATRIX.prompts[prompt], num_classes=3,
+                            method=dict(METHODS["e2vpt"], pruned_tokens=pruned_tokens, pruned_segments=pruned_segments))
+
+
+def test_e2vpt_pruned_tokens_and_segments_are_zeros_and_get_no_gradient():
+    S = METHODS["e2vpt"]["segments"]
+    pruned = _e2vpt(pruned_tokens=[1], pruned_segments=[0 * S + 2])
+    plain = _e2vpt()
+    with torch.no_grad():  # the same prompts with token 1 zero and channels c % S == 2 of token 0 zero
+        for p in plain.prompt.visual.prompts.values():
+            p[1] = 0
+            p[0, 2::S] = 0
+    x = images()
+    for fast in (True, False):
+        pruned.fast = plain.fast = fast
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(x), plain(x), rtol=1e-5, atol=1e-5)
+    pruned(x).sum().backward()
+    for p in pruned.prompt.visual.prompts.values():
+        assert torch.count_nonzero(p.grad[1]) == 0 and torch.count_nonzero(p.grad[0, 2::S]) == 0
+        assert torch.count_nonzero(p.grad[0, 1::S]) > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pruned.prompt.keyvalue.prefix.values())
+
+
+def test_e2vpt_importance_is_the_mask_gradient_and_prune_masks_the_lowest(tmp_path):
+    import torch.nn.functional as F
+
+    from vpt.methods.e2vpt import prune
+    model = perturb_trainable(_e2vpt()).double()
+    x, y = images(4).double(), torch.tensor([0, 1, 2, 0])
+    out = prune(model, [(x, y)], token_share=0.5, segment_share=0.5)
+    prompts = list(model.prompt.visual.prompts.values())
+
+    def loss_with_token_scaled(j, f):  # token j of every prompted block times f: its mask at f
+        saved = [p.detach().clone() for p in prompts]
+        with torch.no_grad():
+            for p in prompts:
+                p[j] *= f
+            loss = F.cross_entropy(model(x), y)
+            for p, s in zip(prompts, saved):
+                p.copy_(s)
+        return loss
+
+    P, eps = 2, 1e-5
+    # the masks were applied by prune(): undo them to check the scores at mask 1
+    keep = model.prompt.keep
+    model.prompt.keep = None
+    for j in range(P):
+        fd = (loss_with_token_scaled(j, 1 + eps) - loss_with_token_scaled(j, 1 - eps)) / (2 * eps)
+        torch.testing.assert_close(out["token_scores"][j].double(), fd.abs(), rtol=1e-3, atol=1e-7)
+    model.prompt.keep = keep
+    low = int(torch.argmin(out["token_scores"]))
+    assert out["pruned_tokens"] == [low] and model.method_config.pruned_tokens == [low]
+    S = METHODS["e2vpt"]["segments"]
+    kept = 1 - low
+    lowest = sorted(range(S), key=lambda s: float(out["segment_scores"][kept, s]))[:S // 2]
+    assert out["pruned_segments"] == sorted(kept * S + s for s in lowest)
+    # the masks travel in the artifact's config
+    model.float().save_pretrained(str(tmp_path))
+    loaded = vpt.from_pretrained(str(tmp_path))
+    assert loaded.method_config.pruned_tokens == [low]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images()), model(images()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prompt", ["none", "vpt_prefix", "pixel_pad"])
+def test_e2vpt_refuses_prompts_it_cannot_take(prompt):
+    with pytest.raises(ConfigError, match="'e2vpt' adds key-value prompts and pruning to VPT token prompts.*set "
+                                          "model.prompt to \\{kind: vpt_deep\\}"):
+        build("vit", "e2vpt", prompt)
+
+
+def test_e2vpt_bad_inputs():
+    from vpt.methods.e2vpt import prune
+    with pytest.raises(ConfigError, match="segments=5 does not divide the width 32"):
+        vpt.create_model(MATRIX.fresh("vit"), prompt=MATRIX.prompts["vpt_deep"], num_classes=3,
+                         method={"kind": "e2vpt", "segments": 5})
+    with pytest.raises(ConfigError, match=r"pruned_tokens / pruned_segments \[7\] out of range for 2 prompt tokens"):
+        _e2vpt(pruned_tokens=[7])
+    with pytest.raises(ConfigError, match="prune\\(\\) needs a model with method 'e2vpt', this one has ssf"):
+        prune(build("vit", "ssf"), [])
+    with pytest.raises(ConfigError, match="got no batches"):
+        prune(_e2vpt(), [])
