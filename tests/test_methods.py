@@ -303,8 +303,12 @@ def test_convpass_refuses_a_backbone_of_any_input_size():
 def test_repadapter_up_projection_is_group_wise():
     model = perturb_trainable(build("vit", "repadapter"))
     w = model.method.modules()[0]
-    dense = torch.block_diag(*w.up.detach())  # (D, r): group g's outputs read group g's hidden units only
+    dense = w.up.dense().detach()  # (D, r): group g's outputs read group g's hidden units only
     assert dense.shape == (32, 4) and torch.count_nonzero(dense[:16, 2:]) == 0 and torch.count_nonzero(dense[16:, :2]) == 0
+    z = torch.randn(2, 5, 4)
+    torch.testing.assert_close(w.up(z), z @ dense.T + w.up.bias, rtol=1e-5, atol=1e-6)
+    roles = model.param_roles()  # the adapter's biases are biases (no weight decay)
+    assert {r for n, r in roles.items() if n.endswith("norm1.up.bias")} == {("adapter", "bias")}
     with pytest.raises(ConfigError, match="bottleneck.*not a multiple of groups"):
         vpt.create_model(MATRIX.fresh("vit"), num_classes=3, method={"kind": "repadapter", "bottleneck": 5})
 

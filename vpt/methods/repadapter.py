@@ -37,18 +37,36 @@ class RepAdapterConfig(Checked):
                                            f"pick a bottleneck divisible by groups")
 
 
+class GroupLinear(nn.Module):
+    """r -> D in g independent blocks (the reference's grouped 1x1 conv): block k maps hidden units
+    k r/g .. (k+1) r/g - 1 to outputs k D/g .. (k+1) D/g - 1. Starts at zero."""
+
+    def __init__(self, hidden: int, dim: int, groups: int):
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.zeros(groups, dim // groups, hidden // groups))  # (g, D/g, r/g)
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.unflatten(-1, (self.groups, -1))  # (B, L, g, r/g)
+        return torch.einsum("...gi,goi->...go", z, self.weight).flatten(-2) + self.bias  # (B, L, D)
+
+    def dense(self) -> torch.Tensor:
+        """The (D, r) block-diagonal weight."""
+        return torch.block_diag(*self.weight)
+
+
 class LinearAdapter(nn.Module):
     """y = base(x); y + s * B(drop(A y)): A dense (D -> r), B group-wise (r -> D in g blocks), B zero at first.
     ``bypass`` while merged (the following layer then holds it)."""
 
     def __init__(self, base: nn.Module, dim: int, hidden: int, groups: int, scale: float, dropout: float):
         super().__init__()
-        self.base, self.scale, self.groups = base, float(scale), groups
+        self.base, self.scale = base, float(scale)
         self.down = nn.Linear(dim, hidden)
         nn.init.xavier_uniform_(self.down.weight)
         nn.init.zeros_(self.down.bias)
-        self.up = nn.Parameter(torch.zeros(groups, dim // groups, hidden // groups))  # block g: (D/g, r/g)
-        self.up_bias = nn.Parameter(torch.zeros(dim))
+        self.up = GroupLinear(hidden, dim, groups)
         self.drop = nn.Dropout(dropout)
         self.bypass = False
 
@@ -56,16 +74,13 @@ class LinearAdapter(nn.Module):
         y = self.base(x)
         if self.bypass:
             return y
-        z = self.drop(self.down(y))  # (B, L, r)
-        z = z.unflatten(-1, (self.groups, -1))  # (B, L, g, r/g)
-        u = torch.einsum("...gi,goi->...go", z, self.up).flatten(-2)  # (B, L, g, D/g) -> (B, L, D)
-        return y + self.scale * (u + self.up_bias)
+        return y + self.scale * self.up(self.drop(self.down(y)))
 
     def affine(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The adapter as y -> M y + c (eval mode): M (D, D) = I + s B A, c (D,) = s (B a + b)."""
-        B = torch.block_diag(*self.up)  # (D, r)
+        B = self.up.dense()  # (D, r)
         M = torch.eye(B.shape[0], dtype=B.dtype, device=B.device) + self.scale * B @ self.down.weight
-        c = self.scale * (B @ self.down.bias + self.up_bias)
+        c = self.scale * (B @ self.down.bias + self.up.bias)
         return M, c
 
 
