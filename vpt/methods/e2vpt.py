@@ -11,11 +11,11 @@ to a multiplicative mask on it, at mask 1.
 
 Pruning (:func:`prune`) follows the reference code: masks of ones on every prompt token (shared by the
 prompted blocks) and on each token's ``segments`` channel groups, whose channel c belongs to segment
-``c % segments`` (the reference tiles its piece mask); the scores are the mean gradients over the given
-batches; the ``token_prune`` share of tokens with the lowest scores, and then the ``segment_prune`` share of
-each token's segments, are masked. The reference ranks the signed mean gradient; this ranks its magnitude
-(Michel et al.'s head-importance score, which the paper's pruning adopts), so a token whose removal would
-raise the loss most is kept. The chosen masks are written into the method's config (``pruned_tokens``,
+``c % segments`` (the reference tiles its piece mask); the score of a mask is its gradient averaged over the
+given batches; the ``token_prune`` share of tokens with the lowest scores, and then the ``segment_prune``
+share of each kept token's segments, are masked. One difference: the score here is the gradient's magnitude
+per batch (as in Michel et al.'s head-importance code, on which the reference's scoring is modelled); the
+reference ranks the signed gradient, which would mask first the tokens whose removal raises the loss most. The chosen masks are written into the method's config (``pruned_tokens``,
 ``pruned_segments``), so the artifact carries them; the reference then retrains from the start with the
 masks ("rewind"): train again with those two fields set."""
 from __future__ import annotations
@@ -154,7 +154,8 @@ class E2VPT(MethodModule):
 def prune(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], token_share: Optional[float] = None,
           segment_share: Optional[float] = None) -> Dict[str, Any]:
     """E2VPT's pruning on a trained model: importance scores from the gradients of the cross-entropy over
-    ``batches`` ((images, labels) pairs) with respect to masks on the visual prompt tokens and segments, then
+    ``batches`` ((images, labels) pairs) with respect to masks on the visual prompt tokens and segments (the
+    mean over batches of their magnitudes), then
     the lowest-scored ``token_share`` of tokens and ``segment_share`` of each kept token's segments (the
     config's ``token_prune`` / ``segment_prune`` when None) are masked, in place and in the method's config
     (so ``save_pretrained`` keeps them). Tokens or segments pruned before stay pruned; one token and one
@@ -179,15 +180,15 @@ def prune(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]
             for x, y in batches:
                 loss = F.cross_entropy(model(x), y)
                 gt, gs = torch.autograd.grad(loss, (token_gate, segment_gate))
-                token_score += gt
-                segment_score += gs
+                token_score += gt.abs()
+                segment_score += gs.abs()
                 n += 1
     finally:
         prompt.gates = None
         model.train(was_training)
     if n == 0:
         raise ConfigError("prune() got no batches; pass (images, labels) batches of the training data")
-    token_score, segment_score = (token_score / n).abs(), (segment_score / n).abs()
+    token_score, segment_score = token_score / n, segment_score / n
     pruned_t = set(c.pruned_tokens or ())
     for j in sorted((j for j in range(P) if j not in pruned_t), key=lambda j: float(token_score[j])):
         if len(pruned_t) >= min(int(P * token_share), P - 1):
