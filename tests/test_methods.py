@@ -399,3 +399,13 @@ def test_e2vpt_bad_inputs():
         prune(build("vit", "ssf"), [])
     with pytest.raises(ConfigError, match="got no batches"):
         prune(_e2vpt(), [])
+
+
+@pytest.mark.parametrize("method", ["convpass", "repadapter"])
+def test_method_names_the_block_layers_it_needs(method):
+    bb = MATRIX.fresh("vit")
+    for blk in bb.block_modules():
+        blk.norm1 = blk.norm2 = None  # blocks without the norms these methods read
+    with pytest.raises(ConfigError, match=rf"method '{method}' needs each block's norm before the attn \(norm1 or "
+                                          rf"ln_1\), which this backbone's blocks \(Block"):
+        vpt.create_model(bb, num_classes=3, method=METHODS[method])
