@@ -381,6 +381,23 @@ def test_e2vpt_importance_is_the_mask_gradient_and_prune_masks_the_lowest(tmp_pa
         torch.testing.assert_close(loaded(images()), model(images()), rtol=0, atol=0)
 
 
+def test_e2vpt_shared_key_values_are_one_tensor_per_block(tmp_path):
+    torch.manual_seed(0)
+    model = perturb_trainable(vpt.create_model(MATRIX.fresh("vit"), prompt=MATRIX.prompts["vpt_deep"], num_classes=3,
+                                               method=dict(METHODS["e2vpt"], share_kv=True)))
+    k, v = model.prompt.kv(1, 2)
+    assert k.shape == (2, 2, 32) and torch.equal(k, v)  # num_kv 2 keys = values, width A = 32
+    assert sorted(n for n, _ in model.prompt.keyvalue.named_parameters()) == ["prefix.0", "prefix.1", "prefix.2"]
+    x = images()
+    with torch.no_grad():
+        fast = model(x)
+        model.fast = False
+        torch.testing.assert_close(model(x), fast, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(vpt.from_pretrained(str(tmp_path))(x), fast, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("prompt", ["none", "vpt_prefix", "pixel_pad"])
 def test_e2vpt_refuses_prompts_it_cannot_take(prompt):
     with pytest.raises(ConfigError, match="'e2vpt' adds key-value prompts and pruning to VPT token prompts.*set "

@@ -3,7 +3,8 @@ learnable key-value prompts joined to every block's keys and values, with the pa
 prompts: token-wise (a whole prompt token) and segment-wise (slices of a token's channels).
 
 A prompt + method combination: the model's prompt stays a VPT token prompt, and the method composes it with
-vpt's key/value prefixes (``vpt_prefix``'s module, the same prefixed-attention path) into one prompt module.
+vpt's key/value prefixes (``vpt_prefix``'s module, the same prefixed-attention path; with ``share_kv``, the
+reference code's default, one tensor per block serves as both keys and values) into one prompt module.
 E2VPT has no zero start: its prompts join attention from the first step, as VPT's do. What it defines
 instead, and the tests check: a pruned token is a zero token in every prompted block; a pruned segment
 zeroes its channels; the importance score of a token (segment) is the gradient of the loss with respect
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Checked, ConfigError, option
-from ..prompts.base import PromptModule, build_prompt
+from ..prompts.base import PromptModule, build_prompt, xavier_bound
 from ..registry import METHODS
 from .base import MethodModule
 
@@ -39,6 +40,8 @@ TOKEN_KINDS = ("vpt_deep", "vpt_shallow")
 class E2VPTConfig(Checked):
     num_kv: int = option(5, "key-value prompts joined to each block's keys and values", range=(1, 4096))
     kv_dropout: float = option(0.0, "dropout on the key-value prompts", range=(0.0, 1.0, "[)"))
+    share_kv: bool = option(False, "one tensor per block as both the keys and the values (the reference code's "
+                                   "default, SHARE_PARAM_KV); false: separate keys and values (vpt_prefix's)")
     segments: int = option(16, "channel segments per visual prompt token for segment-wise pruning (the "
                                 "reference's 16); must divide the width", range=(1, 65536))
     token_prune: float = option(0.0, "share of visual prompt tokens prune() masks (lowest importance first)",
@@ -57,6 +60,34 @@ def _masked(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     if not isinstance(t, torch.fx.Proxy) and t.stride(0) == 0:
         return (t[:1] * keep).expand(t.shape[0], -1, -1)  # (B, P, D), stride 0 over the batch
     return t * keep
+
+
+class SharedKeyValue(PromptModule):
+    """One (P, A) tensor per block used as both its keys and its values (the reference's SHARE_PARAM_KV), with
+    vpt_prefix's init; dropout drawn apart for the keys and the values, as the reference does."""
+
+    uses_kv = True
+
+    def __init__(self, config: E2VPTConfig, depth: int, kv_dim: int, bound: float):
+        super().__init__(config)
+        self.num_prefix, self.num_tokens = int(config.num_kv), 0
+        self.prefix = nn.ParameterDict({str(i): nn.Parameter(torch.empty(self.num_prefix, kv_dim))
+                                        for i in range(depth)})
+        for p in self.prefix.values():
+            nn.init.uniform_(p, -bound, bound)
+        self.dropout = nn.Dropout(config.kv_dropout) if config.kv_dropout > 0 else nn.Identity()
+
+    @property
+    def first_layer(self) -> int:
+        return 0
+
+    def kv(self, i: int, batch_size: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        p = self.prefix[str(i)]  # (P, A)
+        return (self.dropout(p).unsqueeze(0).expand(batch_size, -1, -1),  # keys (B, P, A)
+                self.dropout(p).unsqueeze(0).expand(batch_size, -1, -1))  # values (B, P, A)
+
+    def parameter_layers(self) -> Dict[str, int]:
+        return {f"prefix.{i}": int(i) for i in self.prefix}
 
 
 class E2VPTPrompt(PromptModule):
@@ -145,8 +176,12 @@ class E2VPT(MethodModule):
             raise ConfigError(f"method 'e2vpt' adds key-value prompts and pruning to VPT token prompts, and this "
                               f"model has {got}; set model.prompt to {{kind: vpt_deep}} (or vpt_shallow)")
         bb, c = self.backbone, self.config
-        keyvalue = build_prompt({"kind": "vpt_prefix", "num_tokens": c.num_kv, "dropout": c.kv_dropout},
-                                bb.layout, data_config, kv_dim=bb.kv_dim())
+        if c.share_kv:
+            keyvalue: PromptModule = SharedKeyValue(c, bb.layout.depth, bb.kv_dim(),
+                                                    xavier_bound(bb.layout.patch_size, bb.kv_dim()))
+        else:
+            keyvalue = build_prompt({"kind": "vpt_prefix", "num_tokens": c.num_kv, "dropout": c.kv_dropout},
+                                    bb.layout, data_config, kv_dim=bb.kv_dim())
         self.prompt = E2VPTPrompt(c, prompt, keyvalue, bb.layout.embed_dim)
         return self.prompt
 
