@@ -304,7 +304,8 @@ def test_repadapter_up_projection_is_group_wise():
     model = perturb_trainable(build("vit", "repadapter"))
     w = model.method.modules()[0]
     dense = w.up.dense().detach()  # (D, r): group g's outputs read group g's hidden units only
-    assert dense.shape == (32, 4) and torch.count_nonzero(dense[:16, 2:]) == 0 and torch.count_nonzero(dense[16:, :2]) == 0
+    assert dense.shape == (32, 4)
+    assert torch.count_nonzero(dense[:16, 2:]) == 0 and torch.count_nonzero(dense[16:, :2]) == 0
     z = torch.randn(2, 5, 4)
     torch.testing.assert_close(w.up(z), z @ dense.T + w.up.bias, rtol=1e-5, atol=1e-6)
     roles = model.param_roles()  # the adapter's biases are biases (no weight decay)

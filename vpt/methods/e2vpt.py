@@ -16,9 +16,10 @@ prompted blocks) and on each token's ``segments`` channel groups, whose channel 
 given batches; the ``token_prune`` share of tokens with the lowest scores, and then the ``segment_prune``
 share of each kept token's segments, are masked. One difference: the score here is the gradient's magnitude
 per batch (as in Michel et al.'s head-importance code, on which the reference's scoring is modelled); the
-reference ranks the signed gradient, which would mask first the tokens whose removal raises the loss most. The chosen masks are written into the method's config (``pruned_tokens``,
-``pruned_segments``), so the artifact carries them; the reference then retrains from the start with the
-masks ("rewind"): train again with those two fields set."""
+reference ranks the signed gradient, which (to first order) masks first the tokens whose removal raises the
+loss most. The chosen masks are written into the method's config (``pruned_tokens``, ``pruned_segments``), so
+the artifact carries them; the reference then retrains from the start with the masks ("rewind"): train again
+with those two fields set."""
 from __future__ import annotations
 
 from dataclasses import dataclass
