@@ -15,7 +15,10 @@ Arms (random weights: speed does not depend on their values; each arm owns its o
   recomputed in backward) in every block / in every other block.
 - the PEFT baselines (opt in with ``--arms``, or ``--arms methods`` for all): vpt's methods ``adapter``
   (Houlsby, bottleneck 8), ``adaptformer`` (bottleneck 64), ``ssf``, ``bitfit``, ``fact`` (rank 8),
-  ``partial1`` (the last block), ``ssf_merged`` (SSF folded into the weights: the plain model's speed), and
+  ``partial1`` (the last block), ``ssf_merged`` (SSF folded into the weights: the plain model's speed),
+  ``convpass`` (bottleneck 8, beside attention and MLP), ``repadapter`` (bottleneck 8, 2 groups, before
+  attention and MLP), ``repadapter_merged`` (folded into qkv / fc1), ``e2vpt`` (VPT-deep with ``--tokens``
+  tokens + 5 key-value prompts per block), and
   peft's tuners through ``model.type: peft``: ``peft_ia3`` (qkv, fc2), ``peft_loha`` (r 8 on qkv),
   ``peft_dora`` (LoRA r 8 with DoRA on qkv).
 
@@ -25,7 +28,8 @@ training step with only that arm resident (CUDA: ``max_memory_allocated``; CPU: 
 peak from the profiler's memory events, plus the parameters and optimizer state held before the step);
 FLOPs of one step (``torch.utils.flop_counter``: the matmuls and attention actually executed, so frozen
 arms are not credited with weight gradients they skip) and the utilisation of a matmul ceiling measured
-in the same run. Inference img/s with and without prompts, and K tasks mixed in one batch
+in the same run. Inference img/s with and without prompts (and of each method arm run), and K tasks mixed in
+one batch
 (``vpt.MultiTaskModel``) versus one task and versus K separate passes. ``--compile`` adds compiled
 variants and records recompilations and graph breaks.
 """
@@ -61,6 +65,10 @@ METHOD_ARMS = {
     "bitfit": {"method": {"kind": "bitfit"}},
     "fact": {"method": {"kind": "fact", "rank": 8}},
     "partial1": {"method": {"kind": "partial", "last_k": 1}},
+    "convpass": {"method": {"kind": "convpass", "bottleneck": 8}},
+    "repadapter": {"method": {"kind": "repadapter", "bottleneck": 8}},
+    "repadapter_merged": {"method": {"kind": "repadapter", "bottleneck": 8}, "merge": True},
+    "e2vpt": {"method": {"kind": "e2vpt", "num_kv": 5}, "prompt": "vpt_deep"},
     "peft_ia3": {"peft": {"peft_type": "IA3", "target_modules": ["qkv", "fc2"]}},
     "peft_loha": {"peft": {"peft_type": "LOHA", "r": 8, "target_modules": ["qkv"]}},
     "peft_dora": {"peft": {"peft_type": "LORA", "r": 8, "use_dora": True, "target_modules": ["qkv"]}},
@@ -87,7 +95,8 @@ def build_arm(arm: str, backbone_name: str, num_classes: int, tokens: int, model
         if "peft" in spec:
             from vpt.peft_model import PeftClassifier
             return PeftClassifier(bb, peft=spec["peft"], num_classes=num_classes)
-        model = vpt.create_model(bb, num_classes=num_classes, method=spec["method"])
+        prompt = {"kind": spec["prompt"], "num_tokens": tokens} if spec.get("prompt") else None
+        model = vpt.create_model(bb, prompt=prompt, num_classes=num_classes, method=spec["method"])
         if spec.get("merge"):
             model.merge()  # trains nothing of the method any more: inference speed is the point
         return model
@@ -320,7 +329,7 @@ def main(argv=None) -> int:
     plain = models.get("full")
     if plain is not None:
         infer_fns["plain"] = lambda: plain(x)
-    for a in ("linear", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad"):
+    for a in ("linear", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad", *METHOD_ARMS):
         if a in models:
             infer_fns[a] = (lambda m: (lambda: m(x)))(models[a])
     with torch.inference_mode(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):

@@ -57,12 +57,19 @@ ARMS: Dict[str, Dict[str, object]] = {
     "bitfit": {"model.method": {"kind": "bitfit"}},
     "fact": {"model.method": {"kind": "fact", "rank": 8}},
     "partial1": {"model.method": {"kind": "partial", "last_k": 1}},
+    "convpass": {"model.method": {"kind": "convpass", "bottleneck": 8, "scale": 0.1}},
+    "repadapter": {"model.method": {"kind": "repadapter", "bottleneck": 8, "groups": 2}},
+    # E2VPT: VPT-deep's 10 tokens + 5 key-value prompts per block (no pruning: prune() is a second stage)
+    "e2vpt": {"model.prompt": {"kind": "vpt_deep", "num_tokens": 10},
+              "model.method": {"kind": "e2vpt", "num_kv": 5}},
     "peft_loha": {"model.type": "peft", "model.peft": {"peft_type": "LOHA", "r": 8, "alpha": 8,
                                                        "target_modules": ["qkv"]}},
 }
-METHOD_ARMS = ["adapter", "adaptformer", "ssf", "bitfit", "fact", "partial1", "peft_loha"]
+METHOD_ARMS = ["adapter", "adaptformer", "ssf", "bitfit", "fact", "partial1", "peft_loha", "convpass", "repadapter",
+               "e2vpt"]
 DEFAULT_GRID = {"full": [1e-4, 3e-4, 1e-3], "lora": [1e-3, 3e-3, 1e-2],  # every other arm: HEAD_GRID
-                **{a: [1e-3, 3e-3, 1e-2] for a in ["adapter", "adaptformer", "ssf", "bitfit", "fact", "peft_loha"]},
+                **{a: [1e-3, 3e-3, 1e-2] for a in ["adapter", "adaptformer", "ssf", "bitfit", "fact", "peft_loha",
+                                                   "convpass", "repadapter"]},
                 "partial1": [1e-4, 3e-4, 1e-3]}
 # AdamW, 800 images, 10-30 epochs: head and prompts need 1e-2..1e-1 (an MNIST probe at 10 epochs, seed 0: linear
 # probe val 46.0 / 55.0 / 56.5 / 60.5 and VPT-deep 53.0 / 60.0 / 62.5 / 62.5 at lr 3e-3 / 1e-2 / 3e-2 / 1e-1)

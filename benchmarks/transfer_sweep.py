@@ -42,7 +42,8 @@ SPACES_DIR = os.path.join(HERE, "transfer_configs", "spaces")
 SPACES = {"linear": "head.yaml", "vpt_shallow": "head.yaml", "vpt_deep": "head.yaml", "vpt_prefix": "head.yaml",
           "pixel_pad": "head.yaml", "lora": "lora.yaml", "full": "full.yaml",
           # the PEFT baselines: the same 7-lr budget, from LoRA's range (adapters) / full's (partial tuning)
-          **{a: "methods.yaml" for a in ("adapter", "adaptformer", "ssf", "bitfit", "fact", "peft_loha")},
+          **{a: "methods.yaml" for a in ("adapter", "adaptformer", "ssf", "bitfit", "fact", "peft_loha", "convpass",
+                                         "repadapter", "e2vpt")},
           "partial1": "full.yaml"}
 PACK_ARMS = ("linear", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad")  # frozen backbone: packable
 # pixel prompts on a CNN share no backbone work between packed trials (vpt.sweep.packed: the K prompted

@@ -66,9 +66,14 @@ METHODS = {
     "bitfit": {"kind": "bitfit"},
     "partial": {"kind": "partial", "last_k": 1},
     "fact": {"kind": "fact", "rank": 4, "dropout": 0.0},
+    "convpass": {"kind": "convpass", "bottleneck": 4, "dropout": 0.0},
+    "repadapter": {"kind": "repadapter", "bottleneck": 4, "groups": 2, "dropout": 0.0},
+    "e2vpt": {"kind": "e2vpt", "num_kv": 2, "segments": 4},
 }
 # methods that fold into the backbone's weights (model.merge)
-MERGEABLE = ("ssf", "bitfit", "fact")
+MERGEABLE = ("ssf", "bitfit", "fact", "repadapter")
+# prompt + method combinations: the prompt a method's matrix row runs with (E2VPT adds to VPT token prompts)
+METHOD_PROMPTS = {"e2vpt": "vpt_deep"}
 
 
 def declared_refusal(adapter, prompt):

@@ -44,6 +44,10 @@ def test_sweep_args():
     assert 'model.prompt={"kind": "pixel_pad", "width": 4}' in pad  # 30/224 of 32 px
     with pytest.raises(SystemExit, match="effnet-weights"):  # no weights file: say how to make it
         ts.sweep_args(a, "effnet_lite0", "mnist", "linear", "/out", "st")
+    e2vpt = ts.sweep_args(a, "vit_tiny_cifar10", "mnist", "e2vpt", "/out", "st")  # a prompt + method arm
+    assert e2vpt[e2vpt.index("--space") + 1].endswith("spaces/methods.yaml") and "--pack" not in e2vpt
+    assert 'model.prompt={"kind": "vpt_deep", "num_tokens": 10}' in e2vpt
+    assert 'model.method={"kind": "e2vpt", "num_kv": 5}' in e2vpt
     control = ts.sweep_args(args(control=True), "effnet_lite0", "mnist", "pixel_pad", "/out", "st")
     assert "model.backbone.pretrained=false" in control and "--pack" not in control  # CNN pixel prompts: alone
 

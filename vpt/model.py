@@ -37,7 +37,8 @@ class ClassifierSections:
     train_backbone: bool = option(False, "unfreeze the backbone (full fine-tuning baseline)")
     preprocessing: DataConfig = option(default_factory=DataConfig, help="the input the backbone expects")
     method: Any = one_of(METHOD_SECTION, help="a vision PEFT method on the frozen backbone ({kind: adapter | "
-                                              "adaptformer | ssf | bitfit | fact | partial, ...}; vpt.methods); null: none")
+                                              "adaptformer | ssf | bitfit | fact | partial | convpass | "
+                                              "repadapter | e2vpt, ...}; vpt.methods); null: none")
 
 
 _OWN = object()  # sentinel: "this model's own prompt"
@@ -197,6 +198,8 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
                               f"train_backbone unfreezes all of it; set train_backbone: false, or drop the method")
         from .methods import build_method  # wraps backbone submodules; its tensors live in the backbone
         self.__dict__["method"] = build_method(self.method_config, backbone) if self.method_config else None
+        if self.method is not None:  # a prompt + method combination (E2VPT) composes the prompt module
+            self.prompt = self.method.wrap_prompt(self.prompt, self.data_config)
         self.fast = True  # False: the reference path (prompts always in the sequence; tests compare both)
         self.lean = 0.0  # share of blocks in lean mode (set_lean)
         self.train(False)

@@ -35,6 +35,11 @@ class MethodModule:
     def modules(self) -> List[nn.Module]:
         return []
 
+    def wrap_prompt(self, prompt: Optional[nn.Module], data_config: Any) -> Optional[nn.Module]:
+        """The model's prompt module as this method wants it (E2VPT composes it with key-value prompts and
+        refuses kinds it cannot take); most methods leave it as it is."""
+        return prompt
+
     # --- merge: the method folded into the backbone's weights (WiSE: alpha between frozen and tuned) ----
     def merged_weights(self) -> Dict[str, torch.Tensor]:
         """{backbone parameter name: the tuned value with the method folded in}. Mergeable methods only."""
