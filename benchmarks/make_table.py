@@ -202,7 +202,11 @@ def render(records: List[dict], scale: str = None) -> str:
 
 # --- the sweep records (transfer_sweep.py) ---------------------------------------------------------------
 ARM_NAMES = {"linear": "linear probe", "full": "full fine-tuning", "lora": "LoRA", "vpt_shallow": "VPT-shallow",
-             "vpt_deep": "VPT-deep", "vpt_prefix": "prefix", "pixel_pad": "pixel pad"}
+             "vpt_deep": "VPT-deep", "vpt_prefix": "prefix", "pixel_pad": "pixel pad",
+             # the PEFT baselines (issue #35; transfer.py METHOD_ARMS)
+             "adapter": "Adapter", "adaptformer": "AdaptFormer", "ssf": "SSF", "bitfit": "BitFit", "fact": "FacT-TK",
+             "partial1": "partial (last block)", "peft_loha": "peft LoHa", "convpass": "Convpass",
+             "repadapter": "RepAdapter", "e2vpt": "E2VPT"}
 BASELINES = ("linear", "lora", "full")
 
 
@@ -354,6 +358,31 @@ def _span(lo: float, hi: float, fmt: str = "+.1f", sep: str = " to ") -> str:
     return a if a == b else f"{a}{sep}{b}"
 
 
+def methods_table(cells: Dict[tuple, dict]) -> str:
+    """The PEFT baselines beside the prompts, on the tasks where a method arm ran: each arm's test top-1 and its
+    difference to the best prompt arm of that task (positive: the method beats every prompt arm)."""
+    from transfer import METHOD_ARMS
+    tasks = [t for t in TASKS if any((t, m) in cells for m in METHOD_ARMS)]
+    methods = [m for m in METHOD_ARMS if any((t, m) in cells for t in tasks)]
+    if not methods:
+        return ""
+    lines = ["| task | best prompt arm | " + " | ".join(ARM_NAMES.get(m, m) for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for t in tasks:
+        prompts = {a: cells[(t, a)]["test_top1_mean"] for a in PROMPT_ARMS if (t, a) in cells}
+        best = max(prompts, key=prompts.get) if prompts else None
+        row = [f"{ARM_NAMES[best]} {prompts[best]:.1f}" if best else "–"]
+        for m in methods:
+            if (t, m) not in cells:
+                row.append("–")
+                continue
+            v = cells[(t, m)]["test_top1_mean"]
+            row.append(f"{v:.1f}" + (f" ({v - prompts[best]:+.1f})" if best else ""))
+        lines.append(f"| {t} | " + " | ".join(row) + " |")
+    return ("cells: test top-1 mean over the final seeds (the method minus the task's best prompt arm; positive: "
+            "the method wins)\n\n" + "\n".join(lines))
+
+
 def lose_sentences(cells: Dict[tuple, dict], planned=PROMPT_ARMS) -> List[str]:
     """Plain words per task: which baselines every prompt arm loses to, and by how much. ``planned``: the
     setup's prompt arms (a CNN has pixel prompts only), for the note on the ones not finished yet."""
@@ -398,7 +427,7 @@ def render_sweeps(sweeps: List[dict], old: List[dict]) -> str:
     for (sc, tag), cells in sorted(groups.items()):
         r0 = next(iter(cells.values()))
         expected = len(TASKS) * len(_setup_arms(r0))
-        done = len(cells)
+        done = len([k for k in cells if k[1] in _setup_arms(r0)])  # the PEFT baselines run when named
         spaces = sorted({f"{r['arm']}: {r['space_file'].rsplit('/', 1)[-1]}" for r in cells.values()})
         budgets = sorted({r["budget"] for r in cells.values()})
         shas = {r.get("backbone_weights_sha256") for r in cells.values()}
@@ -427,6 +456,9 @@ def render_sweeps(sweeps: List[dict], old: List[dict]) -> str:
         gaps = gap_table(cells)
         if gaps:
             block += f"\n\n**{tag}, after tuning: prompts against the baselines**; " + gaps
+        methods = methods_table(cells)
+        if methods:
+            block += f"\n\n**{tag}, after tuning: the PEFT baselines beside the prompts**; " + methods
         sentences = lose_sentences(cells, [a for a in PROMPT_ARMS if a in _setup_arms(r0)])
         if sentences:
             block += f"\n\n**{tag}, after tuning: where prompts lose**\n\n" + "\n".join(sentences)

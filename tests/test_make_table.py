@@ -158,3 +158,18 @@ def test_committed_tables_match_the_committed_records():
     root_readme = os.path.join(os.path.dirname(make_table.HERE), "README.md")
     with open(root_readme, encoding="utf-8") as f:
         assert "<!-- transfer-" not in f.read()
+
+
+def test_peft_baselines_beside_the_prompts():
+    """The method arms get their own table against each task's best prompt arm, and a method cell does not count
+    towards (or hide) the setup's own arms being partial."""
+    sweeps = [sweep_rec("mnist", "vpt_deep", 0.1, 77.7), sweep_rec("mnist", "pixel_pad", 0.3, 75.3),
+              sweep_rec("mnist", "adaptformer", 0.03, 85.8), sweep_rec("mnist", "bitfit", 0.01, 70.0),
+              sweep_rec("elpv", "linear", 0.01, 69.4)]
+    text = make_table.render_sweeps(sweeps, [])
+    assert "the PEFT baselines beside the prompts" in text
+    assert "| task | best prompt arm | AdaptFormer | BitFit |" in text
+    assert "| mnist | VPT-deep 77.7 | 85.8 (+8.1) | 70.0 (-7.7) |" in text
+    assert "elpv" not in text.split("the PEFT baselines beside the prompts")[1].split("\n\n**")[0]
+    assert "**partial**: 3 of 35 (task, arm) sweeps finished" in text
+    assert "PEFT baselines" not in make_table.render_sweeps([sweep_rec("mnist", "linear", 0.3, 62.5)], [])
