@@ -41,10 +41,12 @@ SWEEPS_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "vpt", "transfer_s
 SPACES_DIR = os.path.join(HERE, "transfer_configs", "spaces")
 SPACES = {"linear": "head.yaml", "vpt_shallow": "head.yaml", "vpt_deep": "head.yaml", "vpt_prefix": "head.yaml",
           "pixel_pad": "head.yaml", "lora": "lora.yaml", "full": "full.yaml",
-          # the PEFT baselines: the same 7-lr budget, from LoRA's range (adapters) / full's (partial tuning)
+          # the PEFT baselines: the same 7-lr budget, from LoRA's range (adapters) / full's (partial tuning);
+          # E2VPT trains VPT-deep's prompts and head plus key-value prompts: VPT-deep's space (on methods.yaml
+          # its lfw_faces sweep tied at val 100 from the bottom and the tie rule chose lr 1e-4's neighbour 3e-4)
           **{a: "methods.yaml" for a in ("adapter", "adaptformer", "ssf", "bitfit", "fact", "peft_loha", "convpass",
-                                         "repadapter", "e2vpt")},
-          "partial1": "full.yaml"}
+                                         "repadapter")},
+          "e2vpt": "head.yaml", "partial1": "full.yaml"}
 PACK_ARMS = ("linear", "vpt_shallow", "vpt_deep", "vpt_prefix", "pixel_pad")  # frozen backbone: packable
 # pixel prompts on a CNN share no backbone work between packed trials (vpt.sweep.packed: the K prompted
 # copies of the batch run the whole network) and would hold K batches' activations at once: run them alone

@@ -45,7 +45,7 @@ def test_sweep_args():
     with pytest.raises(SystemExit, match="effnet-weights"):  # no weights file: say how to make it
         ts.sweep_args(a, "effnet_lite0", "mnist", "linear", "/out", "st")
     e2vpt = ts.sweep_args(a, "vit_tiny_cifar10", "mnist", "e2vpt", "/out", "st")  # a prompt + method arm
-    assert e2vpt[e2vpt.index("--space") + 1].endswith("spaces/methods.yaml") and "--pack" not in e2vpt
+    assert e2vpt[e2vpt.index("--space") + 1].endswith("spaces/head.yaml") and "--pack" not in e2vpt  # VPT-deep's space
     assert 'model.prompt={"kind": "vpt_deep", "num_tokens": 10}' in e2vpt
     assert 'model.method={"kind": "e2vpt", "num_kv": 5}' in e2vpt
     control = ts.sweep_args(args(control=True), "effnet_lite0", "mnist", "pixel_pad", "/out", "st")
