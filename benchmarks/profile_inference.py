@@ -42,11 +42,41 @@ MATMUL_OPS = re.compile(r"^aten::(mm|addmm|bmm|baddbmm|matmul|linear|_scaled_dot
                         r"scaled_dot_product_attention|_efficient_attention\w*|_flash_attention\w*)$")
 
 
-def matmul_share(averages, key: str) -> float:
-    """Share of the profiled self time in matmul / attention operators."""
+def matmul_share(prof, averages, key: str) -> float:
+    """Share of the profiled step in matmul / attention operators: their self CPU time over all self CPU time
+    (CPU); on CUDA the device time of the outermost such operators (the kernels they launch) over all kernels'."""
     total = sum(getattr(e, key) for e in averages)
-    mm = sum(getattr(e, key) for e in averages if MATMUL_OPS.match(e.key))
+    if key == "self_cpu_time_total":
+        mm = sum(getattr(e, key) for e in averages if MATMUL_OPS.match(e.key))
+    else:
+        def outermost(e):
+            p = e.cpu_parent
+            while p is not None:
+                if MATMUL_OPS.match(p.name):
+                    return False
+                p = p.cpu_parent
+            return True
+        mm = sum(e.device_time_total for e in prof.events() if MATMUL_OPS.match(e.name) and outermost(e))
     return mm / total if total else 0.0
+
+
+def glue_ops(prof, rows: int) -> list:
+    """The non-matmul operators of the profiled step grouped by name, input shapes and the operator or autograd
+    node that called them (what a layout copy, cast or small op between blocks belongs to), by self CPU time."""
+    groups = {}
+    for e in prof.events():
+        if MATMUL_OPS.match(e.name) or not e.name.startswith("aten::"):
+            continue
+        parents, p = [], e.cpu_parent
+        while p is not None and len(parents) < 3:
+            parents.append(p.name.replace("autograd::engine::evaluate_function: ", "backward "))
+            p = p.cpu_parent
+        k = (e.name, str(e.input_shapes[:2]), " < ".join(parents))
+        g = groups.setdefault(k, {"name": k[0], "input_shapes": k[1], "called_from": k[2], "calls": 0,
+                                  "self_cpu_time_total_us": 0.0})
+        g["calls"] += 1
+        g["self_cpu_time_total_us"] += e.self_cpu_time_total
+    return sorted(groups.values(), key=lambda g: g["self_cpu_time_total_us"], reverse=True)[:rows]
 
 
 def profile_arm(model: torch.nn.Module, x: torch.Tensor, amp, steps: int, rows: int, train: bool = False) -> dict:
@@ -67,15 +97,16 @@ def profile_arm(model: torch.nn.Module, x: torch.Tensor, amp, steps: int, rows: 
     sync(dev)
     ms = (time.perf_counter() - t) * 1000 / steps
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=train) as prof:
         step()
         sync(dev)
     key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
     top = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:rows]
-    return {"mean_step_ms": ms, "matmul_share": matmul_share(averages, key),
+    return {"mean_step_ms": ms, "matmul_share": matmul_share(prof, averages, key),
             "top": [{"name": e.key, "calls": e.count, f"{key}_us": getattr(e, key)} for e in top],
-            "table": averages.table(sort_by=key, row_limit=rows, max_name_column_width=70)}
+            "table": averages.table(sort_by=key, row_limit=rows, max_name_column_width=70),
+            **({"glue_cpu": glue_ops(prof, rows)} if train else {})}
 
 
 def main(argv=None) -> int:
