@@ -13,10 +13,10 @@ def test_profile_train_mode(tmp_path):
     import profile_inference
     out = tmp_path / "profile_train.json"
     assert profile_inference.main(["--train", "--model", "timm:vit_tiny_patch16_224", "--img", "32", "--batch", "2",
-                                   "--dtype", "float32", "--device", "cpu", "--arms", "vpt_deep", "--steps", "1",
+                                   "--dtype", "float32", "--device", "cpu", "--arms", "vpt_deep", "--steps", "1", "--profiled", "2",
                                    "--rows", "6", "--out", str(out)]) == 0
     arm = json.loads(out.read_text())["arms"]["vpt_deep"]
-    assert 0.0 < arm["matmul_share"] < 1.0
+    assert 0.0 < arm["matmul_share"] < 1.0 and len(arm["profiled_step_ms"]) == 2
     names = {r["name"] for r in arm["top"]}
     assert "aten::mm" in names or "aten::addmm" in names  # a training step: the weight / input gradients
     glue = arm["glue_cpu"]
@@ -40,6 +40,21 @@ def test_speed_ab_table_change_spread_and_verdict():
                          "inference img/s vpt_deep / plain", "8 tasks mixed / one task", "8 tasks mixed / separate passes"}
     train = rows["train img/s vpt_deep / full"].split(" | ")
     assert train[1:3] == ["1.500 / 1.560", "1.700 / 1.720"]
-    assert float(train[3]) == pytest.approx(1.71 / 1.53, abs=1e-3) and train[4] == "3.9%" and train[6] == "better |"
+    assert float(train[3]) == pytest.approx(1.71 / 1.53, abs=1e-3) and train[4] == "3.9%" and train[7] == "better |"
     assert rows["inference img/s vpt_deep / plain"].endswith("| worse |")  # 0.875x, no spread
     assert rows["peak memory vpt_deep / full"].endswith("| no |")
+
+
+def test_speed_ab_one_repeat_uses_halves_of_its_steps():
+    """With one run per side, a training ratio's noise is its spread between the first and second half of the
+    run's timed steps (here 1.5x and 1.0x: 40 %), so a 10 % change is not called."""
+    import speed_ab
+
+    def run(deep_ms):
+        r = _run(5, 7.5, 16, 16)
+        r["train"]["full"]["all_step_ms"] = [1500, 1500, 1000, 1000]
+        r["train"]["vpt_deep"]["all_step_ms"] = deep_ms
+        return r
+    table = speed_ab.table({"repeats": [run([1000] * 4)]}, {"repeats": [run([900] * 4)]})
+    row = next(r for r in table.splitlines() if r.startswith("| train img/s vpt_deep")).split(" | ")
+    assert row[6] == "40.0%" and row[7] == "no |"
