@@ -78,9 +78,13 @@ def table(before: dict, after: dict) -> str:
         within = [spread([h[name] for h in hs]) for hs in (bh, ah) if hs and name in hs[0]]
         if within:  # one repeat on a side: the halves of its steps stand in for repeats
             noise = max([noise] + within)
-        verdict = "no" if abs(change - 1) <= noise else ("better" if change > 1 else "worse")
-        if name.startswith("peak memory"):  # lower is better
-            verdict = "no" if abs(change - 1) <= noise else ("better" if change < 1 else "worse")
+        lower_better = name.startswith("peak memory")
+        if abs(change - 1) <= max(noise, 1e-3):
+            verdict = "no"
+        elif noise == 0 and min(len(bv), len(av)) == 1 and not lower_better:  # one repeat, no step times
+            verdict = "unknown (one repeat)"
+        else:
+            verdict = "better" if (change < 1) == lower_better else "worse"
         rows.append(f"| {name} | {' / '.join(f'{v:.3f}' for v in bv)} | {' / '.join(f'{v:.3f}' for v in av)} | "
                     f"{change:.3f} | {spread(bv):.1%} | {spread(av):.1%} | {noise:.1%} | {verdict} |")
     return "\n".join(rows)

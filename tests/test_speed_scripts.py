@@ -58,3 +58,12 @@ def test_speed_ab_one_repeat_uses_halves_of_its_steps():
     table = speed_ab.table({"repeats": [run([1000] * 4)]}, {"repeats": [run([900] * 4)]})
     row = next(r for r in table.splitlines() if r.startswith("| train img/s vpt_deep")).split(" | ")
     assert row[6] == "40.0%" and row[7] == "no |"
+
+
+def test_speed_ab_no_verdict_without_a_noise_estimate():
+    """Inference ratios of single runs have no spread to judge against; equal memory ratios are no change."""
+    import speed_ab
+    table = speed_ab.table({"repeats": [_run(5, 7.5, 16, 16)]}, {"repeats": [_run(5, 7.5, 16, 12)]})
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in table.splitlines()[2:]}
+    assert rows["inference img/s vpt_deep / plain"].endswith("| unknown (one repeat) |")
+    assert rows["peak memory vpt_deep / full"].endswith("| no |")
