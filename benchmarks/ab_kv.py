@@ -6,6 +6,9 @@
 sequence's strided halves separately in every block; a mixed batch projecting every sample's prompt tokens);
 "after" is the code as it is. Each measurement runs before, after, before again (interleaved, ABA ABA ...),
 so the two "before" medians bound the noise of the machine: ``noise`` is |before/before2 - 1|.
+
+A timm Eva model (``--model timm:eva02_tiny_patch14_224``) had no fast blocks and no key/value prefixes before:
+its "before" is the reference path (prompts in the sequence, the library's blocks), and only ``vpt_deep`` runs.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch  # noqa: E402
 
 import vpt  # noqa: E402
 import vpt.backbones.open_clip_vit as oc  # noqa: E402
+import vpt.backbones.timm_eva as ev  # noqa: E402
 import vpt.backbones.timm_vit as tv  # noqa: E402
 from speed import TrainStep, build_arm, interleaved  # noqa: E402
 from vpt.multitask import PromptMix  # noqa: E402
@@ -38,13 +42,14 @@ def two_cats(kv, pk=None, pv=None):
 
 @contextmanager
 def before():
-    saved = tv.prefixed_kv, oc.prefixed_kv, PromptMix.token_table
+    saved = tv.prefixed_kv, oc.prefixed_kv, PromptMix.token_table, ev.TimmEvaAdapter.supports_fast_blocks
     tv.prefixed_kv = oc.prefixed_kv = two_cats
     PromptMix.token_table = lambda self, i: None  # every sample's tokens projected, as before
+    ev.TimmEvaAdapter.supports_fast_blocks = False  # Eva: prompts in the sequence, the library's blocks
     try:
         yield
     finally:
-        tv.prefixed_kv, oc.prefixed_kv, PromptMix.token_table = saved
+        tv.prefixed_kv, oc.prefixed_kv, PromptMix.token_table, ev.TimmEvaAdapter.supports_fast_blocks = saved
 
 
 def ab(fn: Callable[[], object]) -> Dict[str, Callable[[], object]]:
@@ -88,7 +93,8 @@ def main(argv=None) -> int:
     y = torch.randint(0, 10, (args.batch,), device=dev)
     res = {"command": " ".join(["python"] + sys.argv), "config": vars(args),
            "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()], "torch": torch.__version__}
-    models = {a: build_arm(a, args.model, 10, args.tokens, kwargs).to(dev) for a in ("vpt_deep", "vpt_prefix")}
+    arms = ("vpt_deep",) if isinstance(bb, ev.TimmEvaAdapter) else ("vpt_deep", "vpt_prefix")  # Eva: no prefix before
+    models = {a: build_arm(a, args.model, 10, args.tokens, kwargs).to(dev) for a in arms}
     for a, m in models.items():
         step = TrainStep(m, x, y, amp)
         res[f"train_{a}"] = summarise(interleaved(ab(step), args.warmup, args.steps, dev), args.batch)

@@ -30,11 +30,11 @@ def library_features(matrix, bb_key, x):
 
 # 0. refusals: exactly the pairs the declarations rule out, each naming the kind, the reason and the fix ------
 def test_declared_capabilities(matrix):
-    """What drives the refusals below: a CNN has no token sequence, Eva's RoPE attention takes no key/value
-    prefixes, and every other family takes every prompt kind (so the matrix cannot shrink unnoticed)."""
+    """What drives the refusals below: a CNN has no token sequence, and every other family (Eva's RoPE
+    attention included) takes every prompt kind (so the matrix cannot shrink unnoticed)."""
     missing = {b: {c for c in ("tokens", "key_values") if not matrix.capable(b, c)} for b in matrix.backbones}
     expected = {b: set() for b in matrix.backbones}
-    expected.update(cnn={"tokens", "key_values"}, eva02_rope={"key_values"}, eva_rope_mixed={"key_values"})
+    expected.update(cnn={"tokens", "key_values"})
     assert missing == expected
 
 
@@ -83,8 +83,10 @@ def test_prefix_block_with_empty_prefix_is_library_block(matrix, bb_key):
 
 @pytest.mark.parametrize("bb_key", ["eva02_rope", "eva_rope_mixed"])
 def test_eva_rope_counts_prompts_as_prefix(matrix, bb_key):
-    """Prompts get identity RoPE: same as telling every attention layer they are extra prefix tokens."""
+    """Prompts get identity RoPE: same as telling every attention layer they are extra prefix tokens (the
+    reference path, prompts in the sequence)."""
     model, x = matrix.model(bb_key, "vpt_deep", num_classes=3), images()
+    model.fast = False
     ref = copy.deepcopy(model)
     P = model.prompt.num_tokens
     for blk in ref.backbone.model.blocks:

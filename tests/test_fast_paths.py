@@ -173,13 +173,16 @@ def test_train_lean_matches_default(tmp_path, one_thread, monkeypatch):
         torch.testing.assert_close(runs[1.0][1][k], v, rtol=1e-4, atol=1e-6)
 
 
-def test_lean_without_fast_blocks_checkpoints_whole_blocks(matrix, monkeypatch):
-    """Eva (RoPE) has no fast blocks: lean mode checkpoints whole blocks and still trains identically."""
+def test_lean_without_fast_blocks_checkpoints_whole_blocks(monkeypatch):
+    """Eva with post-norm blocks has no fast blocks: lean mode checkpoints whole blocks and still trains identically."""
     import vpt.encode
     calls, checkpoint = [], vpt.encode.checkpoint
     monkeypatch.setattr(vpt.encode, "checkpoint", lambda *a, **k: calls.append(a[1]) or checkpoint(*a, **k))
-    assert not matrix.adapter("eva02_rope").supports_fast_blocks
-    model = matrix.model("eva02_rope", "vpt_deep", num_classes=3).train()
+    name, kw = BACKBONES["eva02_rope"]
+    bb = vpt.create_backbone(name, pretrained=False, init_seed=0, model_kwargs=dict(kw, use_post_norm=True))
+    assert not bb.supports_fast_blocks and "EvaBlockPostNorm" in bb.prefix_refusal
+    torch.manual_seed(0)
+    model = vpt.create_model(bb, prompt={"kind": "vpt_deep", "num_tokens": 2}, num_classes=3).train()
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
     out, grads = run(model, x, y, fast=True, lean=False)
     assert calls == []
