@@ -14,9 +14,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # token families the methods wrap (timm ViT variants, Eva with RoPE, open_clip towers)
 FAMILIES = [f for f in ("vit", "vit_reg", "deit_distilled", "eva02_rope", "open_clip") if f in MATRIX.backbones]
-# open_clip's attention is torch's MultiheadAttention (no attn.proj submodule to wrap): Houlsby refuses it;
-# E2VPT's key-value prompts need key/value prefixes, which Eva's RoPE attention does not take
-REFUSED = {("open_clip", "adapter_houlsby"), ("eva02_rope", "e2vpt")}
+# open_clip's attention is torch's MultiheadAttention (no attn.proj submodule to wrap): Houlsby refuses it.
+# E2VPT's key-value prompts need key/value prefixes: pre-norm Eva takes them (issue #39's Eva blocks), post-norm
+# Eva does not (test_e2vpt_refuses_a_backbone_without_key_value_prefixes)
+REFUSED = {("open_clip", "adapter_houlsby")}
 # methods whose prompts act from the first step (E2VPT: VPT tokens and key-value prompts); the rest start as
 # the backbone's exact output
 NO_ZERO_START = ("e2vpt",)
@@ -152,7 +153,6 @@ def test_merge_refusals():
     ("cnn", "adaptformer", "has none; use a ViT backbone"),
     ("cnn", "convpass", "has none; use a ViT backbone"),
     ("cnn", "repadapter", "has none; use a ViT backbone"),
-    ("eva02_rope", "e2vpt", "method 'e2vpt'.*cannot be used with backbone.*key/value prefixes are not implemented"),
 ])
 def test_method_on_a_backbone_without_its_layers_names_them(bb, method, match):
     from vpt.errors import BackboneError
@@ -160,6 +160,18 @@ def test_method_on_a_backbone_without_its_layers_names_them(bb, method, match):
         pytest.skip(f"{bb} not installed")
     with pytest.raises((ConfigError, BackboneError), match=match):  # a missing capability: BackboneError
         build(bb, method)
+
+
+def test_e2vpt_refuses_a_backbone_without_key_value_prefixes():
+    """Post-norm Eva blocks take no key/value prefixes, so E2VPT's key-value prompts are refused with the reason."""
+    from vpt.errors import BackboneError
+    from helpers import BACKBONES
+    if "eva02_rope" not in MATRIX.backbones:
+        pytest.skip("timm's Eva not available")
+    name, kw = BACKBONES["eva02_rope"]
+    bb = vpt.create_backbone(name, pretrained=False, init_seed=0, model_kwargs=dict(kw, use_post_norm=True))
+    with pytest.raises((ConfigError, BackboneError), match="method 'e2vpt'.*cannot be used with backbone.*EvaBlockPostNorm"):
+        vpt.create_model(bb, prompt=MATRIX.prompts[METHOD_PROMPTS["e2vpt"]], num_classes=3, method=METHODS["e2vpt"])
 
 
 def test_bad_method_configs():
