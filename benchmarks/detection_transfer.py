@@ -28,7 +28,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
@@ -37,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from transfer import EFFNET_FILE, _extra_versions, _sha256, epoch_seconds  # noqa: E402  (benchmarks/ helpers)
-from transfer_sweep import write_json  # noqa: E402
+from transfer_sweep import run_logged, write_json  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "detection")
 SWEEPS_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "vpt", "detection_sweeps")
@@ -192,16 +191,9 @@ def run_cell(args, backbone: str, detector: str, arm: str) -> Optional[dict]:
            *sweep_args(args, backbone, detector, arm, out_dir, study)]
     name = f"{backbone} {detector} {arm}"
     print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    os.makedirs(out_dir, exist_ok=True)
-    start = time.perf_counter()
-    with open(os.path.join(os.path.dirname(out_dir), f"{arm}.log"), "a", encoding="utf-8") as log:
-        log.write(f"\n[{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}] {' '.join(map(shlex.quote, cmd))}\n")
-        log.flush()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        print(f"  {name}: FAILED (exit {proc.returncode}); see {os.path.dirname(out_dir)}/{arm}.log", flush=True)
+    returncode, wall = run_logged(cmd, out_dir, arm, args.threads)
+    if returncode != 0:
+        print(f"  {name}: FAILED (exit {returncode}); see {os.path.dirname(out_dir)}/{arm}.log", flush=True)
         return None
     record = make_record(args, backbone, detector, arm, out_dir, cmd, wall, weights_sha)
     write_json(path, record)

@@ -5,7 +5,11 @@ reference checkout (CI needs none).
         --kgcoop /tmp/ref/KgCoOp --promptsrc /tmp/ref/PromptSRC --maple /tmp/ref/multimodal-prompt-learning
 
 Each flag takes a checkout of that repository (any subset of the flags; ``--dassl`` needs ``--coop``) and writes
-its goldens under ``--output`` (default tests/data), each with the repository and its commit:
+its goldens under ``--output`` (default tests/data), each with the repository and its commit. This script
+imports and runs the code of the checkouts it is given (that is its purpose): pass only checkouts you trust. The
+modules it imports are named here, never read from a file; vpt itself and the tests only read the goldens
+(safetensors tensors and JSON), never reference code.
+
 
 ``--kmnp`` (KMnP/vpt): its ``PromptedVisionTransformer`` (src/models/vit_prompt/vit.py), shallow and deep, with
 its own prompt and head init, on a tiny seeded timm ViT whose weights are mapped to its names (the fused qkv

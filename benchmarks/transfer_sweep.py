@@ -246,6 +246,19 @@ def write_json(path: str, data: dict) -> None:
 
 
 # --- one sweep --------------------------------------------------------------------------------------------
+def run_logged(cmd: List[str], out_dir: str, arm: str, threads: int) -> Tuple[int, float]:
+    """Run one sweep process from the repo root with ``threads`` CPU threads, its output appended (after the
+    command line) to ``<out_dir>/../<arm>.log``; (exit code, wall seconds). detection_transfer.py uses it too."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.perf_counter()
+    with open(os.path.join(os.path.dirname(out_dir), f"{arm}.log"), "a", encoding="utf-8") as log:
+        log.write(f"\n[{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}] {' '.join(map(shlex.quote, cmd))}\n")
+        log.flush()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc.returncode, time.perf_counter() - start
+
+
 def run_cell(args, setup: str, task: str, arm: str) -> Optional[dict]:
     tag = tag_of(setup, args.control)
     path = record_path(args.out, args.scale, tag, task, arm)
@@ -256,16 +269,9 @@ def run_cell(args, setup: str, task: str, arm: str) -> Optional[dict]:
            *sweep_args(args, setup, task, arm, out_dir, study)]
     name = f"{tag} {task} {arm}"
     print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    os.makedirs(out_dir, exist_ok=True)
-    start = time.perf_counter()
-    with open(os.path.join(os.path.dirname(out_dir), f"{arm}.log"), "a", encoding="utf-8") as log:
-        log.write(f"\n[{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}] {' '.join(map(shlex.quote, cmd))}\n")
-        log.flush()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        print(f"  {name}: FAILED (exit {proc.returncode}); see {os.path.dirname(out_dir)}/{arm}.log", flush=True)
+    returncode, wall = run_logged(cmd, out_dir, arm, args.threads)
+    if returncode != 0:
+        print(f"  {name}: FAILED (exit {returncode}); see {os.path.dirname(out_dir)}/{arm}.log", flush=True)
         return None
     record = make_record(args, setup, task, arm, out_dir, cmd, wall, weights_sha)
     write_json(path, record)
