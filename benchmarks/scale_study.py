@@ -7,6 +7,8 @@ transfer tasks through ``vpt sweep``; plot each arm's gap to full fine-tuning ag
     python benchmarks/scale_study.py transfer --sizes ti,s,b --jobs 4 --set train.device=cuda
     python benchmarks/scale_study.py table --write                 # README block + PNG from the records
     python benchmarks/scale_study.py all --cpu-smoke --work /tmp/scale_smoke --data-tar C10 --data-root DATA
+    python benchmarks/scale_study.py bundle --sizes ti --bundle $OUT/scale_ti.tar.gz   # on the lent machine, last
+    python benchmarks/scale_study.py unbundle --bundle scale_ti.tar.gz                 # here: records + weights back
 
 Pretraining: ``benchmarks/pretrain_vit_cifar10.py`` (vpt's engine, bf16 autocast and the whole data set on the
 GPU) with the GPU recipe of its docstring for every size: 200 epochs, batch 512, AdamW lr 2e-3, 5 warmup
@@ -23,6 +25,14 @@ Table and plot: per size and arm, the mean over tasks of (full fine-tuning - arm
 backbone's parameters; ``benchmarks/results/scale_study.png`` and the block between the markers in
 benchmarks/README.md. ``--cpu-smoke``: toy widths (32 / 64, 2 blocks), 1 pretraining epoch on 200 images,
 1 transfer epoch, 1 seed, the spaces in ``--spaces-dir`` if given: checks the plumbing, measures nothing.
+
+Bundle: a lent GPU machine returns at most 8 files of 16 MiB each from ``$OUT``, no more than 2 folders down, and
+forgets everything else when it is given back. ``bundle`` packs what the study needs later into one .tar.gz: every
+JSON record under ``--out``, and per size the pretraining ``results.json``, ``train.log`` and the weights file when
+the bundle stays under ``--bundle-max-mib`` (ViT-Ti's 22 MB compress to about 20; ViT-S / ViT-B never fit: their
+transfer stage has to run in the same lease as their pretraining). ``bundle.json`` inside lists each file with its
+sha256 and each weights file left out. ``unbundle`` checks those sha256s, refuses links, absolute paths and ``..``,
+and writes records to ``--out`` and pretraining files to ``--work`` (an existing file that differs is an error).
 """
 from __future__ import annotations
 
@@ -255,11 +265,131 @@ def table_cmd(args) -> int:
     return 0 if replace_block(args.readme, START, END, text) else 1
 
 
+# --- 4. bundle / unbundle (the way back from a lent GPU machine) ----------------------------------------------
+BUNDLE_INDEX = "bundle.json"
+PRETRAIN_FILES = ("results.json", "train.log")
+
+
+def _bundle_members(args) -> List[tuple]:
+    """(arcname, path, kind) for every file a bundle may carry; kind is record, pretrain or weights."""
+    members = []
+    for root, _dirs, files in os.walk(args.out):
+        for name in sorted(files):
+            if name.endswith(".json"):
+                path = os.path.join(root, name)
+                members.append(("records/" + os.path.relpath(path, args.out).replace(os.sep, "/"), path, "record"))
+    for size in sizes_of(args):
+        folder = os.path.dirname(weights_path(args, size))
+        for name in PRETRAIN_FILES:
+            if os.path.isfile(os.path.join(folder, name)):
+                members.append((f"pretrain/{size}/{name}", os.path.join(folder, name), "pretrain"))
+        if os.path.isfile(weights_path(args, size)):
+            members.append((f"pretrain/{size}/{os.path.basename(weights_path(args, size))}", weights_path(args, size),
+                            "weights"))
+    return sorted(members)
+
+
+def bundle(args) -> int:
+    """One .tar.gz of the records, the pretraining logs and the weights that fit under --bundle-max-mib."""
+    import io
+    import tarfile
+    from transfer_data import sha256_path
+    if not args.bundle:
+        raise SystemExit("error: bundle needs --bundle PATH.tar.gz (e.g. $OUT/scale_ti.tar.gz on a lent machine)")
+    limit = int(args.bundle_max_mib * 2 ** 20)
+    members = _bundle_members(args)
+    if not members:
+        raise SystemExit(f"error: nothing to bundle under {args.out} or {args.work}: run pretrain / transfer first")
+    keep, left_out = [m for m in members if m[2] != "weights"], []
+    weights = [m for m in members if m[2] == "weights"]
+
+    def write(chosen) -> int:
+        index = {"benchmark": "scale_study_bundle", "files": {a: sha256_path(p) for a, p, _ in chosen},
+                 "weights_left_out": left_out, "command": "python benchmarks/scale_study.py " + " ".join(args.argv)}
+        tmp = args.bundle + f".tmp{os.getpid()}"
+        with tarfile.open(tmp, "w:gz") as tar:
+            data = json.dumps(index, indent=1, sort_keys=True).encode()
+            info = tarfile.TarInfo(BUNDLE_INDEX)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            for arc, path, _ in chosen:
+                tar.add(path, arcname=arc, recursive=False)
+        os.replace(tmp, args.bundle)
+        return os.path.getsize(args.bundle)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.bundle)), exist_ok=True)
+    size = write(keep)
+    if size > limit:
+        raise SystemExit(f"error: the records and logs alone are {size / 2**20:.1f} MiB, over --bundle-max-mib "
+                         f"{args.bundle_max_mib}; bundle fewer sizes at a time")
+    for m in sorted(weights, key=lambda m: os.path.getsize(m[1])):  # smallest first, while under the limit
+        trial = write(keep + [m])
+        if trial <= limit:
+            keep.append(m)
+        else:
+            left_out.append({"file": m[0], "sha256": sha256_path(m[1]), "bytes": os.path.getsize(m[1]),
+                             "why": f"the bundle would be {trial / 2**20:.1f} MiB, over {args.bundle_max_mib} MiB"})
+    size = write(keep)
+    print(f"bundle: {args.bundle}, {size / 2**20:.2f} MiB, {len(keep)} files"
+          + "".join(f"; left out {w['file']} ({w['why']})" for w in left_out))
+    return 0
+
+
+def unbundle(args) -> int:
+    """Extract a bundle: records -> --out, pretraining files -> --work, each checked against bundle.json."""
+    import hashlib
+    import tarfile
+    if not args.bundle or not os.path.isfile(args.bundle):
+        raise SystemExit(f"error: unbundle needs --bundle FILE (an existing scale_study.py bundle); got {args.bundle!r}")
+    with tarfile.open(args.bundle, "r:gz") as tar:
+        try:
+            index = json.load(tar.extractfile(tar.getmember(BUNDLE_INDEX)))
+            files = dict(index["files"])
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise SystemExit(f"error: {args.bundle} has no valid {BUNDLE_INDEX} ({e}): not a scale_study.py bundle")
+        plan, members = [], tar.getmembers()
+        for m in members:
+            if m.name == BUNDLE_INDEX:
+                continue
+            parts = m.name.split("/")
+            if not m.isfile() or m.name.startswith("/") or ".." in parts or m.name not in files:
+                raise SystemExit(f"error: {args.bundle}: refusing member {m.name!r} (not a plain file listed in "
+                                 f"{BUNDLE_INDEX}, or an unsafe path)")
+            if parts[0] == "records" and len(parts) >= 2 and m.name.endswith(".json"):
+                dest = os.path.join(args.out, *parts[1:])
+            elif parts[0] == "pretrain" and len(parts) == 3 and parts[2] in (*PRETRAIN_FILES, f"vit_{parts[1]}_cifar10.safetensors"):
+                dest = os.path.join(args.work, *parts)
+            else:
+                raise SystemExit(f"error: {args.bundle}: unexpected member {m.name!r}")
+            data = tar.extractfile(m).read()
+            if hashlib.sha256(data).hexdigest() != files[m.name]:
+                raise SystemExit(f"error: {args.bundle}: {m.name} does not match its sha256 in {BUNDLE_INDEX} (damaged)")
+            plan.append((dest, data))
+    missing = sorted(set(files) - {m.name for m in members})
+    if missing:
+        raise SystemExit(f"error: {args.bundle}: {BUNDLE_INDEX} lists files the archive lacks: {', '.join(missing)}")
+    for dest, data in plan:
+        if os.path.isfile(dest):
+            with open(dest, "rb") as f:
+                if f.read() != data:
+                    raise SystemExit(f"error: {dest} exists and differs from the bundle's copy; move it away first")
+            continue
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        tmp = dest + f".tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    for w in index.get("weights_left_out", []):
+        print(f"unbundle: {w.get('file')} was not in the bundle ({w.get('why')})")
+    print(f"unbundle: {len(plan)} files into {args.out} and {args.work}")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("stage", choices=["pretrain", "transfer", "table", "all"])
+    ap.add_argument("stage", choices=["pretrain", "transfer", "table", "all", "bundle", "unbundle"])
     ap.add_argument("--sizes", default="all", help=f"comma list or all: {', '.join(SIZES)}")
     ap.add_argument("--cpu-smoke", action="store_true", help="toy sizes and schedules (plumbing only)")
     ap.add_argument("--work", default=WORK, help="pretraining runs and sweep folders (outside the repo)")
@@ -285,14 +415,19 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true", help="table: write the README block")
     ap.add_argument("--readme", default=README)
     ap.add_argument("--plot", default=PLOT)
+    ap.add_argument("--bundle", default=None, help="bundle / unbundle: the .tar.gz (e.g. $OUT/scale_ti.tar.gz)")
+    ap.add_argument("--bundle-max-mib", type=float, default=15.5,
+                    help="bundle: size limit (a lent machine returns files of at most 16 MiB)")
     args = ap.parse_args(argv)
+    args.argv = list(argv)
     args.data_root = os.path.expanduser(args.data_root)
     if args.cpu_smoke:
         args.device = "cpu"
         args.epochs, args.seeds = 1, 1
     stages = ["pretrain", "transfer", "table"] if args.stage == "all" else [args.stage]
     for stage in stages:
-        rc = {"pretrain": pretrain, "transfer": transfer, "table": table_cmd}[stage](args)
+        rc = {"pretrain": pretrain, "transfer": transfer, "table": table_cmd, "bundle": bundle,
+              "unbundle": unbundle}[stage](args)
         if rc:
             return rc
     return 0

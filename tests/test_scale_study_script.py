@@ -1,7 +1,10 @@
 """benchmarks/scale_study.py --cpu-smoke: two toy sizes pretrained through pretrain_vit_cifar10.py (a synthetic
 CIFAR-shaped tarball), then linear / VPT-deep / LoRA / full sweeps for one of them on a toy transfer task through transfer_sweep.py
 with each size's own architecture and weights file, then the table and the gap-vs-parameters PNG from the records."""
+import hashlib
+import io
 import json
+import tarfile
 
 import pytest
 
@@ -52,3 +55,65 @@ def test_cpu_smoke_pretrains_tunes_and_plots(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert ss.main(["transfer", *argv[1:], "--sizes", "toy64", "--dry-run"]) == 0  # finished sweeps are skipped
     assert "4 sweeps: 4 done, 0 to run" in capsys.readouterr().out
+
+    # the way back from a lent machine: one bundle, extracted elsewhere, gives the same table
+    bundle = tmp_path / "scale.tar.gz"
+    assert ss.main(["bundle", *argv[1:], "--bundle", str(bundle)]) == 0
+    with tarfile.open(bundle) as tar:
+        names = set(tar.getnames())
+    assert "records/e10/scale_toy64/mnist/vpt_deep.json" in names and "records/pretrain_toy32.json" in names
+    assert "pretrain/toy64/vit_toy64_cifar10.safetensors" in names and "pretrain/toy64/results.json" in names
+    there = ["--cpu-smoke", "--work", str(tmp_path / "work2"), "--out", str(tmp_path / "out2")]
+    assert ss.main(["unbundle", "--bundle", str(bundle), *there]) == 0
+    assert (tmp_path / "work2" / "pretrain" / "toy64" / "vit_toy64_cifar10.safetensors").read_bytes() == \
+        (tmp_path / "work" / "pretrain" / "toy64" / "vit_toy64_cifar10.safetensors").read_bytes()
+    readme2 = tmp_path / "README2.md"
+    readme2.write_text(f"{ss.START}\n{ss.END}\n")
+    assert ss.main(["table", *there, "--write", "--readme", str(readme2), "--plot", str(tmp_path / "s.png")]) == 0
+    assert readme2.read_text() == text
+    assert ss.main(["unbundle", "--bundle", str(bundle), *there]) == 0  # again: identical files are kept
+    # a size limit that only the records fit: weights are left out and listed, not dropped silently
+    small = tmp_path / "small.tar.gz"
+    records_only = sum(p.stat().st_size for p in (tmp_path / "out").rglob("*.json"))
+    capsys.readouterr()
+    assert ss.main(["bundle", *argv[1:], "--bundle", str(small), "--bundle-max-mib", str(records_only / 2**20 + 0.01)]) == 0
+    assert "left out pretrain/toy" in capsys.readouterr().out
+    with tarfile.open(small) as tar:
+        index = json.load(tar.extractfile("bundle.json"))
+        assert not any(n.endswith(".safetensors") for n in tar.getnames())
+    assert {w["file"] for w in index["weights_left_out"]} == {f"pretrain/{s}/vit_{s}_cifar10.safetensors"
+                                                             for s in ("toy32", "toy64")}
+
+
+def _bundle(path, members, index_files=None):
+    with tarfile.open(path, "w:gz") as tar:
+        files = {n: hashlib.sha256(d).hexdigest() for n, d in members.items()} if index_files is None else index_files
+        for name, data in {"bundle.json": json.dumps({"files": files}).encode(), **members}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("members, index, match", [
+    ({"records/../../evil.json": b"{}"}, None, "unsafe path"),
+    ({"pretrain/ti/evil.py": b"x"}, None, "unexpected member"),
+    ({"records/a.json": b"{}"}, {"records/a.json": "0" * 64}, "does not match its sha256"),
+    ({"records/a.json": b"{}"}, {"records/a.json": hashlib.sha256(b"{}").hexdigest(), "records/b.json": "0" * 64},
+     "lacks: records/b.json"),
+])
+def test_unbundle_refuses_damaged_or_hostile_bundles(tmp_path, members, index, match):
+    _bundle(tmp_path / "b.tar.gz", members, index)
+    with pytest.raises(SystemExit, match=match):
+        ss.main(["unbundle", "--bundle", str(tmp_path / "b.tar.gz"), "--work", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists() and not (tmp_path.parent / "evil.json").exists()
+
+
+def test_unbundle_keeps_a_differing_file(tmp_path):
+    _bundle(tmp_path / "b.tar.gz", {"records/a.json": b'{"x": 1}'})
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "a.json").write_text('{"x": 2}')
+    with pytest.raises(SystemExit, match="exists and differs"):
+        ss.main(["unbundle", "--bundle", str(tmp_path / "b.tar.gz"), "--work", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "o")])
+    assert (tmp_path / "o" / "a.json").read_text() == '{"x": 2}'
