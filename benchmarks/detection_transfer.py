@@ -13,12 +13,15 @@ retinanet (torchvision). Each cell's recipe is ``configs/detection/<effnet|vit>_
 
 The search, the same for every cell: the grid of ``configs/spaces/detection_lr.yaml`` (absolute AdamW lr
 0.0003, 0.001, 0.003, 0.01; full fine-tuning: ``detection_lr_full.yaml``, 3e-5 .. 1e-3), best epoch by val
-COCO mAP, median pruner, then ``--seeds 3`` final runs (seeds 0, 1, 2) of the best lr, test once each. Epochs:
+COCO mAP, median pruner, ``--extend-edges 2`` (a best lr on the grid's edge adds the next half-decade past it,
+up to twice, as in the transfer suite), then ``--seeds 3`` final runs (seeds 0, 1, 2) of the best lr, test once each. Epochs:
 the recipes' 8 (``--epochs``). Each sweep runs in its own process in a folder under
 ``~/.cache/vpt/detection_sweeps``; its record (best lr, every trial, the final runs' val / test mAP and mAP@0.5,
 seed spread, wall time, command, versions, device, weights sha256, config) goes to
 ``benchmarks/results/detection/<scale>/<backbone>/<detector>/<arm>.json``. A cell whose record exists is
-skipped; a killed sweep continues from its study when the same command runs again.
+skipped (unless its best lies on an edge and it was made with fewer --extend-edges steps: its sweep goes on in
+the same folder, keeping every finished trial); a killed sweep continues from its study when the same command
+runs again.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from transfer import EFFNET_FILE, _extra_versions, _sha256, epoch_seconds  # noqa: E402  (benchmarks/ helpers)
-from transfer_sweep import run_logged, write_json  # noqa: E402
+from transfer_sweep import record_edges, run_logged, write_json  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "detection")
 SWEEPS_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "vpt", "detection_sweeps")
@@ -107,6 +110,8 @@ def sweep_args(args, backbone: str, detector: str, arm: str, out_dir: str, study
     argv = ["-c", config_file(backbone, detector, arm), "--data", args.data, "--output", out_dir,
             "--space", space_file(args, arm), "--sampler", "grid", "--pruner", args.pruner, "--study", study,
             "--seeds", str(args.seeds), "--seed", "0", "--epochs", str(args.epochs)]
+    if args.extend_edges:
+        argv += ["--extend-edges", str(args.extend_edges)]
     argv += weights_for(args, backbone, arm)[0]
     for s in args.set:
         argv += ["--set", s]
@@ -119,7 +124,7 @@ def _spread(values: List[float]) -> Optional[float]:
 
 
 def make_record(args, backbone: str, detector: str, arm: str, out_dir: str, cmd: List[str], wall: float,
-                weights_sha: Optional[str]) -> dict:
+                weights_sha: Optional[str], earlier_wall: float = 0.0) -> dict:
     with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as f:
         res = json.load(f)
     runs = []
@@ -149,15 +154,19 @@ def make_record(args, backbone: str, detector: str, arm: str, out_dir: str, cmd:
         "benchmark": "detection_transfer", "scale": args.scale, "backbone": backbone, "detector": detector,
         "arm": arm, "epochs": args.epochs, "recipe": config_file(backbone, detector, arm),
         "space_file": space_file(args, arm), "space": res.get("space_given", res["space"]),
+        "space_searched": res["space"], "extend_edges": args.extend_edges, "widened": res.get("widened", []),
         "sampler": res["sampler"], "pruner": res["pruner"], "budget": res["budget"],
-        "best": res["best"], "edge_warning": res.get("edge_warning"),
+        "best": res["best"], "edge_warning": res.get("edge_warning"), "edges": res.get("edges", {}),
+        "edge_ties": res.get("edge_ties", {}),
         "test_mAP_mean": statistics.fmean(maps), "test_mAP_std": _spread(maps),
         "test_mAP50_mean": statistics.fmean(maps50), "test_mAP50_std": _spread(maps50),
         "test_mAP_range": [min(maps), max(maps)], "test_n": len(runs),
         "val_mAP_mean": statistics.fmean(r["val_mAP"] for r in runs), "final_runs": runs,
         "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"],
         "train_seconds_per_run": statistics.fmean(r["train_seconds"] for r in runs),
-        "trials": trials, "wall_seconds": wall,  # this invocation only (a resumed sweep: the part after the restart)
+        # this invocation plus the record it continues (a sweep widened past an edge); a sweep killed and resumed
+        # counts from the restart only
+        "trials": trials, "wall_seconds": wall + earlier_wall,
         "backbone_weights_sha256": weights_sha,
         "command": res["command"],
         "driver_command": " ".join(shlex.quote(c) for c in [os.path.basename(cmd[0]), *cmd[1:]]),
@@ -178,6 +187,8 @@ def load_record(path: str, args, weights_sha: Optional[str], arm: str) -> Option
     if rec["epochs"] != args.epochs or rec.get("backbone_weights_sha256") != weights_sha or rec["space"] != space:
         raise SystemExit(f"error: {path} was made with other epochs, backbone weights or space; use another "
                          f"--scale for this run, or move the old record away")
+    if record_edges(rec) and rec.get("extend_edges", 0) < args.extend_edges:
+        return None  # its best lies on an edge, and it was made with fewer widening steps: its sweep goes on
     return rec
 
 
@@ -190,12 +201,17 @@ def run_cell(args, backbone: str, detector: str, arm: str) -> Optional[dict]:
     cmd = [sys.executable, os.path.relpath(__file__, REPO), "vpt-sweep",
            *sweep_args(args, backbone, detector, arm, out_dir, study)]
     name = f"{backbone} {detector} {arm}"
+    earlier_wall = 0.0
+    if os.path.isfile(path):  # an edge to widen: the sweep goes on in its folder, the record's time adds up
+        with open(path, encoding="utf-8") as f:
+            earlier_wall = float(json.load(f).get("wall_seconds") or 0.0)
+        name += f" (widening past an edge, up to --extend-edges {args.extend_edges})"
     print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
     returncode, wall = run_logged(cmd, out_dir, arm, args.threads)
     if returncode != 0:
         print(f"  {name}: FAILED (exit {returncode}); see {os.path.dirname(out_dir)}/{arm}.log", flush=True)
         return None
-    record = make_record(args, backbone, detector, arm, out_dir, cmd, wall, weights_sha)
+    record = make_record(args, backbone, detector, arm, out_dir, cmd, wall, weights_sha, earlier_wall)
     write_json(path, record)
     sd = record["test_mAP_std"]
     print(f"  {name}: best lr {record['best']['params'].get('optim.lr')} (val mAP {record['best']['val']:.4f}); "
@@ -219,7 +235,8 @@ def run(args) -> int:
     print(f"{len(cells)} cells ({args.scale}, {args.epochs} epochs, {args.seeds} seeds, {args.jobs} at a time): "
           f"{len(cells) - len(todo)} done, {len(todo)} to run{' (dry run)' if args.dry_run else ''}", flush=True)
     for cell in todo if args.dry_run else ():
-        print(f"  todo: {' '.join(cell)}  ({config_file(*cell)}, {space_file(args, cell[2])})")
+        widen = " (its best lr lies on an edge: widen)" if os.path.isfile(record_path(args, *cell)) else ""
+        print(f"  todo: {' '.join(cell)}{widen}  ({config_file(*cell)}, {space_file(args, cell[2])})")
     if args.dry_run or not todo:
         return 0
     args.data = bccd_data(args.data, args.cache)
@@ -246,6 +263,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=8, help="epochs of every trial and final run (the recipes' 8)")
     p.add_argument("--seeds", type=int, default=3, help="final runs of the best lr (seeds 0..K-1)")
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    p.add_argument("--extend-edges", type=int, default=2, metavar="N",
+                   help="vpt sweep --extend-edges: widen a cell's grid past an edge holding its best lr, up to N "
+                        "times (a record made with fewer steps whose best lies on an edge runs on)")
     p.add_argument("--space", default=None, metavar="YAML",
                    help="one search space for every cell instead of configs/spaces/detection_lr*.yaml (smoke runs)")
     p.add_argument("--scale", default="e8", help="results sub-folder and label")

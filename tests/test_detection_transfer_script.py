@@ -42,7 +42,8 @@ def test_toy_cells_write_records_skip_when_done_and_make_the_table(tmp_path, cap
     space.write_text("optim.lr: [0.001, 0.01]\n")
     out, sweeps = tmp_path / "results", tmp_path / "sweeps"
     vit = ["run", "--cells", "vit_tiny_cifar10:fcos:random_vpt_deep", "--data", data, "--epochs", "1",
-           "--seeds", "2", "--pruner", "none", "--space", str(space), "--scale", "toy", "--out", str(out),
+           "--seeds", "2", "--pruner", "none", "--extend-edges", "0", "--space", str(space), "--scale", "toy",
+           "--out", str(out),
            "--sweeps-root", str(sweeps), "--effnet-weights", weights, "--jobs", "2",
            "--set", "detector.min_size=64", "--set", "detector.max_size=64", "--set", "detector.fixed_size=[64, 64]",
            "--set", "train.batch_size=2", "--set", "train.eval_every=1"]
@@ -65,6 +66,12 @@ def test_toy_cells_write_records_skip_when_done_and_make_the_table(tmp_path, cap
     capsys.readouterr()
     assert dt.main(vit + ["--dry-run"]) == 0  # finished: skipped
     assert "1 cells (toy, 1 epochs, 2 seeds, 2 at a time): 1 done, 0 to run" in capsys.readouterr().out
+    # a 2-lr grid: its best lies on an edge, so asking for widening steps it was not made with runs it on
+    assert ctrl["extend_edges"] == 0 and ctrl["edges"]
+    widen = list(vit)
+    widen[widen.index("--extend-edges") + 1] = "1"
+    assert dt.main(widen + ["--dry-run"]) == 0
+    assert "0 done, 1 to run" in (o := capsys.readouterr().out) and "on an edge: widen" in o
     readme = tmp_path / "README.md"
     readme.write_text(f"x\n{mdt.START}\nold\n{mdt.END}\ny\n")
     assert mdt.main(["--root", str(out), "--write", "--readme", str(readme)]) == 0
