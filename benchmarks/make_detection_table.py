@@ -18,7 +18,8 @@ import sys
 from collections import defaultdict
 from typing import Dict, List, Optional
 
-from make_table import replace_block  # sibling script (light: no torch at module level)
+from make_table import replace_block  # sibling scripts (light: no torch at module level)
+from transfer_sweep import record_edges
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "detection")
@@ -55,11 +56,12 @@ def table(recs: List[dict]) -> str:
     for r in sorted(recs, key=_key):
         lo, hi = r["test_mAP_range"]
         lr = r["best"]["params"].get("optim.lr")
+        edge = f", **{'/'.join(record_edges(r).values())} edge**" if record_edges(r) else ""  # may lie beyond
         share = 100.0 * r["trainable_params"] / max(r["total_params"], 1)
         lines.append(f"| {BACKBONE_NAMES.get(r['backbone'], r['backbone'])} | {r['detector']} | "
                      f"{ARM_NAMES.get(r['arm'], r['arm'])} | {_pm(r['test_mAP_mean'], r['test_mAP_std'])} "
                      f"({r['test_n']}: {lo:.3f}–{hi:.3f}) | {_pm(r['test_mAP50_mean'], r['test_mAP50_std'])} | "
-                     f"{lr:g} ({r['best']['val']:.3f}) | {share:.1f}% | {r['device'].split(' (')[0]} | "
+                     f"{lr:g} ({r['best']['val']:.3f}{edge}) | {share:.1f}% | {r['device'].split(' (')[0]} | "
                      f"{r['wall_seconds'] / 60:.0f} min |")
     return "\n".join(lines)
 
@@ -112,7 +114,8 @@ def render(recs: List[dict]) -> str:
     for scale, rs in sorted(by_scale.items()):
         epochs = sorted({r["epochs"] for r in rs})
         blocks.append(f"**{scale}** ({', '.join(map(str, epochs))} epochs, BCCD test split, COCO mAP; lr chosen on "
-                      f"val, then mean ± std over the final seeds)\n\n" + table(rs) + "\n\n" + "\n".join(verdicts(rs)))
+                      f"val, then mean ± std over the final seeds; **edge**: the best lr lies on the edge of the grid searched, "
+                      f"after `--extend-edges` widened it where it could)\n\n" + table(rs) + "\n\n" + "\n".join(verdicts(rs)))
     return "\n\n".join(blocks)
 
 

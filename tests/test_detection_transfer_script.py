@@ -78,6 +78,7 @@ def test_toy_cells_write_records_skip_when_done_and_make_the_table(tmp_path, cap
     text = readme.read_text()
     assert "old" not in text and "| EfficientNet-Lite0 (ImageNet-1k) | fcos | pixel pad | " in text
     assert f"{rec['test_mAP_mean']:.3f} ± {rec['test_mAP_std']:.3f}" in text
+    assert " edge**) | " in text  # a best lr on the 2-lr grid's edge is flagged in the lr column
     assert "VPT-deep on the random-init copy" in text and text.startswith("x\n") and text.endswith("y\n")
 
 
