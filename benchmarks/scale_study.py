@@ -31,14 +31,16 @@ forgets everything else when it is given back. ``bundle`` packs what the study n
 JSON record under ``--out``, and per size the pretraining ``results.json``, ``train.log`` and the weights file when
 the bundle stays under ``--bundle-max-mib`` (ViT-Ti's 22 MB compress to about 20; ViT-S / ViT-B never fit: their
 transfer stage has to run in the same lease as their pretraining). ``bundle.json`` inside lists each file with its
-sha256 and each weights file left out. ``unbundle`` checks those sha256s, refuses links, absolute paths and ``..``,
-and writes records to ``--out`` and pretraining files to ``--work`` (an existing file that differs is an error).
+sha256 and each weights file left out. ``unbundle`` checks those sha256s and sizes, refuses links, unsafe names and
+anything but records and the known sizes' pretraining files, and only then writes records to ``--out`` and
+pretraining files to ``--work`` (an existing file that differs is an error; an identical one is kept).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 from typing import Dict, List, Optional
@@ -268,6 +270,9 @@ def table_cmd(args) -> int:
 # --- 4. bundle / unbundle (the way back from a lent GPU machine) ----------------------------------------------
 BUNDLE_INDEX = "bundle.json"
 PRETRAIN_FILES = ("results.json", "train.log")
+MAX_MEMBER_BYTES = 1 << 30  # unbundle: no member may be larger (ViT-B's fp32 weights are 340 MB)
+MAX_INDEX_BYTES = 16 << 20
+SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def _bundle_members(args) -> List[tuple]:
@@ -341,39 +346,47 @@ def unbundle(args) -> int:
     import tarfile
     if not args.bundle or not os.path.isfile(args.bundle):
         raise SystemExit(f"error: unbundle needs --bundle FILE (an existing scale_study.py bundle); got {args.bundle!r}")
+    known_sizes = {*SIZES, *SMOKE_SIZES}
     with tarfile.open(args.bundle, "r:gz") as tar:
         try:
-            index = json.load(tar.extractfile(tar.getmember(BUNDLE_INDEX)))
+            info = tar.getmember(BUNDLE_INDEX)
+            if not info.isfile() or info.size > MAX_INDEX_BYTES:
+                raise ValueError(f"{BUNDLE_INDEX} is not a plain file under {MAX_INDEX_BYTES} bytes")
+            index = json.load(tar.extractfile(info))
             files = dict(index["files"])
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise SystemExit(f"error: {args.bundle} has no valid {BUNDLE_INDEX} ({e}): not a scale_study.py bundle")
         plan, members = [], tar.getmembers()
-        for m in members:
+        for m in members:  # every check before anything is written: names, sizes, sha256
             if m.name == BUNDLE_INDEX:
                 continue
             parts = m.name.split("/")
-            if not m.isfile() or m.name.startswith("/") or ".." in parts or m.name not in files:
+            if not m.isfile() or m.name not in files or not all(SAFE_PART.match(p) and p != ".." for p in parts):
                 raise SystemExit(f"error: {args.bundle}: refusing member {m.name!r} (not a plain file listed in "
                                  f"{BUNDLE_INDEX}, or an unsafe path)")
-            if parts[0] == "records" and len(parts) >= 2 and m.name.endswith(".json"):
+            if parts[0] == "records" and 2 <= len(parts) <= 5 and m.name.endswith(".json"):
                 dest = os.path.join(args.out, *parts[1:])
-            elif parts[0] == "pretrain" and len(parts) == 3 and parts[2] in (*PRETRAIN_FILES, f"vit_{parts[1]}_cifar10.safetensors"):
+            elif (parts[0] == "pretrain" and len(parts) == 3 and parts[1] in known_sizes
+                  and parts[2] in (*PRETRAIN_FILES, f"vit_{parts[1]}_cifar10.safetensors")):
                 dest = os.path.join(args.work, *parts)
             else:
                 raise SystemExit(f"error: {args.bundle}: unexpected member {m.name!r}")
-            data = tar.extractfile(m).read()
+            if m.size > MAX_MEMBER_BYTES:
+                raise SystemExit(f"error: {args.bundle}: {m.name} is {m.size} bytes, over the {MAX_MEMBER_BYTES} "
+                                 f"a bundle member may have")
+            data = tar.extractfile(m).read(MAX_MEMBER_BYTES + 1)
             if hashlib.sha256(data).hexdigest() != files[m.name]:
                 raise SystemExit(f"error: {args.bundle}: {m.name} does not match its sha256 in {BUNDLE_INDEX} (damaged)")
+            if os.path.isfile(dest):
+                with open(dest, "rb") as f:
+                    if f.read() != data:
+                        raise SystemExit(f"error: {dest} exists and differs from the bundle's copy; move it away first")
+                continue  # the same file: kept
             plan.append((dest, data))
     missing = sorted(set(files) - {m.name for m in members})
     if missing:
         raise SystemExit(f"error: {args.bundle}: {BUNDLE_INDEX} lists files the archive lacks: {', '.join(missing)}")
     for dest, data in plan:
-        if os.path.isfile(dest):
-            with open(dest, "rb") as f:
-                if f.read() != data:
-                    raise SystemExit(f"error: {dest} exists and differs from the bundle's copy; move it away first")
-            continue
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         tmp = dest + f".tmp{os.getpid()}"
         with open(tmp, "wb") as f:
@@ -381,7 +394,7 @@ def unbundle(args) -> int:
         os.replace(tmp, dest)
     for w in index.get("weights_left_out", []):
         print(f"unbundle: {w.get('file')} was not in the bundle ({w.get('why')})")
-    print(f"unbundle: {len(plan)} files into {args.out} and {args.work}")
+    print(f"unbundle: {len(plan)} new files into {args.out} and {args.work}")
     return 0
 
 

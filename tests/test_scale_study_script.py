@@ -97,6 +97,8 @@ def _bundle(path, members, index_files=None):
 @pytest.mark.parametrize("members, index, match", [
     ({"records/../../evil.json": b"{}"}, None, "unsafe path"),
     ({"pretrain/ti/evil.py": b"x"}, None, "unexpected member"),
+    ({"pretrain/xl/results.json": b"{}"}, None, "unexpected member"),  # not a size this script knows
+    ({"records/a b/.json": b"{}"}, None, "unsafe path"),
     ({"records/a.json": b"{}"}, {"records/a.json": "0" * 64}, "does not match its sha256"),
     ({"records/a.json": b"{}"}, {"records/a.json": hashlib.sha256(b"{}").hexdigest(), "records/b.json": "0" * 64},
      "lacks: records/b.json"),
