@@ -14,7 +14,8 @@ retinanet (torchvision). Each cell's recipe is ``configs/detection/<effnet|vit>_
 The search, the same for every cell: the grid of ``configs/spaces/detection_lr.yaml`` (absolute AdamW lr
 0.0003, 0.001, 0.003, 0.01; full fine-tuning: ``detection_lr_full.yaml``, 3e-5 .. 1e-3), best epoch by val
 COCO mAP, median pruner, ``--extend-edges 2`` (a best lr on the grid's edge adds the next half-decade past it,
-up to twice, as in the transfer suite), then ``--seeds 3`` final runs (seeds 0, 1, 2) of the best lr, test once each. Epochs:
+up to twice, as in the transfer suite), then ``--seeds 3`` final runs (seeds 0, 1, 2) of the best lr, test once
+each. Epochs:
 the recipes' 8 (``--epochs``). Each sweep runs in its own process in a folder under
 ``~/.cache/vpt/detection_sweeps``; its record (best lr, every trial, the final runs' val / test mAP and mAP@0.5,
 seed spread, wall time, command, versions, device, weights sha256, config) goes to

@@ -114,8 +114,9 @@ def render(recs: List[dict]) -> str:
     for scale, rs in sorted(by_scale.items()):
         epochs = sorted({r["epochs"] for r in rs})
         blocks.append(f"**{scale}** ({', '.join(map(str, epochs))} epochs, BCCD test split, COCO mAP; lr chosen on "
-                      f"val, then mean ± std over the final seeds; **edge**: the best lr lies on the edge of the grid searched, "
-                      f"after `--extend-edges` widened it where it could)\n\n" + table(rs) + "\n\n" + "\n".join(verdicts(rs)))
+                      f"val, then mean ± std over the final seeds; **edge**: the best lr lies on the edge of the grid "
+                      f"searched, after `--extend-edges` widened it where it could)\n\n" + table(rs) + "\n\n"
+                      + "\n".join(verdicts(rs)))
     return "\n\n".join(blocks)
 
 

@@ -345,7 +345,8 @@ def unbundle(args) -> int:
     import hashlib
     import tarfile
     if not args.bundle or not os.path.isfile(args.bundle):
-        raise SystemExit(f"error: unbundle needs --bundle FILE (an existing scale_study.py bundle); got {args.bundle!r}")
+        raise SystemExit(f"error: unbundle needs --bundle FILE (an existing scale_study.py bundle); "
+                         f"got {args.bundle!r}")
     known_sizes = {*SIZES, *SMOKE_SIZES}
     with tarfile.open(args.bundle, "r:gz") as tar:
         try:
@@ -376,7 +377,8 @@ def unbundle(args) -> int:
                                  f"a bundle member may have")
             data = tar.extractfile(m).read(MAX_MEMBER_BYTES + 1)
             if hashlib.sha256(data).hexdigest() != files[m.name]:
-                raise SystemExit(f"error: {args.bundle}: {m.name} does not match its sha256 in {BUNDLE_INDEX} (damaged)")
+                raise SystemExit(f"error: {args.bundle}: {m.name} does not match its sha256 in {BUNDLE_INDEX} "
+                                 f"(damaged)")
             if os.path.isfile(dest):
                 with open(dest, "rb") as f:
                     if f.read() != data:
