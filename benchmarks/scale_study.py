@@ -342,8 +342,8 @@ def bundle(args) -> int:
 
 def unbundle(args) -> int:
     """Extract a bundle: records -> --out, pretraining files -> --work, each checked against bundle.json."""
-    import hashlib
     import tarfile
+    from transfer_data import sha256_bytes
     if not args.bundle or not os.path.isfile(args.bundle):
         raise SystemExit(f"error: unbundle needs --bundle FILE (an existing scale_study.py bundle); "
                          f"got {args.bundle!r}")
@@ -376,7 +376,7 @@ def unbundle(args) -> int:
                 raise SystemExit(f"error: {args.bundle}: {m.name} is {m.size} bytes, over the {MAX_MEMBER_BYTES} "
                                  f"a bundle member may have")
             data = tar.extractfile(m).read(MAX_MEMBER_BYTES + 1)
-            if hashlib.sha256(data).hexdigest() != files[m.name]:
+            if sha256_bytes(data) != files[m.name]:
                 raise SystemExit(f"error: {args.bundle}: {m.name} does not match its sha256 in {BUNDLE_INDEX} "
                                  f"(damaged)")
             if os.path.isfile(dest):
