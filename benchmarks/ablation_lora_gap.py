@@ -15,7 +15,10 @@ transfer_sweep.py's machinery:
     epochs_50                  epochs of every trial and final run (base 10)
     depth_last_half            prompts at the last 3 of 6 blocks only (base: all 6)
     head_mlp                   a 2-layer MLP head (GELU, hidden = width 192) instead of the linear one
-    init_patch_embed           prompts start as the backbone's own patch tokens (base: VPT's uniform init)
+    init_patch_embed           prompts start as the backbone's own patch tokens of noise images (base: VPT's
+                               uniform init)
+    init_data                  prompts start as patch tokens of training images, each block's from the tokens
+                               entering it (SPT's random-sample init, Wang et al. 2024)
 
 Records: ``benchmarks/results/ablation_lora_gap/<point>/vit_tiny_cifar10/<task>/vpt_deep.json`` (the
 transfer_sweep record format: command, versions, device, weights sha256, config, every trial, the final
@@ -54,8 +57,10 @@ POINTS: Dict[str, dict] = {
     "epochs_50": {"label": "50 epochs", "set": {}, "epochs": 50},
     "depth_last_half": {"label": "last 3 of 6 blocks", "set": {"model.prompt": {**BASE_PROMPT, "last_k": 3}}},
     "head_mlp": {"label": "MLP head", "set": {"model.head": {"kind": "mlp", "num_layers": 2}}},
-    "init_patch_embed": {"label": "init from patch embeddings",
+    "init_patch_embed": {"label": "init from patch embeddings (noise images)",
                          "set": {"model.prompt": {**BASE_PROMPT, "init": "patch_embed"}}},
+    "init_data": {"label": "init from training-image tokens (SPT)",
+                  "set": {"model.prompt": {**BASE_PROMPT, "init": "data"}}},
 }
 
 

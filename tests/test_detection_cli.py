@@ -150,3 +150,17 @@ def test_killed_detection_run_resumes_to_the_same_result(tmp_path, recipe):
     for sub in ("best", "last"):
         ta, tb = (load_file(os.path.join(d, sub, "adapter_model.safetensors")) for d in (full, cut))
         assert sorted(ta) == sorted(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_prompt_init_data_is_refused_where_the_task_draws_no_prompts(tmp_path, capsys):
+    """Prompt init ``data`` is drawn by the classification task; the detection task would start from VPT's uniform
+    init without saying so, so the engine refuses the run before it writes anything."""
+    data, _ = make_voc(tmp_path / "voc")
+    recipe = tmp_path / "det.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "model": {**RECIPE["model"], "prompt": {
+        "kind": "vpt_deep", "num_tokens": 2, "init": "data"}}}))
+    run = tmp_path / "run"
+    assert main(["train", "--task", "detection", "-c", str(recipe), "--data", data, "--output", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "prompt init 'data' draws the prompts from training images, and task 'detection' does not draw them" in err
+    assert "use init xavier_uniform or patch_embed" in err and not run.exists()

@@ -154,6 +154,36 @@ def sample_patch_tokens(backbone: BackboneAdapter, data_config: DataConfig, n: i
     return tokens[torch.randperm(tokens.shape[0], device=tokens.device)[:n]].float().cpu()
 
 
+def sample_block_tokens(backbone: BackboneAdapter, images: torch.Tensor, layers: Sequence[int], n: int,
+                        seed: int = 0) -> Dict[int, torch.Tensor]:
+    """For each block ``l`` in ``layers``: ``n`` patch tokens (n, D), drawn at random without replacement from
+    the patch tokens (prefix tokens dropped) that enter block ``l`` when ``images`` (B, C, H, W, normalised as
+    the backbone expects) run through the frozen backbone without prompts, in eval mode: SPT's random-sample
+    prompt init (Wang et al. 2024). The draws use a generator seeded with ``seed``, not the global RNG."""
+    k, last = backbone.layout.num_prefix, max(layers)
+    wanted = set(layers)
+    generator = torch.Generator().manual_seed(int(seed))
+    was_training = backbone.training
+    backbone.eval()
+    out: Dict[int, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            h, ctx = backbone.embed(images)  # (B, k+N, D)
+            for i in range(last + 1):
+                if i in wanted:
+                    tokens = h[:, k:].reshape(-1, h.shape[-1])  # (B*N, D)
+                    if tokens.shape[0] < n:
+                        raise ConfigError(f"prompt init data needs {n} patch tokens per block and {images.shape[0]} "
+                                          f"image(s) give {tokens.shape[0]}; use fewer prompt tokens or more images")
+                    pick = torch.randperm(tokens.shape[0], generator=generator)[:n]
+                    out[i] = tokens[pick.to(tokens.device)].float().cpu()
+                if i < last:
+                    h = backbone.block(i, h, ctx)
+    finally:
+        backbone.train(was_training)
+    return out
+
+
 class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
     """Frozen backbone + prompts + head. Build with :func:`vpt.create_model`."""
 
@@ -231,6 +261,20 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         return self
 
     # --- merge (methods that fold into the backbone's weights: vpt.methods) -----------------------
+    def init_prompts_from_images(self, images: torch.Tensor, seed: int = 0) -> bool:
+        """Prompt ``init: data`` (SPT): each prompted block's prompts become patch tokens sampled from the tokens
+        that enter that block for ``images`` (a batch of training images, normalised as ``data_config`` says),
+        with the frozen backbone and no prompts (:func:`sample_block_tokens`). ``vpt train`` calls this with
+        the run's seed; a model built with ``create_model`` alone keeps VPT's uniform init until it is called.
+        Returns False (and changes nothing) for any other init."""
+        prompt = self.prompt
+        if prompt is None or getattr(prompt.config, "init", None) != "data" or not prompt.num_tokens:
+            return False
+        param = next(self.backbone.parameters(), None)
+        images = images.to(param.device) if param is not None else images
+        prompt.init_from_tokens(sample_block_tokens(self.backbone, images, prompt.layers, prompt.num_tokens, seed))
+        return True
+
     def merge(self, alpha: float = 1.0) -> "PromptedModel":
         """Fold the model's method into the backbone's weights (SSF, BitFit): the plain backbone's speed.
         ``alpha`` in [0, 1] interpolates WiSE-style between the frozen (0) and tuned (1) weights."""

@@ -171,6 +171,9 @@ class Trainer:
         self.model = self.task.build_model(self).to(self.device)
         if t.init_from and not self.resume:
             self.task.load_init(self, self.model, t.init_from)
+        elif not self.resume and any(getattr(m, "pending_data_init", False) for m in self.model.modules()):
+            raise ConfigError(f"prompt init 'data' draws the prompts from training images, and task "
+                              f"{self.task.name!r} does not draw them; use init xavier_uniform or patch_embed")
         self.fp8 = convert_fp8(self.model) if t.fp8 else None
         self.params = count_parameters(self.model)
         _logger.info("trainable params: %d || all params: %d || trainable%%: %.4f", self.params["trainable"],

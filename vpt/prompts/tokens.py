@@ -7,7 +7,7 @@ through the others.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, List, Optional
+from typing import ClassVar, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -17,14 +17,16 @@ from ..registry import PROMPTS
 from .base import PromptModule, resolve_layers, split_per_layer, xavier_bound
 
 
-INITS = ("xavier_uniform", "normal", "zeros", "patch_embed")
-INIT_HELP = ("prompt init: xavier_uniform (VPT), normal (std 0.02), zeros, or patch_embed (patch tokens the frozen "
-             "backbone's own embedding makes, position included, from noise images)")
+INITS = ("xavier_uniform", "normal", "zeros", "patch_embed", "data")
+INIT_HELP = ("prompt init: xavier_uniform (VPT), normal (std 0.02), zeros, patch_embed (patch tokens the frozen "
+             "backbone's own embedding makes, position included, from noise images), or data (SPT, Wang et al. "
+             "2024: each prompted block's prompts are patch tokens sampled at random from the tokens that enter "
+             "that block for a batch of the training images; vpt train draws them)")
 
 
 def _check_init(cfg) -> None:
-    if cfg.init == "patch_embed" and cfg.project_dim:
-        raise FieldError("init", f" patch_embed copies patch tokens of the backbone's width, and project_dim "
+    if cfg.init in ("patch_embed", "data") and cfg.project_dim:
+        raise FieldError("init", f" {cfg.init} copies patch tokens of the backbone's width, and project_dim "
                                  f"{cfg.project_dim} learns prompts in another; drop project_dim or use another init")
 
 
@@ -78,11 +80,13 @@ class TokenPrompt(PromptModule):
         # group parameters by layer (timm.optim layer decay) put each block's prompts in that block's group
         self.prompts = nn.ParameterDict({str(layer): nn.Parameter(torch.zeros(self.num_tokens, d)) for layer in layers})
         for p in self.prompts.values():
-            if config.init == "xavier_uniform":
+            if config.init in ("xavier_uniform", "data"):  # data: VPT's init until init_from_tokens replaces it
                 b = xavier_bound(layout.patch_size, d)
                 nn.init.uniform_(p, -b, b)
             elif config.init == "normal":
                 nn.init.normal_(p, std=0.02)
+        # init "data": True until init_from_tokens ran (vpt train refuses a run that would start without it)
+        self.pending_data_init = config.init == "data" and self.num_tokens > 0
         if config.init == "patch_embed" and self.num_tokens:
             if patch_tokens is None:
                 raise ConfigError("prompt init patch_embed needs a backbone that embeds patches (a token backbone)")
@@ -96,6 +100,18 @@ class TokenPrompt(PromptModule):
         else:
             self.proj = nn.Identity()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    @torch.no_grad()
+    def init_from_tokens(self, tokens: Dict[int, torch.Tensor]) -> None:
+        """``init: data``: block ``l``'s prompts become ``tokens[l]`` (num_tokens, D), patch tokens that entered
+        block ``l`` (see :meth:`vpt.model.PromptedModel.init_prompts_from_images`)."""
+        for layer in self.layers:
+            t = tokens[layer]
+            p = self.prompts[str(layer)]
+            if t.shape != p.shape:
+                raise ValueError(f"block {layer}: {tuple(t.shape)} tokens for prompts of shape {tuple(p.shape)}")
+            p.copy_(t.to(p.dtype))
+        self.pending_data_init = False
 
     @property
     def first_layer(self) -> int:

@@ -200,6 +200,9 @@ def build_model(section: Any, class_names: Sequence[str]) -> torch.nn.Module:
     return factory.from_section(section, list(class_names))
 
 
+DATA_INIT_IMAGES = 64  # training images whose patch tokens prompt init "data" samples from (SPT: one batch)
+
+
 # --- the task -------------------------------------------------------------------------------------
 @TASKS.register("classification", config_cls=RunConfig, help="image folder / CSV -> class (cross-entropy)")
 class ClassificationTask(Task):
@@ -264,7 +267,24 @@ class ClassificationTask(Task):
                          "val": ImageDataset(self.splits.val, eval_tf, skip_corrupt=skip),
                          "test": ImageDataset(self.splits.test, eval_tf, skip_corrupt=skip)}
         self.input_size = model.data_config.input_size
+        self.init_prompts_from_data(run, model, eval_tf)
         return model
+
+    def init_prompts_from_data(self, run, model: torch.nn.Module, eval_tf) -> None:
+        """Prompt ``init: data``: up to ``DATA_INIT_IMAGES`` training images, picked with the run's seed and read
+        with the eval transform, give the prompts their first values (``init_prompts_from_images``)."""
+        if not any(getattr(m, "pending_data_init", False) for m in model.modules()):
+            return
+        seed, train = self.cfg.train.seed, self.splits.train
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:DATA_INIT_IMAGES]
+        ds = ImageDataset([train[i] for i in pick.tolist()], eval_tf, skip_corrupt=self.cfg.data.skip_corrupt)
+        x = collate([ds[i] for i in range(len(ds))])[0]
+        if x is None:
+            raise DataError(f"prompt init data: none of the {len(ds)} training images drawn could be read; check "
+                            f"the images in {self.cfg.data.root!r} or use another init")
+        model.to(run.device)
+        model.init_prompts_from_images(x.to(run.device, memory_format=self.memory_format), seed=seed)
+        _logger.info("prompt init data: prompts drawn from the patch tokens of %d training images", x.shape[0])
 
     def create_model(self) -> torch.nn.Module:
         """The model of ``cfg.model`` for these classes (packed sweep trials build K at once instead)."""
