@@ -330,6 +330,12 @@ def test_bad_input_gets_a_message(sweep_setup, capsys):
     assert "searches another space" in capsys.readouterr().err
     assert main(_args(root, data, root / "x", space, "--storage", f"sqlite:///{root}/no/dir/x.db")) == 2
     assert "cannot reach the storage" in capsys.readouterr().err
+    # no -c: the packaged default recipe, named as `vpt train` names it; a missing data folder writes nothing
+    out = root / "nodata"
+    assert main(["sweep", "--space", str(space), "--data", str(root / "no_such_folder"), "--output", str(out)]) == 2
+    io = capsys.readouterr()
+    assert "recipe: vpt_deep_vit_tiny_cifar10 (the default" in io.out
+    assert "data not found" in io.err and "no_such_folder" in io.err and not out.exists()
 
 
 @pytest.mark.sweep

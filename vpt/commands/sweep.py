@@ -1,5 +1,7 @@
 """``vpt sweep -c RECIPE --data DIR --space SPACE.yaml --output DIR [train flags] [sweep flags]``
 
+Without ``-c``, a classification sweep starts from the packaged default recipe, as ``vpt train`` does.
+
 Hyper-parameter search on Optuna: trials select on the validation split only (the pruner may stop a trial
 after any epoch), the best setting is trained again with ``--seeds`` seeds, and test is read once, by those
 final runs (``--top-k K``: the K best trials are each trained again, and the one with the best mean final val
@@ -34,7 +36,8 @@ import signal
 import threading
 
 from ._common import UserError
-from .train import FLAG_FIELDS, add_input_flags, add_training_flags, kill_callback, recipe_task, resolve_run_config
+from .train import (FLAG_FIELDS, add_input_flags, add_training_flags, kill_callback, recipe_task, resolve_run_config,
+                    use_default_recipe)
 
 
 def register(sub) -> None:
@@ -104,12 +107,17 @@ def run(args) -> int:
     from ..sweep.space import load_space
     from ..tasks import task_class
 
+    note = use_default_recipe(args)  # without -c: the packaged default recipe, as `vpt train` runs it
+    if note:
+        print(note)
     task_cls = task_class(recipe_task(args))
     cfg = resolve_run_config(args, task_cls)
     if cfg.task != task_cls.name:
         raise UserError(f"the recipe says task {cfg.task!r} but --task is {task_cls.name!r}; drop one")
     if not getattr(cfg, "data", None) or not cfg.data.root:
         raise UserError("no data given: pass --data DIR (or set data.root in the recipe)")
+    if not os.path.exists(cfg.data.root):  # before the sweep folder and its study are written
+        raise UserError(f"data not found: {cfg.data.root!r}; pass --data with an existing folder (nothing was written)")
     if os.environ.get("WORLD_SIZE", "1") != "1":
         raise UserError("run vpt sweep as plain processes (one per worker), not under torchrun; to train each trial "
                         "data-parallel, pass --nproc-per-trial N (the sweep starts a torchrun job per trial)")
