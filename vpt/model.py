@@ -260,7 +260,6 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
                 m.train(mode)  # ... but a method's own layers (their dropout) train
         return self
 
-    # --- merge (methods that fold into the backbone's weights: vpt.methods) -----------------------
     def init_prompts_from_images(self, images: torch.Tensor, seed: int = 0) -> bool:
         """Prompt ``init: data`` (SPT): each prompted block's prompts become patch tokens sampled from the tokens
         that enter that block for ``images`` (a batch of training images, normalised as ``data_config`` says),
@@ -275,6 +274,7 @@ class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
         prompt.init_from_tokens(sample_block_tokens(self.backbone, images, prompt.layers, prompt.num_tokens, seed))
         return True
 
+    # --- merge (methods that fold into the backbone's weights: vpt.methods) -----------------------
     def merge(self, alpha: float = 1.0) -> "PromptedModel":
         """Fold the model's method into the backbone's weights (SSF, BitFit): the plain backbone's speed.
         ``alpha`` in [0, 1] interpolates WiSE-style between the frozen (0) and tuned (1) weights."""
