@@ -88,8 +88,10 @@ def verdicts(recs: List[dict]) -> List[str]:
         for arm in ("pixel_pad", "pixel_patch", "vpt_deep"):
             if arm in arms and head is not None:
                 r = arms[arm]
-                word = "helps" if r["test_mAP_mean"] > head["test_mAP_mean"] else "loses"
-                parts.append(f"{ARM_NAMES[arm]} {word} against head only, {compare(r, head)}")
+                d = r["test_mAP_mean"] - head["test_mAP_mean"]
+                spread = max(r["test_mAP_std"] or 0.0, head["test_mAP_std"] or 0.0)
+                word = "ties with" if abs(d) <= spread else "beats" if d > 0 else "loses to"  # as compare() rules
+                parts.append(f"{ARM_NAMES[arm]} {word} head only, {compare(r, head)}")
         if "full" in arms:
             best = max((arms[a] for a in arms if a != "full"), key=lambda r: r["test_mAP_mean"], default=None)
             if best is not None:

@@ -87,7 +87,7 @@ def test_verdicts_compare_with_head_only_and_name_the_spread():
         return {"backbone": "effnet_lite0", "detector": "fcos", "arm": arm, "test_mAP_mean": m, "test_mAP_std": s}
     lines = mdt.verdicts([r("head", 0.30, 0.01), r("pixel_pad", 0.28, 0.005), r("pixel_patch", 0.305, 0.01),
                           r("full", 0.40, 0.02)])
-    assert lines == ["- EfficientNet-Lite0 (ImageNet-1k) + fcos: pixel pad loses against head only, 0.280 vs 0.300 "
-                     "(-0.020, beyond the seed spread of 0.010); pixel patch helps against head only, 0.305 vs 0.300 "
+    assert lines == ["- EfficientNet-Lite0 (ImageNet-1k) + fcos: pixel pad loses to head only, 0.280 vs 0.300 "
+                     "(-0.020, beyond the seed spread of 0.010); pixel patch ties with head only, 0.305 vs 0.300 "
                      "(+0.005, within the seed spread of 0.010); full fine-tuning against the best frozen arm "
                      "(pixel patch): 0.400 vs 0.305 (+0.095, beyond the seed spread of 0.020)."]
