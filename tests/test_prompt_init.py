@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import vpt
 from vpt.config import ConfigError
 from vpt.engine import Callback, train
-from vpt.model import sample_block_tokens, sample_patch_tokens
+from vpt.model import init_prompts_from_images, sample_block_tokens, sample_patch_tokens
 from vpt.sweep.packed import build_packed_model
 from vpt.tasks.classification import ModelSection
 
@@ -131,7 +131,8 @@ def test_packed_trials_draw_the_lone_runs_prompts():
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)
     packed = build_packed_model(section, ["a", "b"], 3)
-    assert packed.init_prompts_from_images(x, seed=5)
+    assert init_prompts_from_images(packed, x, seed=5) == 3
+    assert init_prompts_from_images(packed, x, seed=6) == 0  # drawn once: nothing waits any more
     torch.manual_seed(0)
     alone = model({"kind": "vpt_deep", "num_tokens": 3, "init": "data"})
     alone.init_prompts_from_images(x, seed=5)
@@ -186,3 +187,16 @@ def test_vpt_train_draws_the_prompts_from_the_training_images(tmp_path):
     train(task_cls(cfg("run", "data")), resume=True)
     saved = load_file(os.path.join(tmp_path, "run", "last", "adapter_model.safetensors"))
     assert not torch.equal(saved["prompt.prompts.0"], start.prompts["0"])
+
+
+def test_a_clip_image_tower_draws_its_prompts_from_the_training_images(tmp_path):
+    """CLIP tasks build their model through the classification task: the image tower's prompts are drawn too."""
+    pytest.importorskip("open_clip")
+    from vpt.cli import main
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vpt", "recipes",
+                          "clip_tiny_offline.yaml")
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    out = tmp_path / "run"
+    assert main(["train", "-c", recipe, "--data", data, "--output", str(out), "--epochs", "1",
+                 "--set", "model.prompt={kind: vpt_deep, num_tokens: 2, init: data}"]) == 0
+    assert "prompt init data: prompts drawn from the patch tokens of" in open(out / "train.log").read()

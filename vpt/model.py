@@ -184,6 +184,15 @@ def sample_block_tokens(backbone: BackboneAdapter, images: torch.Tensor, layers:
     return out
 
 
+def init_prompts_from_images(model: nn.Module, images: torch.Tensor, seed: int = 0) -> int:
+    """Prompt ``init: data`` for every :class:`PromptedModel` inside ``model`` whose prompts still wait for it
+    (a classifier, each of several models sharing one backbone, a CLIP model's image tower), each drawn exactly as
+    :meth:`PromptedModel.init_prompts_from_images` draws it alone. Returns how many were drawn."""
+    towers = [m for m in model.modules()
+              if isinstance(m, PromptedModel) and getattr(m.prompt, "pending_data_init", False)]
+    return sum(m.init_prompts_from_images(images, seed) for m in towers)
+
+
 class PromptedModel(AdapterMixin, TimmModelApi, nn.Module):
     """Frozen backbone + prompts + head. Build with :func:`vpt.create_model`."""
 

@@ -97,10 +97,6 @@ class PackedClassifier(nn.Module):
             return torch.stack([m.forward_head(feats) for m in self.trials])  # (K, B, C)
         return torch.stack([m.forward_head(feats[k * B:(k + 1) * B]) for k, m in enumerate(self.trials)])  # (K, B, C)
 
-    def init_prompts_from_images(self, images: torch.Tensor, seed: int = 0) -> bool:
-        """Prompt ``init: data`` for every trial, each exactly as a lone run with ``seed`` draws it."""
-        return any([m.init_prompts_from_images(images, seed) for m in self.trials])
-
     def param_roles(self) -> Dict[str, Tuple[str, ...]]:
         """Each trial's roles (``vpt.model.AdapterMixin.param_roles``) under this module's names."""
         return {f"trials.{k}.{n}": r for k, m in enumerate(self.trials) for n, r in m.param_roles().items()}

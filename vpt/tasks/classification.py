@@ -272,7 +272,7 @@ class ClassificationTask(Task):
 
     def init_prompts_from_data(self, run, model: torch.nn.Module, eval_tf) -> None:
         """Prompt ``init: data``: up to ``DATA_INIT_IMAGES`` training images, picked with the run's seed and read
-        with the eval transform, give the prompts their first values (``init_prompts_from_images``)."""
+        with the eval transform, give the prompts their first values (``vpt.model.init_prompts_from_images``)."""
         if not any(getattr(m, "pending_data_init", False) for m in model.modules()):
             return
         seed, train = self.cfg.train.seed, self.splits.train
@@ -282,8 +282,9 @@ class ClassificationTask(Task):
         if x is None:
             raise DataError(f"prompt init data: none of the {len(ds)} training images drawn could be read; check "
                             f"the images in {self.cfg.data.root!r} or use another init")
+        from ..model import init_prompts_from_images
         model.to(run.device)
-        model.init_prompts_from_images(x.to(run.device, memory_format=self.memory_format), seed=seed)
+        init_prompts_from_images(model, x.to(run.device, memory_format=self.memory_format), seed=seed)
         _logger.info("prompt init data: prompts drawn from the patch tokens of %d training images", x.shape[0])
 
     def create_model(self) -> torch.nn.Module:
