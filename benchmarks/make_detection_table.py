@@ -66,10 +66,14 @@ def table(recs: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def gap(a: dict, b: dict) -> tuple:
+    """(a's test mAP minus b's, the larger of their seed spreads): a difference within the spread is a tie."""
+    return a["test_mAP_mean"] - b["test_mAP_mean"], max(a["test_mAP_std"] or 0.0, b["test_mAP_std"] or 0.0)
+
+
 def compare(a: dict, b: dict) -> str:
     """'0.123 vs 0.100 (+0.023, beyond the seed spread)' for arm a against arm b."""
-    d = a["test_mAP_mean"] - b["test_mAP_mean"]
-    spread = max(a["test_mAP_std"] or 0.0, b["test_mAP_std"] or 0.0)
+    d, spread = gap(a, b)
     where = "within the seed spread" if abs(d) <= spread else "beyond the seed spread"
     return f"{a['test_mAP_mean']:.3f} vs {b['test_mAP_mean']:.3f} ({d:+.3f}, {where} of {spread:.3f})"
 
@@ -88,9 +92,8 @@ def verdicts(recs: List[dict]) -> List[str]:
         for arm in ("pixel_pad", "pixel_patch", "vpt_deep"):
             if arm in arms and head is not None:
                 r = arms[arm]
-                d = r["test_mAP_mean"] - head["test_mAP_mean"]
-                spread = max(r["test_mAP_std"] or 0.0, head["test_mAP_std"] or 0.0)
-                word = "ties with" if abs(d) <= spread else "beats" if d > 0 else "loses to"  # as compare() rules
+                d, spread = gap(r, head)
+                word = "ties with" if abs(d) <= spread else "beats" if d > 0 else "loses to"
                 parts.append(f"{ARM_NAMES[arm]} {word} head only, {compare(r, head)}")
         if "full" in arms:
             best = max((arms[a] for a in arms if a != "full"), key=lambda r: r["test_mAP_mean"], default=None)

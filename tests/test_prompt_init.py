@@ -187,6 +187,8 @@ def test_vpt_train_draws_the_prompts_from_the_training_images(tmp_path):
     train(task_cls(cfg("run", "data")), resume=True)
     saved = load_file(os.path.join(tmp_path, "run", "last", "adapter_model.safetensors"))
     assert not torch.equal(saved["prompt.prompts.0"], start.prompts["0"])
+    log = open(tmp_path / "run" / "train.log").read()
+    assert "resumed" in log and log.count("prompt init data:") == 1  # a resumed run draws nothing
 
 
 def test_a_clip_image_tower_draws_its_prompts_from_the_training_images(tmp_path):

@@ -273,6 +273,8 @@ class ClassificationTask(Task):
     def init_prompts_from_data(self, run, model: torch.nn.Module, eval_tf) -> None:
         """Prompt ``init: data``: up to ``DATA_INIT_IMAGES`` training images, picked with the run's seed and read
         with the eval transform, give the prompts their first values (``vpt.model.init_prompts_from_images``)."""
+        if getattr(run, "resume", False) or self.cfg.train.init_from:
+            return  # the run's saved tensors, or the artifact's, replace whatever would be drawn
         if not any(getattr(m, "pending_data_init", False) for m in model.modules()):
             return
         seed, train = self.cfg.train.seed, self.splits.train
