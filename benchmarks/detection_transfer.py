@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from transfer import EFFNET_FILE, _extra_versions, _sha256, epoch_seconds  # noqa: E402  (benchmarks/ helpers)
-from transfer_sweep import record_edges, run_logged, write_json  # noqa: E402
+from transfer_sweep import logged_wall_seconds, record_edges, run_logged, write_json  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "detection")
 SWEEPS_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "vpt", "detection_sweeps")
@@ -165,9 +165,11 @@ def make_record(args, backbone: str, detector: str, arm: str, out_dir: str, cmd:
         "val_mAP_mean": statistics.fmean(r["val_mAP"] for r in runs), "final_runs": runs,
         "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"],
         "train_seconds_per_run": statistics.fmean(r["train_seconds"] for r in runs),
-        # this invocation plus the record it continues (a sweep widened past an edge); a sweep killed and resumed
-        # counts from the restart only
-        "trials": trials, "wall_seconds": wall + earlier_wall,
+        # every invocation of this sweep, from its log (resumed after a kill, widened past an edge); without a
+        # log, this invocation plus the record it continues
+        "trials": trials,
+        "wall_seconds": logged_wall_seconds(os.path.join(os.path.dirname(out_dir), f"{arm}.log"), res["study"])
+        or wall + earlier_wall,
         "backbone_weights_sha256": weights_sha,
         "command": res["command"],
         "driver_command": " ".join(shlex.quote(c) for c in [os.path.basename(cmd[0]), *cmd[1:]]),

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -198,7 +199,9 @@ def make_record(args, setup: str, task: str, arm: str, out_dir: str, cmd: List[s
         "trainable_params": r0["trainable_params"], "total_params": r0["total_params"],
         "trainable_percent": 100.0 * r0["trainable_params"] / max(r0["total_params"], 1),
         "trial_counts": res["trial_counts"], "trials": trials,
-        "wall_seconds": wall,  # this invocation only (a resumed sweep: the part after the restart)
+        # every invocation of this sweep, from its log (a sweep killed and resumed counts every part)
+        "wall_seconds": logged_wall_seconds(os.path.join(os.path.dirname(out_dir), f"{arm}.log"), res["study"])
+        or wall,
         "backbone_weights_sha256": weights_sha,
         "data": {**r0["data"], "manifest_source_sha256": manifest.get("source_sha256"),
                  "licence": manifest.get("licence")},
@@ -256,7 +259,65 @@ def run_logged(cmd: List[str], out_dir: str, arm: str, threads: int) -> Tuple[in
         log.write(f"\n[{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}] {' '.join(map(shlex.quote, cmd))}\n")
         log.flush()
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return proc.returncode, time.perf_counter() - start
+        wall = time.perf_counter() - start
+        log.write(f"[{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}] exit {proc.returncode} after {wall:.1f} s\n")
+    return proc.returncode, wall
+
+
+_STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d) ")  # vpt's log lines: "HH:MM:SS LEVEL logger: message"
+_HEADER = re.compile(r"^\[\d{4}-\d\d-\d\dT(\d\d):(\d\d):(\d\d)Z\] ")  # run_logged's command line
+_END = re.compile(r"^\[[^\]]+\] exit -?\d+ after (\d+(?:\.\d+)?) s$")  # run_logged's last line per invocation
+
+
+def logged_wall_seconds(log_path: str, study: str) -> Optional[float]:
+    """Wall seconds a sweep has run over all its invocations, from its ``<arm>.log`` (run_logged appends one
+    segment per invocation, opened by a ``[timestamp] command`` line and closed by ``[timestamp] exit N after S
+    s``): the sum, over the segments from the last one that created ``study`` afresh (earlier ones belong to a
+    sweep folder since discarded), of each one's S, or for a segment that has none (the driver was killed, or
+    an older log) the time from its command line (or its first timestamped line) to its last timestamped line.
+    So a sweep killed and resumed, or widened past an edge, counts every part. None if the log has no segment
+    that created the study."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    segments: List[List[str]] = []
+    for line in lines:
+        if _END.match(line) and segments:
+            segments[-1].append(line)
+        elif line.startswith("[") and "] " in line:
+            segments.append([line])
+        elif segments:
+            segments[-1].append(line)
+    created = f"created study '{study}'"
+    fresh = [i for i, seg in enumerate(segments) if any(line.endswith(created) for line in seg)]
+    if not fresh:
+        return None
+    total = 0.0
+    for seg in segments[fresh[-1]:]:
+        ended = [float(m.group(1)) for m in map(_END.match, seg) if m]
+        if ended:
+            total += ended[-1]
+            continue
+        first = last = None
+        for line in seg[1:]:
+            m = _STAMP.match(line)
+            if m:
+                t = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
+                if last is not None:
+                    while t < last:  # past midnight
+                        t += 86400
+                first = t if first is None else first
+                last = t
+        if first is not None:
+            start = _HEADER.match(seg[0])  # the command line's UTC time: the startup before the first line
+            if start:
+                t = int(start.group(1)) * 3600 + int(start.group(2)) * 60 + int(start.group(3))
+                if 0 <= first - t < 600:  # the log's clock is UTC too (else the two differ by a time zone)
+                    first = t
+            total += last - first
+    return float(total)
 
 
 def run_cell(args, setup: str, task: str, arm: str) -> Optional[dict]:

@@ -58,6 +58,8 @@ def test_toy_cells_write_records_skip_when_done_and_make_the_table(tmp_path, cap
                                      max(r["test_mAP"] for r in rec["final_runs"])]
     assert {t["params"]["optim.lr"] for t in rec["trials"]} == {0.001, 0.01}
     assert rec["config"]["model"]["prompt"]["kind"] == "pixel_pad" and rec["wall_seconds"] > 0
+    last = (sweeps / "toy" / "effnet_lite0" / "fcos" / "pixel_pad.log").read_text().splitlines()[-1]
+    assert last.endswith(f"exit 0 after {rec['wall_seconds']:.1f} s")  # the sweep's wall, from its log
     assert "vpt sweep" in rec["command"] or "sweep" in rec["command"]
     assert {"torch", "timm"} <= set(rec["versions"]) and rec["device"]
     ctrl = json.load(open(out / "toy" / "vit_tiny_cifar10" / "fcos" / "random_vpt_deep.json"))

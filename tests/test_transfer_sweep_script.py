@@ -2,6 +2,7 @@
 and packing for frozen arms only, and finished cells skipped unless made with other epochs / weights / space."""
 import argparse
 import json
+import sys
 
 import pytest
 
@@ -98,3 +99,23 @@ def test_a_record_whose_best_lies_on_an_edge_runs_on_with_more_widening_steps(tm
     path.write_text(json.dumps({**rec, "space_searched": wider, "extend_edges": 1}))
     assert ts.record_edges({**rec, "space_searched": wider}) == {}  # inside the widened space
     assert ts.load_record(str(path), args(), sha, "linear")
+
+
+def test_wall_time_counts_every_invocation_of_a_sweep_killed_and_resumed(tmp_path):
+    log = tmp_path / "vpt_deep.log"
+    log.write_text(  # an old sweep folder (discarded), then the sweep killed mid-run (no exit line), then resumed
+        "\n[2026-12-06T08:00:00Z] python vpt-sweep ...\n08:00:05 INFO vpt.sweep.study: created study 'st'\n"
+        "08:50:00 INFO vpt.engine.trainer: epoch 1/8\n"
+        "[2026-12-06T08:55:00Z] exit 0 after 3300.0 s\n"
+        "\n[2026-12-06T23:00:00Z] python vpt-sweep ...\n23:00:40 INFO vpt.sweep.study: created study 'st'\n"
+        "23:01:00 INFO vpt.sweep.study: created study 'st/final/trial_0'\n"
+        "00:10:00 INFO vpt.engine.trainer: epoch 2/8\nvpt sweep: interrupted\n", encoding="utf-8")
+    killed = 70 * 60  # 23:00:00 (the command line) to 00:10:00, past midnight
+    assert ts.logged_wall_seconds(str(log), "st") == killed
+    assert ts.logged_wall_seconds(str(log), "other") is None
+    assert ts.logged_wall_seconds(str(tmp_path / "missing.log"), "st") is None
+    out_dir = tmp_path / "vpt_deep"  # run_logged appends the resumed invocation, closed by its exit line
+    code, wall = ts.run_logged([sys.executable, "-c", "import time; time.sleep(0.3)"], str(out_dir), "vpt_deep", 1)
+    assert code == 0 and 0.3 <= wall < 30
+    assert ts.logged_wall_seconds(str(log), "st") == pytest.approx(killed + wall, abs=0.06)
+    assert log.read_text(encoding="utf-8").splitlines()[-1].endswith(f"] exit 0 after {wall:.1f} s")
