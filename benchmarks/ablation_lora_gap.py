@@ -20,6 +20,9 @@ transfer_sweep.py's machinery:
     init_data                  prompts start as patch tokens of training images, each block's from the tokens
                                entering it (SPT's random-sample init, Wang et al. 2024)
 
+epochs_50 also runs LoRA r8 at 50 epochs (the suite's LoRA sweep, 50 epochs: ``lora.json`` beside the point's
+record; ``--arms vpt_deep`` skips it), so the longer training is compared at equal epochs too.
+
 Records: ``benchmarks/results/ablation_lora_gap/<point>/vit_tiny_cifar10/<task>/vpt_deep.json`` (the
 transfer_sweep record format: command, versions, device, weights sha256, config, every trial, the final
 seeds). ``table`` prints (or writes into benchmarks/README.md) test top-1 per point and task with the change
@@ -54,7 +57,8 @@ POINTS: Dict[str, dict] = {
     "base": {"label": "base (10 tokens, all blocks, 10 ep, linear, uniform)", "set": {}, "epochs": BASE_EPOCHS},
     "tokens_1": {"label": "1 token", "set": {"model.prompt": {**BASE_PROMPT, "num_tokens": 1}}},
     "tokens_50": {"label": "50 tokens", "set": {"model.prompt": {**BASE_PROMPT, "num_tokens": 50}}},
-    "epochs_50": {"label": "50 epochs", "set": {}, "epochs": 50},
+    # the 50-epoch point also runs LoRA at 50 epochs: the gap at equal training, not against LoRA's 10 epochs
+    "epochs_50": {"label": "50 epochs", "set": {}, "epochs": 50, "refs": {"lora": "LoRA r8, 50 epochs (reference)"}},
     "depth_last_half": {"label": "last 3 of 6 blocks", "set": {"model.prompt": {**BASE_PROMPT, "last_k": 3}}},
     "head_mlp": {"label": "MLP head", "set": {"model.head": {"kind": "mlp", "num_layers": 2}}},
     "init_patch_embed": {"label": "init from patch embeddings (noise images)",
@@ -89,10 +93,11 @@ def base_record(args, task: str) -> Optional[str]:
     return path if os.path.isfile(path) and not args.rerun_base else None
 
 
-def record_file(args, point: str, task: str) -> str:
-    """The point's own record; for the base point without one, the transfer suite's (unless --rerun-base)."""
-    own = ts.record_path(args.out, point, SETUP, task, ARM)
-    if point == "base" and not os.path.isfile(own) and base_record(args, task):
+def record_file(args, point: str, task: str, arm: str = ARM) -> str:
+    """The point's own record (of VPT-deep, or of a reference arm the point runs too); for the base point
+    without one, the transfer suite's (unless --rerun-base)."""
+    own = ts.record_path(args.out, point, SETUP, task, arm)
+    if point == "base" and arm == ARM and not os.path.isfile(own) and base_record(args, task):
         return base_record(args, task)
     return own
 
@@ -101,24 +106,26 @@ def run(args) -> int:
     from concurrent.futures import ThreadPoolExecutor
     from transfer_data import read_manifest
     points, tasks = parse_points(args.points), [t for t in args.tasks.split(",") if t]
+    arms = [a for a in args.arms.split(",") if a]
+    known = {ARM, *(r for p in POINTS.values() for r in p.get("refs", {}))}
+    if not arms or set(arms) - known:
+        raise SystemExit(f"error: --arms {args.arms!r}: choose from {', '.join(sorted(known))}")
     for t in tasks:
         read_manifest(args.data_root, t)  # clear error if a task is not prepared
     sha = ts.weights_for(point_args(args, "base"), SETUP)[1]
+    cells = [(p, t, a) for p in points for t in tasks for a in [ARM, *POINTS[p].get("refs", {})] if a in arms]
     todo = []
-    for p in points:
-        for t in tasks:
-            pa = point_args(args, p)
-            path = record_file(args, p, t)
-            if ts.load_record(path, pa, sha, ARM) is None:  # refuses a record made with other epochs / space
-                todo.append((p, t))
-    print(f"{len(points) * len(tasks)} points x tasks ({args.seeds} seeds, {args.jobs} at a time): "
-          f"{len(points) * len(tasks) - len(todo)} done, {len(todo)} to run{' (dry run)' if args.dry_run else ''}")
-    for p, t in todo if args.dry_run else ():
-        print(f"  todo: {p} {t} ({POINTS[p]['label']}; {point_args(args, p).epochs} epochs)")
+    for p, t, a in cells:  # load_record refuses a record made with other epochs / space
+        if ts.load_record(record_file(args, p, t, a), point_args(args, p), sha, a) is None:
+            todo.append((p, t, a))
+    print(f"{len(cells)} points x tasks x arms ({args.seeds} seeds, {args.jobs} at a time): "
+          f"{len(cells) - len(todo)} done, {len(todo)} to run{' (dry run)' if args.dry_run else ''}")
+    for p, t, a in todo if args.dry_run else ():
+        print(f"  todo: {p} {t} {a} ({POINTS[p]['label']}; {point_args(args, p).epochs} epochs)")
     if args.dry_run or not todo:
         return 0
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(ts.run_cell, point_args(args, p), SETUP, t, ARM) for p, t in todo]
+        futures = [pool.submit(ts.run_cell, point_args(args, p), SETUP, t, a) for p, t, a in todo]
     failures = sum(f.result() is None for f in futures)
     print(f"done; {failures} failed sweeps (run the same command again to continue them)" if failures else "done")
     return 1 if failures else 0
@@ -149,7 +156,26 @@ def references(args) -> Dict[str, Dict[str, dict]]:
     return out
 
 
-def table(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]]) -> str:
+def point_references(args) -> Dict[str, Dict[str, Dict[str, dict]]]:
+    """point -> task -> {arm: record} for the reference arms a point runs at its own settings (LoRA at 50
+    epochs)."""
+    out: Dict[str, Dict[str, Dict[str, dict]]] = {}
+    for p, spec in POINTS.items():
+        for arm in spec.get("refs", {}):
+            for t in TASKS:
+                path = record_file(args, p, t, arm)
+                if os.path.isfile(path):
+                    with open(path, encoding="utf-8") as f:
+                        out.setdefault(p, {}).setdefault(t, {})[arm] = json.load(f)
+    return out
+
+
+def _mean_sd(r: dict) -> str:
+    return f"{r['test_top1_mean']:.1f} ± {r['test_top1_std']:.1f}"
+
+
+def table(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]],
+          prefs: Optional[Dict[str, Dict[str, Dict[str, dict]]]] = None) -> str:
     tasks = [t for t in TASKS if any(t in r for r in recs.values())]
     if not tasks:
         return "No records yet: run `python benchmarks/ablation_lora_gap.py run`, then `table --write`."
@@ -164,7 +190,7 @@ def table(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]]) ->
             if r is None:
                 cells.append("–")
                 continue
-            cell = f"{r['test_top1_mean']:.1f} ± {r['test_top1_std']:.1f} <sub>lr {r['best']['params'].get('optim.lr')}</sub>"
+            cell = f"{_mean_sd(r)} <sub>lr {r['best']['params'].get('optim.lr')}</sub>"
             lora = refs.get(t, {}).get("lora")
             if base is not None and p != "base":
                 d = r["test_top1_mean"] - base["test_top1_mean"]
@@ -175,14 +201,20 @@ def table(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]]) ->
         lines.append(f"| {spec['label']} | " + " | ".join(cells) + " |")
     for arm, name in (("linear", "linear probe (reference)"), ("lora", "LoRA r8 (reference)"),
                       ("full", "full fine-tuning (reference)")):
-        row = [f"{refs[t][arm]['test_top1_mean']:.1f} ± {refs[t][arm]['test_top1_std']:.1f}"
-               if arm in refs.get(t, {}) else "–" for t in tasks]
+        row = [_mean_sd(refs[t][arm]) if arm in refs.get(t, {}) else "–" for t in tasks]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
+    for p, by_task in (prefs or {}).items():  # reference arms run at a point's settings (LoRA at 50 epochs)
+        for arm, name in POINTS[p]["refs"].items():
+            row = [f"{_mean_sd(by_task[t][arm])} <sub>lr {by_task[t][arm]['best']['params'].get('optim.lr')}</sub>"
+                   if arm in by_task.get(t, {}) else "–" for t in tasks]
+            lines.append(f"| {name} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def sentences(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]]) -> List[str]:
-    """Per task: which points close the gap to LoRA beyond the seed spread, and which do not."""
+def sentences(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]],
+              prefs: Optional[Dict[str, Dict[str, Dict[str, dict]]]] = None) -> List[str]:
+    """Per task: which points close the gap to LoRA beyond the seed spread, and which do not; and where a point
+    ran LoRA at its own settings, the gap at equal settings."""
     out = []
     for t in TASKS:
         base = recs.get("base", {}).get(t)
@@ -198,12 +230,22 @@ def sentences(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]]
             spread = max(r["test_top1_std"], base["test_top1_std"])
             (helps if d > spread else not_).append(f"{POINTS[p]['label']} ({d:+.1f})")
         gap = lora["test_top1_mean"] - base["test_top1_mean"]
+        same = []
+        for p, by_task in (prefs or {}).items():
+            r, ref = recs.get(p, {}).get(t), by_task.get(t, {}).get("lora")
+            if r is not None and ref is not None:
+                d = r["test_top1_mean"] - ref["test_top1_mean"]
+                verdict = "within" if abs(d) <= max(r["test_top1_std"], ref["test_top1_std"]) else "beyond"
+                same.append(f" With {POINTS[p]['label']} both ways, VPT-deep {r['test_top1_mean']:.1f} against "
+                            f"LoRA {ref['test_top1_mean']:.1f} ({d:+.1f}, {verdict} the seed spread).")
         out.append(f"- {t}: base VPT-deep trails LoRA by {gap:.1f} points; beyond the seed spread it gains with "
-                   f"{', '.join(helps) or 'none of the changes'}; within the spread or worse: {', '.join(not_) or 'none'}.")
+                   f"{', '.join(helps) or 'none of the changes'}; within the spread or worse: "
+                   f"{', '.join(not_) or 'none'}." + "".join(same))
     return out
 
 
-def plot(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]], path: str) -> Optional[str]:
+def plot(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]], path: str,
+         prefs: Optional[Dict[str, Dict[str, Dict[str, dict]]]] = None) -> Optional[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -221,6 +263,11 @@ def plot(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]], pat
             r = refs.get(t, {}).get(arm)
             if r is not None:
                 ax.axhline(r["test_top1_mean"], color=color, ls="--", lw=1, label=arm)
+        for p, by_task in (prefs or {}).items():  # LoRA at a point's settings, at that point's x
+            r = by_task.get(t, {}).get("lora")
+            if r is not None and p in points:
+                ax.errorbar([points.index(p) + 0.15], [r["test_top1_mean"]], yerr=[r["test_top1_std"]], fmt="s",
+                            capsize=3, color="C1", label=POINTS[p]["refs"]["lora"].replace(" (reference)", ""))
         ax.set_xticks(range(len(points)))
         ax.set_xticklabels([POINTS[p]["label"].split(" (")[0] for p in points], rotation=35, ha="right", fontsize=8)
         ax.set_title(f"{t}: test top-1, one factor at a time")
@@ -234,9 +281,9 @@ def plot(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]], pat
 
 
 def render(args) -> str:
-    recs, refs = collect(args), references(args)
-    text = table(recs, refs)
-    said = sentences(recs, refs)
+    recs, refs, prefs = collect(args), references(args), point_references(args)
+    text = table(recs, refs, prefs)
+    said = sentences(recs, refs, prefs)
     return text + ("\n\n" + "\n".join(said) if said else "")
 
 
@@ -244,7 +291,8 @@ def table_cmd(args) -> int:
     from make_table import replace_block
     text = render(args)
     recs = collect(args)
-    png = plot(recs, references(args), args.plot) if any(p != "base" for p in recs) else None  # not base alone
+    png = (plot(recs, references(args), args.plot, point_references(args))
+           if any(p != "base" for p in recs) else None)  # not base alone
     if png:
         text += f"\n\n![VPT-deep ablation]({os.path.relpath(png, os.path.dirname(os.path.abspath(args.readme)))})"
     if not args.write:
@@ -261,6 +309,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("run", help="run the points' sweeps (resumable; finished points are skipped)")
     p.add_argument("--points", default="all", help=f"comma list or all: {', '.join(POINTS)}")
     p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--arms", default=",".join([ARM, "lora"]),
+                   help="vpt_deep (every point) and/or lora (run at the points that name it: epochs_50)")
     p.add_argument("--epochs", type=int, default=None, help="override every point's epochs (smoke runs only)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--pack", type=int, default=7)

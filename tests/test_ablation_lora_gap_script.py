@@ -62,3 +62,35 @@ def test_toy_points_run_skip_and_make_table_and_plot(tmp_path, capsys):
     assert "| base (10 tokens, all blocks, 10 ep, linear, uniform) | 50.0 ± 1.0" in text
     assert "| LoRA r8 (reference) | 60.0 ± 1.0 |" in text and "mnist: base VPT-deep trails LoRA by 10.0 points" in text
     assert png.stat().st_size > 5000 and "![VPT-deep ablation](abl.png)" in text
+
+
+def test_epochs_50_also_runs_lora_at_50_epochs_and_the_table_reads_the_gap_at_equal_epochs(tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "mnist").mkdir(parents=True)
+    (root / "mnist" / "manifest.json").write_text(json.dumps({"source_sha256": "0" * 64, "licence": "toy"}))
+    common = ["--data-root", str(root), "--out", str(tmp_path / "out"), "--base-records", str(tmp_path / "base"),
+              "--sweeps-root", str(tmp_path / "sweeps")]
+    run = ["run", "--points", "epochs_50,tokens_1", "--tasks", "mnist", "--dry-run", *common]
+    assert ab.main(run) == 0
+    out = capsys.readouterr().out
+    assert "3 points x tasks x arms" in out and "todo: epochs_50 mnist lora" in out
+    assert "tokens_1 mnist lora" not in out  # only the point that names LoRA runs it
+    assert ab.main(run + ["--arms", "vpt_deep"]) == 0 and "2 points x tasks x arms" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--arms 'full': choose from lora, vpt_deep"):
+        ab.main(run + ["--arms", "full"])
+    records = {("base", "vpt_deep"): (70.0, 1.0), ("base", "lora"): (75.0, 1.0),
+               ("epochs_50", "vpt_deep"): (74.0, 0.5), ("epochs_50", "lora"): (78.0, 1.5)}
+    for (where, arm), (top1, sd) in records.items():
+        path = (tmp_path / ("base" if where == "base" else f"out/{where}") / "vit_tiny_cifar10" / "mnist"
+                / f"{arm}.json")
+        os.makedirs(path.parent, exist_ok=True)
+        path.write_text(json.dumps({"test_top1_mean": top1, "test_top1_std": sd,
+                                    "best": {"params": {"optim.lr": 0.01}}}))
+    readme, png = tmp_path / "README.md", tmp_path / "abl.png"
+    readme.write_text(f"{ab.START}\n{ab.END}\n")
+    assert ab.main(["table", "--write", "--readme", str(readme), "--plot", str(png), *common]) == 0
+    text = readme.read_text()
+    assert "| 50 epochs | 74.0 ± 0.5 <sub>lr 0.01</sub> (+4.0; 80%) |" in text  # against LoRA at 10 epochs
+    assert "| LoRA r8, 50 epochs (reference) | 78.0 ± 1.5 <sub>lr 0.01</sub> |" in text
+    assert ("With 50 epochs both ways, VPT-deep 74.0 against LoRA 78.0 (-4.0, beyond the seed spread)." in text
+            and png.stat().st_size > 5000)
