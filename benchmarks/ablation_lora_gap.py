@@ -259,10 +259,11 @@ def plot(recs: Dict[str, Dict[str, dict]], refs: Dict[str, Dict[str, dict]], pat
         ys = [recs[points[i]][t]["test_top1_mean"] for i in xs]
         es = [recs[points[i]][t]["test_top1_std"] for i in xs]
         ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=3, color="C0", label="VPT-deep (mean ± std over seeds)")
-        for arm, color in (("linear", "C7"), ("lora", "C1"), ("full", "C2")):
+        for arm, color, name in (("linear", "C7", "linear probe"), ("lora", "C1", "LoRA r8"),
+                                 ("full", "C2", "full fine-tuning")):
             r = refs.get(t, {}).get(arm)
             if r is not None:
-                ax.axhline(r["test_top1_mean"], color=color, ls="--", lw=1, label=arm)
+                ax.axhline(r["test_top1_mean"], color=color, ls="--", lw=1, label=f"{name}, {BASE_EPOCHS} epochs")
         for p, by_task in (prefs or {}).items():  # LoRA at a point's settings, at that point's x
             r = by_task.get(t, {}).get("lora")
             if r is not None and p in points:
