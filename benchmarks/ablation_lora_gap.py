@@ -121,7 +121,8 @@ def run(args) -> int:
     print(f"{len(cells)} points x tasks x arms ({args.seeds} seeds, {args.jobs} at a time): "
           f"{len(cells) - len(todo)} done, {len(todo)} to run{' (dry run)' if args.dry_run else ''}")
     for p, t, a in todo if args.dry_run else ():
-        print(f"  todo: {p} {t} {a} ({POINTS[p]['label']}; {point_args(args, p).epochs} epochs)")
+        label = POINTS[p]["label"]
+        print(f"  todo: {p} {t} {a} ({label if 'epoch' in label else f'{label}; {point_args(args, p).epochs} epochs'})")
     if args.dry_run or not todo:
         return 0
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
