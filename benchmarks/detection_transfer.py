@@ -125,7 +125,7 @@ def _spread(values: List[float]) -> Optional[float]:
 
 
 def make_record(args, backbone: str, detector: str, arm: str, out_dir: str, cmd: List[str], wall: float,
-                weights_sha: Optional[str], earlier_wall: float = 0.0) -> dict:
+                weights_sha: Optional[str]) -> dict:
     with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as f:
         res = json.load(f)
     runs = []
@@ -166,10 +166,10 @@ def make_record(args, backbone: str, detector: str, arm: str, out_dir: str, cmd:
         "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"],
         "train_seconds_per_run": statistics.fmean(r["train_seconds"] for r in runs),
         # every invocation of this sweep, from its log (resumed after a kill, widened past an edge); without a
-        # log, this invocation plus the record it continues
+        # log, this invocation
         "trials": trials,
         "wall_seconds": logged_wall_seconds(os.path.join(os.path.dirname(out_dir), f"{arm}.log"), res["study"])
-        or wall + earlier_wall,
+        or wall,
         "backbone_weights_sha256": weights_sha,
         "command": res["command"],
         "driver_command": " ".join(shlex.quote(c) for c in [os.path.basename(cmd[0]), *cmd[1:]]),
@@ -204,17 +204,14 @@ def run_cell(args, backbone: str, detector: str, arm: str) -> Optional[dict]:
     cmd = [sys.executable, os.path.relpath(__file__, REPO), "vpt-sweep",
            *sweep_args(args, backbone, detector, arm, out_dir, study)]
     name = f"{backbone} {detector} {arm}"
-    earlier_wall = 0.0
-    if os.path.isfile(path):  # an edge to widen: the sweep goes on in its folder, the record's time adds up
-        with open(path, encoding="utf-8") as f:
-            earlier_wall = float(json.load(f).get("wall_seconds") or 0.0)
+    if os.path.isfile(path):  # an edge to widen: the sweep goes on in its folder (its log keeps the time)
         name += f" (widening past an edge, up to --extend-edges {args.extend_edges})"
     print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
     returncode, wall = run_logged(cmd, out_dir, arm, args.threads)
     if returncode != 0:
         print(f"  {name}: FAILED (exit {returncode}); see {os.path.dirname(out_dir)}/{arm}.log", flush=True)
         return None
-    record = make_record(args, backbone, detector, arm, out_dir, cmd, wall, weights_sha, earlier_wall)
+    record = make_record(args, backbone, detector, arm, out_dir, cmd, wall, weights_sha)
     write_json(path, record)
     sd = record["test_mAP_std"]
     print(f"  {name}: best lr {record['best']['params'].get('optim.lr')} (val mAP {record['best']['val']:.4f}); "

@@ -269,6 +269,11 @@ _HEADER = re.compile(r"^\[\d{4}-\d\d-\d\dT(\d\d):(\d\d):(\d\d)Z\] ")  # run_logg
 _END = re.compile(r"^\[[^\]]+\] exit -?\d+ after (\d+(?:\.\d+)?) s$")  # run_logged's last line per invocation
 
 
+def _clock(m: "re.Match") -> int:
+    """Seconds since midnight of an HH:MM:SS match."""
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
+
+
 def logged_wall_seconds(log_path: str, study: str) -> Optional[float]:
     """Wall seconds a sweep has run over all its invocations, from its ``<arm>.log`` (run_logged appends one
     segment per invocation, opened by a ``[timestamp] command`` line and closed by ``[timestamp] exit N after S
@@ -304,7 +309,7 @@ def logged_wall_seconds(log_path: str, study: str) -> Optional[float]:
         for line in seg[1:]:
             m = _STAMP.match(line)
             if m:
-                t = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
+                t = _clock(m)
                 if last is not None:
                     while t < last:  # past midnight
                         t += 86400
@@ -313,9 +318,8 @@ def logged_wall_seconds(log_path: str, study: str) -> Optional[float]:
         if first is not None:
             start = _HEADER.match(seg[0])  # the command line's UTC time: the startup before the first line
             if start:
-                t = int(start.group(1)) * 3600 + int(start.group(2)) * 60 + int(start.group(3))
-                if 0 <= first - t < 600:  # the log's clock is UTC too (else the two differ by a time zone)
-                    first = t
+                if 0 <= first - _clock(start) < 600:  # the log's clock is UTC too (else they differ by a zone)
+                    first = _clock(start)
             total += last - first
     return float(total)
 
